@@ -1,0 +1,14 @@
+//! vaak-audio: everything vaak does to audio without a neural network.
+//!
+//! Decoding (symphonia) and writing (hound), resampling (rubato), features that match their
+//! reference implementations (Whisper log-mel, Kaldi fbank, speechbrain Fbank), seeded
+//! augmentation, and quality metrics.
+
+pub mod augment;
+pub mod error;
+pub mod features;
+pub mod io;
+pub mod metrics;
+pub mod resample;
+
+pub use error::{AudioError, Result};

@@ -1,0 +1,16 @@
+//! vaak-nn: the candle building blocks of vaak's own models.
+//!
+//! Streaming modules with per-slot state, causal convolutions (with a differentiable
+//! conv-transpose for training), a transformer with rotating and per-slot KV caches, residual
+//! vector quantization, weight loading from local paths or `hf://`, and a training kit.
+
+pub mod conv;
+pub mod error;
+pub mod rvq;
+pub mod streaming;
+pub mod train;
+pub mod transformer;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use streaming::{StreamMask, StreamTensor, StreamingModule};

@@ -1,1 +1,69 @@
-fn main() {}
+//! `vaak`: the command line of the vaak speech-to-speech system.
+//!
+//! Thin by design: parse flags, load config, call the libraries. Every subcommand listed here
+//! is implemented; later subsystems (cascade, train, serve) add theirs as they land.
+
+mod audio;
+mod bench;
+mod info;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "vaak",
+    version,
+    about = "vaak: real-time speech-to-speech AI (audio tools, benchmarks)",
+    long_about = "vaak builds and serves speech-to-speech models.\n\n\
+        Commands available in this build:\n  \
+        info   what this binary was built with and which devices it sees\n  \
+        audio  inspect, convert and featurize audio files\n  \
+        bench  measure vaak against its Python peers and write a JSON report",
+    propagate_version = true
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the build: version, enabled features, candle version, CPU capabilities and the
+    /// accelerators this binary can see.
+    Info(info::InfoArgs),
+    /// Audio tools: probe headers, convert/resample, compute features.
+    #[command(subcommand)]
+    Audio(audio::AudioCommand),
+    /// Benchmarks: print a table, write JSON, and compare against a peer in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Audio(cmd) => audio::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,23 @@
+//! `vaak bench ...`: measured, not asserted. Each benchmark prints a table, writes JSON, and
+//! runs a peer implementation (PyTorch and friends from the fixture venv) on the same inputs in
+//! the same run, so that the reported ratio compares like with like on this machine.
+
+mod audio;
+pub mod peer;
+pub mod report;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Decode+resample, Whisper log-mel, Kaldi fbank and speechbrain Fbank throughput, against
+    /// soundfile/torchaudio/librosa/transformers/speechbrain when the fixture venv is present.
+    Audio(audio::AudioBenchArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Audio(args) => audio::run(args),
+    }
+}

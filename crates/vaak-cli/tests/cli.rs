@@ -1,0 +1,129 @@
+//! End-to-end tests of the `vaak` binary: real processes, real files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use vaak_audio::io::{write_wav, WavFormat};
+
+fn vaak(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vaak"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the vaak binary starts")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tone(path: &Path, seconds: f32, sr: u32) {
+    let n = (seconds * sr as f32) as usize;
+    let x: Vec<f32> = (0..n)
+        .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / sr as f32).sin())
+        .collect();
+    write_wav(path, &x, sr, WavFormat::Pcm16).unwrap();
+}
+
+#[test]
+fn help_lists_only_implemented_commands() {
+    let o = vaak(&["--help"]);
+    assert!(o.status.success());
+    let t = text(&o);
+    for cmd in ["info", "audio", "bench"] {
+        assert!(t.contains(cmd), "--help misses {cmd}: {t}");
+    }
+    for absent in ["cascade", "serve", "train"] {
+        assert!(!t.contains(absent), "--help lists unimplemented {absent}: {t}");
+    }
+}
+
+#[test]
+fn info_json_names_the_cpu() {
+    let o = vaak(&["info", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["devices"][0], "cpu");
+    assert_eq!(v["candle_version"], "0.11.1");
+}
+
+#[test]
+fn convert_then_probe_reports_the_new_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.wav");
+    let dst = dir.path().join("b.wav");
+    tone(&src, 0.5, 44_100);
+    let o = vaak(&[
+        "audio",
+        "convert",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--rate",
+        "16000",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = vaak(&["audio", "probe", "--json", dst.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sample_rate"], 16000);
+    assert_eq!(v["frames"], 8000);
+}
+
+#[test]
+fn probe_of_a_non_audio_file_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.wav");
+    std::fs::write(&bad, "this is not audio at all\n").unwrap();
+    let o = vaak(&["audio", "probe", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("notes.wav"), "{}", text(&o));
+}
+
+#[test]
+fn features_writes_an_npy_of_the_documented_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("a.wav");
+    tone(&src, 1.0, 16_000);
+    let out = dir.path().join("mel.npy");
+    let o = vaak(&[
+        "audio",
+        "features",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--kind",
+        "whisper80",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = candle_core::Tensor::read_npy(&out).unwrap();
+    assert_eq!(t.dims(), &[80, 3000]);
+}
+
+#[test]
+fn bench_audio_writes_a_report_with_every_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let o = vaak(&[
+        "bench",
+        "audio",
+        "--no-peer",
+        "--synth-files",
+        "2",
+        "--synth-seconds",
+        "0.5",
+        "--min-time",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5, "{v}");
+    for c in cases {
+        assert!(c["vaak"]["throughput"].as_f64().unwrap() > 0.0);
+    }
+    assert!(text(&o).contains("decode+resample->16k"));
+}

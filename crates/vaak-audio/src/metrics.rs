@@ -141,7 +141,7 @@ impl MelDistance {
                 "MelDistanceConfig.fft_sizes is empty".into(),
             ));
         }
-        if !(cfg.log_eps > 0.0) {
+        if cfg.log_eps.is_nan() || cfg.log_eps <= 0.0 {
             return Err(AudioError::InvalidArgument(format!(
                 "MelDistanceConfig.log_eps {} must be > 0",
                 cfg.log_eps

@@ -29,7 +29,8 @@ struct Fixture {
 impl Fixture {
     fn load() -> Self {
         Self {
-            bytes: std::fs::read(FIXTURE).expect("fixture missing; run tools/fixtures/audio_features.py"),
+            bytes: std::fs::read(FIXTURE)
+                .expect("fixture missing; run tools/fixtures/audio_features.py"),
         }
     }
 
@@ -263,7 +264,10 @@ fn kaldi_fbank_silence_and_bad_input() {
             Err(AudioError::InvalidArgument(m)) => assert!(m.contains("shorter than one frame")),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
-        assert!(matches!(fb.compute(&[]), Err(AudioError::InvalidArgument(_))));
+        assert!(matches!(
+            fb.compute(&[]),
+            Err(AudioError::InvalidArgument(_))
+        ));
         let mut bad = vec![0.1f32; 800];
         bad[500] = f32::NEG_INFINITY;
         match fb.compute(&bad) {
@@ -310,7 +314,10 @@ fn speechbrain_fbank_silence_and_bad_input() {
     assert_eq!(got.n_frames, 101);
     let want: Vec<f32> = frame0.repeat(got.n_frames);
     assert_close(&got.data, &want, SPEECHBRAIN_TOL, "sb silence");
-    assert!(matches!(sb.compute(&[]), Err(AudioError::InvalidArgument(_))));
+    assert!(matches!(
+        sb.compute(&[]),
+        Err(AudioError::InvalidArgument(_))
+    ));
     assert!(matches!(
         sb.compute(&[0.0, f32::NAN]),
         Err(AudioError::InvalidArgument(_))

@@ -102,8 +102,8 @@ fn si_sdr_of_orthogonal_noise_at_known_level() {
     let n = noise(x.len(), 3);
     let mn = n.iter().map(|&v| v as f64).sum::<f64>() / n.len() as f64;
     let mut nz: Vec<f64> = n.iter().map(|&v| v as f64 - mn).collect();
-    let proj = nz.iter().zip(&xr).map(|(a, b)| a * b).sum::<f64>()
-        / xr.iter().map(|v| v * v).sum::<f64>();
+    let proj =
+        nz.iter().zip(&xr).map(|(a, b)| a * b).sum::<f64>() / xr.iter().map(|v| v * v).sum::<f64>();
     for (v, r) in nz.iter_mut().zip(&xr) {
         *v -= proj * r;
     }
@@ -112,7 +112,11 @@ fn si_sdr_of_orthogonal_noise_at_known_level() {
         / nz.iter().map(|v| v * v).sum::<f64>()
         / 10f64.powf(target_db / 10.0))
     .sqrt();
-    let y: Vec<f32> = x.iter().zip(&nz).map(|(&a, b)| a + (g * b) as f32).collect();
+    let y: Vec<f32> = x
+        .iter()
+        .zip(&nz)
+        .map(|(&a, b)| a + (g * b) as f32)
+        .collect();
     let got = si_sdr_db(&x, &y).unwrap();
     assert!((got - target_db).abs() < ANALYTIC_TOL_DB, "{got}");
 }
@@ -146,10 +150,7 @@ fn snr_and_si_sdr_match_numpy() {
         .collect();
     let snr = snr_db(&a, &est).unwrap();
     let sisdr = si_sdr_db(&a, &est).unwrap();
-    println!(
-        "snr {snr} vs {} ; si-sdr {sisdr} vs {}",
-        want[0], want[1]
-    );
+    println!("snr {snr} vs {} ; si-sdr {sisdr} vs {}", want[0], want[1]);
     assert!((snr - want[0]).abs() < NUMPY_PARITY_TOL_DB);
     assert!((sisdr - want[1]).abs() < NUMPY_PARITY_TOL_DB);
 }
@@ -203,7 +204,9 @@ fn mel_distance_handles_short_signals_and_rejects_bad_input() {
     assert!(d.is_finite() && d > 0.0);
     assert!(invalid(md.distance(&[], &[])).contains("empty"));
     assert!(invalid(md.distance(&x, &y[..10])).contains("300 samples"));
-    let bad = |cfg: MelDistanceConfig| matches!(MelDistance::new(cfg), Err(AudioError::InvalidArgument(_)));
+    let bad = |cfg: MelDistanceConfig| {
+        matches!(MelDistance::new(cfg), Err(AudioError::InvalidArgument(_)))
+    };
     assert!(bad(MelDistanceConfig {
         fft_sizes: vec![],
         ..Default::default()

@@ -134,7 +134,7 @@ fn invalid(msg: String) -> AudioError {
 impl KaldiFbank {
     /// Validates the options (the same checks torchaudio asserts) and precomputes everything.
     pub fn new(opts: KaldiFbankOptions) -> Result<Self> {
-        if !(opts.sample_frequency > 0.0) {
+        if opts.sample_frequency.is_nan() || opts.sample_frequency <= 0.0 {
             return Err(invalid(format!(
                 "sample_frequency {} must be > 0",
                 opts.sample_frequency

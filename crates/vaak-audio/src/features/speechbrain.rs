@@ -95,7 +95,7 @@ impl SpeechbrainFbank {
                 cfg.f_min
             )));
         }
-        if !(cfg.top_db >= 0.0) {
+        if cfg.top_db.is_nan() || cfg.top_db < 0.0 {
             return Err(invalid(format!("top_db {} must be >= 0", cfg.top_db)));
         }
         let stft = Stft::new(
@@ -105,11 +105,7 @@ impl SpeechbrainFbank {
             StftPadding::Zeros,
         )?;
         let filters = speechbrain_filterbank(sr, cfg.n_fft, cfg.n_mels, cfg.f_min, f_max)?;
-        Ok(Self {
-            cfg,
-            stft,
-            filters,
-        })
+        Ok(Self { cfg, stft, filters })
     }
 
     /// The configuration.
@@ -168,7 +164,7 @@ pub fn speechbrain_filterbank(
     f_min: f64,
     f_max: f64,
 ) -> Result<MelFilterbank> {
-    if n_mels == 0 || n_fft < 2 || !(f_min < f_max) {
+    if n_mels == 0 || n_fft < 2 || f_min.is_nan() || f_max.is_nan() || f_min >= f_max {
         return Err(invalid(format!(
             "filterbank needs n_mels > 0, n_fft >= 2, f_min < f_max (got {n_mels}, {n_fft}, {f_min}, {f_max})"
         )));

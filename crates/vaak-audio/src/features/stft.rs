@@ -51,7 +51,9 @@ pub struct RealFft {
 
 impl std::fmt::Debug for RealFft {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealFft").field("n_fft", &self.len()).finish()
+        f.debug_struct("RealFft")
+            .field("n_fft", &self.len())
+            .finish()
     }
 }
 

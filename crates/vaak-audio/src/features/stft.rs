@@ -262,6 +262,19 @@ impl Stft {
     }
 }
 
+/// One-off power or magnitude spectrogram `[n_frames, n_fft/2 + 1]` (plans the FFT each call;
+/// keep an [`Stft`] to reuse the plan).
+pub fn spectrogram(
+    samples: &[f32],
+    n_fft: usize,
+    hop: usize,
+    window: &[f32],
+    padding: StftPadding,
+    kind: SpectrumKind,
+) -> Result<Spectrogram> {
+    Stft::new(n_fft, hop, window, padding)?.spectrogram(samples, kind)
+}
+
 /// Writes `|X|^2` or `|X|` of each bin into `out`.
 pub fn spectrum_into(spec: &[Complex<f32>], kind: SpectrumKind, out: &mut [f32]) {
     match kind {
@@ -339,6 +352,26 @@ mod tests {
             assert!((row[5] - 32.0).abs() < 1e-3, "{}", row[5]);
             assert!(row[4] < 1e-3 && row[6] < 1e-3);
         }
+    }
+
+    #[test]
+    fn power_is_magnitude_squared_and_padding_modes_frame_alike() {
+        let x: Vec<f32> = (0..1000).map(|i| ((i * i) as f32 * 1e-4).sin()).collect();
+        let w = super::super::window::hann_window(256, true);
+        for pad in [StftPadding::None, StftPadding::Reflect, StftPadding::Zeros] {
+            let p = spectrogram(&x, 256, 100, &w, pad, SpectrumKind::Power).unwrap();
+            let m = spectrogram(&x, 256, 100, &w, pad, SpectrumKind::Magnitude).unwrap();
+            assert_eq!(p.n_bins, 129);
+            for (a, b) in p.data.iter().zip(&m.data) {
+                assert!((a - b * b).abs() <= 1e-4 * a.max(1.0));
+            }
+        }
+        // A centred frame t sees samples [t*hop - n_fft/2, t*hop + n_fft/2): frame 2 with hop 100
+        // and n_fft 256 lies inside the signal, so reflect and zero padding agree there.
+        let r = spectrogram(&x, 256, 100, &w, StftPadding::Reflect, SpectrumKind::Power).unwrap();
+        let z = spectrogram(&x, 256, 100, &w, StftPadding::Zeros, SpectrumKind::Power).unwrap();
+        assert_eq!(r.frame(2), z.frame(2));
+        assert_ne!(r.frame(0), z.frame(0));
     }
 
     #[test]

@@ -96,10 +96,12 @@ impl WhisperMel {
     /// Log-mel features of 16 kHz mono `samples`.
     ///
     /// With `pad_to_30s` the input is zero-padded or truncated to 480 000 samples and the result
-    /// has exactly 3000 frames (the extractor's default `padding="max_length"`). Without it the
-    /// result has `samples.len() / 160` frames (the extractor on unpadded input) and the `max - 8`
-    /// clamp uses the maximum of those frames only, so values differ from a padded run wherever
-    /// the padding changes the maximum (it cannot raise it, only the truncation can lower it).
+    /// has exactly 3000 frames (the extractor's default `padding="max_length"`).
+    ///
+    /// Without it the result has `samples.len() / 160` frames, exactly what the extractor gives
+    /// for an unpadded clip (`padding="longest"` on a batch of one). The `max - 8` floor then uses
+    /// the maximum over those frames only, and the frames near the end see reflected signal
+    /// rather than zeros; so the values are not a prefix of the padded result in general.
     ///
     /// Errors: empty input, a non-finite sample, or (without padding) fewer than 160 samples,
     /// which leave no frame after the last one is dropped (the reference fails there too).

@@ -5,8 +5,9 @@
 
 use safetensors::{Dtype, SafeTensors};
 use vaak_audio::features::{
-    sentence_mean_normalize, KaldiFbank, KaldiFbankOptions, KaldiWindow, MelSpectrogram,
-    SpeechbrainFbank, SpeechbrainFbankConfig, WhisperMel, WHISPER_N_FRAMES, WHISPER_N_SAMPLES,
+    sentence_mean_normalize, KaldiFbank, KaldiFbankOptions, KaldiWindow, MelFilterbank,
+    MelFilterbankConfig, MelNorm, MelScale, MelSpectrogram, SpeechbrainFbank,
+    SpeechbrainFbankConfig, TriangleSpace, WhisperMel, WHISPER_N_FRAMES, WHISPER_N_SAMPLES,
 };
 use vaak_audio::AudioError;
 
@@ -14,6 +15,8 @@ use vaak_audio::AudioError;
 const WHISPER_TOL: f32 = 1e-4;
 /// Kaldi fbank, natural-log domain (and the log-energy column).
 const KALDI_TOL: f32 = 1e-3;
+/// Filter weights against torchaudio `melscale_fbanks` (which builds them in `f32`).
+const MELBANK_TOL: f32 = 1e-5;
 /// speechbrain Fbank, dB domain (10 log10), before and after sentence mean normalisation.
 const SPEECHBRAIN_TOL: f32 = 1e-3;
 
@@ -324,4 +327,34 @@ fn speechbrain_fbank_silence_and_bad_input() {
     ));
     // One sample is enough: zero padding gives one frame.
     assert_eq!(sb.compute(&[0.5]).unwrap().n_frames, 1);
+}
+
+#[test]
+fn mel_filterbanks_match_torchaudio() {
+    let fx = Fixture::load();
+    for (key, f_min, f_max, scale, norm) in [
+        ("melbank_htk", 30.0, 7600.0, MelScale::Htk, MelNorm::None),
+        (
+            "melbank_slaney",
+            0.0,
+            8000.0,
+            MelScale::Slaney,
+            MelNorm::Slaney,
+        ),
+    ] {
+        let fb = MelFilterbank::new(&MelFilterbankConfig {
+            sample_rate: 16000.0,
+            n_fft: 128,
+            n_mels: 24,
+            f_min,
+            f_max,
+            scale,
+            norm,
+            triangles: TriangleSpace::Hz,
+        })
+        .unwrap();
+        let (want, shape) = fx.f32(key);
+        assert_eq!(vec![fb.n_mels(), fb.n_bins()], shape);
+        assert_close(fb.weights(), &want, MELBANK_TOL, key);
+    }
 }

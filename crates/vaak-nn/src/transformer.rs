@@ -770,7 +770,11 @@ impl KvRing {
                 second,
             } => {
                 for (dst, src) in [(&self.k, k), (&self.v, v)] {
-                    dst.slice_set(&src.narrow(2, *src_start, *first)?.contiguous()?, 2, *offset)?;
+                    dst.slice_set(
+                        &src.narrow(2, *src_start, *first)?.contiguous()?,
+                        2,
+                        *offset,
+                    )?;
                     if *second > 0 {
                         let s = src.narrow(2, src_start + first, *second)?.contiguous()?;
                         dst.slice_set(&s, 2, 0)?;
@@ -885,7 +889,10 @@ impl SlotKvCache {
         let b = self.batch_size();
         if let StreamMask::Slots(s) = mask {
             if s.len() != b {
-                candle_core::bail!("SlotKvCache::reset_slots: mask has {} slots, cache {b}", s.len());
+                candle_core::bail!(
+                    "SlotKvCache::reset_slots: mask has {} slots, cache {b}",
+                    s.len()
+                );
             }
         }
         // Stale entries are masked out by position anyway; zeroing keeps them from ever
@@ -1083,9 +1090,11 @@ impl StreamingModule for StreamingTransformer {
         match xs.as_option() {
             None => Ok(StreamTensor::empty()),
             Some(x) if x.dim(1)? == 0 => Ok(StreamTensor::empty()),
-            Some(x) => Ok(StreamTensor::from_tensor(
-                self.model.step_slots(x, &mut self.cache, mask)?,
-            )),
+            Some(x) => Ok(StreamTensor::from_tensor(self.model.step_slots(
+                x,
+                &mut self.cache,
+                mask,
+            )?)),
         }
     }
 

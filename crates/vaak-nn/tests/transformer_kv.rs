@@ -206,7 +206,11 @@ struct Schedule {
 
 impl Schedule {
     fn frames(&self, s: usize) -> usize {
-        self.steps.iter().filter(|(_, m)| m[s]).map(|(t, _)| t).sum()
+        self.steps
+            .iter()
+            .filter(|(_, m)| m[s])
+            .map(|(t, _)| t)
+            .sum()
     }
 }
 
@@ -283,7 +287,11 @@ fn batched_slots_with_different_starts_equal_solo_runs() -> Result<()> {
 }
 
 /// Bit-exact snapshot of every layer's K/V rows for slot `s`.
-fn slot_state(m: &Transformer, cache: &vaak_nn::transformer::SlotKvCache, s: usize) -> Result<Vec<Vec<f32>>> {
+fn slot_state(
+    m: &Transformer,
+    cache: &vaak_nn::transformer::SlotKvCache,
+    s: usize,
+) -> Result<Vec<Vec<f32>>> {
     let mut v = vec![];
     for l in 0..m.config().num_layers {
         let (k, vv) = cache.layer_kv(l).unwrap();
@@ -345,7 +353,9 @@ fn reset_of_one_slot_leaves_others_bit_identical() -> Result<()> {
     assert_eq!(sm.cache().positions(), &[9, 0, 9]);
     assert_eq!(bits(&slot_state(&m, sm.cache(), 0)?), keep0);
     assert_eq!(bits(&slot_state(&m, sm.cache(), 2)?), keep2);
-    assert!(bits(&slot_state(&m, sm.cache(), 1)?).iter().all(|&b| b == 0));
+    assert!(bits(&slot_state(&m, sm.cache(), 1)?)
+        .iter()
+        .all(|&b| b == 0));
 
     // Slot 1 now restarts while 0 and 2 continue; each equals its own uninterrupted run.
     let y = input(3, 7, 16, 42)?;
@@ -435,7 +445,9 @@ fn bad_input_gives_errors() -> Result<()> {
     let (m, _vm) = model(&base_cfg(), 80)?;
     // Wrong width, wrong rank, wrong dtype.
     assert!(m.forward(&input(1, 4, 15, 0)?).is_err());
-    assert!(m.forward(&Tensor::zeros((4, 16), DType::F32, &Device::Cpu)?).is_err());
+    assert!(m
+        .forward(&Tensor::zeros((4, 16), DType::F32, &Device::Cpu)?)
+        .is_err());
     assert!(m
         .forward(&Tensor::zeros((1, 4, 16), DType::F64, &Device::Cpu)?)
         .is_err());
@@ -478,7 +490,9 @@ fn bad_input_gives_errors() -> Result<()> {
         82,
     )?;
     let mut c = bi.slot_cache(1)?;
-    assert!(bi.step_slots(&input(1, 1, 16, 0)?, &mut c, &StreamMask::All).is_err());
+    assert!(bi
+        .step_slots(&input(1, 1, 16, 0)?, &mut c, &StreamMask::All)
+        .is_err());
     // Invalid configs.
     for bad in [
         TransformerConfig {

@@ -267,7 +267,7 @@ impl ResidualVq {
     }
 
     /// Rows `[B*T, codebook_dim]` -> `[B, dim, T]`.
-    fn from_rows(&self, rows: &Tensor, b: usize, t: usize) -> Result<Tensor> {
+    fn rows_to_features(&self, rows: &Tensor, b: usize, t: usize) -> Result<Tensor> {
         let rows = match &self.output_proj {
             Some(w) => rows.matmul(&w.t()?)?,
             None => rows.clone(),
@@ -320,7 +320,7 @@ impl ResidualVq {
                 Some(a) => (a + q)?,
             });
         }
-        self.from_rows(&acc.expect("n >= 1"), b, t)
+        self.rows_to_features(&acc.expect("n >= 1"), b, t)
     }
 
     /// Codebook `q`'s vectors for `codes: [B, T]`, as `[B, codebook_dim, T]` (no projection).
@@ -390,7 +390,7 @@ impl ResidualVq {
         }
         // Straight-through: value of the quantized rows, gradient of the identity.
         let st = (&rows + (quant - &rows)?.detach())?;
-        let quantized = self.from_rows(&st, b, t)?;
+        let quantized = self.rows_to_features(&st, b, t)?;
         let codes = Tensor::stack(&codes, 0)?
             .reshape((self.n_q(), b, t))?
             .transpose(0, 1)?

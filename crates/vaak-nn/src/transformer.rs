@@ -149,7 +149,7 @@ impl TransformerConfig {
 
     /// Checks the divisibility and range constraints the layers rely on.
     pub fn validate(&self) -> Result<()> {
-        if self.num_heads == 0 || self.d_model % self.num_heads != 0 {
+        if self.d_model == 0 || self.d_model.checked_rem(self.num_heads) != Some(0) {
             candle_core::bail!(
                 "transformer config: d_model {} is not a positive multiple of num_heads {}",
                 self.d_model,
@@ -157,13 +157,13 @@ impl TransformerConfig {
             );
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.num_heads % kv != 0 {
+        if self.num_heads.checked_rem(kv) != Some(0) {
             candle_core::bail!(
                 "transformer config: num_heads {} is not a multiple of num_kv_heads {kv}",
                 self.num_heads
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if self.head_dim() & 1 == 1 {
             candle_core::bail!(
                 "transformer config: head_dim {} must be even for RoPE",
                 self.head_dim()
@@ -175,7 +175,10 @@ impl TransformerConfig {
         if self.context.is_none() && self.max_seq_len == 0 {
             candle_core::bail!("transformer config: max_seq_len must be at least 1");
         }
-        if !(self.max_period > 0.0) {
+        if self.dim_feedforward == 0 {
+            candle_core::bail!("transformer config: dim_feedforward must be at least 1");
+        }
+        if self.max_period.is_nan() || self.max_period <= 0.0 {
             candle_core::bail!("transformer config: max_period must be positive");
         }
         Ok(())

@@ -547,10 +547,9 @@ fn fixture(name: &str) -> String {
 }
 
 fn check_against_torch(name: &str) -> Result<()> {
-    let cfg: TransformerConfig = serde_json::from_str(
-        &std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap(),
-    )
-    .unwrap();
+    let cfg: TransformerConfig =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap())
+            .unwrap();
     let ts = candle_core::safetensors::load(fixture(&format!("{name}.safetensors")), &Device::Cpu)?;
     let mut vm = VarMap::new();
     let m = Transformer::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
@@ -571,9 +570,14 @@ fn check_against_torch(name: &str) -> Result<()> {
     let dyi = max_abs_diff(&y_inf, &ts["y"])?;
     // Streaming reproduces the reference too.
     let mut sm = StreamingTransformer::new(m.clone(), ts["x"].dim(0)?)?;
-    let ys = stream_in_chunks(&mut sm, &ts["x"], 1, 3)?.into_option().unwrap();
+    let ys = stream_in_chunks(&mut sm, &ts["x"], 1, 3)?
+        .into_option()
+        .unwrap();
     let dys = max_abs_diff(&ys, &ts["y"])?;
-    assert!(dy <= TORCH_TOL && dyi <= TORCH_TOL && dys <= TORCH_TOL, "{name}: y {dy} {dyi} {dys}");
+    assert!(
+        dy <= TORCH_TOL && dyi <= TORCH_TOL && dys <= TORCH_TOL,
+        "{name}: y {dy} {dyi} {dys}"
+    );
     let grads = (y_train * &ts["g"])?.sum_all()?.backward()?;
     let mut worst = max_abs_diff(grads.get(x.as_tensor()).unwrap(), &ts["grad.x"])?;
     let data = vm.data().lock().unwrap();
@@ -585,7 +589,14 @@ fn check_against_torch(name: &str) -> Result<()> {
         let d = max_abs_diff(gr, want)?;
         assert!(d <= TORCH_TOL, "{name}: grad {n} off by {d}");
         // Guard against a vacuous comparison of two zero tensors.
-        assert!(want.abs()?.max_keepdim(0)?.flatten_all()?.max(0)?.to_scalar::<f32>()? > 1e-4);
+        assert!(
+            want.abs()?
+                .max_keepdim(0)?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?
+                > 1e-4
+        );
         worst = worst.max(d);
     }
     println!("{name}: y {dy:e} (inference {dyi:e}, streamed {dys:e}), worst grad {worst:e}");

@@ -608,3 +608,38 @@ fn matches_pytorch_outputs_and_gradients() -> Result<()> {
     check_against_torch("ln_gelu_ctx")?;
     check_against_torch("rms_swiglu_full")
 }
+
+/// bf16 streaming vs the f32 whole-sequence forward (bf16 keeps 8 mantissa bits).
+const BF16_TOL: f32 = 0.1;
+
+#[test]
+fn bf16_weights_stream_through_per_slot_cache() -> Result<()> {
+    let cfg = TransformerConfig {
+        context: Some(4),
+        num_kv_heads: Some(2),
+        ..rich_cfg()
+    };
+    let (m32, vm) = model(&cfg, 90)?;
+    let ts: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().to_dtype(DType::BF16).unwrap()))
+        .collect();
+    let m16 = Transformer::new(
+        &cfg,
+        VarBuilder::from_tensors(ts, DType::BF16, &Device::Cpu),
+    )?;
+    let x = input(2, 11, 16, 91)?;
+    let want = m32.forward(&x)?;
+    let mut sm = StreamingTransformer::new(m16, 2)?;
+    let got = stream_in_chunks(&mut sm, &x.to_dtype(DType::BF16)?, 1, 3)?
+        .into_option()
+        .unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    let d = max_abs_diff(&got, &want)?;
+    println!("bf16 vs f32: {d:e}");
+    assert!(d <= BF16_TOL, "{d}");
+    Ok(())
+}

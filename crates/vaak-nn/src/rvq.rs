@@ -25,6 +25,8 @@ use serde::Deserialize;
 #[derive(Clone, Debug)]
 pub struct Codebook {
     embed: Tensor,
+    /// f32 copy used for distances, so half-precision codebooks still pick exact neighbours.
+    embed_f32: Tensor,
     embed_sq: Tensor,
 }
 
@@ -42,8 +44,13 @@ impl Codebook {
             );
         }
         let embed = embed.contiguous()?;
-        let embed_sq = embed.sqr()?.sum(D::Minus1)?;
-        Ok(Self { embed, embed_sq })
+        let embed_f32 = embed.to_dtype(DType::F32)?;
+        let embed_sq = embed_f32.sqr()?.sum(D::Minus1)?;
+        Ok(Self {
+            embed,
+            embed_f32,
+            embed_sq,
+        })
     }
 
     /// Loads `embed` of shape `[size, dim]` from `vb`.
@@ -74,8 +81,8 @@ impl Codebook {
                 self.dim()
             );
         }
-        let x = x.to_dtype(self.embed.dtype())?;
-        let dots = x.matmul(&self.embed.t()?)?;
+        let x = x.to_dtype(DType::F32)?;
+        let dots = x.matmul(&self.embed_f32.t()?)?;
         let dist = self.embed_sq.unsqueeze(0)?.broadcast_sub(&(dots * 2.0)?)?;
         dist.argmin(D::Minus1)
     }
@@ -287,11 +294,13 @@ impl ResidualVq {
         if n == 0 || n > self.n_q() {
             candle_core::bail!("ResidualVq::encode_n: n = {n} not in 1..={}", self.n_q());
         }
-        let (mut res, b, t) = self.to_rows(x)?;
+        let (rows, b, t) = self.to_rows(x)?;
+        // Residuals in f32: half-precision subtraction would drift stage after stage.
+        let mut res = rows.to_dtype(DType::F32)?;
         let mut codes = Vec::with_capacity(n);
         for cb in &self.codebooks[..n] {
             let c = cb.encode(&res)?;
-            res = (res - cb.embed.index_select(&c, 0)?)?;
+            res = (res - cb.embed_f32.index_select(&c, 0)?)?;
             codes.push(c);
         }
         Tensor::stack(&codes, 0)?

@@ -439,3 +439,31 @@ fn bad_codes_and_shapes_give_errors() -> Result<()> {
     assert!(EmaCodebook::new(randn(4, 2, 84)?, 1.5, 1e-5, 1.0).is_err());
     Ok(())
 }
+
+#[test]
+fn half_precision_codebooks_encode_like_f32() -> Result<()> {
+    let rows = randn(200, 6, 90)?;
+    let rvq = fitted_rvq(&rows, 4, 16, 91)?;
+    // Round the codebooks to bf16, then compare bf16 storage against f32 copies of the same
+    // rounded values: the codes must agree exactly since distances are taken in f32.
+    let half: Vec<Codebook> = rvq
+        .codebooks()
+        .iter()
+        .map(|c| Codebook::new(c.embed().to_dtype(DType::BF16)?))
+        .collect::<Result<_>>()?;
+    let full: Vec<Codebook> = half
+        .iter()
+        .map(|c| Codebook::new(c.embed().to_dtype(DType::F32)?))
+        .collect::<Result<_>>()?;
+    let rh = ResidualVq::from_parts(half, None, None)?;
+    let rf = ResidualVq::from_parts(full, None, None)?;
+    let x = rows.reshape((2, 100, 6))?.transpose(1, 2)?.contiguous()?;
+    let ch = rh.encode(&x.to_dtype(DType::BF16)?)?;
+    let cf = rf.encode(&x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?)?;
+    assert_eq!(
+        ch.flatten_all()?.to_vec1::<u32>()?,
+        cf.flatten_all()?.to_vec1::<u32>()?
+    );
+    assert_eq!(rh.decode(&ch)?.dtype(), DType::BF16);
+    Ok(())
+}

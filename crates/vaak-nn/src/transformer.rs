@@ -474,7 +474,7 @@ impl Attention {
 
 /// One pre-norm transformer layer.
 #[derive(Clone, Debug)]
-pub struct TransformerLayer {
+struct TransformerLayer {
     norm1: Norm,
     self_attn: Attention,
     layer_scale_1: Option<Tensor>,

@@ -467,3 +467,29 @@ fn half_precision_codebooks_encode_like_f32() -> Result<()> {
     assert_eq!(rh.decode(&ch)?.dtype(), DType::BF16);
     Ok(())
 }
+
+#[test]
+fn ema_state_restores_and_continues_identically() -> Result<()> {
+    let mut ema = EmaCodebook::new(randn(5, 3, 100)?, 0.8, 1e-3, 0.1)?;
+    let x = randn(12, 3, 101)?;
+    let codes = ema.codebook().encode(&x)?;
+    ema.update(&x, &codes)?;
+    let mut restored = EmaCodebook::from_state(
+        ema.codebook().embed().clone(),
+        ema.cluster_size().clone(),
+        0.8,
+        1e-3,
+        0.1,
+    )?;
+    let y = randn(12, 3, 102)?;
+    let codes = ema.codebook().encode(&y)?;
+    ema.update(&y, &codes)?;
+    restored.update(&y, &codes)?;
+    let d = max_abs_diff(ema.codebook().embed(), restored.codebook().embed())?;
+    assert!(d <= TOL, "{d}");
+    assert!(
+        EmaCodebook::from_state(randn(5, 3, 1)?, randn(4, 1, 2)?.squeeze(1)?, 0.8, 1e-3, 0.1)
+            .is_err()
+    );
+    Ok(())
+}

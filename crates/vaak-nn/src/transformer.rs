@@ -1,1 +1,1114 @@
-//! (being written)
+//! A pre-norm transformer stack with rotary position embeddings, grouped-query attention,
+//! causal and limited-context (sliding window) masks, and two KV caches for streaming:
+//! [`RotatingKvCache`] for one stream and [`SlotKvCache`] for batched server sessions whose
+//! slots start, stop and reset independently.
+//!
+//! Written here rather than reused from `candle-transformers` because vaak needs one definition
+//! that trains (differentiable norms, softmax and RoPE, see [`Transformer::forward_train`]),
+//! streams with uneven chunk sizes, and batches slots at different positions under a mask.
+//!
+//! # Layer
+//!
+//! ```text
+//! x = x + ls1 * o_proj(attn(rope(q_proj(norm1(x))), rope(k_proj(..)), v_proj(..)))
+//! x = x + ls2 * ffn(norm2(x))
+//! ```
+//! with an optional final norm after the last layer.
+//!
+//! # Tensor names (relative to the `VarBuilder` handed to [`Transformer::new`])
+//!
+//! | name                                         | shape                          |
+//! |----------------------------------------------|--------------------------------|
+//! | `layers.{i}.norm1.weight` (`.bias` for LayerNorm) | `[d_model]`               |
+//! | `layers.{i}.self_attn.q_proj.weight`         | `[num_heads * head_dim, d_model]` |
+//! | `layers.{i}.self_attn.{k,v}_proj.weight`     | `[num_kv_heads * head_dim, d_model]` |
+//! | `layers.{i}.self_attn.o_proj.weight`         | `[d_model, num_heads * head_dim]` |
+//! | `layers.{i}.layer_scale_1.scale`, `layer_scale_2.scale` (if `layer_scale`) | `[d_model]` |
+//! | `layers.{i}.norm2.weight` (`.bias`)          | `[d_model]`                    |
+//! | `layers.{i}.ffn.linear1.weight`              | `[dim_feedforward, d_model]` (Gelu), `[2 * dim_feedforward, d_model]` (SwiGlu: gate rows first, then up rows) |
+//! | `layers.{i}.ffn.linear2.weight`              | `[d_model, dim_feedforward]`   |
+//! | `norm_out.weight` (`.bias`) (if `final_norm`) | `[d_model]`                   |
+//!
+//! Every linear also has a `.bias` when `bias` is set.
+//!
+//! # Positions and masks
+//!
+//! RoPE uses the rotate-half ("neox", Llama/HF) convention by default: dimension `i` of the
+//! first half of a head pairs with dimension `i + head_dim/2`; [`RopeKind::Interleaved`] pairs
+//! `2i` with `2i+1` (GPT-J, Moshi). Angles are `pos / max_period^(2i/head_dim)`, computed in
+//! f64 on the host from absolute positions, so a streamed step at offset `p` and a whole
+//! sequence forward rotate position `p` identically. A query at position `t` sees keys at `s`
+//! with `s <= t` (causal) and `t - s < context` (limited context), i.e. `s` in `(t-context, t]`.
+//! A non-causal stack with a context sees `|t - s| < context`.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::streaming::{StreamMask, StreamTensor, StreamingModule};
+
+/// Normalisation used before attention and before the feed-forward block.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// Mean/variance normalisation with a weight and a bias.
+    #[default]
+    #[serde(alias = "layernorm")]
+    LayerNorm,
+    /// Root-mean-square normalisation with a weight only.
+    #[serde(alias = "rmsnorm")]
+    RmsNorm,
+}
+
+/// Feed-forward block.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FfnKind {
+    /// `linear2(gelu(linear1(x)))` with the exact (erf) GELU, as torch's default.
+    #[default]
+    Gelu,
+    /// `linear2(silu(gate) * up)` where `linear1` yields `[gate | up]`.
+    #[serde(rename = "swiglu", alias = "swi_glu")]
+    SwiGlu,
+}
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeKind {
+    /// Pairs `i` with `i + head_dim/2` (neox / Llama / Hugging Face).
+    #[default]
+    RotateHalf,
+    /// Pairs `2i` with `2i + 1` (GPT-J / Moshi).
+    Interleaved,
+}
+
+/// Hyper-parameters of a [`Transformer`]; deserialisable from a model's config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TransformerConfig {
+    pub d_model: usize,
+    pub num_heads: usize,
+    /// Key/value heads for grouped-query attention; `None` means `num_heads`.
+    pub num_kv_heads: Option<usize>,
+    pub num_layers: usize,
+    pub dim_feedforward: usize,
+    pub norm: NormKind,
+    pub norm_eps: f64,
+    pub ffn: FfnKind,
+    /// Whether every linear layer has a bias.
+    pub bias: bool,
+    pub causal: bool,
+    /// Limited left context: a query at `t` sees keys in `(t - context, t]`. Streaming caches
+    /// then hold exactly `context` entries in a ring.
+    pub context: Option<usize>,
+    /// RoPE base period.
+    pub max_period: f64,
+    pub rope: RopeKind,
+    /// Initial value of per-channel layer-scale parameters; `None` disables layer scale.
+    pub layer_scale: Option<f64>,
+    /// Whether a norm follows the last layer.
+    pub final_norm: bool,
+    /// Capacity of streaming caches when `context` is `None` (full context cannot rotate).
+    pub max_seq_len: usize,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        Self {
+            d_model: 512,
+            num_heads: 8,
+            num_kv_heads: None,
+            num_layers: 8,
+            dim_feedforward: 2048,
+            norm: NormKind::LayerNorm,
+            norm_eps: 1e-5,
+            ffn: FfnKind::Gelu,
+            bias: false,
+            causal: true,
+            context: None,
+            max_period: 10_000.0,
+            rope: RopeKind::RotateHalf,
+            layer_scale: None,
+            final_norm: false,
+            max_seq_len: 4096,
+        }
+    }
+}
+
+impl TransformerConfig {
+    /// Number of key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_kv_heads.unwrap_or(self.num_heads)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.num_heads.max(1)
+    }
+
+    /// Checks the divisibility and range constraints the layers rely on.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_model == 0 || self.d_model.checked_rem(self.num_heads) != Some(0) {
+            candle_core::bail!(
+                "transformer config: d_model {} is not a positive multiple of num_heads {}",
+                self.d_model,
+                self.num_heads
+            );
+        }
+        let kv = self.kv_heads();
+        if self.num_heads.checked_rem(kv) != Some(0) {
+            candle_core::bail!(
+                "transformer config: num_heads {} is not a multiple of num_kv_heads {kv}",
+                self.num_heads
+            );
+        }
+        if self.head_dim() & 1 == 1 {
+            candle_core::bail!(
+                "transformer config: head_dim {} must be even for RoPE",
+                self.head_dim()
+            );
+        }
+        if self.context == Some(0) {
+            candle_core::bail!("transformer config: context must be at least 1");
+        }
+        if self.context.is_none() && self.max_seq_len == 0 {
+            candle_core::bail!("transformer config: max_seq_len must be at least 1");
+        }
+        if self.dim_feedforward == 0 {
+            candle_core::bail!("transformer config: dim_feedforward must be at least 1");
+        }
+        if self.max_period.is_nan() || self.max_period <= 0.0 {
+            candle_core::bail!("transformer config: max_period must be positive");
+        }
+        Ok(())
+    }
+
+    /// Whether query `q` may attend to key `k` (absolute positions).
+    fn allowed(&self, q: usize, k: usize) -> bool {
+        if self.causal {
+            k <= q && self.context.is_none_or(|c| q - k < c)
+        } else {
+            self.context.is_none_or(|c| q.abs_diff(k) < c)
+        }
+    }
+}
+
+/// Host-side RoPE angle tables.
+#[derive(Clone, Debug)]
+struct Rope {
+    inv_freq: Vec<f64>,
+    kind: RopeKind,
+}
+
+impl Rope {
+    fn new(cfg: &TransformerConfig) -> Self {
+        let hd = cfg.head_dim();
+        let inv_freq = (0..hd / 2)
+            .map(|i| 1.0 / cfg.max_period.powf(2.0 * i as f64 / hd as f64))
+            .collect();
+        Self {
+            inv_freq,
+            kind: cfg.rope,
+        }
+    }
+
+    /// `cos`, `sin` of shape `[rows, T, head_dim/2]` (or `[T, head_dim/2]` for one shared row).
+    fn tables(
+        &self,
+        starts: &[usize],
+        t: usize,
+        shared: bool,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let h = self.inv_freq.len();
+        let rows: &[usize] = if shared { &starts[..1] } else { starts };
+        let mut cos = Vec::with_capacity(rows.len() * t * h);
+        let mut sin = Vec::with_capacity(rows.len() * t * h);
+        for &p in rows {
+            for i in 0..t {
+                let pos = (p + i) as f64;
+                for f in &self.inv_freq {
+                    let a = pos * f;
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+        let (cos, sin) = if shared {
+            (
+                Tensor::from_vec(cos, (t, h), dev)?,
+                Tensor::from_vec(sin, (t, h), dev)?,
+            )
+        } else {
+            (
+                Tensor::from_vec(cos, (rows.len(), t, h), dev)?,
+                Tensor::from_vec(sin, (rows.len(), t, h), dev)?,
+            )
+        };
+        Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
+    }
+
+    /// Rotates `x: [B, H, T, head_dim]` (contiguous).
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            return match self.kind {
+                RopeKind::RotateHalf => candle_nn::rotary_emb::rope(x, cos, sin),
+                RopeKind::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+            };
+        }
+        // The fused kernels have no backward: same maths from primitive ops.
+        let (b, _, t, hd) = x.dims4()?;
+        let h = hd / 2;
+        let (c, s) = match cos.rank() {
+            2 => (cos.reshape((1, 1, t, h))?, sin.reshape((1, 1, t, h))?),
+            _ => (cos.reshape((b, 1, t, h))?, sin.reshape((b, 1, t, h))?),
+        };
+        match self.kind {
+            RopeKind::RotateHalf => {
+                let x1 = x.narrow(D::Minus1, 0, h)?;
+                let x2 = x.narrow(D::Minus1, h, h)?;
+                let y1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
+                let y2 = (x1.broadcast_mul(&s)? + x2.broadcast_mul(&c)?)?;
+                Tensor::cat(&[y1, y2], D::Minus1)
+            }
+            RopeKind::Interleaved => {
+                let dims = x.dims().to_vec();
+                let xr = x.reshape((dims[0], dims[1], t, h, 2))?;
+                let x1 = xr.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+                let x2 = xr.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+                let y1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
+                let y2 = (x1.broadcast_mul(&s)? + x2.broadcast_mul(&c)?)?;
+                Tensor::stack(&[y1, y2], D::Minus1)?.reshape(dims)
+            }
+        }
+    }
+}
+
+/// Softmax over the last axis: fused for inference, from primitive ops for training.
+fn softmax(x: &Tensor, train: bool) -> Result<Tensor> {
+    if !train {
+        return candle_nn::ops::softmax_last_dim(x);
+    }
+    // The max is a constant shift for stability; it carries no gradient.
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+#[derive(Clone, Debug)]
+enum Norm {
+    Layer { w: Tensor, b: Tensor, eps: f64 },
+    Rms { w: Tensor, eps: f64 },
+}
+
+impl Norm {
+    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let w = vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?;
+        Ok(match cfg.norm {
+            NormKind::LayerNorm => Self::Layer {
+                w,
+                b: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+                eps: cfg.norm_eps,
+            },
+            NormKind::RmsNorm => Self::Rms {
+                w,
+                eps: cfg.norm_eps,
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            let x = x.contiguous()?;
+            return match self {
+                Self::Layer { w, b, eps } => candle_nn::ops::layer_norm(&x, w, b, *eps as f32),
+                Self::Rms { w, eps } => candle_nn::ops::rms_norm(&x, w, *eps as f32),
+            };
+        }
+        // The fused norms have no backward; statistics in f32 for half-precision inputs.
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let y = match self {
+            Self::Layer { eps, .. } => {
+                let xc = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                xc.broadcast_div(&(var + *eps)?.sqrt()?)?
+            }
+            Self::Rms { eps, .. } => {
+                let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+                xf.broadcast_div(&(ms + *eps)?.sqrt()?)?
+            }
+        }
+        .to_dtype(dtype)?;
+        match self {
+            Self::Layer { w, b, .. } => y.broadcast_mul(w)?.broadcast_add(b),
+            Self::Rms { w, .. } => y.broadcast_mul(w),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Ffn {
+    linear1: Linear,
+    linear2: Linear,
+    kind: FfnKind,
+    hidden: usize,
+}
+
+impl Ffn {
+    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, h) = (cfg.d_model, cfg.dim_feedforward);
+        let in_rows = match cfg.ffn {
+            FfnKind::Gelu => h,
+            FfnKind::SwiGlu => 2 * h,
+        };
+        Ok(Self {
+            linear1: candle_nn::linear_b(d, in_rows, cfg.bias, vb.pp("linear1"))?,
+            linear2: candle_nn::linear_b(h, d, cfg.bias, vb.pp("linear2"))?,
+            kind: cfg.ffn,
+            hidden: h,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.linear1.forward(x)?;
+        let h = match self.kind {
+            FfnKind::Gelu => h.gelu_erf()?,
+            FfnKind::SwiGlu => {
+                let gate = h.narrow(D::Minus1, 0, self.hidden)?;
+                let up = h.narrow(D::Minus1, self.hidden, self.hidden)?;
+                (candle_nn::ops::silu(&gate)? * up)?
+            }
+        };
+        self.linear2.forward(&h)
+    }
+}
+
+/// Rotary tables and additive mask for one attention call, shared by all layers.
+struct AttnInputs {
+    cos: Tensor,
+    sin: Tensor,
+    /// `[B or 1, 1, 1, T, S]`, zeros where allowed and `-inf` elsewhere; `None` = no mask.
+    mask: Option<Tensor>,
+}
+
+#[derive(Clone, Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, hd) = (cfg.d_model, cfg.head_dim());
+        let (h, kv) = (cfg.num_heads, cfg.kv_heads());
+        Ok(Self {
+            q_proj: candle_nn::linear_b(d, h * hd, cfg.bias, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear_b(d, kv * hd, cfg.bias, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_b(d, kv * hd, cfg.bias, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_b(h * hd, d, cfg.bias, vb.pp("o_proj"))?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: hd,
+        })
+    }
+
+    /// Projects and rotates: `q: [B, H, T, hd]`, `k, v: [B, Hkv, T, hd]`, all contiguous.
+    fn qkv(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        inp: &AttnInputs,
+        train: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            y.reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = rope.apply(&q, &inp.cos, &inp.sin, train)?;
+        let k = rope.apply(&k, &inp.cos, &inp.sin, train)?;
+        Ok((q, k, v))
+    }
+
+    /// Attention of `q: [B, H, T, hd]` over `k, v: [B, Hkv, S, hd]`, then the output projection.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, h, t, hd) = q.dims4()?;
+        let s = k.dim(2)?;
+        let kv = self.num_kv_heads;
+        let g = h / kv;
+        // Grouping the query heads that share a KV head into the row axis avoids copying K/V.
+        let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((b, kv, g * t, hd))?;
+        let scores = q.matmul(&k.t()?)?;
+        let dtype = scores.dtype();
+        let mut scores = scores.to_dtype(DType::F32)?.reshape((b, kv, g, t, s))?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let p = softmax(&scores, train)?
+            .to_dtype(dtype)?
+            .reshape((b, kv, g * t, s))?;
+        let y = p.matmul(v)?.reshape((b, h, t, hd))?.transpose(1, 2)?;
+        self.o_proj.forward(&y.reshape((b, t, h * hd))?)
+    }
+}
+
+/// One pre-norm transformer layer.
+#[derive(Clone, Debug)]
+struct TransformerLayer {
+    norm1: Norm,
+    self_attn: Attention,
+    layer_scale_1: Option<Tensor>,
+    norm2: Norm,
+    ffn: Ffn,
+    layer_scale_2: Option<Tensor>,
+}
+
+impl TransformerLayer {
+    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let ls = |name: &str| -> Result<Option<Tensor>> {
+            cfg.layer_scale
+                .map(|v| {
+                    vb.pp(name)
+                        .get_with_hints(cfg.d_model, "scale", candle_nn::Init::Const(v))
+                })
+                .transpose()
+        };
+        Ok(Self {
+            norm1: Norm::new(cfg, vb.pp("norm1"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            layer_scale_1: ls("layer_scale_1")?,
+            norm2: Norm::new(cfg, vb.pp("norm2"))?,
+            ffn: Ffn::new(cfg, vb.pp("ffn"))?,
+            layer_scale_2: ls("layer_scale_2")?,
+        })
+    }
+
+    fn block<F>(&self, x: &Tensor, train: bool, attn: F) -> Result<Tensor>
+    where
+        F: FnOnce(&Tensor) -> Result<Tensor>,
+    {
+        let scale = |y: Tensor, s: &Option<Tensor>| match s {
+            Some(s) => y.broadcast_mul(s),
+            None => Ok(y),
+        };
+        let a = attn(&self.norm1.forward(x, train)?)?;
+        let x = (x + scale(a, &self.layer_scale_1)?)?;
+        let f = self.ffn.forward(&self.norm2.forward(&x, train)?)?;
+        x + scale(f, &self.layer_scale_2)?
+    }
+}
+
+/// The transformer stack: weights only; streaming state lives in a cache.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    cfg: TransformerConfig,
+    layers: Vec<TransformerLayer>,
+    norm_out: Option<Norm>,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl Transformer {
+    /// Builds the stack from `vb` (see the module doc for tensor names).
+    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| TransformerLayer::new(cfg, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm_out = if cfg.final_norm {
+            Some(Norm::new(cfg, vb.pp("norm_out"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            layers,
+            norm_out,
+            rope: Rope::new(cfg),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whole-sequence inference forward of `x: [B, T, d_model]` from position 0.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_at(x, 0, false)
+    }
+
+    /// Whole-sequence forward built only from differentiable ops (norms, softmax and RoPE
+    /// without the fused kernels). Equals [`Self::forward`] up to rounding.
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_at(x, 0, true)
+    }
+
+    /// Whole-sequence forward whose first frame sits at absolute position `offset`.
+    pub fn forward_at(&self, x: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
+        let (_, t, _) = self.check_input(x)?;
+        if t == 0 {
+            return Ok(x.clone());
+        }
+        let (cos, sin) = self
+            .rope
+            .tables(&[offset], t, true, self.dtype, &self.device)?;
+        let pos: Vec<usize> = (offset..offset + t).collect();
+        let needs_mask = self.cfg.causal || self.cfg.context.is_some_and(|c| c < t);
+        let mask = if needs_mask {
+            let mut m = Vec::with_capacity(t * t);
+            for &q in &pos {
+                for &k in &pos {
+                    m.push(if self.cfg.allowed(q, k) {
+                        0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    });
+                }
+            }
+            Some(Tensor::from_vec(m, (1, 1, 1, t, t), &self.device)?)
+        } else {
+            None
+        };
+        let inp = AttnInputs { cos, sin, mask };
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.block(&x, train, |h| {
+                let attn = &layer.self_attn;
+                let (q, k, v) = attn.qkv(h, &self.rope, &inp, train)?;
+                attn.attend(&q, &k, &v, inp.mask.as_ref(), train)
+            })?;
+        }
+        self.finish(x, train)
+    }
+
+    fn finish(&self, x: Tensor, train: bool) -> Result<Tensor> {
+        match &self.norm_out {
+            Some(n) => n.forward(&x, train),
+            None => Ok(x),
+        }
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<(usize, usize, usize)> {
+        let dims = x.dims();
+        if dims.len() != 3 || dims[2] != self.cfg.d_model {
+            candle_core::bail!(
+                "transformer input: expected [batch, time, {}], got {:?}",
+                self.cfg.d_model,
+                x.shape()
+            );
+        }
+        if x.dtype() != self.dtype {
+            candle_core::bail!(
+                "transformer input: dtype {:?} differs from the weights' {:?}",
+                x.dtype(),
+                self.dtype
+            );
+        }
+        Ok((dims[0], dims[1], dims[2]))
+    }
+
+    /// A cache for `batch_size` slots matching this stack (ring of `context` entries, or a
+    /// flat buffer of `max_seq_len` entries when the context is unlimited).
+    pub fn slot_cache(&self, batch_size: usize) -> Result<SlotKvCache> {
+        SlotKvCache::new(&self.cfg, batch_size, self.dtype, &self.device)
+    }
+
+    /// A single-stream cache (all `batch_size` rows advance together).
+    pub fn rotating_cache(&self, batch_size: usize) -> Result<RotatingKvCache> {
+        Ok(RotatingKvCache(self.slot_cache(batch_size)?))
+    }
+
+    /// One streaming step of `x: [B, T, d_model]` for all rows of a single-stream cache.
+    pub fn step(&self, x: &Tensor, cache: &mut RotatingKvCache) -> Result<Tensor> {
+        self.step_slots(x, &mut cache.0, &StreamMask::All)
+    }
+
+    /// One batched streaming step: each slot continues from its own position; slots inactive
+    /// in `mask` keep their cache and position (their output rows carry no meaning).
+    pub fn step_slots(
+        &self,
+        x: &Tensor,
+        cache: &mut SlotKvCache,
+        mask: &StreamMask,
+    ) -> Result<Tensor> {
+        let (b, t, _) = self.check_input(x)?;
+        if !self.cfg.causal {
+            candle_core::bail!("transformer step: a non-causal stack cannot stream");
+        }
+        if cache.layers.len() != self.layers.len()
+            || cache.num_kv_heads != self.cfg.kv_heads()
+            || cache.head_dim != self.cfg.head_dim()
+            || cache.rotating != self.cfg.context.is_some()
+            || cache.dtype != self.dtype
+        {
+            candle_core::bail!("transformer step: the cache was built for a different model");
+        }
+        if b != cache.batch_size() {
+            candle_core::bail!(
+                "transformer step: input batch {b} differs from the cache's {} slots",
+                cache.batch_size()
+            );
+        }
+        if let StreamMask::Slots(s) = mask {
+            if s.len() != b {
+                candle_core::bail!(
+                    "transformer step: mask has {} slots, the batch has {b}",
+                    s.len()
+                );
+            }
+        }
+        if t == 0 {
+            return Ok(x.clone());
+        }
+        let plan = cache.plan(&self.cfg, &self.rope, t, mask)?;
+        let mut x = x.clone();
+        for (layer, ring) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.block(&x, false, |h| {
+                let attn = &layer.self_attn;
+                let (q, k, v) = attn.qkv(h, &self.rope, &plan.inputs, false)?;
+                match plan.mode {
+                    AttendMode::InPlace { len } => {
+                        ring.write(&k, &v, &plan.write)?;
+                        let kk = ring.k.narrow(2, 0, len)?;
+                        let vv = ring.v.narrow(2, 0, len)?;
+                        attn.attend(&q, &kk, &vv, plan.inputs.mask.as_ref(), false)
+                    }
+                    AttendMode::Concat { ring_len } => {
+                        let (kk, vv) = if ring_len == 0 {
+                            (k.clone(), v.clone())
+                        } else {
+                            (
+                                Tensor::cat(&[&ring.k.narrow(2, 0, ring_len)?, &k], 2)?,
+                                Tensor::cat(&[&ring.v.narrow(2, 0, ring_len)?, &v], 2)?,
+                            )
+                        };
+                        let y = attn.attend(&q, &kk, &vv, plan.inputs.mask.as_ref(), false)?;
+                        ring.write(&k, &v, &plan.write)?;
+                        Ok(y)
+                    }
+                }
+            })?;
+        }
+        cache.advance(t, mask);
+        self.finish(x, false)
+    }
+}
+
+/// Keys and values of one layer: `[B, Hkv, capacity, head_dim]`, written in place.
+#[derive(Debug)]
+struct KvRing {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// How a step's new keys land in the ring.
+enum WritePlan {
+    /// All slots write the same contiguous ring range: the new tokens `src_start..` go to
+    /// `offset` (up to the ring's end) and the remainder wraps to 0.
+    Slice {
+        src_start: usize,
+        first: usize,
+        offset: usize,
+        second: usize,
+    },
+    /// Per-slot ring indices `[B, Hkv, T', hd]`; inactive slots write back what they hold.
+    Scatter {
+        src_start: usize,
+        idx: Tensor,
+        active: Option<Tensor>,
+    },
+}
+
+enum AttendMode {
+    /// Write first, then attend over ring entries `0..len`.
+    InPlace { len: usize },
+    /// Attend over ring entries `0..ring_len` followed by the new keys, then write.
+    Concat { ring_len: usize },
+}
+
+struct StepPlan {
+    inputs: AttnInputs,
+    write: WritePlan,
+    mode: AttendMode,
+}
+
+impl KvRing {
+    fn write(&self, k: &Tensor, v: &Tensor, plan: &WritePlan) -> Result<()> {
+        match plan {
+            WritePlan::Slice {
+                src_start,
+                first,
+                offset,
+                second,
+            } => {
+                for (dst, src) in [(&self.k, k), (&self.v, v)] {
+                    dst.slice_set(
+                        &src.narrow(2, *src_start, *first)?.contiguous()?,
+                        2,
+                        *offset,
+                    )?;
+                    if *second > 0 {
+                        let s = src.narrow(2, src_start + first, *second)?.contiguous()?;
+                        dst.slice_set(&s, 2, 0)?;
+                    }
+                }
+            }
+            WritePlan::Scatter {
+                src_start,
+                idx,
+                active,
+            } => {
+                let n = idx.dim(2)?;
+                for (dst, src) in [(&self.k, k), (&self.v, v)] {
+                    let src = src.narrow(2, *src_start, n)?;
+                    let src = match active {
+                        Some(a) => a
+                            .broadcast_as(src.shape())?
+                            .where_cond(&src, &dst.gather(idx, 2)?)?,
+                        None => src.contiguous()?,
+                    };
+                    dst.scatter_set(idx, &src, 2)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-slot KV caches for the whole stack: one ring per layer and one position per slot.
+/// Slots start, stop and reset independently; [`Transformer::step_slots`] advances the live
+/// ones in one batched step.
+#[derive(Debug)]
+pub struct SlotKvCache {
+    layers: Vec<KvRing>,
+    pos: Vec<usize>,
+    capacity: usize,
+    rotating: bool,
+    num_kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl SlotKvCache {
+    /// Zeroed cache for `batch_size` slots of a stack with config `cfg`.
+    pub fn new(
+        cfg: &TransformerConfig,
+        batch_size: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if batch_size == 0 {
+            candle_core::bail!("SlotKvCache: batch_size must be at least 1");
+        }
+        let (capacity, rotating) = match cfg.context {
+            Some(c) => (c, true),
+            None => (cfg.max_seq_len, false),
+        };
+        let shape = (batch_size, cfg.kv_heads(), capacity, cfg.head_dim());
+        let layers = (0..cfg.num_layers)
+            .map(|_| {
+                Ok(KvRing {
+                    k: Tensor::zeros(shape, dtype, device)?,
+                    v: Tensor::zeros(shape, dtype, device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            pos: vec![0; batch_size],
+            capacity,
+            rotating,
+            num_kv_heads: cfg.kv_heads(),
+            head_dim: cfg.head_dim(),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.pos.len()
+    }
+
+    /// Frames each slot has consumed since its last reset.
+    pub fn positions(&self) -> &[usize] {
+        &self.pos
+    }
+
+    /// Ring size (the context) or the flat capacity for unlimited context.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether old entries are overwritten (limited context) rather than refused.
+    pub fn is_rotating(&self) -> bool {
+        self.rotating
+    }
+
+    /// Layer `i`'s raw key and value buffers `[B, Hkv, capacity, head_dim]` (for inspection).
+    pub fn layer_kv(&self, i: usize) -> Option<(&Tensor, &Tensor)> {
+        self.layers.get(i).map(|r| (&r.k, &r.v))
+    }
+
+    /// Forgets every slot.
+    pub fn reset(&mut self) -> Result<()> {
+        self.reset_slots(&StreamMask::All)
+    }
+
+    /// Forgets the slots set in `mask`; the others stay bit-identical.
+    pub fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        let b = self.batch_size();
+        if let StreamMask::Slots(s) = mask {
+            if s.len() != b {
+                candle_core::bail!(
+                    "SlotKvCache::reset_slots: mask has {} slots, cache {b}",
+                    s.len()
+                );
+            }
+        }
+        // Stale entries are masked out by position anyway; zeroing keeps them from ever
+        // carrying non-finite values into a product with a zero weight.
+        let shape = (1, self.num_kv_heads, self.capacity, self.head_dim);
+        let zeros = Tensor::zeros(shape, self.dtype, &self.device)?;
+        for i in 0..b {
+            if mask.is_active(i) {
+                self.pos[i] = 0;
+                for r in &self.layers {
+                    r.k.slice_set(&zeros, 0, i)?;
+                    r.v.slice_set(&zeros, 0, i)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, t: usize, mask: &StreamMask) {
+        for (i, p) in self.pos.iter_mut().enumerate() {
+            if mask.is_active(i) {
+                *p += t;
+            }
+        }
+    }
+
+    /// Absolute position held by ring entry `j` of a slot whose next position is `next`.
+    fn entry_pos(&self, j: usize, next: usize) -> Option<usize> {
+        if next == 0 || j >= next {
+            return None;
+        }
+        let last = next - 1;
+        if self.rotating {
+            Some(last - (last - j) % self.capacity)
+        } else {
+            Some(j)
+        }
+    }
+
+    fn plan(
+        &self,
+        cfg: &TransformerConfig,
+        rope: &Rope,
+        t: usize,
+        mask: &StreamMask,
+    ) -> Result<StepPlan> {
+        let b = self.batch_size();
+        let cap = self.capacity;
+        if !self.rotating {
+            for (i, &p) in self.pos.iter().enumerate() {
+                if mask.is_active(i) && p + t > cap {
+                    candle_core::bail!(
+                        "SlotKvCache: slot {i} at position {p} cannot take {t} more frames: \
+                         capacity {cap} (max_seq_len) exceeded"
+                    );
+                }
+            }
+        }
+        let all_active = (0..b).all(|i| mask.is_active(i));
+        let same_pos = self.pos.iter().all(|&p| p == self.pos[0]);
+        let (cos, sin) = rope.tables(&self.pos, t, same_pos, self.dtype, &self.device)?;
+
+        // Which keys the attention sees, and their absolute positions per slot.
+        let max_next = self.pos.iter().map(|&p| p + t).max().unwrap_or(t);
+        let mode = if self.rotating && t > 1 {
+            let max_pos = self.pos.iter().copied().max().unwrap_or(0);
+            AttendMode::Concat {
+                ring_len: max_pos.min(cap),
+            }
+        } else {
+            AttendMode::InPlace {
+                len: max_next.min(cap),
+            }
+        };
+        let s = match mode {
+            AttendMode::InPlace { len } => len,
+            AttendMode::Concat { ring_len } => ring_len + t,
+        };
+        let rows = if same_pos { 1 } else { b };
+        let mut m = Vec::with_capacity(rows * t * s);
+        for &p in &self.pos[..rows] {
+            let key_pos = |j: usize| -> Option<usize> {
+                match mode {
+                    AttendMode::InPlace { .. } => self.entry_pos(j, p + t),
+                    AttendMode::Concat { ring_len } if j < ring_len => self.entry_pos(j, p),
+                    AttendMode::Concat { ring_len } => Some(p + j - ring_len),
+                }
+            };
+            let keys: Vec<Option<usize>> = (0..s).map(key_pos).collect();
+            for q in p..p + t {
+                for kp in &keys {
+                    let ok = kp.is_some_and(|kp| cfg.allowed(q, kp));
+                    m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let mask_t = Tensor::from_vec(m, (rows, 1, 1, t, s), &self.device)?;
+
+        // Only the last `cap` new frames survive in a ring.
+        let n = t.min(cap);
+        let src_start = t - n;
+        let start = |p: usize| (p + src_start) % cap;
+        let write = if all_active && same_pos {
+            let offset = start(self.pos[0]);
+            let first = n.min(cap - offset);
+            WritePlan::Slice {
+                src_start,
+                first,
+                offset,
+                second: n - first,
+            }
+        } else {
+            let mut idx = Vec::with_capacity(b * n);
+            for &p in &self.pos {
+                idx.extend((0..n).map(|i| ((start(p) + i) % cap) as u32));
+            }
+            let shape = (b, self.num_kv_heads, n, self.head_dim);
+            let idx = Tensor::from_vec(idx, (b, 1, n, 1), &self.device)?
+                .broadcast_as(shape)?
+                .contiguous()?;
+            let active = if all_active {
+                None
+            } else {
+                Some(mask.to_tensor(b, &self.device)?.reshape((b, 1, 1, 1))?)
+            };
+            WritePlan::Scatter {
+                src_start,
+                idx,
+                active,
+            }
+        };
+        Ok(StepPlan {
+            inputs: AttnInputs {
+                cos,
+                sin,
+                mask: Some(mask_t),
+            },
+            write,
+            mode,
+        })
+    }
+}
+
+/// KV cache for a single stream (every batch row advances together, no per-slot masks): a
+/// ring of `context` entries when the context is limited, else a flat buffer that refuses
+/// to grow past `max_seq_len`.
+#[derive(Debug)]
+pub struct RotatingKvCache(SlotKvCache);
+
+impl RotatingKvCache {
+    /// Frames consumed since the last reset.
+    pub fn offset(&self) -> usize {
+        self.0.pos[0]
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.0.capacity
+    }
+
+    pub fn reset(&mut self) -> Result<()> {
+        self.0.reset()
+    }
+
+    /// The underlying per-slot cache (all slots at the same position).
+    pub fn as_slots(&self) -> &SlotKvCache {
+        &self.0
+    }
+}
+
+/// A [`Transformer`] with its own [`SlotKvCache`]: the [`StreamingModule`] form of the stack.
+/// Input chunks are `[B, T, d_model]` along axis 1; `T` may differ from step to step.
+#[derive(Debug)]
+pub struct StreamingTransformer {
+    model: Transformer,
+    cache: SlotKvCache,
+}
+
+impl StreamingTransformer {
+    pub fn new(model: Transformer, batch_size: usize) -> Result<Self> {
+        let cache = model.slot_cache(batch_size)?;
+        Ok(Self { model, cache })
+    }
+
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+
+    pub fn cache(&self) -> &SlotKvCache {
+        &self.cache
+    }
+}
+
+impl StreamingModule for StreamingTransformer {
+    fn step(&mut self, xs: &StreamTensor, mask: &StreamMask) -> Result<StreamTensor> {
+        match xs.as_option() {
+            None => Ok(StreamTensor::empty()),
+            Some(x) if x.dim(1)? == 0 => Ok(StreamTensor::empty()),
+            Some(x) => Ok(StreamTensor::from_tensor(self.model.step_slots(
+                x,
+                &mut self.cache,
+                mask,
+            )?)),
+        }
+    }
+
+    fn reset_state(&mut self) {
+        // Only fails on a mask of the wrong length, which `All` cannot be; positions are reset
+        // first so the state is fresh even if zeroing the buffers failed.
+        self.cache.pos.fill(0);
+        let _ = self.cache.reset();
+    }
+
+    fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        self.cache.reset_slots(mask)
+    }
+}

@@ -93,7 +93,10 @@ pub fn run(cmd: AudioCommand) -> Result<()> {
 fn probe(files: &[PathBuf], json: bool) -> Result<()> {
     let mut failed = 0;
     if !json {
-        println!("{:<8} {:>9} {:>4} {:>10}  file", "codec", "rate", "ch", "seconds");
+        println!(
+            "{:<8} {:>9} {:>4} {:>10}  file",
+            "codec", "rate", "ch", "seconds"
+        );
     }
     for f in files {
         match probe_info(f) {
@@ -156,12 +159,12 @@ fn features(input: &PathBuf, output: &PathBuf, kind: FeatureKind) -> Result<()> 
                 ..Default::default()
             };
             let f = vaak_audio::features::KaldiFbank::new(opts)?.compute(x)?;
-            (f.data, f.n_frames, f.n_bins)
+            (f.data, f.n_frames, f.n_features)
         }
         FeatureKind::EcapaFbank80 => {
-            let mut f = vaak_audio::features::SpeechbrainFbank::ecapa()?.compute(x)?;
-            vaak_audio::features::sentence_mean_norm(&mut f);
-            (f.data, f.n_frames, f.n_bins)
+            let f = vaak_audio::features::SpeechbrainFbank::new(Default::default())?
+                .compute_normalized(x)?;
+            (f.data, f.n_frames, f.n_features)
         }
     };
     let t = candle_core::Tensor::from_vec(data, (rows, cols), &candle_core::Device::Cpu)?;

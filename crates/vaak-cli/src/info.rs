@@ -111,8 +111,14 @@ mod tests {
     #[test]
     fn candle_version_matches_lockfile() {
         let lock = include_str!("../../../Cargo.lock");
-        let needle = format!("name = \"candle-core\"\nversion = \"{}\"", super::CANDLE_VERSION);
-        assert!(lock.contains(&needle), "Cargo.lock pins another candle-core");
+        let needle = format!(
+            "name = \"candle-core\"\nversion = \"{}\"",
+            super::CANDLE_VERSION
+        );
+        assert!(
+            lock.contains(&needle),
+            "Cargo.lock pins another candle-core"
+        );
     }
 
     #[test]

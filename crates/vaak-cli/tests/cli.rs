@@ -37,7 +37,10 @@ fn help_lists_only_implemented_commands() {
         assert!(t.contains(cmd), "--help misses {cmd}: {t}");
     }
     for absent in ["cascade", "serve", "train"] {
-        assert!(!t.contains(absent), "--help lists unimplemented {absent}: {t}");
+        assert!(
+            !t.contains(absent),
+            "--help lists unimplemented {absent}: {t}"
+        );
     }
 }
 

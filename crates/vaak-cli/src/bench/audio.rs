@@ -113,7 +113,7 @@ pub fn run(args: AudioBenchArgs) -> Result<()> {
     })?;
     push("kaldi fbank 80", vaak("vaak KaldiFbank", t));
 
-    let sb = vaak_audio::features::SpeechbrainFbank::ecapa()?;
+    let sb = vaak_audio::features::SpeechbrainFbank::new(Default::default())?;
     let t = time_median(timing, || {
         for c in &clips {
             sb.compute(c)?;
@@ -129,7 +129,10 @@ pub fn run(args: AudioBenchArgs) -> Result<()> {
         match peer::find_python(args.python.as_deref()) {
             Err(why) => notes.push(why),
             Ok(python) => {
-                eprintln!("bench audio: measuring the Python peer ({})...", python.display());
+                eprintln!(
+                    "bench audio: measuring the Python peer ({})...",
+                    python.display()
+                );
                 let mut peer_args = vec!["--files".to_string()];
                 peer_args.extend(files.iter().map(|f| f.display().to_string()));
                 peer_args.extend([
@@ -163,7 +166,12 @@ pub fn run(args: AudioBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn attach_peers(cases: &mut [CaseResult], v: &serde_json::Value, audio_s: f64, notes: &mut Vec<String>) {
+fn attach_peers(
+    cases: &mut [CaseResult],
+    v: &serde_json::Value,
+    audio_s: f64,
+    notes: &mut Vec<String>,
+) {
     for c in cases.iter_mut() {
         let Some(list) = v["cases"][&c.case].as_array() else {
             notes.push(format!("peer has no result for '{}'", c.case));
@@ -184,7 +192,9 @@ fn attach_peers(cases: &mut [CaseResult], v: &serde_json::Value, audio_s: f64, n
     }
     if let Some(skipped) = v["skipped"].as_array() {
         for s in skipped.iter().filter_map(|s| s.as_str()) {
-            notes.push(format!("peer library {s} not installed; its rows are missing"));
+            notes.push(format!(
+                "peer library {s} not installed; its rows are missing"
+            ));
         }
     }
     if let Some(versions) = v["versions"].as_object() {
@@ -216,9 +226,13 @@ fn synth_corpus(dir: &Path, n: usize, seconds: f64) -> Result<Vec<PathBuf>> {
 
 pub fn speechlike(seconds: f64, sr: u32, seed: u64) -> Vec<f32> {
     let n = (seconds * sr as f64) as usize;
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut noise = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) as f64 / (1u64 << 31) as f64) - 1.0
     };
     let base = 110.0 + 40.0 * (seed % 3) as f64;

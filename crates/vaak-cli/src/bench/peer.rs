@@ -29,14 +29,21 @@ pub fn find_python(explicit: Option<&Path>) -> std::result::Result<PathBuf, Stri
     if venv.exists() {
         return Ok(venv.to_path_buf());
     }
-    Err("no Python peer: set VAAK_PYTHON or create tools/fixtures/.venv \
+    Err(
+        "no Python peer: set VAAK_PYTHON or create tools/fixtures/.venv \
          (see tools/fixtures/README.md)"
-        .to_string())
+            .to_string(),
+    )
 }
 
 /// Writes `script` to a temp file, runs it with `args` plus `--json <out>`, and parses the JSON
 /// it wrote. The peer's stderr is passed through so its failures are visible.
-pub fn run_script(python: &Path, name: &str, script: &str, args: &[String]) -> Result<serde_json::Value> {
+pub fn run_script(
+    python: &Path,
+    name: &str,
+    script: &str,
+    args: &[String],
+) -> Result<serde_json::Value> {
     let dir = tempfile::tempdir().context("creating a temp dir for the peer script")?;
     let script_path = dir.path().join(name);
     std::fs::write(&script_path, script)

@@ -362,7 +362,9 @@ impl ResidualVq {
             );
         }
         let dev = x.device();
-        let max_n = *n_q_per_item.iter().max().expect("b >= 1");
+        let Some(&max_n) = n_q_per_item.iter().max() else {
+            candle_core::bail!("ResidualVq::quantize_train: empty batch");
+        };
         let mut res = rows.clone();
         let mut quant = rows.zeros_like()?;
         let mut codes = Vec::with_capacity(self.n_q());

@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use vaak_nn::conv::{
-    conv_transpose1d_differentiable, CausalConv1d, CausalConvConfig, CausalConvTranspose1d,
+    conv1d_differentiable, conv_transpose1d_differentiable, CausalConv1d, CausalConvConfig,
+    CausalConvTranspose1d,
 };
 use vaak_nn::streaming::max_abs_diff;
 
@@ -108,7 +109,10 @@ fn candle_case(c: &Case, t: &HashMap<String, Tensor>) -> Result<[Tensor; 4]> {
 fn values_and_gradients_match_pytorch() -> Result<()> {
     let (cases, tensors) = load()?;
     let n_transpose = cases.iter().filter(|c| c.op == "conv_transpose1d").count();
-    assert!(n_transpose >= 6, "fixture has only {n_transpose} conv_transpose1d cases");
+    assert!(
+        n_transpose >= 6,
+        "fixture has only {n_transpose} conv_transpose1d cases"
+    );
     let mut worst = 0f32;
     for c in &cases {
         let got = candle_case(c, &tensors)?;
@@ -116,10 +120,17 @@ fn values_and_gradients_match_pytorch() -> Result<()> {
             let want = get(&tensors, &c.name, key);
             let err = max_abs_diff(g, want)?;
             worst = worst.max(err);
-            assert!(err <= GRAD_TOL, "{} {key}: max abs err {err} > {GRAD_TOL}", c.name);
+            assert!(
+                err <= GRAD_TOL,
+                "{} {key}: max abs err {err} > {GRAD_TOL}",
+                c.name
+            );
         }
     }
-    println!("worst max abs error vs PyTorch over {} cases: {worst:e}", cases.len());
+    println!(
+        "worst max abs error vs PyTorch over {} cases: {worst:e}",
+        cases.len()
+    );
     Ok(())
 }
 
@@ -193,8 +204,11 @@ fn causal_transpose_trains_through_a_var_weight() -> Result<()> {
     let cfg = CausalConvConfig::new(2, 3, 4).with_stride(2);
     let w = Var::randn(0f32, 1., (2, 3, 4), &dev)?;
     let b = Var::zeros(3, DType::F32, &dev)?;
-    let conv =
-        CausalConvTranspose1d::from_tensors(cfg, w.as_tensor().clone(), Some(b.as_tensor().clone()))?;
+    let conv = CausalConvTranspose1d::from_tensors(
+        cfg,
+        w.as_tensor().clone(),
+        Some(b.as_tensor().clone()),
+    )?;
     let x = Tensor::randn(0f32, 1., (2, 2, 5), &dev)?;
     let grads = conv.forward(&x)?.sqr()?.sum_all()?.backward()?;
     let gw = grads.get(w.as_tensor()).expect("weight gradient");
@@ -221,4 +235,66 @@ fn differentiable_rejects_bad_arguments() {
     assert!(msg(conv_transpose1d_differentiable(&x, &w, 1, 9, 0, 1, 1)).contains("output length"));
     let x2 = Tensor::zeros((4, 3), DType::F32, &dev).unwrap();
     assert!(msg(conv_transpose1d_differentiable(&x2, &w, 1, 0, 0, 1, 1)).contains("[batch"));
+}
+
+#[test]
+fn differentiable_conv1d_equals_candle_conv1d() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut checked = 0;
+    let mut worst = 0f32;
+    for stride in 1..=4usize {
+        for kernel in [1usize, 2, 3, 5, 8] {
+            for dilation in 1..=3usize {
+                for (groups, padding) in [(1usize, 0usize), (2, 1), (3, 2)] {
+                    let l = 3 + (stride * kernel * dilation) % 17 + (dilation - 1) * kernel;
+                    if l + 2 * padding < dilation * (kernel - 1) + 1 {
+                        continue;
+                    }
+                    let x = Tensor::randn(0f32, 1., (2, 2 * groups, l), &dev)?;
+                    let w = Tensor::randn(0f32, 1., (3 * groups, 2, kernel), &dev)?;
+                    let want = x.conv1d(&w, padding, stride, dilation, groups)?;
+                    let got = conv1d_differentiable(&x, &w, padding, stride, dilation, groups)?;
+                    let err = max_abs_diff(&want, &got)?;
+                    worst = worst.max(err);
+                    assert!(
+                        err <= NATIVE_TOL,
+                        "s{stride} k{kernel} d{dilation} g{groups} p{padding} l{l}: {err}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 100, "only {checked} configurations checked");
+    println!("{checked} conv1d configurations, worst max abs error {worst:e}");
+    let x = Tensor::zeros((1, 2, 2), DType::F32, &dev)?;
+    let w = Tensor::zeros((1, 2, 5), DType::F32, &dev)?;
+    let e = conv1d_differentiable(&x, &w, 0, 1, 1, 1).expect_err("too short");
+    assert!(
+        e.to_string().contains("shorter than the kernel span"),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn causal_conv_training_path_equals_inference_path() -> Result<()> {
+    // Tracked inputs take conv1d_differentiable, plain ones candle's conv1d: same values.
+    let dev = Device::Cpu;
+    let cfg = CausalConvConfig::new(4, 6, 5)
+        .with_stride(2)
+        .with_dilation(2)
+        .with_groups(2);
+    let w = Var::randn(0f32, 1., (6, 2, 5), &dev)?;
+    let b = Var::randn(0f32, 1., 6, &dev)?;
+    let x = Tensor::randn(0f32, 1., (3, 4, 21), &dev)?;
+    let tracked =
+        CausalConv1d::from_tensors(cfg, w.as_tensor().clone(), Some(b.as_tensor().clone()))?;
+    let plain =
+        CausalConv1d::from_tensors(cfg, w.as_tensor().detach(), Some(b.as_tensor().detach()))?;
+    let yt = tracked.forward(&x)?;
+    let yp = plain.forward(&x)?;
+    assert!(yt.track_op() && !yp.track_op());
+    assert!(max_abs_diff(&yt, &yp)? <= NATIVE_TOL);
+    Ok(())
 }

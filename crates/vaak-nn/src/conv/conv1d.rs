@@ -71,7 +71,9 @@ pub fn conv1d_differentiable(
                 .narrow(2, g * c_in_g, c_in_g)?
                 .contiguous()?
                 .reshape((b * l_out, c_in_g * k))?;
-            let w_g = w.narrow(0, g * c_out_g, c_out_g)?.reshape((c_out_g, c_in_g * k))?;
+            let w_g = w
+                .narrow(0, g * c_out_g, c_out_g)?
+                .reshape((c_out_g, c_in_g * k))?;
             cols_g.matmul(&w_g.t()?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -106,7 +108,11 @@ impl CausalConv1d {
     pub fn new(cfg: CausalConvConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate(NAME)?;
         let weight = vb.get(
-            (cfg.out_channels, cfg.in_channels / cfg.groups, cfg.kernel_size),
+            (
+                cfg.out_channels,
+                cfg.in_channels / cfg.groups,
+                cfg.kernel_size,
+            ),
             "weight",
         )?;
         let bias = if cfg.bias {
@@ -118,12 +124,20 @@ impl CausalConv1d {
     }
 
     /// Builds the conv from explicit tensors (e.g. a weight already merged from weight norm).
-    pub fn from_tensors(cfg: CausalConvConfig, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+    pub fn from_tensors(
+        cfg: CausalConvConfig,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
         check_params(
             NAME,
             &cfg,
             &weight,
-            (cfg.out_channels, cfg.in_channels / cfg.groups, cfg.kernel_size),
+            (
+                cfg.out_channels,
+                cfg.in_channels / cfg.groups,
+                cfg.kernel_size,
+            ),
             bias.as_ref(),
         )?;
         Ok(Self {
@@ -169,7 +183,14 @@ impl CausalConv1d {
         let y = if window.track_op() || self.weight.track_op() {
             // Training: candle 0.11.1's conv1d input gradient is wrong on the CPU for batch > 1
             // (see the module docs), so autograd goes through our matmul formulation.
-            conv1d_differentiable(&window, &self.weight, 0, cfg.stride, cfg.dilation, cfg.groups)?
+            conv1d_differentiable(
+                &window,
+                &self.weight,
+                0,
+                cfg.stride,
+                cfg.dilation,
+                cfg.groups,
+            )?
         } else {
             window.conv1d(&self.weight, 0, cfg.stride, cfg.dilation, cfg.groups)?
         };

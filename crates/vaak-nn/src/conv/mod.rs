@@ -128,14 +128,14 @@ impl CausalConvConfig {
                 bail!("{module}: {name} must be at least 1, got 0");
             }
         }
-        if self.in_channels % self.groups != 0 {
+        if !self.in_channels.is_multiple_of(self.groups) {
             bail!(
                 "{module}: in_channels ({}) is not divisible by groups ({})",
                 self.in_channels,
                 self.groups
             );
         }
-        if self.out_channels % self.groups != 0 {
+        if !self.out_channels.is_multiple_of(self.groups) {
             bail!(
                 "{module}: out_channels ({}) is not divisible by groups ({})",
                 self.out_channels,

@@ -145,7 +145,11 @@ impl CausalConvTranspose1d {
     pub fn new(cfg: CausalConvConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate(NAME)?;
         let weight = vb.get(
-            (cfg.in_channels, cfg.out_channels / cfg.groups, cfg.kernel_size),
+            (
+                cfg.in_channels,
+                cfg.out_channels / cfg.groups,
+                cfg.kernel_size,
+            ),
             "weight",
         )?;
         let bias = if cfg.bias {
@@ -157,12 +161,20 @@ impl CausalConvTranspose1d {
     }
 
     /// Builds the conv-transpose from explicit tensors (e.g. a weight merged from weight norm).
-    pub fn from_tensors(cfg: CausalConvConfig, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+    pub fn from_tensors(
+        cfg: CausalConvConfig,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
         check_params(
             NAME,
             &cfg,
             &weight,
-            (cfg.in_channels, cfg.out_channels / cfg.groups, cfg.kernel_size),
+            (
+                cfg.in_channels,
+                cfg.out_channels / cfg.groups,
+                cfg.kernel_size,
+            ),
             bias.as_ref(),
         )?;
         Ok(Self {

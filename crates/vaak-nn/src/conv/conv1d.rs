@@ -148,14 +148,17 @@ impl CausalConv1d {
         })
     }
 
+    /// The configuration this module was built with.
     pub fn config(&self) -> &CausalConvConfig {
         &self.cfg
     }
 
+    /// The (merged) weight tensor.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, if configured.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -65,12 +65,19 @@ use crate::streaming::StreamMask;
 /// PyTorch layouts). The optional bias is `[out_channels]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CausalConvConfig {
+    /// Channels of the input `[batch, in_channels, time]`.
     pub in_channels: usize,
+    /// Channels of the output.
     pub out_channels: usize,
+    /// Taps of the kernel (before dilation).
     pub kernel_size: usize,
+    /// Downsampling factor of the conv, upsampling factor of the transpose.
     pub stride: usize,
+    /// Spacing between kernel taps.
     pub dilation: usize,
+    /// Channel groups; both channel counts must be multiples of it.
     pub groups: usize,
+    /// Whether a `[out_channels]` bias is added.
     pub bias: bool,
 }
 
@@ -88,21 +95,25 @@ impl CausalConvConfig {
         }
     }
 
+    /// Sets the stride.
     pub fn with_stride(mut self, stride: usize) -> Self {
         self.stride = stride;
         self
     }
 
+    /// Sets the dilation.
     pub fn with_dilation(mut self, dilation: usize) -> Self {
         self.dilation = dilation;
         self
     }
 
+    /// Sets the number of channel groups.
     pub fn with_groups(mut self, groups: usize) -> Self {
         self.groups = groups;
         self
     }
 
+    /// Sets whether there is a bias.
     pub fn with_bias(mut self, bias: bool) -> Self {
         self.bias = bias;
         self

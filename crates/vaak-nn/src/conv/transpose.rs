@@ -185,14 +185,17 @@ impl CausalConvTranspose1d {
         })
     }
 
+    /// The configuration this module was built with.
     pub fn config(&self) -> &CausalConvConfig {
         &self.cfg
     }
 
+    /// The (merged) weight tensor.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, if configured.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

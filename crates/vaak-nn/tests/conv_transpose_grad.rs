@@ -43,6 +43,13 @@ struct Meta {
     cases: Vec<Case>,
 }
 
+/// Seeded uniform(-1, 1) values, so every run checks the same inputs.
+fn rand_t(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("shape matches data")
+}
+
 fn load() -> Result<(Vec<Case>, HashMap<String, Tensor>)> {
     let meta: Meta = serde_json::from_str(
         &std::fs::read_to_string(format!("{DIR}/grad.json")).map_err(candle_core::Error::wrap)?,
@@ -136,7 +143,6 @@ fn values_and_gradients_match_pytorch() -> Result<()> {
 
 #[test]
 fn differentiable_equals_native_conv_transpose() -> Result<()> {
-    let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut checked = 0;
     let mut worst = 0f32;
@@ -155,8 +161,8 @@ fn differentiable_equals_native_conv_transpose() -> Result<()> {
                     if l_out <= 0 || (t - 1) * stride < 2 * padding {
                         continue;
                     }
-                    let x = Tensor::randn(0f32, 1., (2, c_in, t), &dev)?;
-                    let w = Tensor::randn(0f32, 1., (c_in, c_out_g, kernel), &dev)?;
+                    let x = rand_t(&mut rng, &[2, c_in, t]);
+                    let w = rand_t(&mut rng, &[c_in, c_out_g, kernel]);
                     // Row by row: candle's own op is wrong for batch > 1 on its col2im path.
                     let rows = (0..2)
                         .map(|i| {
@@ -202,14 +208,15 @@ fn causal_transpose_trains_through_a_var_weight() -> Result<()> {
     // Native conv_transpose1d would fail in backward(); the module's path must not.
     let dev = Device::Cpu;
     let cfg = CausalConvConfig::new(2, 3, 4).with_stride(2);
-    let w = Var::randn(0f32, 1., (2, 3, 4), &dev)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let w = Var::from_tensor(&rand_t(&mut rng, &[2, 3, 4]))?;
     let b = Var::zeros(3, DType::F32, &dev)?;
     let conv = CausalConvTranspose1d::from_tensors(
         cfg,
         w.as_tensor().clone(),
         Some(b.as_tensor().clone()),
     )?;
-    let x = Tensor::randn(0f32, 1., (2, 2, 5), &dev)?;
+    let x = rand_t(&mut rng, &[2, 2, 5]);
     let grads = conv.forward(&x)?.sqr()?.sum_all()?.backward()?;
     let gw = grads.get(w.as_tensor()).expect("weight gradient");
     assert_eq!(gw.dims(), &[2, 3, 4]);
@@ -240,6 +247,7 @@ fn differentiable_rejects_bad_arguments() {
 #[test]
 fn differentiable_conv1d_equals_candle_conv1d() -> Result<()> {
     let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
     let mut checked = 0;
     let mut worst = 0f32;
     for stride in 1..=4usize {
@@ -250,8 +258,8 @@ fn differentiable_conv1d_equals_candle_conv1d() -> Result<()> {
                     if l + 2 * padding < dilation * (kernel - 1) + 1 {
                         continue;
                     }
-                    let x = Tensor::randn(0f32, 1., (2, 2 * groups, l), &dev)?;
-                    let w = Tensor::randn(0f32, 1., (3 * groups, 2, kernel), &dev)?;
+                    let x = rand_t(&mut rng, &[2, 2 * groups, l]);
+                    let w = rand_t(&mut rng, &[3 * groups, 2, kernel]);
                     let want = x.conv1d(&w, padding, stride, dilation, groups)?;
                     let got = conv1d_differentiable(&x, &w, padding, stride, dilation, groups)?;
                     let err = max_abs_diff(&want, &got)?;
@@ -280,14 +288,14 @@ fn differentiable_conv1d_equals_candle_conv1d() -> Result<()> {
 #[test]
 fn causal_conv_training_path_equals_inference_path() -> Result<()> {
     // Tracked inputs take conv1d_differentiable, plain ones candle's conv1d: same values.
-    let dev = Device::Cpu;
     let cfg = CausalConvConfig::new(4, 6, 5)
         .with_stride(2)
         .with_dilation(2)
         .with_groups(2);
-    let w = Var::randn(0f32, 1., (6, 2, 5), &dev)?;
-    let b = Var::randn(0f32, 1., 6, &dev)?;
-    let x = Tensor::randn(0f32, 1., (3, 4, 21), &dev)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let w = Var::from_tensor(&rand_t(&mut rng, &[6, 2, 5]))?;
+    let b = Var::from_tensor(&rand_t(&mut rng, &[6]))?;
+    let x = rand_t(&mut rng, &[3, 4, 21]);
     let tracked =
         CausalConv1d::from_tensors(cfg, w.as_tensor().clone(), Some(b.as_tensor().clone()))?;
     let plain =

@@ -1,0 +1,331 @@
+//! [`CausalConv1d`]: a causal, optionally strided / dilated / grouped conv that streams.
+
+use candle_core::{bail, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{add_bias, check_input, check_mask, check_params, CausalConvConfig};
+use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
+
+const NAME: &str = "CausalConv1d";
+
+/// `conv1d` (PyTorch semantics, symmetric zero `padding`) written as an explicit im2col and
+/// one rank-2 matmul per group, so that its gradients come from candle's matmul / narrow / cat
+/// backward passes, which are right, rather than from candle 0.11.1's conv1d backward, which
+/// is wrong for batch > 1 on the CPU.
+///
+/// `x` is `[batch, in, L]`, `w` is `[out, in / groups, k]`; the result is
+/// `[batch, out, (L + 2 * padding - dilation * (k - 1) - 1) / stride + 1]`.
+pub fn conv1d_differentiable(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    const F: &str = "conv1d_differentiable";
+    if stride == 0 || dilation == 0 || groups == 0 {
+        bail!("{F}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
+    }
+    if x.rank() != 3 || w.rank() != 3 {
+        bail!(
+            "{F}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
+            x.dims(),
+            w.dims()
+        );
+    }
+    let (b, c_in, l) = x.dims3()?;
+    let (c_out, c_in_g, k) = w.dims3()?;
+    if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {
+        bail!(
+            "{F}: weight {:?} does not fit input {:?} with {groups} groups",
+            w.dims(),
+            x.dims()
+        );
+    }
+    let k_eff = dilation * (k - 1) + 1;
+    let l_pad = l + 2 * padding;
+    if l_pad < k_eff {
+        bail!("{F}: input of length {l} (+ 2 x {padding} padding) is shorter than the kernel span {k_eff}");
+    }
+    let l_out = (l_pad - k_eff) / stride + 1;
+    let x = x.pad_with_zeros(2, padding, padding)?;
+    let taps = (0..k)
+        .map(|j| {
+            let t = x.narrow(2, j * dilation, (l_out - 1) * stride + 1)?;
+            if stride == 1 {
+                t.unsqueeze(3)
+            } else {
+                t.pad_with_zeros(2, 0, stride - 1)?
+                    .reshape((b, c_in, l_out, stride))?
+                    .narrow(3, 0, 1)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // [B, L_out, C_in, k]: one im2col row per output frame.
+    let cols = Tensor::cat(&taps, 3)?.permute((0, 2, 1, 3))?;
+    let c_out_g = c_out / groups;
+    let per_group = (0..groups)
+        .map(|g| {
+            let cols_g = cols
+                .narrow(2, g * c_in_g, c_in_g)?
+                .contiguous()?
+                .reshape((b * l_out, c_in_g * k))?;
+            let w_g = w
+                .narrow(0, g * c_out_g, c_out_g)?
+                .reshape((c_out_g, c_in_g * k))?;
+            cols_g.matmul(&w_g.t()?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&per_group, 1)?
+        .reshape((b, l_out, c_out))?
+        .transpose(1, 2)
+}
+
+/// Per-slot streaming state: the input not yet consumed by an emitted frame, left padding
+/// included. Every slot has the same length `pad + phase`.
+#[derive(Clone, Debug)]
+struct State {
+    batch: usize,
+    /// `[batch, in_channels, pad + phase]`; `None` when that length is zero.
+    buf: Option<Tensor>,
+    /// Samples received since the last stride boundary, `0 <= phase < stride`.
+    phase: usize,
+}
+
+/// A causal `Conv1d`; see the [module docs](super) for the padding convention.
+#[derive(Clone, Debug)]
+pub struct CausalConv1d {
+    cfg: CausalConvConfig,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    state: Option<State>,
+}
+
+impl CausalConv1d {
+    /// Loads `weight` `[out, in / groups, k]` and, if `cfg.bias`, `bias` `[out]` from the root
+    /// of `vb`.
+    pub fn new(cfg: CausalConvConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(NAME)?;
+        let weight = vb.get(
+            (
+                cfg.out_channels,
+                cfg.in_channels / cfg.groups,
+                cfg.kernel_size,
+            ),
+            "weight",
+        )?;
+        let bias = if cfg.bias {
+            Some(vb.get(cfg.out_channels, "bias")?)
+        } else {
+            None
+        };
+        Self::from_tensors(cfg, weight, bias)
+    }
+
+    /// Builds the conv from explicit tensors (e.g. a weight already merged from weight norm).
+    pub fn from_tensors(
+        cfg: CausalConvConfig,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
+        check_params(
+            NAME,
+            &cfg,
+            &weight,
+            (
+                cfg.out_channels,
+                cfg.in_channels / cfg.groups,
+                cfg.kernel_size,
+            ),
+            bias.as_ref(),
+        )?;
+        Ok(Self {
+            cfg,
+            weight,
+            bias,
+            state: None,
+        })
+    }
+
+    /// The configuration this module was built with.
+    pub fn config(&self) -> &CausalConvConfig {
+        &self.cfg
+    }
+
+    /// The (merged) weight tensor.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if configured.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Zeros put in front of the clip: `max(k_eff - stride, 0)`.
+    pub fn left_padding(&self) -> usize {
+        self.cfg.effective_kernel().saturating_sub(self.cfg.stride)
+    }
+
+    /// Input samples skipped at the start of each stride block when `k_eff < stride`.
+    fn block_offset(&self) -> usize {
+        self.cfg.stride.saturating_sub(self.cfg.effective_kernel())
+    }
+
+    /// Output frames for a `t`-sample clip: `t / stride`.
+    pub fn output_len(&self, t: usize) -> usize {
+        t / self.cfg.stride
+    }
+
+    /// Runs the conv over exactly `frames` windows of an already left-padded signal.
+    fn conv_frames(&self, padded: &Tensor, frames: usize) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let span = (frames - 1) * cfg.stride + cfg.effective_kernel();
+        let window = padded.narrow(2, self.block_offset(), span)?;
+        let y = if window.track_op() || self.weight.track_op() {
+            // Training: candle 0.11.1's conv1d input gradient is wrong on the CPU for batch > 1
+            // (see the module docs), so autograd goes through our matmul formulation.
+            conv1d_differentiable(
+                &window,
+                &self.weight,
+                0,
+                cfg.stride,
+                cfg.dilation,
+                cfg.groups,
+            )?
+        } else {
+            window.conv1d(&self.weight, 0, cfg.stride, cfg.dilation, cfg.groups)?
+        };
+        add_bias(y, self.bias.as_ref())
+    }
+
+    /// Whole-clip forward: `[B, in, T]` to `[B, out, T / stride]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, t) = check_input(NAME, x, self.cfg.in_channels)?;
+        let frames = self.output_len(t);
+        if frames == 0 {
+            return Tensor::zeros((b, self.cfg.out_channels, 0), x.dtype(), x.device());
+        }
+        let padded = x.pad_with_zeros(2, self.left_padding(), 0)?;
+        self.conv_frames(&padded, frames)
+    }
+
+    fn fresh_state(&self, x: &Tensor, batch: usize) -> Result<State> {
+        let pad = self.left_padding();
+        let buf = if pad == 0 {
+            None
+        } else {
+            Some(Tensor::zeros(
+                (batch, self.cfg.in_channels, pad),
+                x.dtype(),
+                x.device(),
+            )?)
+        };
+        Ok(State {
+            batch,
+            buf,
+            phase: 0,
+        })
+    }
+}
+
+impl Module for CausalConv1d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        CausalConv1d::forward(self, xs)
+    }
+}
+
+impl StreamingModule for CausalConv1d {
+    fn step(&mut self, xs: &StreamTensor, mask: &StreamMask) -> Result<StreamTensor> {
+        let Some(x) = xs.as_option() else {
+            return Ok(StreamTensor::empty());
+        };
+        let (b, _, t) = check_input(NAME, x, self.cfg.in_channels)?;
+        check_mask(NAME, mask, b)?;
+        if t == 0 {
+            return Ok(StreamTensor::empty());
+        }
+        let stride = self.cfg.stride;
+        let state = match self.state.take() {
+            Some(s) if s.batch == b => s,
+            Some(s) => {
+                let prev = s.batch;
+                self.state = Some(s);
+                bail!("{NAME}: stream batch changed from {prev} to {b} without reset_state");
+            }
+            None => self.fresh_state(x, b)?,
+        };
+        let partial = !mask.is_all();
+        if partial && t % stride != 0 {
+            self.state = Some(state);
+            bail!(
+                "{NAME}: a masked step needs a chunk length that is a multiple of the stride \
+                 ({stride}) so all slots stay aligned, got {t}"
+            );
+        }
+
+        let full = match &state.buf {
+            Some(buf) => Tensor::cat(&[buf, x], 2)?,
+            None => x.clone(),
+        };
+        let pad = self.left_padding();
+        let total = pad + state.phase + t;
+        let needed = pad + stride;
+        let frames = if total >= needed {
+            (total - needed) / stride + 1
+        } else {
+            0
+        };
+        let out = if frames > 0 {
+            StreamTensor::from_tensor(self.conv_frames(&full, frames)?)
+        } else {
+            StreamTensor::empty()
+        };
+        let kept = total - frames * stride;
+        let rest = if kept == 0 {
+            None
+        } else {
+            Some(full.narrow(2, frames * stride, kept)?)
+        };
+        let buf = match (rest, &state.buf) {
+            // t % stride == 0 keeps the buffer length, so old and new rows line up.
+            (Some(new), Some(old)) if partial => Some(mask.select(&new, old)?),
+            (rest, _) => rest,
+        };
+        self.state = Some(State {
+            batch: b,
+            buf,
+            phase: kept - pad,
+        });
+        Ok(out)
+    }
+
+    fn reset_state(&mut self) {
+        self.state = None;
+    }
+
+    fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        check_mask(NAME, mask, state.batch)?;
+        if mask.is_all() {
+            self.state = None;
+            return Ok(());
+        }
+        if state.phase != 0 {
+            bail!(
+                "{NAME}: cannot reset single slots {} samples into a stride block of {}; \
+                 the other slots would no longer line up (reset all slots, or step in \
+                 multiples of the stride)",
+                state.phase,
+                self.cfg.stride
+            );
+        }
+        if let Some(buf) = &state.buf {
+            state.buf = Some(zero_slots(buf, mask)?);
+        }
+        Ok(())
+    }
+}

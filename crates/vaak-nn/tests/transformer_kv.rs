@@ -412,6 +412,24 @@ fn forward_train_equals_forward() -> Result<()> {
     Ok(())
 }
 
+/// candle 0.11.1's CPU matmul is wrong for a transposed batched left side against a
+/// batch-broadcast right side, which is what `candle_nn::Linear` does on such an input. A
+/// `[B, D, T]` conv output transposed to `[B, T, D]` is exactly that input.
+#[test]
+fn non_contiguous_batched_input_equals_its_contiguous_copy() -> Result<()> {
+    for cfg in [base_cfg(), rich_cfg()] {
+        let (m, _vm) = model(&cfg, 62)?;
+        let x = input(3, 16, 11, 63)?.transpose(1, 2)?;
+        assert!(!x.is_contiguous());
+        let xc = x.contiguous()?;
+        for train in [false, true] {
+            let d = max_abs_diff(&m.forward_at(&x, 0, train)?, &m.forward_at(&xc, 0, train)?)?;
+            assert!(d <= STREAM_TOL, "{cfg:?} train={train}: {d}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn backward_reaches_every_parameter() -> Result<()> {
     for cfg in [

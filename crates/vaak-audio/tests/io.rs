@@ -16,8 +16,8 @@ const DATA: &str = concat!(
 /// WAV and FLAC must match libsndfile's float decode to float precision.
 const LOSSLESS_TOL: f32 = 1e-6;
 /// MP3/Vorbis decoders differ in their synthesis arithmetic; after aligning by the best lag the
-/// two decodes must agree to this SNR (dB).
-const LOSSY_MIN_SNR_DB: f64 = 30.0;
+/// two decodes must agree to this SNR (dB); measured: MP3 127 dB, Vorbis 135 dB.
+const LOSSY_MIN_SNR_DB: f64 = 80.0;
 /// Lags searched when aligning a lossy decode with the reference (decoder delay differences).
 const MAX_LAG: i64 = 2000;
 

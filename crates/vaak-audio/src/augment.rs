@@ -22,6 +22,7 @@
 //! generator seeded by the caller: the same seed and the same sequence of inputs give
 //! bit-identical outputs on every platform; different seeds give different draws and noise.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use rand::{Rng, SeedableRng};
@@ -193,7 +194,11 @@ pub fn pink_noise(n: usize, rng: &mut impl Rng) -> Vec<f32> {
         let im: f64 = StandardNormal.sample(rng);
         let scale = 1.0 / (k as f64).sqrt();
         // The Nyquist bin of an even-length signal is real.
-        let im = if k == last && n % 2 == 0 { 0.0 } else { im };
+        let im = if k == last && n.is_multiple_of(2) {
+            0.0
+        } else {
+            im
+        };
         *c = Complex::new(re * scale, im * scale);
     }
     let mut out = inv.make_output_vec();
@@ -472,11 +477,10 @@ impl Augmenter {
         let samples = if clip.sample_rate == rate {
             &clip.samples
         } else {
-            if !self.resampled.contains_key(&(idx, rate)) {
-                let r = resample(&clip.samples, clip.sample_rate, rate)?;
-                self.resampled.insert((idx, rate), r);
+            match self.resampled.entry((idx, rate)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(resample(&clip.samples, clip.sample_rate, rate)?),
             }
-            &self.resampled[&(idx, rate)]
         };
         fit_noise(samples, n, &mut self.rng)
     }

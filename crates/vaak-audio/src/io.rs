@@ -14,7 +14,11 @@
 //!   detected when the container declares its length (WAV data chunk, FLAC STREAMINFO, the
 //!   Xing/Info/LAME frame count of an MP3, the last granule position of an Ogg stream) and fewer
 //!   frames decode, or when a packet is cut off or fails to decode. Any of these gives
-//!   [`AudioError::Corrupt`]; the decoded prefix is never returned. The one case that cannot be
+//!   [`AudioError::Corrupt`]; the decoded prefix is never returned. A stream holding more than
+//!   its header declares is trimmed to the declared length if the excess is under one Vorbis
+//!   block (8192 frames), and is [`AudioError::Corrupt`] otherwise. Known limitation: a WAV
+//!   written by a streaming tool with a placeholder data length (`0xFFFFFFFF`) is reported as
+//!   truncated. The one case that cannot be
 //!   detected is an MP3 without a Xing/Info tag cut exactly between two frames: such a file
 //!   carries no length, so it decodes as the shorter file it now is.
 //! - **Finite.** Every returned sample is finite; a float WAV holding NaN or infinity is
@@ -269,8 +273,8 @@ fn write_wav_to(
         },
     };
     let file = File::create(tmp).map_err(|e| format!("cannot create temporary file: {e}"))?;
-    let mut writer = hound::WavWriter::new(std::io::BufWriter::new(file), spec)
-        .map_err(|e| e.to_string())?;
+    let mut writer =
+        hound::WavWriter::new(std::io::BufWriter::new(file), spec).map_err(|e| e.to_string())?;
     match format {
         WavFormat::Pcm16 => {
             for &s in samples {
@@ -389,7 +393,11 @@ fn codec_name(params: &CodecParameters) -> String {
         .unwrap_or_else(|| format!("{}", params.codec))
 }
 
-fn decode_source(source: Box<dyn MediaSource>, ext_hint: Option<&str>, name: &Path) -> Result<Audio> {
+fn decode_source(
+    source: Box<dyn MediaSource>,
+    ext_hint: Option<&str>,
+    name: &Path,
+) -> Result<Audio> {
     let mut format = open_format(source, ext_hint, name)?;
     let track = audio_track(format.as_ref(), name)?;
     let track_id = track.id;
@@ -414,7 +422,13 @@ fn decode_source(source: Box<dyn MediaSource>, ext_hint: Option<&str>, name: &Pa
                     reason: "stream parameters change mid-file (chained stream)".into(),
                 })
             }
-            Err(e) => return Err(map_sym_error(name, &format!("demuxing packet {n_packet}"), e)),
+            Err(e) => {
+                return Err(map_sym_error(
+                    name,
+                    &format!("demuxing packet {n_packet}"),
+                    e,
+                ))
+            }
         };
         n_packet += 1;
         if packet.track_id() != track_id {
@@ -453,7 +467,15 @@ fn decode_source(source: Box<dyn MediaSource>, ext_hint: Option<&str>, name: &Pa
         }
     }
     if let Some(declared) = declared_frames {
-        // Vorbis decodes whole blocks; the last granule position says where the stream ends.
+        let decoded = samples.len() as u64;
+        // Vorbis decodes whole blocks and its last granule position says where the stream
+        // ends, so up to one block of excess is trimmed; more means the header is wrong.
+        if decoded > declared + MAX_EXCESS_FRAMES {
+            return Err(corrupt(
+                name,
+                format!("header declares {declared} frames but the stream holds {decoded}"),
+            ));
+        }
         samples.truncate(usize::try_from(declared).unwrap_or(usize::MAX));
         if (samples.len() as u64) < declared {
             return Err(corrupt(
@@ -476,6 +498,9 @@ fn decode_source(source: Box<dyn MediaSource>, ext_hint: Option<&str>, name: &Pa
     Ok(Audio::new(samples, sample_rate))
 }
 
+/// Largest Vorbis block: decoded frames beyond the declared length that are trimmed silently.
+const MAX_EXCESS_FRAMES: u64 = 8192;
+
 /// The frame count the container guarantees, if it is trustworthy enough to flag truncation.
 ///
 /// symphonia fills `n_frames` of an untagged MP3 with a bitrate estimate; only a LAME tag (seen
@@ -492,7 +517,11 @@ fn declared_frames(params: &CodecParameters) -> Option<u64> {
     }
 }
 
-fn probe_source(source: Box<dyn MediaSource>, ext_hint: Option<&str>, name: &Path) -> Result<AudioInfo> {
+fn probe_source(
+    source: Box<dyn MediaSource>,
+    ext_hint: Option<&str>,
+    name: &Path,
+) -> Result<AudioInfo> {
     let mut format = open_format(source, ext_hint, name)?;
     let track = audio_track(format.as_ref(), name)?;
     let track_id = track.id;
@@ -513,9 +542,7 @@ fn probe_source(source: Box<dyn MediaSource>, ext_hint: Option<&str>, name: &Pat
             match format.next_packet() {
                 Ok(p) if p.track_id() == track_id => total = total.saturating_add(p.dur),
                 Ok(_) => {}
-                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    break
-                }
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) => return Err(map_sym_error(name, "counting packets", e)),
             }
         }
@@ -528,4 +555,35 @@ fn probe_source(source: Box<dyn MediaSource>, ext_hint: Option<&str>, name: &Pat
         duration_s: n_frames.map(|n| n as f64 / f64::from(sample_rate)),
         codec: codec_name(&params),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_the_guard_becomes_corrupt() {
+        let name = Path::new("some/file.mp3");
+        let r: Result<()> = guarded(name, || panic!("decoder bug {}", 42));
+        match r {
+            Err(AudioError::Corrupt { path, reason }) => {
+                assert_eq!(path, name);
+                assert!(reason.contains("decoder bug 42"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let r: Result<()> = guarded(name, || std::panic::panic_any(7u8));
+        assert!(matches!(r, Err(AudioError::Corrupt { .. })));
+        assert_eq!(guarded(name, || Ok(5)).unwrap(), 5);
+    }
+
+    #[test]
+    fn pcm16_conversion_rounds_and_saturates() {
+        assert_eq!(pcm16_from_f32(0.0), 0);
+        assert_eq!(pcm16_from_f32(0.5), 16384);
+        assert_eq!(pcm16_from_f32(1.0), 32767);
+        assert_eq!(pcm16_from_f32(-1.0), -32768);
+        assert_eq!(pcm16_from_f32(-7.0), -32768);
+        assert_eq!(pcm16_from_f32(1.0 / 65536.0), 1);
+    }
 }

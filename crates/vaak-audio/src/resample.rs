@@ -28,6 +28,9 @@ use crate::error::{AudioError, Result};
 /// Target FFT block size, in input frames, for [`resample`] and [`StreamResampler::new`].
 pub const DEFAULT_BLOCK_FRAMES: usize = 1024;
 
+/// Upper bound on the output-side FFT block, in frames, when the input-side target allows it.
+const MAX_BLOCK_OUT: usize = 1 << 18;
+
 /// Resamples a whole mono clip from `from_hz` to `to_hz` (see the module doc for guarantees).
 ///
 /// Errors with [`AudioError::Resample`] if either rate is 0.
@@ -124,6 +127,9 @@ impl StreamResampler {
         // min_in and min_out are coprime, so at most one is even: an even number of minimal
         // blocks is the only way to make both FFT sizes even (see module doc).
         let mut chunks = block_frames.div_ceil(min_in).max(1);
+        // Extreme up-sampling ratios (e.g. from a damaged header claiming 1 Hz) would otherwise
+        // make the output-side FFT enormous.
+        chunks = chunks.min((MAX_BLOCK_OUT / min_out).max(1));
         chunks += chunks % 2;
         let block_in = chunks * min_in;
         let fft = Fft::<f32>::new_custom(

@@ -342,7 +342,10 @@ fn config_validation_and_serde() {
     // Missing fields take defaults; unknown fields are rejected.
     let partial: AugmentConfig = serde_json::from_str(r#"{"gain_prob": 1.0}"#).unwrap();
     assert_eq!(partial.gain_prob, 1.0);
-    assert_eq!(partial.speed_factors, AugmentConfig::default().speed_factors);
+    assert_eq!(
+        partial.speed_factors,
+        AugmentConfig::default().speed_factors
+    );
     assert!(serde_json::from_str::<AugmentConfig>(r#"{"gain_porb": 1.0}"#).is_err());
     // A zero-rate input is an error, not a panic.
     assert!(Augmenter::new(0).apply(&Audio::new(vec![0.1], 0)).is_err());

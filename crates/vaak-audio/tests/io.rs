@@ -149,7 +149,10 @@ fn lossy_decodes_match_libsndfile_after_alignment() {
             audio.samples.len(),
             want.len()
         );
-        assert!(snr > LOSSY_MIN_SNR_DB, "{name}: SNR {snr:.1} dB at lag {lag}");
+        assert!(
+            snr > LOSSY_MIN_SNR_DB,
+            "{name}: SNR {snr:.1} dB at lag {lag}"
+        );
         // Gapless trimming: the encoder delay is removed, so the two decodes line up exactly
         // and have the length of the encoded signal.
         assert_eq!(lag, 0, "{name}");
@@ -526,7 +529,12 @@ fn garbage_after_a_valid_header_is_corrupt() {
         .collect();
     // WAV payload bytes are valid samples whatever they are, so a WAV is only corrupt when its
     // structure is: a header that declares more data than the garbage provides.
-    for name in ["flac_16k_stereo.flac", "mp3_22k.mp3", "vorbis_16k.ogg", "pcm24_22k.wav"] {
+    for name in [
+        "flac_16k_stereo.flac",
+        "mp3_22k.mp3",
+        "vorbis_16k.ogg",
+        "pcm24_22k.wav",
+    ] {
         let bytes = std::fs::read(fixture(name)).unwrap();
         let head = header_len(name, &bytes);
         let mut damaged = bytes[..head].to_vec();
@@ -551,7 +559,10 @@ fn garbage_after_a_valid_header_is_corrupt() {
     let p = write_temp(dir.path(), "riff_garbage.wav", &riff);
     let e = decode_err(&p);
     assert!(
-        matches!(e, AudioError::Corrupt { .. } | AudioError::Unsupported { .. }),
+        matches!(
+            e,
+            AudioError::Corrupt { .. } | AudioError::Unsupported { .. }
+        ),
         "{e}"
     );
     assert_names(&e, &p);

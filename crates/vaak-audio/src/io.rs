@@ -3,8 +3,9 @@
 //! # Decoding
 //!
 //! [`decode_file`] and [`decode_bytes`] decode WAV (PCM 8/16/24/32-bit integer, 32/64-bit
-//! float), FLAC, MP3 and Ogg/Vorbis with symphonia. Both go through one code path, so a file and
-//! its bytes decode identically. They guarantee:
+//! float), FLAC, MP3 and Ogg/Vorbis with symphonia (AAC in ADTS/MP4 also decodes, as the
+//! workspace enables those symphonia features, but is not tested here). Both go through one code
+//! path, so a file and its bytes decode identically. They guarantee:
 //!
 //! - **Mono `f32`.** Multi-channel audio is mixed down by the mean of its channels. Integer PCM
 //!   is scaled by `1 / 2^(bits-1)` (so PCM16 `-32768` is `-1.0`), which matches libsndfile.
@@ -25,7 +26,8 @@
 //!   [`AudioError::Corrupt`].
 //! - **Never panics.** The symphonia calls run under [`std::panic::catch_unwind`]; a panic inside
 //!   a demuxer or decoder becomes [`AudioError::Corrupt`] (the panic message still goes to the
-//!   panic hook, i.e. stderr).
+//!   panic hook, i.e. stderr). Fuzzing found real ones: symphonia 0.5's ADTS reader on damaged
+//!   input, and its MP3 reader on a Xing frame count smaller than the LAME encoder delay.
 //! - **Typed errors naming the file.** Unreadable path: [`AudioError::Open`]. A 0-byte file or a
 //!   stream that decodes to zero frames: [`AudioError::Empty`]. Not a format we read (text,
 //!   unknown container or codec): [`AudioError::Unsupported`]. Damaged: [`AudioError::Corrupt`].
@@ -250,6 +252,11 @@ pub fn write_wav(
         // Best effort: the temp file may not exist if creating it failed.
         let _ = std::fs::remove_file(&tmp);
         return Err(write_err(reason));
+    }
+    // Persist the rename itself; best effort, as not every filesystem supports syncing a
+    // directory and the file is already complete under its final name.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
     }
     Ok(())
 }

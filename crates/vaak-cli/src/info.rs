@@ -41,8 +41,8 @@ fn gather() -> Info {
         (candle_core::utils::with_f16c(), "f16c"),
         (candle_core::utils::with_neon(), "neon"),
         (candle_core::utils::with_simd128(), "simd128"),
-        (candle_core::utils::with_mkl(), "mkl"),
-        (candle_core::utils::with_accelerate(), "accelerate"),
+        (candle_core::utils::has_mkl(), "mkl"),
+        (candle_core::utils::has_accelerate(), "accelerate"),
     ] {
         if on {
             caps.push(name);

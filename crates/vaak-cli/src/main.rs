@@ -15,11 +15,10 @@ use clap::{Parser, Subcommand};
     name = "vaak",
     version,
     about = "vaak: real-time speech-to-speech AI (audio tools, benchmarks)",
-    long_about = "vaak builds and serves speech-to-speech models.\n\n\
-        Commands available in this build:\n  \
-        info   what this binary was built with and which devices it sees\n  \
-        audio  inspect, convert and featurize audio files\n  \
-        bench  measure vaak against its Python peers and write a JSON report",
+    long_about = "vaak builds and serves speech-to-speech models: a teacher cascade makes \
+        parallel data, vaak trains a streaming codec and S2S transformer on it, and a streaming \
+        voice server runs them. This build carries the audio core, the neural building blocks \
+        and their benchmarks; each subcommand below is implemented and has its own --help.",
     propagate_version = true
 )]
 struct Cli {

@@ -26,11 +26,17 @@ pub enum Error {
 
     /// A directory (local or a hub repo) with no weight file vaak knows how to load.
     #[error("no weight file found in {location} (looked for: {looked_for})")]
-    NoWeightFile { location: String, looked_for: String },
+    NoWeightFile {
+        location: String,
+        looked_for: String,
+    },
 
     /// A directory (local or a hub repo) holding several candidate weight files and no index.
     #[error("{location} holds several weight files ({candidates}); name the one to load")]
-    AmbiguousWeights { location: String, candidates: String },
+    AmbiguousWeights {
+        location: String,
+        candidates: String,
+    },
 
     /// A hub file that is not in the local cache while running offline.
     #[error(

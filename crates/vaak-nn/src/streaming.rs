@@ -53,7 +53,11 @@ impl StreamTensor {
     }
 
     /// Splits into the first `lhs_len` frames along `dim` and the rest; either may be empty.
-    pub fn split<D: candle_core::shape::Dim>(&self, dim: D, lhs_len: usize) -> Result<(Self, Self)> {
+    pub fn split<D: candle_core::shape::Dim>(
+        &self,
+        dim: D,
+        lhs_len: usize,
+    ) -> Result<(Self, Self)> {
         match &self.0 {
             None => Ok((Self(None), Self(None))),
             Some(t) => {
@@ -246,7 +250,9 @@ mod tests {
         assert_eq!(all.seq_len(2)?, 10);
         let (none, all) = s.split(2, 0)?;
         assert!(none.is_empty() && !all.is_empty());
-        assert!(StreamTensor::empty().cat2(&StreamTensor::empty(), 2)?.is_empty());
+        assert!(StreamTensor::empty()
+            .cat2(&StreamTensor::empty(), 2)?
+            .is_empty());
         Ok(())
     }
 

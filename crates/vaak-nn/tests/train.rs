@@ -46,12 +46,25 @@ fn store(pairs: &[(&Var, &Tensor)]) -> GradStore {
 
 const ADAMW_PARAMS: [&str; 3] = ["layer.weight", "layer.bias", "embedding.weight"];
 
-fn adamw_setup() -> (HashMap<String, Tensor>, serde_json::Value, Vec<(String, Var)>, AdamW) {
+/// Fixture tensors, fixture metadata, the named variables and an optimizer over them.
+struct AdamWSetup(
+    HashMap<String, Tensor>,
+    serde_json::Value,
+    Vec<(String, Var)>,
+    AdamW,
+);
+
+fn adamw_setup() -> AdamWSetup {
     let fx = candle_core::safetensors::load(data("adamw.safetensors"), &Device::Cpu).unwrap();
     let meta = json("adamw.json");
     let vars: Vec<(String, Var)> = ADAMW_PARAMS
         .iter()
-        .map(|n| (n.to_string(), Var::from_tensor(&fx[&format!("init.{n}")]).unwrap()))
+        .map(|n| {
+            (
+                n.to_string(),
+                Var::from_tensor(&fx[&format!("init.{n}")]).unwrap(),
+            )
+        })
         .collect();
     let cfg = AdamWConfig {
         lr: 0.0,
@@ -62,7 +75,7 @@ fn adamw_setup() -> (HashMap<String, Tensor>, serde_json::Value, Vec<(String, Va
         no_decay: DecayFilter::Default,
     };
     let opt = AdamW::new(vars.clone(), cfg).unwrap();
-    (fx, meta, vars, opt)
+    AdamWSetup(fx, meta, vars, opt)
 }
 
 fn adamw_step(
@@ -82,12 +95,15 @@ fn adamw_step(
 
 #[test]
 fn adamw_matches_torch_every_step() {
-    let (fx, meta, vars, mut opt) = adamw_setup();
+    let AdamWSetup(fx, meta, vars, mut opt) = adamw_setup();
     // The default exclusions give the same split as the fixture's param groups.
     assert_eq!(opt.decays("layer.weight"), Some(true));
     assert_eq!(opt.decays("layer.bias"), Some(false));
     assert_eq!(opt.decays("embedding.weight"), Some(false));
-    assert!(!fx.contains_key("grad.2.embedding.weight"), "fixture skips a grad");
+    assert!(
+        !fx.contains_key("grad.2.embedding.weight"),
+        "fixture skips a grad"
+    );
     let mut worst = 0f32;
     for k in 0..5 {
         adamw_step(&mut opt, &vars, &fx, &meta, k);
@@ -104,7 +120,11 @@ fn adamw_matches_torch_every_step() {
             assert!(d <= ADAMW_TOL, "{n}.{m}: {d}");
         }
         let step: Vec<i64> = state[&format!("{n}.step")].to_vec1().unwrap();
-        assert_eq!(step[0], meta["steps"][n].as_i64().unwrap(), "{n} step count");
+        assert_eq!(
+            step[0],
+            meta["steps"][n].as_i64().unwrap(),
+            "{n} step count"
+        );
     }
     println!("adamw max abs diff over 5 steps: {worst:e}");
     // The updates are not trivially small: params moved well beyond the tolerance.
@@ -114,7 +134,7 @@ fn adamw_matches_torch_every_step() {
 
 #[test]
 fn adamw_state_roundtrip_and_errors() {
-    let (fx, meta, vars, mut opt) = adamw_setup();
+    let AdamWSetup(fx, meta, vars, mut opt) = adamw_setup();
     for k in 0..3 {
         adamw_step(&mut opt, &vars, &fx, &meta, k);
     }
@@ -131,12 +151,21 @@ fn adamw_state_roundtrip_and_errors() {
         adamw_step(&mut opt2, &vars2, &fx, &meta, k);
     }
     for ((n, a), (_, b)) in vars.iter().zip(&vars2) {
-        assert_eq!(max_abs_diff(a.as_tensor(), b.as_tensor()).unwrap(), 0.0, "{n}");
+        assert_eq!(
+            max_abs_diff(a.as_tensor(), b.as_tensor()).unwrap(),
+            0.0,
+            "{n}"
+        );
     }
     // Without the state the continuation differs (so the check above is meaningful).
     let vars3: Vec<(String, Var)> = vars
         .iter()
-        .map(|(n, _)| (n.clone(), Var::from_tensor(&fx[&format!("param.2.{n}")]).unwrap()))
+        .map(|(n, _)| {
+            (
+                n.clone(),
+                Var::from_tensor(&fx[&format!("param.2.{n}")]).unwrap(),
+            )
+        })
         .collect();
     let mut opt3 = AdamW::new(vars3.clone(), opt.config().clone()).unwrap();
     for k in 3..5 {
@@ -187,7 +216,10 @@ fn decay_filters() {
     assert_eq!(with(DecayFilter::Default), [true, false, true]);
     assert_eq!(with(DecayFilter::None), [true, true, true]);
     assert_eq!(
-        with(DecayFilter::Globs(vec!["*.codebook".into(), "*bias".into()])),
+        with(DecayFilter::Globs(vec![
+            "*.codebook".into(),
+            "*bias".into()
+        ])),
         [true, false, false]
     );
     let pred = DecayFilter::Predicate(std::sync::Arc::new(|n: &str, _: &Tensor| {
@@ -236,7 +268,10 @@ fn schedules_match_transformers() {
         for (s, w) in want.iter().enumerate() {
             let w = w.as_f64().unwrap();
             let got = sched.lr_at(s as u64);
-            assert!((got - w).abs() <= SCHEDULE_TOL, "{key} step {s}: {got} vs {w}");
+            assert!(
+                (got - w).abs() <= SCHEDULE_TOL,
+                "{key} step {s}: {got} vs {w}"
+            );
         }
         // Serialisable, for checkpoints.
         let back: LrSchedule =
@@ -258,7 +293,9 @@ fn clip_matches_torch() {
         let names = ["a", "b", "c"];
         let vars: Vec<Var> = names
             .iter()
-            .map(|n| Var::zeros(fx[&format!("grad.{n}")].shape(), DType::F32, &Device::Cpu).unwrap())
+            .map(|n| {
+                Var::zeros(fx[&format!("grad.{n}")].shape(), DType::F32, &Device::Cpu).unwrap()
+            })
             .collect();
         let grads: Vec<&Tensor> = names.iter().map(|n| &fx[&format!("grad.{n}")]).collect();
         let pairs: Vec<(&Var, &Tensor)> = vars.iter().zip(grads).collect();
@@ -269,7 +306,10 @@ fn clip_matches_torch() {
         refs.push(&extra);
         let max_norm = meta[case]["max_norm"].as_f64().unwrap();
         let want = meta[case]["total_norm"].as_f64().unwrap();
-        assert_eq!(grad_norm(&gs, &refs).unwrap(), clip_grad_norm(&mut store(&pairs), &refs, f64::INFINITY).unwrap());
+        assert_eq!(
+            grad_norm(&gs, &refs).unwrap(),
+            clip_grad_norm(&mut store(&pairs), &refs, f64::INFINITY).unwrap()
+        );
         let total = clip_grad_norm(&mut gs, &refs, max_norm).unwrap();
         let rel = (total - want).abs() / want;
         assert!(rel <= CLIP_NORM_REL_TOL, "{case}: norm {total} vs {want}");
@@ -308,7 +348,12 @@ fn init_mlp(rng: &mut TrainRng) -> Vec<(String, Var)> {
         ("l2.bias", vec![1]),
     ]
     .into_iter()
-    .map(|(n, s)| (n.to_string(), Var::from_tensor(&randn(rng, &s, 0.5)).unwrap()))
+    .map(|(n, s)| {
+        (
+            n.to_string(),
+            Var::from_tensor(&randn(rng, &s, 0.5)).unwrap(),
+        )
+    })
     .collect()
 }
 
@@ -388,7 +433,10 @@ fn exact_resume_is_bit_identical() {
         .map(|s| train_step(&vars, &mut opt, &sched, &mut rng, s))
         .collect();
     let straight_bits = bits(&vars);
-    assert!(straight[STEPS as usize - 1] < straight[0], "it trains: {straight:?}");
+    assert!(
+        straight[STEPS as usize - 1] < straight[0],
+        "it trains: {straight:?}"
+    );
 
     // Half, checkpoint, drop everything, resume.
     let dir = tempfile::tempdir().unwrap();
@@ -411,7 +459,9 @@ fn exact_resume_is_bit_identical() {
         mgr.save(&named_tensors(&vars), &opt.state_tensors().unwrap(), &state)
             .unwrap();
     }
-    let ckpt = load_latest(dir.path(), &Device::Cpu).unwrap().expect("a checkpoint");
+    let ckpt = load_latest(dir.path(), &Device::Cpu)
+        .unwrap()
+        .expect("a checkpoint");
     assert_eq!(ckpt.state.step, STEPS / 2);
     assert_eq!(
         ckpt.state.metadata["losses"].as_array().unwrap().len(),
@@ -439,11 +489,20 @@ fn checkpoint_validation_errors() {
     let mut t = named_tensors(&vars);
     t.remove("l2.bias");
     let err = assign_vars(&vars, &t).unwrap_err();
-    assert!(matches!(&err, Error::MissingTensor { name, .. } if name == "l2.bias"), "{err}");
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "l2.bias"),
+        "{err}"
+    );
     let mut t = named_tensors(&vars);
-    t.insert("l1.bias".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "l1.bias".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
     let err = assign_vars(&vars, &t).unwrap_err();
-    assert!(matches!(&err, Error::ShapeMismatch { name, .. } if name == "l1.bias"), "{err}");
+    assert!(
+        matches!(&err, Error::ShapeMismatch { name, .. } if name == "l1.bias"),
+        "{err}"
+    );
 }
 
 fn tiny_state(step: u64) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState) {
@@ -477,7 +536,12 @@ fn crash_leftovers_are_never_latest() {
     let mgr = CheckpointManager::new(dir.path(), 0).unwrap();
     save(&mgr, 1);
     let two = save(&mgr, 2);
-    assert_eq!(std::fs::read_to_string(dir.path().join("latest")).unwrap().trim(), "step_00000002");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("latest"))
+            .unwrap()
+            .trim(),
+        "step_00000002"
+    );
 
     // A crash mid-save of step 3: a complete-looking temp dir is left behind.
     let tmp3 = dir.path().join(".tmp-step_00000003-1-0");
@@ -488,8 +552,16 @@ fn crash_leftovers_are_never_latest() {
     // A checkpoint directory that lost its state.json (e.g. copied half-way).
     let four = dir.path().join("step_00000004");
     std::fs::create_dir(&four).unwrap();
-    std::fs::copy(two.join("model.safetensors"), four.join("model.safetensors")).unwrap();
-    std::fs::copy(two.join("optimizer.safetensors"), four.join("optimizer.safetensors")).unwrap();
+    std::fs::copy(
+        two.join("model.safetensors"),
+        four.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        two.join("optimizer.safetensors"),
+        four.join("optimizer.safetensors"),
+    )
+    .unwrap();
     // One whose state.json is cut short.
     let five = dir.path().join("step_00000005");
     std::fs::create_dir(&five).unwrap();

@@ -87,7 +87,12 @@ fn assert_matches_reference(w: &Weights, what: &str, convert_to: Option<DType>) 
             let got: Vec<i64> = t.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(got, r.i64s, "{what}: {}", r.name);
         } else {
-            assert_eq!(t.dtype(), convert_to.unwrap_or(r.dtype), "{what}: {}", r.name);
+            assert_eq!(
+                t.dtype(),
+                convert_to.unwrap_or(r.dtype),
+                "{what}: {}",
+                r.name
+            );
             let got: Vec<f32> = t
                 .to_dtype(DType::F32)
                 .unwrap()
@@ -196,8 +201,8 @@ fn var_builder_over_weights() {
 fn gguf_dequantizes_and_keeps_qtensors() {
     let w = Weights::load(data("quant.gguf").to_str().unwrap(), &opts()).unwrap();
     assert_eq!(w.names(), ["blk.0.f16", "blk.0.f32", "blk.0.q8"]);
-    let reference = candle_core::safetensors::load(data("gguf_ref.safetensors"), &Device::Cpu)
-        .unwrap();
+    let reference =
+        candle_core::safetensors::load(data("gguf_ref.safetensors"), &Device::Cpu).unwrap();
     for name in ["blk.0.f32", "blk.0.f16", "blk.0.q8"] {
         let got = w.get(name).unwrap();
         assert_eq!(got.dtype(), DType::F32, "gguf comes out as f32");
@@ -224,12 +229,15 @@ fn gguf_dequantizes_and_keeps_qtensors() {
 
 #[test]
 fn weight_norm_matches_pytorch_in_both_spellings() {
-    let reference = Weights::load(data("weight_norm.safetensors").to_str().unwrap(), &opts())
-        .unwrap();
+    let reference =
+        Weights::load(data("weight_norm.safetensors").to_str().unwrap(), &opts()).unwrap();
     for file in ["weight_norm.safetensors", "weight_norm.pth"] {
         let w = Weights::load(data(file).to_str().unwrap(), &opts()).unwrap();
         let names = w.names().join(" ");
-        assert!(names.contains("old0.weight_g") && names.contains("old0.weight_v"), "{names}");
+        assert!(
+            names.contains("old0.weight_g") && names.contains("old0.weight_v"),
+            "{names}"
+        );
         assert!(
             names.contains("new0.parametrizations.weight.original0"),
             "{names}"
@@ -260,7 +268,10 @@ fn weight_norm_matches_pytorch_in_both_spellings() {
     let err = weight_norm(&vb.pp("nothing"), &[4, 3, 5], Some(0))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("nothing.weight_g") && err.contains("original0"), "{err}");
+    assert!(
+        err.contains("nothing.weight_g") && err.contains("original0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -426,7 +437,10 @@ fn location_parsing() {
         "s3://bucket/key",
     ] {
         let err = WeightLocation::parse(bad).unwrap_err();
-        assert!(matches!(err, Error::BadSpec { ref spec, .. } if spec == bad), "{bad:?}: {err}");
+        assert!(
+            matches!(err, Error::BadSpec { ref spec, .. } if spec == bad),
+            "{bad:?}: {err}"
+        );
     }
 }
 
@@ -443,9 +457,18 @@ fn fake_cache(cache: &Path) {
     std::fs::write(repo.join("refs").join("main"), SHA).unwrap();
     let files = [
         ("model.safetensors", "single/model.safetensors"),
-        ("sharded/model.safetensors.index.json", "sharded/model.safetensors.index.json"),
-        ("sharded/model-00001-of-00002.safetensors", "sharded/model-00001-of-00002.safetensors"),
-        ("sharded/model-00002-of-00002.safetensors", "sharded/model-00002-of-00002.safetensors"),
+        (
+            "sharded/model.safetensors.index.json",
+            "sharded/model.safetensors.index.json",
+        ),
+        (
+            "sharded/model-00001-of-00002.safetensors",
+            "sharded/model-00001-of-00002.safetensors",
+        ),
+        (
+            "sharded/model-00002-of-00002.safetensors",
+            "sharded/model-00002-of-00002.safetensors",
+        ),
     ];
     for (i, (dst, src)) in files.iter().enumerate() {
         let blob = repo.join("blobs").join(format!("blob{i}"));

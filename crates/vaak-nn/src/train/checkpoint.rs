@@ -109,9 +109,8 @@ fn safetensors_bytes(tensors: &HashMap<String, Tensor>, what: &Path) -> Result<V
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
-    safetensors::tensor::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), None).map_err(|e| {
-        Error::Msg(format!("serializing {}: {e}", what.display()))
-    })
+    safetensors::tensor::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), None)
+        .map_err(|e| Error::Msg(format!("serializing {}: {e}", what.display())))
 }
 
 fn dir_name(step: u64) -> String {
@@ -139,7 +138,8 @@ fn check_complete(path: &Path) -> Result<TrainState> {
             return Err(incomplete(format!("{f} is missing")));
         }
     }
-    let text = std::fs::read_to_string(path.join(STATE_FILE)).map_err(io(&path.join(STATE_FILE)))?;
+    let text =
+        std::fs::read_to_string(path.join(STATE_FILE)).map_err(io(&path.join(STATE_FILE)))?;
     let state: TrainState =
         serde_json::from_str(&text).map_err(|e| incomplete(format!("{STATE_FILE}: {e}")))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -209,10 +209,16 @@ pub fn latest_path(dir: &Path) -> Result<Option<PathBuf>> {
             let p = dir.join(name);
             match check_complete(&p) {
                 Ok(_) => return Ok(Some(p)),
-                Err(e) => tracing::warn!("{} points at an unusable checkpoint: {e}", pointer.display()),
+                Err(e) => tracing::warn!(
+                    "{} points at an unusable checkpoint: {e}",
+                    pointer.display()
+                ),
             }
         } else {
-            tracing::warn!("{} holds {name:?}, not a checkpoint name", pointer.display());
+            tracing::warn!(
+                "{} holds {name:?}, not a checkpoint name",
+                pointer.display()
+            );
         }
     }
     Ok(complete_checkpoints(dir)?.pop().map(|(_, p)| p))
@@ -294,9 +300,10 @@ impl CheckpointManager {
         }
         sync_dir(&self.dir)?;
 
-        let ptmp = self
-            .dir
-            .join(format!("{TMP_PREFIX}{LATEST_FILE}-{}-{n}", std::process::id()));
+        let ptmp = self.dir.join(format!(
+            "{TMP_PREFIX}{LATEST_FILE}-{}-{n}",
+            std::process::id()
+        ));
         write_synced(&ptmp, format!("{name}\n").as_bytes())?;
         let latest = self.dir.join(LATEST_FILE);
         std::fs::rename(&ptmp, &latest).map_err(io(&latest))?;

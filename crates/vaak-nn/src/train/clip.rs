@@ -27,7 +27,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, params: &[&Var], max_norm: f64) -> 
     let total = grad_norm(grads, params)?;
     // PyTorch divides in f32: reproduce the rounding.
     let coef = (max_norm as f32) / (total as f32 + 1e-6f32);
-    if !(coef < 1.0) && total.is_finite() {
+    if coef >= 1.0 && total.is_finite() {
         return Ok(total);
     }
     for p in params {

@@ -16,6 +16,9 @@ use candle_nn::VarMap;
 
 use crate::error::{Error, Result};
 
+/// A weight-decay exclusion predicate: `(name, tensor) -> excluded`.
+pub type DecayPredicate = Arc<dyn Fn(&str, &Tensor) -> bool + Send + Sync>;
+
 /// Which parameters are excluded from weight decay.
 #[derive(Clone, Default)]
 pub enum DecayFilter {
@@ -31,7 +34,7 @@ pub enum DecayFilter {
     /// including dots; `?` one character).
     Globs(Vec<String>),
     /// Exclude where the predicate returns true.
-    Predicate(Arc<dyn Fn(&str, &Tensor) -> bool + Send + Sync>),
+    Predicate(DecayPredicate),
 }
 
 impl fmt::Debug for DecayFilter {
@@ -154,7 +157,9 @@ impl AdamW {
         let mut out = Vec::with_capacity(params.len());
         for (name, var) in params {
             if !seen.insert(name.clone()) {
-                return Err(Error::Msg(format!("AdamW: parameter name {name:?} given twice")));
+                return Err(Error::Msg(format!(
+                    "AdamW: parameter name {name:?} given twice"
+                )));
             }
             let t = var.as_tensor();
             if !t.dtype().is_float() {
@@ -314,7 +319,9 @@ impl AdamW {
                 });
             };
             if step < 0 {
-                return Err(Error::Msg(format!("optimizer state {key}: negative step {step}")));
+                return Err(Error::Msg(format!(
+                    "optimizer state {key}: negative step {step}"
+                )));
             }
             let exp_avg_sq = moments.pop().expect("two moments");
             let exp_avg = moments.pop().expect("two moments");
@@ -336,7 +343,10 @@ mod tests {
     #[test]
     fn globs() {
         assert!(glob_match(b"*.bias", b"enc.layers.0.bias"));
-        assert!(glob_match(b"enc.*.norm?.weight", b"enc.layers.0.norm1.weight"));
+        assert!(glob_match(
+            b"enc.*.norm?.weight",
+            b"enc.layers.0.norm1.weight"
+        ));
         assert!(!glob_match(b"*.bias", b"enc.bias.weight"));
         assert!(glob_match(b"*", b""));
         assert!(!glob_match(b"a", b""));

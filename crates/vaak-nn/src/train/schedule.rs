@@ -66,7 +66,11 @@ impl LrSchedule {
                 };
                 // Written as transformers does (peak * (f * (1 - r) + r)) so the values agree
                 // to the last bit.
-                let rate = if peak_lr == 0.0 { 0.0 } else { min_lr / peak_lr };
+                let rate = if peak_lr == 0.0 {
+                    0.0
+                } else {
+                    min_lr / peak_lr
+                };
                 peak_lr * (shape * (1.0 - rate) + rate).max(0.0)
             }
         }

@@ -123,10 +123,18 @@ impl Hub {
         }
     }
 
-    fn api_repo(&self, repo: &str, revision: &str) -> std::result::Result<hf_hub::api::sync::ApiRepo, String> {
-        let mut builder = ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
-            .with_progress(false);
-        if let Some(ep) = self.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok()) {
+    fn api_repo(
+        &self,
+        repo: &str,
+        revision: &str,
+    ) -> std::result::Result<hf_hub::api::sync::ApiRepo, String> {
+        let mut builder =
+            ApiBuilder::from_cache(Cache::new(self.cache_dir.clone())).with_progress(false);
+        if let Some(ep) = self
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+        {
             builder = builder.with_endpoint(ep);
         }
         if let Some(tok) = &self.token {

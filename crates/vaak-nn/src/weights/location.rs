@@ -77,14 +77,18 @@ impl WeightLocation {
             }
         }
         if revision.chars().any(|c| c.is_whitespace() || c == '@') {
-            return Err(bad(&format!("revision {revision:?} has invalid characters")));
+            return Err(bad(&format!(
+                "revision {revision:?} has invalid characters"
+            )));
         }
         let path = path.trim_end_matches('/');
         if path.starts_with('/') || path.contains("//") {
             return Err(bad("path inside the repo has an empty segment"));
         }
         if path.split('/').any(|seg| seg == ".." || seg == ".") {
-            return Err(bad("path inside the repo may not contain '.' or '..' segments"));
+            return Err(bad(
+                "path inside the repo may not contain '.' or '..' segments",
+            ));
         }
         Ok(Self::Hub {
             repo: format!("{org}/{name}"),

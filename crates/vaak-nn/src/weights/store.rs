@@ -213,7 +213,9 @@ fn read_index(path: &Path) -> Result<Vec<String>> {
             .as_str()
             .ok_or_else(|| corrupt(format!("weight_map[{name:?}] is not a string")))?;
         if file.contains("..") || file.starts_with('/') {
-            return Err(corrupt(format!("shard name {file:?} escapes the directory")));
+            return Err(corrupt(format!(
+                "shard name {file:?} escapes the directory"
+            )));
         }
         if !shards.iter().any(|s| s == file) {
             shards.push(file.to_string());

@@ -1,7 +1,7 @@
 //! The error type of `vaak-nn`'s fallible, non-tensor APIs (weight loading, checkpoints).
 //! Tensor code returns `candle_core::Result`, which converts into this.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,14 +38,9 @@ pub enum Error {
         candidates: String,
     },
 
-    /// A hub file that is not in the local cache while running offline.
-    #[error(
-        "offline: {path} of hf://{repo}@{revision} is not in the Hugging Face cache \
-         (searched {cache_dir}). To fetch it, on a machine with network access run \
-         `huggingface-cli download {repo} {path} --revision {revision}` and copy its cache \
-         directory (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to {cache_dir}; or download \
-         the file anywhere and give vaak its local path instead of the hf:// location"
-    )]
+    /// A hub file (or, with an empty `path`, a whole revision) that is not in the local cache
+    /// while running offline. The message says how to fetch it.
+    #[error("{}", not_cached_message(repo, revision, path, cache_dir))]
     HubFileNotCached {
         repo: String,
         revision: String,
@@ -90,6 +85,25 @@ pub enum Error {
     /// A checkpoint directory that lacks a file or holds one that does not parse.
     #[error("incomplete checkpoint {path}: {reason}")]
     CheckpointIncomplete { path: PathBuf, reason: String },
+}
+
+fn not_cached_message(repo: &str, revision: &str, path: &str, cache_dir: &Path) -> String {
+    let (what, cli_path) = if path.is_empty() {
+        (format!("revision {revision} of hf://{repo}"), String::new())
+    } else {
+        (
+            format!("{path} of hf://{repo}@{revision}"),
+            format!(" {path}"),
+        )
+    };
+    format!(
+        "offline: {what} is not in the Hugging Face cache (searched {cache}). To fetch it, on a \
+         machine with network access run `huggingface-cli download {repo}{cli_path} --revision \
+         {revision}` and copy that machine's hub cache (~/.cache/huggingface/hub or \
+         $HF_HUB_CACHE) to {cache}; or download the file(s) anywhere and give vaak the local \
+         path instead of the hf:// location",
+        cache = cache_dir.display()
+    )
 }
 
 impl Error {

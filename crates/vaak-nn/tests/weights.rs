@@ -529,6 +529,11 @@ fn hub_cache_offline() {
     );
     let err = Weights::load("hf://other/repo", &o).err().unwrap();
     assert!(matches!(err, Error::HubFileNotCached { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`huggingface-cli download other/repo --revision main`"),
+        "{err}"
+    );
 }
 
 /// All environment-driven behaviour in one test, so no other test sees the variables.
@@ -554,4 +559,37 @@ fn hub_env_offline_and_cache_dir() {
     assert!(matches!(err, Error::HubFileNotCached { .. }), "{err}");
     std::env::remove_var("HF_HOME");
     std::env::remove_var("HF_HUB_OFFLINE");
+}
+
+/// Damage the bytes of small files in turn (one at a time): loading and reading all tensors
+/// must return (Ok or a typed error), never panic.
+#[test]
+fn byte_corruption_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    // (file, byte stride): the zip is larger and slower to open, so every 5th byte of it.
+    for (rel, stride) in [
+        ("quant.gguf", 1),
+        ("single/model.safetensors", 1),
+        ("model.pth", 5),
+    ] {
+        let orig = std::fs::read(data(rel)).unwrap();
+        let name = rel.rsplit('/').next().unwrap();
+        let p = dir.path().join(name);
+        let mut errors = 0;
+        for i in (0..orig.len()).step_by(stride) {
+            for v in [0xffu8, 0x00] {
+                if orig[i] == v {
+                    continue;
+                }
+                let mut bytes = orig.clone();
+                bytes[i] = v;
+                std::fs::write(&p, &bytes).unwrap();
+                let res = Weights::from_files(&[&p], &opts()).and_then(|w| w.load_all());
+                if res.is_err() {
+                    errors += 1;
+                }
+            }
+        }
+        assert!(errors > 0, "{rel}: no corruption was detected at all");
+    }
 }

@@ -19,7 +19,8 @@ pub struct HubOptions {
     /// Never touch the network. Offline mode is also on when `HF_HUB_OFFLINE` is set to
     /// `1`/`true`/`yes`/`on`.
     pub offline: bool,
-    /// The hub cache directory. Default: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+    /// The hub cache directory. Default: `$HF_HUB_CACHE` (or the older
+    /// `$HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else
     /// `~/.cache/huggingface/hub`.
     pub cache_dir: Option<PathBuf>,
     /// Hub endpoint (default: `$HF_ENDPOINT` or `https://huggingface.co`).
@@ -49,8 +50,11 @@ fn env_flag(name: &str) -> bool {
 }
 
 fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
+    // HUGGINGFACE_HUB_CACHE is the older name huggingface_hub still honours.
+    for var in ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"] {
+        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(dir);
+        }
     }
     if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(home).join("hub");

@@ -402,7 +402,30 @@ fn open_gguf(path: &Path) -> Result<gguf_file::Content> {
     let content = gguf_file::Content::read(&mut f).map_err(|e| corrupt(path, fmt, e))?;
     // Check every tensor's extent now, so a truncated file fails at open, not mid-model.
     for (name, info) in &content.tensor_infos {
-        let elems = info.shape.elem_count();
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= len as usize * 256)
+            .ok_or_else(|| {
+                corrupt(
+                    path,
+                    fmt,
+                    format!(
+                        "tensor {name:?}: shape {:?} is impossibly large",
+                        info.shape.dims()
+                    ),
+                )
+            })?;
+        if elems == 0 {
+            // candle cannot build an empty quantized tensor (it would read from a dangling
+            // pointer), so refuse it here.
+            return Err(Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                reason: format!("tensor {name:?} has no elements"),
+            });
+        }
         let bs = info.ggml_dtype.block_size();
         if elems % bs != 0 {
             return Err(corrupt(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
+use vaak_nn::streaming::max_abs_diff;
 use vaak_nn::weights::{
     merge_weight_norm, weight_norm, HubOptions, LoadOptions, WeightLocation, Weights,
 };
@@ -139,6 +140,9 @@ fn every_format_loads_the_same_tensors() {
         ("bin/pytorch_model.bin", None),
         ("nested_model.pth", None),
         ("custom_key.pth", Some("generator")),
+        ("legacy.pth", None),
+        ("legacy_lightning.ckpt", None),
+        ("legacy_lightning.ckpt", Some("state_dict")),
     ];
     for (rel, key) in cases {
         let o = LoadOptions {
@@ -150,6 +154,20 @@ fn every_format_loads_the_same_tensors() {
     }
     let sharded = Weights::load(data("sharded").to_str().unwrap(), &opts()).unwrap();
     assert_eq!(sharded.files().len(), 2, "both shards are opened");
+}
+
+#[test]
+fn views_into_storages_load_in_both_pytorch_formats() {
+    let want = candle_core::safetensors::load(data("views_ref.safetensors"), &Device::Cpu).unwrap();
+    for rel in ["views.pth", "views_legacy.pth"] {
+        let w = Weights::load(data(rel).to_str().unwrap(), &opts()).unwrap();
+        assert_eq!(w.names(), ["shared", "slice", "transposed"], "{rel}");
+        for (name, t) in &want {
+            let got = w.get(name).unwrap();
+            assert_eq!(got.dims(), t.dims(), "{rel} {name}");
+            assert_eq!(max_abs_diff(&got, t).unwrap(), 0.0, "{rel} {name}");
+        }
+    }
 }
 
 #[test]
@@ -209,11 +227,11 @@ fn gguf_dequantizes_and_keeps_qtensors() {
         let want = &reference[name];
         assert_eq!(got.dims(), want.dims(), "{name}");
         // Dequantization in candle and in gguf-py is the same f32 product: exact.
-        let diff = vaak_nn::streaming::max_abs_diff(&got, want).unwrap();
+        let diff = max_abs_diff(&got, want).unwrap();
         assert_eq!(diff, 0.0, "{name}");
     }
     let orig = &reference["blk.0.q8.original"];
-    let q_err = vaak_nn::streaming::max_abs_diff(&w.get("blk.0.q8").unwrap(), orig).unwrap();
+    let q_err = max_abs_diff(&w.get("blk.0.q8").unwrap(), orig).unwrap();
     assert!(q_err > 0.0 && q_err <= Q8_0_TOL, "q8_0 error {q_err}");
     assert_eq!(w.qtensor("blk.0.q8").unwrap().dtype(), GgmlDType::Q8_0);
     assert_eq!(w.qtensor("blk.0.f16").unwrap().dtype(), GgmlDType::F16);
@@ -246,7 +264,7 @@ fn weight_norm_matches_pytorch_in_both_spellings() {
         for (module, dim) in [("old0", 0), ("new0", 0), ("old1", 1), ("new1", 1)] {
             let want = reference.get(&format!("ref.{module}.weight")).unwrap();
             let got = weight_norm(&vb.pp(module), want.dims(), Some(dim)).unwrap();
-            let diff = vaak_nn::streaming::max_abs_diff(&got, &want).unwrap();
+            let diff = max_abs_diff(&got, &want).unwrap();
             assert!(diff <= WEIGHT_NORM_TOL, "{file} {module}: {diff}");
             // g differs from ||v||, so v alone is not the answer.
             let v_only = vb
@@ -257,14 +275,14 @@ fn weight_norm_matches_pytorch_in_both_spellings() {
                     "parametrizations.weight.original1"
                 })
                 .unwrap();
-            assert!(vaak_nn::streaming::max_abs_diff(&v_only, &want).unwrap() > 1e-2);
+            assert!(max_abs_diff(&v_only, &want).unwrap() > 1e-2);
         }
     }
     // A plain (already merged) weight is passed through.
     let vb = reference.into_var_builder(Some(DType::F32));
     let want = vb.pp("ref.old0").get((4, 3, 5), "weight").unwrap();
     let got = weight_norm(&vb.pp("ref.old0"), &[4, 3, 5], Some(0)).unwrap();
-    assert_eq!(vaak_nn::streaming::max_abs_diff(&got, &want).unwrap(), 0.0);
+    assert_eq!(max_abs_diff(&got, &want).unwrap(), 0.0);
     let err = weight_norm(&vb.pp("nothing"), &[4, 3, 5], Some(0))
         .unwrap_err()
         .to_string();
@@ -324,6 +342,8 @@ fn bad_files_give_typed_errors() {
         ("single/model.safetensors", 0.02),
         ("model.pth", 0.5),
         ("model.pth", 0.9),
+        ("legacy.pth", 0.5),
+        ("legacy.pth", 0.97),
         ("quant.gguf", 0.5),
         ("quant.gguf", 0.9),
         ("quant.gguf", 0.1),
@@ -353,12 +373,23 @@ fn bad_files_give_typed_errors() {
     let p = dir.path().join("empty.safetensors");
     std::fs::write(&p, "").unwrap();
     assert!(matches!(load(&p), Err(Error::CorruptFile { .. })));
-    // The legacy pickle format is recognised and refused with a hint.
-    let err = load(&data("legacy.pth")).err().unwrap();
+    // A pickle that torch.save did not write is refused.
+    let err = load(&data("not_torch.pth")).err().unwrap();
     assert!(
-        matches!(err, Error::UnsupportedFormat { .. }) && err.to_string().contains("legacy"),
+        matches!(&err, Error::UnsupportedFormat { path, .. } if path.ends_with("not_torch.pth")),
         "{err}"
     );
+    // A state-dict key that does not exist.
+    let o = LoadOptions {
+        state_dict_key: Some("ema".into()),
+        ..opts()
+    };
+    for rel in ["lightning.ckpt", "legacy_lightning.ckpt"] {
+        let err = Weights::load(data(rel).to_str().unwrap(), &o)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(rel), "{err}");
+    }
     // A mis-named file still loads by content.
     let p = dir.path().join("actually_gguf.safetensors");
     std::fs::copy(data("quant.gguf"), &p).unwrap();
@@ -571,6 +602,7 @@ fn byte_corruption_never_panics() {
         ("quant.gguf", 1),
         ("single/model.safetensors", 1),
         ("model.pth", 5),
+        ("legacy.pth", 5),
     ] {
         let orig = std::fs::read(data(rel)).unwrap();
         let name = rel.rsplit('/').next().unwrap();
@@ -592,4 +624,17 @@ fn byte_corruption_never_panics() {
         }
         assert!(errors > 0, "{rel}: no corruption was detected at all");
     }
+}
+
+/// candle's pickle reader panics (debug) on ints wider than 64 bits; the loader must report
+/// that as a typed error naming the file.
+#[test]
+fn pickle_reader_panics_become_errors() {
+    let err = Weights::load(data("big_int.pth").to_str().unwrap(), &opts())
+        .err()
+        .expect("no tensors can be read from it");
+    assert!(
+        matches!(&err, Error::CorruptFile { path, .. } | Error::UnsupportedFormat { path, .. } if path.ends_with("big_int.pth")),
+        "{err}"
+    );
 }

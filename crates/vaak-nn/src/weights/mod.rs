@@ -8,6 +8,7 @@
 //! [`weight_norm`] merges the two spellings of PyTorch's weight normalisation.
 
 mod hub;
+mod legacy;
 mod location;
 mod norm;
 mod store;

@@ -7,8 +7,8 @@
 //! - PyTorch zip pickles (`torch.save` since 1.6: `.pth`, `.ckpt`, `pytorch_model.bin`): the
 //!   pickle is parsed once for tensor locations, and tensor bytes are read on use. A state dict
 //!   nested under a key (`state_dict`, `model`, or [`LoadOptions::state_dict_key`]) is found.
-//!   The legacy non-zip format (`_use_new_zipfile_serialization=False`) is not supported by
-//!   candle's reader; it gives [`Error::UnsupportedFormat`] with the fix (re-save it).
+//!   The legacy non-zip format (before 1.6, or `_use_new_zipfile_serialization=False`), which
+//!   candle does not read, is handled by our own reader (same key rules).
 //! - gguf: the header is parsed once; [`Weights::get`] dequantizes a tensor to f32 on use and
 //!   [`Weights::qtensor`] returns it still quantized (for `candle_transformers` quantized
 //!   layers).
@@ -38,6 +38,8 @@ pub enum WeightFormat {
     /// A JSON index (`weight_map`) pointing at shards.
     ShardIndex,
     PyTorchZip,
+    /// `torch.save` before the zip format.
+    PyTorchLegacy,
     Gguf,
 }
 
@@ -47,6 +49,7 @@ impl WeightFormat {
             Self::Safetensors => "safetensors",
             Self::ShardIndex => "shard index",
             Self::PyTorchZip => "PyTorch",
+            Self::PyTorchLegacy => "legacy PyTorch",
             Self::Gguf => "gguf",
         }
     }
@@ -81,6 +84,7 @@ impl Default for LoadOptions {
 enum Source {
     Safetensors(MmapedSafetensors),
     Pth(candle_core::pickle::PthTensors),
+    LegacyPth(super::legacy::LegacyPth),
     Gguf(gguf_file::Content),
     Memory(HashMap<String, Tensor>),
 }
@@ -156,12 +160,13 @@ pub(crate) fn sniff(path: &Path) -> Result<WeightFormat> {
     if first == Some(b'{') && has_ext(&path.to_string_lossy(), ".json") {
         return Ok(WeightFormat::ShardIndex);
     }
+    if head.starts_with(&super::legacy::MAGIC_PICKLE) {
+        return Ok(WeightFormat::PyTorchLegacy);
+    }
     if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
         return Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
-            reason: "a legacy (pre-zip) torch.save pickle; re-save it with a current \
-                     PyTorch (`torch.save(torch.load(f), g)`) or convert to safetensors"
-                .into(),
+            reason: "a Python pickle, but not one written by torch.save".into(),
         });
     }
     let name = path.to_string_lossy();
@@ -362,11 +367,30 @@ fn corrupt(path: &Path, format: WeightFormat, e: impl std::fmt::Display) -> Erro
     }
 }
 
+/// Runs candle's pickle reader, turning its panics (it overflows on ints wider than 64 bits
+/// in debug builds) into errors.
+pub(crate) fn guard_pickle<T>(
+    f: impl FnOnce() -> candle_core::Result<T>,
+) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Err(format!("the pickle reader failed: {msg}"))
+        }
+    }
+}
+
 fn open_pth(path: &Path, key: Option<&str>) -> Result<candle_core::pickle::PthTensors> {
     use candle_core::pickle::PthTensors;
     let fmt = WeightFormat::PyTorchZip;
+    let open = |key: Option<&str>| guard_pickle(|| PthTensors::new(path, key));
     if let Some(key) = key {
-        let pth = PthTensors::new(path, Some(key)).map_err(|e| corrupt(path, fmt, e))?;
+        let pth = open(Some(key)).map_err(|e| corrupt(path, fmt, e))?;
         if pth.tensor_infos().is_empty() {
             return Err(Error::UnsupportedFormat {
                 path: path.to_path_buf(),
@@ -375,13 +399,13 @@ fn open_pth(path: &Path, key: Option<&str>) -> Result<candle_core::pickle::PthTe
         }
         return Ok(pth);
     }
-    let top = PthTensors::new(path, None).map_err(|e| corrupt(path, fmt, e))?;
+    let top = open(None).map_err(|e| corrupt(path, fmt, e))?;
     if !top.tensor_infos().is_empty() {
         return Ok(top);
     }
     for key in ["state_dict", "model"] {
         // A missing key is an error from candle; it only means "not this layout".
-        if let Ok(pth) = PthTensors::new(path, Some(key)) {
+        if let Ok(pth) = open(Some(key)) {
             if !pth.tensor_infos().is_empty() {
                 return Ok(pth);
             }
@@ -530,6 +554,11 @@ impl Weights {
                 let names = pth.tensor_infos().keys().cloned().collect();
                 (Source::Pth(pth), names)
             }
+            WeightFormat::PyTorchLegacy => {
+                let pth = super::legacy::LegacyPth::open(path, opts.state_dict_key.as_deref())?;
+                let names = pth.names().cloned().collect();
+                (Source::LegacyPth(pth), names)
+            }
             WeightFormat::Gguf => {
                 let c = open_gguf(path)?;
                 let names = c.tensor_infos.keys().cloned().collect();
@@ -626,6 +655,15 @@ impl Weights {
             Source::Pth(pth) => pth
                 .get(name)
                 .map_err(bad)?
+                .ok_or_else(|| self.missing(name))?
+                .to_device(&self.device)?,
+            Source::LegacyPth(pth) => pth
+                .get(name)
+                .map_err(|reason| Error::CorruptFile {
+                    path: f.path.clone(),
+                    format: f.format,
+                    reason: format!("tensor {name:?}: {reason}"),
+                })?
                 .ok_or_else(|| self.missing(name))?
                 .to_device(&self.device)?,
             Source::Gguf(_) => self.qtensor(name)?.dequantize(&self.device)?,

@@ -621,3 +621,53 @@ fn keep_last_n_and_resave() {
         .collect();
     assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
 }
+
+/// Half-precision parameters keep f32 moments, so small updates are not lost to rounding,
+/// and the parameters stay in their dtype.
+#[test]
+fn adamw_bf16_params_keep_f32_state() {
+    let init = Tensor::new(&[[1f32, -2.0], [0.5, 3.0]], &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let v = Var::from_tensor(&init).unwrap();
+    let mut opt = AdamW::new(
+        vec![("w".into(), v.clone())],
+        AdamWConfig {
+            lr: 0.1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let g = Tensor::new(&[[1f32, -1.0], [1.0, -1.0]], &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    opt.step(&store(&[(&v, &g)])).unwrap();
+    assert_eq!(v.dtype(), DType::BF16);
+    let st = opt.state_tensors().unwrap();
+    assert_eq!(st["w.exp_avg"].dtype(), DType::F32);
+    // First Adam step moves each weight by ~lr against its gradient sign (plus decay).
+    let got: Vec<Vec<f32>> = v
+        .as_tensor()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let want = [
+        [
+            1.0 * (1.0 - 0.1 * 0.01) - 0.1,
+            -2.0 * (1.0 - 0.1 * 0.01) + 0.1,
+        ],
+        [
+            0.5 * (1.0 - 0.1 * 0.01) - 0.1,
+            3.0 * (1.0 - 0.1 * 0.01) + 0.1,
+        ],
+    ];
+    for (r, w) in got.iter().zip(want) {
+        for (a, b) in r.iter().zip(w) {
+            // bf16 has 8 bits of mantissa.
+            assert!((a - b).abs() <= b.abs() * 1e-2, "{a} vs {b}");
+        }
+    }
+}

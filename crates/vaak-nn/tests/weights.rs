@@ -266,6 +266,7 @@ fn weight_norm_matches_pytorch_in_both_spellings() {
             let got = weight_norm(&vb.pp(module), want.dims(), Some(dim)).unwrap();
             let diff = max_abs_diff(&got, &want).unwrap();
             assert!(diff <= WEIGHT_NORM_TOL, "{file} {module}: {diff}");
+            println!("weight norm {file} {module}: max abs diff {diff:e}");
             // g differs from ||v||, so v alone is not the answer.
             let v_only = vb
                 .pp(module)
@@ -486,6 +487,7 @@ fn fake_cache(cache: &Path) {
     std::fs::create_dir_all(repo.join("blobs")).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs").join("main"), SHA).unwrap();
+    std::fs::write(snap.join("config.json"), r#"{"dim": 8}"#).unwrap();
     let files = [
         ("model.safetensors", "single/model.safetensors"),
         (
@@ -536,6 +538,18 @@ fn hub_cache_offline() {
             assert!(f.starts_with(cache.path()), "{spec}: {}", f.display());
         }
     }
+
+    // Non-weight files next to the weights (config.json) resolve through the same cache.
+    let loc = WeightLocation::parse("hf://org/tiny").unwrap();
+    let cfg = loc.join("config.json").resolve_file(&o.hub).unwrap();
+    assert_eq!(std::fs::read_to_string(cfg).unwrap(), r#"{"dim": 8}"#);
+    let files = vaak_nn::weights::resolve_files(&loc.join("sharded"), &o.hub).unwrap();
+    assert_eq!(files.len(), 2);
+    let local = WeightLocation::Local(data("single"));
+    assert!(matches!(
+        local.join("config.json").resolve_file(&o.hub),
+        Err(Error::MissingFile { .. })
+    ));
 
     let err = Weights::load("hf://org/tiny@main/decoder.safetensors", &o)
         .err()

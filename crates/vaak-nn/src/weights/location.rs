@@ -98,6 +98,48 @@ impl WeightLocation {
     }
 }
 
+impl WeightLocation {
+    /// The location of `name` inside this one (a directory or repo path), e.g. the
+    /// `config.json` next to the weights.
+    pub fn join(&self, name: &str) -> Self {
+        match self {
+            Self::Local(p) => Self::Local(p.join(name)),
+            Self::Hub {
+                repo,
+                revision,
+                path,
+            } => Self::Hub {
+                repo: repo.clone(),
+                revision: revision.clone(),
+                path: if path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{path}/{name}")
+                },
+            },
+        }
+    }
+
+    /// The local path of one file at this location: the path itself, or the hub file from the
+    /// cache (downloaded first when online).
+    pub fn resolve_file(&self, hub: &super::HubOptions) -> Result<PathBuf> {
+        match self {
+            Self::Local(p) => {
+                if p.is_file() {
+                    Ok(p.clone())
+                } else {
+                    Err(Error::MissingFile { path: p.clone() })
+                }
+            }
+            Self::Hub {
+                repo,
+                revision,
+                path,
+            } => super::Hub::new(hub).file(repo, revision, path),
+        }
+    }
+}
+
 impl FromStr for WeightLocation {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -16,4 +16,4 @@ mod store;
 pub use hub::{Hub, HubOptions};
 pub use location::WeightLocation;
 pub use norm::{merge_weight_norm, weight_norm};
-pub use store::{LoadOptions, WeightFormat, Weights};
+pub use store::{resolve_files, LoadOptions, WeightFormat, Weights};

@@ -24,9 +24,13 @@ use super::rng::RngState;
 use super::schedule::LrSchedule;
 use crate::error::{Error, Result};
 
+/// Model parameters inside a checkpoint directory.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// Optimizer state ([`super::AdamW::state_tensors`]) inside a checkpoint directory.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// [`TrainState`] as JSON, written last inside a checkpoint directory.
 pub const STATE_FILE: &str = "state.json";
+/// The pointer file naming the newest checkpoint directory.
 pub const LATEST_FILE: &str = "latest";
 const TMP_PREFIX: &str = ".tmp-";
 

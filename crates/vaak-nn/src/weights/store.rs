@@ -34,12 +34,15 @@ use crate::error::{Error, Result};
 /// The on-disk format of one weight file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightFormat {
+    /// safetensors (one file or one shard).
     Safetensors,
     /// A JSON index (`weight_map`) pointing at shards.
     ShardIndex,
+    /// `torch.save` zip archive (PyTorch 1.6 and later).
     PyTorchZip,
     /// `torch.save` before the zip format.
     PyTorchLegacy,
+    /// GGUF (llama.cpp), possibly quantized.
     Gguf,
 }
 

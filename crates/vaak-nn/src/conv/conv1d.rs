@@ -3,7 +3,7 @@
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{add_bias, check_input, check_mask, check_params, CausalConvConfig};
+use super::{add_bias, check_input, check_mask, check_params, load_params, CausalConvConfig};
 use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 
 const NAME: &str = "CausalConv1d";
@@ -107,19 +107,15 @@ impl CausalConv1d {
     /// of `vb`.
     pub fn new(cfg: CausalConvConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate(NAME)?;
-        let weight = vb.get(
+        let (weight, bias) = load_params(
+            &cfg,
+            &vb,
             (
                 cfg.out_channels,
                 cfg.in_channels / cfg.groups,
                 cfg.kernel_size,
             ),
-            "weight",
         )?;
-        let bias = if cfg.bias {
-            Some(vb.get(cfg.out_channels, "bias")?)
-        } else {
-            None
-        };
         Self::from_tensors(cfg, weight, bias)
     }
 

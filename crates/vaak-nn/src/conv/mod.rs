@@ -157,6 +157,21 @@ impl CausalConvConfig {
     }
 }
 
+/// Reads `weight` of `shape` and, when `cfg.bias`, `bias` `[out]` from the root of `vb`.
+fn load_params(
+    cfg: &CausalConvConfig,
+    vb: &candle_nn::VarBuilder,
+    shape: (usize, usize, usize),
+) -> Result<(Tensor, Option<Tensor>)> {
+    let weight = vb.get(shape, "weight")?;
+    let bias = if cfg.bias {
+        Some(vb.get(cfg.out_channels, "bias")?)
+    } else {
+        None
+    };
+    Ok((weight, bias))
+}
+
 /// Checks that `w` has `expected` dims and that `bias` is present exactly when configured.
 fn check_params(
     module: &str,

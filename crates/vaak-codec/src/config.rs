@@ -16,6 +16,7 @@
 //!   [`CodecError::Unsupported`] naming the field.
 
 use serde::Deserialize;
+use vaak_nn::transformer::{FfnKind, NormKind, RopeKind, TransformerConfig};
 
 use crate::error::{CodecError, Result};
 
@@ -26,6 +27,8 @@ pub enum PadMode {
     Reflect,
     /// Zeros.
     Zero,
+    /// Repeat the edge sample (Mimi's downsampling conv).
+    Replicate,
 }
 
 /// A SEANet encoder/decoder pair (the EnCodec layout, also used by vaak's own presets).
@@ -66,11 +69,29 @@ impl SeanetConfig {
     }
 }
 
+/// Mimi's additions to the SEANet + RVQ codec: transformers on the latent, a strided
+/// down/upsampling pair, and a split quantizer (semantic + acoustic) with projections.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentTransformerConfig {
+    /// Shared by the encoder and decoder transformers.
+    pub transformer: TransformerConfig,
+    /// Leading codebooks quantized by the semantic RVQ; the rest by the acoustic one.
+    pub num_semantic: usize,
+    /// Width of the quantizer (1x1 projections from/to the latent).
+    pub vq_dim: usize,
+    /// Groups of the upsampling conv-transpose (`hidden_size` = depthwise).
+    pub upsample_groups: usize,
+}
+
 /// Everything needed to build a codec.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodecConfig {
     pub sample_rate: usize,
     pub seanet: SeanetConfig,
+    /// Extra downsampling of the latent after the SEANet encoder (1: none).
+    pub latent_stride: usize,
+    /// Mimi's latent transformers and split RVQ (`None`: EnCodec-style plain RVQ).
+    pub latent: Option<LatentTransformerConfig>,
     /// Entries per codebook.
     pub codebook_size: usize,
     /// Most codebooks the checkpoint has.
@@ -82,9 +103,9 @@ pub struct CodecConfig {
 }
 
 impl CodecConfig {
-    /// Samples per frame.
+    /// Samples per frame (SEANet hop times the latent stride).
     pub fn hop_length(&self) -> usize {
-        self.seanet.hop_length()
+        self.seanet.hop_length() * self.latent_stride
     }
 
     /// Frames per second (exact, possibly fractional).
@@ -127,6 +148,8 @@ impl CodecConfig {
         Self {
             sample_rate: 16_000,
             seanet,
+            latent_stride: 1,
+            latent: None,
             codebook_size: 1024,
             num_quantizers: 8,
             target_bandwidths: vec![],
@@ -391,6 +414,8 @@ impl HfEncodecConfig {
         let mut cfg = CodecConfig {
             sample_rate: self.sampling_rate,
             seanet,
+            latent_stride: 1,
+            latent: None,
             codebook_size: self.codebook_size,
             num_quantizers: 1,
             target_bandwidths: self.target_bandwidths.clone(),
@@ -415,6 +440,305 @@ impl HfEncodecConfig {
         cfg.default_codebooks = cfg
             .codebooks_for_bandwidth(self.target_bandwidths[0])
             .min(cfg.num_quantizers.max(1));
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+}
+
+fn d_mimi_hidden() -> usize {
+    512
+}
+fn d_mimi_filters() -> usize {
+    64
+}
+fn d_mimi_ratios() -> Vec<usize> {
+    vec![8, 6, 5, 4]
+}
+fn d_constant() -> String {
+    "constant".into()
+}
+fn d_2048() -> usize {
+    2048
+}
+fn d_256() -> usize {
+    256
+}
+fn d_32() -> usize {
+    32
+}
+fn d_8() -> usize {
+    8
+}
+fn d_gelu() -> String {
+    "gelu".into()
+}
+fn d_8000() -> usize {
+    8000
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_250() -> usize {
+    250
+}
+fn d_ls() -> f64 {
+    0.01
+}
+
+/// `rope_parameters` of transformers 5 configs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct HfRopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+}
+
+/// transformers' `MimiConfig` as stored in `config.json` (the flat kyutai/mimi layout).
+///
+/// Quirks: the published file says `frame_rate` (12.5) and `rope_theta`; transformers 5 writes
+/// `_frame_rate` and `rope_parameters.rope_theta`. Both are read. Without a frame rate it is
+/// `sampling_rate / (hop * 2)`, as transformers computes it. `head_dim` must be
+/// `hidden_size / num_attention_heads` (vaak's transformer assumes so).
+#[derive(Clone, Debug, Deserialize)]
+pub struct HfMimiConfig {
+    #[serde(default = "d_sampling_rate")]
+    pub sampling_rate: usize,
+    #[serde(default = "d_one")]
+    pub audio_channels: usize,
+    #[serde(default = "d_mimi_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_mimi_filters")]
+    pub num_filters: usize,
+    #[serde(default = "d_one")]
+    pub num_residual_layers: usize,
+    #[serde(default = "d_mimi_ratios")]
+    pub upsampling_ratios: Vec<usize>,
+    #[serde(default = "d_seven")]
+    pub kernel_size: usize,
+    #[serde(default = "d_three")]
+    pub last_kernel_size: usize,
+    #[serde(default = "d_three")]
+    pub residual_kernel_size: usize,
+    #[serde(default = "d_two")]
+    pub dilation_growth_rate: usize,
+    #[serde(default = "d_true")]
+    pub use_causal_conv: bool,
+    #[serde(default = "d_constant")]
+    pub pad_mode: String,
+    #[serde(default = "d_two")]
+    pub compress: usize,
+    #[serde(default = "d_trim")]
+    pub trim_right_ratio: f64,
+    #[serde(default = "d_2048")]
+    pub codebook_size: usize,
+    #[serde(default = "d_256")]
+    pub codebook_dim: usize,
+    #[serde(default = "d_32")]
+    pub num_quantizers: usize,
+    #[serde(default)]
+    pub use_conv_shortcut: bool,
+    #[serde(default)]
+    pub vector_quantization_hidden_dimension: Option<usize>,
+    #[serde(default = "d_one")]
+    pub num_semantic_quantizers: usize,
+    #[serde(default)]
+    pub upsample_groups: Option<usize>,
+    #[serde(default = "d_8")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_2048")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_8")]
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "d_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "d_8000")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<HfRopeParameters>,
+    #[serde(default = "d_250")]
+    pub sliding_window: usize,
+    #[serde(default = "d_ls")]
+    pub layer_scale_initial_scale: f64,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub frame_rate: Option<f64>,
+    #[serde(default, rename = "_frame_rate")]
+    pub frame_rate_private: Option<f64>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+impl HfMimiConfig {
+    /// Parses `config.json` text; `path` only labels errors.
+    pub fn from_json(text: &str, path: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| CodecError::ConfigFile {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Our config, or an error naming the first field vaak cannot run.
+    pub fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
+        let unsupported = |field: &'static str, value: String, reason: &str| {
+            Err(CodecError::Unsupported {
+                path: path.to_string(),
+                field,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        if let Some(mt) = &self.model_type {
+            if mt != "mimi" {
+                return unsupported("model_type", mt.clone(), "expected \"mimi\"");
+            }
+        }
+        if !self.use_causal_conv {
+            return unsupported(
+                "use_causal_conv",
+                "false".into(),
+                "only causal Mimi streams",
+            );
+        }
+        if self.trim_right_ratio != 1.0 {
+            return unsupported(
+                "trim_right_ratio",
+                self.trim_right_ratio.to_string(),
+                "only 1.0 is causal",
+            );
+        }
+        if self.attention_bias {
+            return unsupported(
+                "attention_bias",
+                "true".into(),
+                "vaak's transformer would also give the MLP a bias, which Mimi's lacks",
+            );
+        }
+        if self.hidden_act != "gelu" {
+            return unsupported("hidden_act", self.hidden_act.clone(), "only exact gelu");
+        }
+        let pad_mode = match self.pad_mode.as_str() {
+            "constant" | "zeros" | "zero" => PadMode::Zero,
+            "reflect" => PadMode::Reflect,
+            "replicate" => PadMode::Replicate,
+            other => return unsupported("pad_mode", other.into(), "use constant or reflect"),
+        };
+        let heads = self.num_attention_heads.max(1);
+        let head_dim = self.head_dim.unwrap_or(self.hidden_size / heads);
+        if head_dim * heads != self.hidden_size {
+            return unsupported(
+                "head_dim",
+                head_dim.to_string(),
+                "vaak's transformer needs head_dim * num_attention_heads == hidden_size",
+            );
+        }
+        let theta = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0);
+        if let Some(t) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.clone())
+        {
+            if t != "default" {
+                return unsupported("rope_parameters.rope_type", t, "only default RoPE");
+            }
+        }
+        let seanet = SeanetConfig {
+            channels: self.audio_channels,
+            dimension: self.hidden_size,
+            n_filters: self.num_filters,
+            n_residual_layers: self.num_residual_layers,
+            ratios: self.upsampling_ratios.clone(),
+            kernel_size: self.kernel_size,
+            last_kernel_size: self.last_kernel_size,
+            residual_kernel_size: self.residual_kernel_size,
+            dilation_base: self.dilation_growth_rate,
+            compress: self.compress,
+            lstm_layers: 0,
+            conv_shortcut: self.use_conv_shortcut,
+            pad_mode,
+            weight_norm: false,
+        };
+        let hop = seanet.hop_length();
+        if hop == 0 {
+            return Err(CodecError::BadConfig {
+                path: path.to_string(),
+                field: "upsampling_ratios",
+                reason: format!("must be positive, got {:?}", self.upsampling_ratios),
+            });
+        }
+        let encodec_rate = self.sampling_rate.div_ceil(hop) as f64;
+        let frame_rate = self
+            .frame_rate
+            .or(self.frame_rate_private)
+            .unwrap_or(self.sampling_rate as f64 / (hop * 2) as f64);
+        let latent_stride = (encodec_rate / frame_rate) as usize;
+        if latent_stride == 0 {
+            return Err(CodecError::BadConfig {
+                path: path.to_string(),
+                field: "frame_rate",
+                reason: format!("{frame_rate} is above the SEANet rate {encodec_rate}"),
+            });
+        }
+        if self.num_semantic_quantizers == 0 || self.num_semantic_quantizers >= self.num_quantizers
+        {
+            return Err(CodecError::BadConfig {
+                path: path.to_string(),
+                field: "num_semantic_quantizers",
+                reason: format!(
+                    "{} must be in 1..num_quantizers ({})",
+                    self.num_semantic_quantizers, self.num_quantizers
+                ),
+            });
+        }
+        let transformer = TransformerConfig {
+            d_model: self.hidden_size,
+            num_heads: heads,
+            num_kv_heads: self.num_key_value_heads,
+            num_layers: self.num_hidden_layers,
+            dim_feedforward: self.intermediate_size,
+            norm: NormKind::LayerNorm,
+            norm_eps: self.norm_eps,
+            ffn: FfnKind::Gelu,
+            bias: false,
+            causal: true,
+            context: Some(self.sliding_window),
+            max_period: theta,
+            rope: RopeKind::default(),
+            layer_scale: Some(self.layer_scale_initial_scale),
+            final_norm: false,
+            max_seq_len: self.max_position_embeddings,
+        };
+        let cfg = CodecConfig {
+            sample_rate: self.sampling_rate,
+            seanet,
+            latent_stride,
+            latent: Some(LatentTransformerConfig {
+                transformer,
+                num_semantic: self.num_semantic_quantizers,
+                vq_dim: self
+                    .vector_quantization_hidden_dimension
+                    .unwrap_or(self.codebook_dim),
+                upsample_groups: self.upsample_groups.unwrap_or(self.hidden_size),
+            }),
+            codebook_size: self.codebook_size,
+            num_quantizers: self.num_quantizers,
+            target_bandwidths: vec![],
+            default_codebooks: self.num_quantizers,
+        };
         cfg.validate(path)?;
         Ok(cfg)
     }

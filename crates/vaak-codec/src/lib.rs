@@ -6,6 +6,10 @@
 //! - `encodec_24khz`: loads `facebook/encodec_24khz` as published in transformers'
 //!   `EncodecModel` layout (`config.json` + `model.safetensors`, weight norm in either spelling).
 //!   Whole-clip encode/decode match transformers exactly ([`EdgeMode::Reference`]).
+//! - `mimi`: loads `kyutai/mimi` as published (flat transformers `MimiModel` layout): SEANet,
+//!   encoder transformer (RoPE, layer scale, sliding-window context, GELU FFN), stride-2
+//!   downsample, split RVQ (semantic + acoustic, 1x1 projections, `embed_sum /
+//!   cluster_usage.clamp(1e-5)` codebooks), depthwise upsample, decoder transformer, SEANet.
 //! - `vaak-16k`: vaak's own 16 kHz, 8 x 1024 codec (config only; trained later).
 //!
 //! # Streaming and the clip edges
@@ -23,7 +27,13 @@
 //!    a whole stride block and emits `ceil(T / hop)` frames; the stream emits `floor(T / hop)`
 //!    and holds the tail until more audio arrives.
 //!
-//! The tests measure how many streamed codes agree with HF's on the fixture.
+//! The tests measure how many streamed codes agree with HF's on the fixture (EnCodec: every
+//! code from frame 21 of 100 on; the latent difference decays to ~1e-8).
+//!
+//! Mimi pads with zeros everywhere except its downsampling conv (replicate), which sits after
+//! the transformer and whose left pad reaches only output frame 0; so for a clip of whole
+//! frames, streamed codes equal transformers' on every frame but the first, and streamed
+//! decoding equals transformers' whole-clip decode (it is causal throughout).
 //!
 //! # What is reused and what is ours
 //!
@@ -32,11 +42,12 @@
 //! conv-transpose has no backward) and hard-wires one layout. So the model here is ours, built
 //! on `vaak_nn::conv` (streaming causal convs, differentiable conv-transpose), `vaak_nn::rvq`
 //! (codebooks) and `vaak_nn::weights` (loading, weight norm). Only the numerics of transformers'
-//! `modeling_encodec.py` were followed.
-//!
-//! # Not yet here
-//!
-//! The `mimi` preset (transformer on the latent, split RVQ) is not implemented yet.
+//! `modeling_encodec.py` / `modeling_mimi.py` were followed. Mimi's transformers are
+//! `vaak_nn::transformer::Transformer` (same maths: pre-LayerNorm, neox RoPE, layer scale,
+//! exact GELU, window `(t - context, t]`), with the checkpoint's names mapped on load
+//! (`input_layernorm` -> `norm1`, `post_attention_layernorm` -> `norm2`,
+//! `self_attn_layer_scale` -> `layer_scale_1`, `mlp_layer_scale` -> `layer_scale_2`,
+//! `mlp.fc1/fc2` -> `ffn.linear1/2`); its per-slot KV cache gives the batched streaming.
 
 pub mod codec;
 pub mod config;
@@ -44,6 +55,8 @@ pub mod error;
 pub mod seanet;
 
 pub use codec::{Codec, CodecStreamer, Preset};
-pub use config::{CodecConfig, HfEncodecConfig, PadMode, SeanetConfig};
+pub use config::{
+    CodecConfig, HfEncodecConfig, HfMimiConfig, LatentTransformerConfig, PadMode, SeanetConfig,
+};
 pub use error::{CodecError, Result};
 pub use seanet::{EdgeMode, Seanet};

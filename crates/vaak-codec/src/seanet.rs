@@ -57,6 +57,7 @@ pub(crate) fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Res
     }
     match mode {
         PadMode::Zero => x.pad_with_zeros(2, left, right),
+        PadMode::Replicate => x.pad_with_same(2, left, right),
         PadMode::Reflect => {
             let len = x.dim(2)?;
             let max_pad = left.max(right);
@@ -90,21 +91,39 @@ pub(crate) struct SConv {
 
 impl SConv {
     fn new(cfg: CausalConvConfig, s: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(cfg, s.weight_norm, s.pad_mode, vb)
+    }
+
+    /// Loads `conv.weight` (and `conv.bias` when `cfg.bias`) under `vb`.
+    pub(crate) fn with_options(
+        cfg: CausalConvConfig,
+        weight_norm_on: bool,
+        pad_mode: PadMode,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let vb = vb.pp("conv");
         let shape = [
             cfg.out_channels,
             cfg.in_channels / cfg.groups,
             cfg.kernel_size,
         ];
-        let w = load_weight(&vb, &shape, s.weight_norm)?.contiguous()?;
-        let b = load_bias(&vb, cfg.out_channels)?;
+        let w = load_weight(&vb, &shape, weight_norm_on)?.contiguous()?;
+        let b = if cfg.bias {
+            Some(load_bias(&vb, cfg.out_channels)?)
+        } else {
+            None
+        };
         Ok(Self {
-            conv: CausalConv1d::from_tensors(cfg, w, Some(b))?,
-            pad_mode: s.pad_mode,
+            conv: CausalConv1d::from_tensors(cfg, w, b)?,
+            pad_mode,
         })
     }
 
-    fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
+    pub(crate) fn streaming(&mut self) -> &mut CausalConv1d {
+        &mut self.conv
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
         match edge {
             EdgeMode::Causal => self.conv.forward(x),
             EdgeMode::Reference => {
@@ -132,17 +151,38 @@ pub(crate) struct SConvTr {
 
 impl SConvTr {
     fn new(cfg: CausalConvConfig, s: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(cfg, s.weight_norm, vb)
+    }
+
+    /// Loads `conv.weight` (and `conv.bias` when `cfg.bias`) under `vb`.
+    pub(crate) fn with_options(
+        cfg: CausalConvConfig,
+        weight_norm_on: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let vb = vb.pp("conv");
         let shape = [
             cfg.in_channels,
             cfg.out_channels / cfg.groups,
             cfg.kernel_size,
         ];
-        let w = load_weight(&vb, &shape, s.weight_norm)?.contiguous()?;
-        let b = load_bias(&vb, cfg.out_channels)?;
+        let w = load_weight(&vb, &shape, weight_norm_on)?.contiguous()?;
+        let b = if cfg.bias {
+            Some(load_bias(&vb, cfg.out_channels)?)
+        } else {
+            None
+        };
         Ok(Self {
-            conv: CausalConvTranspose1d::from_tensors(cfg, w, Some(b))?,
+            conv: CausalConvTranspose1d::from_tensors(cfg, w, b)?,
         })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x)
+    }
+
+    pub(crate) fn streaming(&mut self) -> &mut CausalConvTranspose1d {
+        &mut self.conv
     }
 }
 

@@ -187,3 +187,74 @@ fn published_mimi_config_keys_parse() {
     assert_eq!(l.num_semantic, 1);
     assert_eq!(l.upsample_groups, 512);
 }
+
+#[test]
+fn mimi_masked_steps_freeze_inactive_slots() {
+    let r = reference();
+    let codec = load();
+    let mut whole = codec.clone();
+    whole.set_edge_mode(EdgeMode::Causal);
+    let audio = &r["audio"];
+    let frame = codec.hop_length();
+    let mut st = codec.streamer(2).unwrap();
+    let mut dec = codec.streamer(2).unwrap();
+    let (mut c1, mut a1, mut pos1) = (Vec::new(), Vec::new(), 0usize);
+    for f in 0..50 {
+        // Slot 1 sits out every third step (encoder and decoder KV caches must not advance).
+        let active1 = f % 3 != 1;
+        let x0 = audio.i((0..1, .., f * frame..(f + 1) * frame)).unwrap();
+        let x1 = if active1 {
+            audio.i((1..2, .., pos1..pos1 + frame)).unwrap()
+        } else {
+            Tensor::zeros((1, 1, frame), DType::F32, &Device::Cpu).unwrap()
+        };
+        let mask = StreamMask::from_slots(&[true, active1]);
+        let c = st
+            .encode_step(&Tensor::cat(&[&x0, &x1], 0).unwrap(), &mask)
+            .unwrap()
+            .unwrap();
+        let y = dec.decode_step(&c, &mask).unwrap().unwrap();
+        if active1 {
+            c1.push(c.i(1..2).unwrap());
+            a1.push(y.i(1..2).unwrap());
+            pos1 += frame;
+        }
+    }
+    let want1 = whole
+        .encode(&audio.i((1..2, .., 0..pos1)).unwrap())
+        .unwrap();
+    let got1 = Tensor::cat(&c1, 2).unwrap();
+    assert_eq!(codes_vec(&got1), codes_vec(&want1));
+    let err = max_abs_diff(
+        &Tensor::cat(&a1, 2).unwrap(),
+        &whole.decode(&want1).unwrap(),
+    )
+    .unwrap();
+    assert!(err <= STREAM_TOL, "{err}");
+}
+
+#[test]
+fn streamer_rejects_bad_chunks_and_masks() {
+    let codec = load();
+    let mut st = codec.streamer(2).unwrap();
+    let dev = Device::Cpu;
+    let wrong_batch = Tensor::zeros((3, 1, 32), DType::F32, &dev).unwrap();
+    assert!(matches!(
+        st.encode_step(&wrong_batch, &StreamMask::All),
+        Err(vaak_codec::CodecError::BadInput { .. })
+    ));
+    let ok = Tensor::zeros((2, 1, 32), DType::F32, &dev).unwrap();
+    assert!(matches!(
+        st.encode_step(&ok, &StreamMask::from_slots(&[true])),
+        Err(vaak_codec::CodecError::BadInput { .. })
+    ));
+    assert!(st.reset_slot(2).is_err());
+    let bad_codes = Tensor::new(&[[[64u32]], [[0]]], &dev).unwrap();
+    assert!(matches!(
+        st.decode_step(&bad_codes, &StreamMask::All),
+        Err(vaak_codec::CodecError::CodeOutOfRange { .. })
+    ));
+    assert!(codec.streamer(0).is_err());
+    assert_eq!("mimi".parse::<Preset>().unwrap(), Preset::Mimi);
+    assert!("opus".parse::<Preset>().is_err());
+}

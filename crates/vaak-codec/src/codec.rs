@@ -1,0 +1,740 @@
+//! [`Codec`]: SEANet encoder, residual VQ and SEANet decoder behind one API, whole-clip and
+//! streaming ([`CodecStreamer`]).
+
+use std::str::FromStr;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, VarBuilder};
+use vaak_nn::conv::CausalConvConfig;
+use vaak_nn::rvq::Codebook;
+use vaak_nn::streaming::{StreamMask, StreamTensor, StreamingModule};
+use vaak_nn::transformer::{StreamingTransformer, Transformer};
+use vaak_nn::weights::{LoadOptions, WeightLocation, Weights};
+
+use crate::config::{CodecConfig, HfEncodecConfig, HfMimiConfig, PadMode};
+use crate::error::{CodecError, Result};
+use crate::seanet::{EdgeMode, SConv, SConvTr, Seanet};
+
+/// Which codec (and checkpoint layout) to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// `facebook/encodec_24khz` in transformers' `EncodecModel` layout.
+    Encodec24khz,
+    /// `kyutai/mimi` in transformers' `MimiModel` layout (the flat published one).
+    Mimi,
+    /// vaak's own 16 kHz, 8 x 1024 codec (same tensor names as EnCodec, plain weights).
+    Vaak16k,
+}
+
+impl Preset {
+    /// The preset's CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Encodec24khz => "encodec_24khz",
+            Self::Mimi => "mimi",
+            Self::Vaak16k => "vaak-16k",
+        }
+    }
+}
+
+impl FromStr for Preset {
+    type Err = CodecError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "encodec_24khz" | "encodec-24khz" | "encodec" => Ok(Self::Encodec24khz),
+            "mimi" => Ok(Self::Mimi),
+            "vaak-16k" | "vaak_16k" => Ok(Self::Vaak16k),
+            other => Err(CodecError::BadInput {
+                what: "preset",
+                expected: "encodec_24khz, mimi or vaak-16k".into(),
+                got: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// One residual VQ over its own (optionally projected) view of the latent.
+#[derive(Clone, Debug)]
+struct RvqGroup {
+    /// 1x1 conv `[vq_dim, latent_dim]` applied before quantizing.
+    input_proj: Option<Tensor>,
+    /// 1x1 conv `[latent_dim, vq_dim]` applied to the summed entries.
+    output_proj: Option<Tensor>,
+    codebooks: Vec<Codebook>,
+}
+
+/// `[B, C, T]` times a `[O, C]` 1x1 conv weight, as rank-2 matmuls on contiguous rows.
+fn pointwise(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, t) = x.dims3()?;
+    let o = w.dim(0)?;
+    x.transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * t, c))?
+        .matmul(&w.t()?)?
+        .reshape((b, t, o))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+impl RvqGroup {
+    fn load(
+        n: usize,
+        size: usize,
+        dim: usize,
+        latent_dim: usize,
+        mimi: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (input_proj, output_proj) = if mimi && dim != latent_dim {
+            let init = Init::Randn {
+                mean: 0.0,
+                stdev: (1.0 / latent_dim as f64).sqrt(),
+            };
+            let i = vb.get_with_hints((dim, latent_dim, 1), "input_proj.weight", init)?;
+            let o = vb.get_with_hints((latent_dim, dim, 1), "output_proj.weight", init)?;
+            (Some(i.squeeze(2)?), Some(o.squeeze(2)?))
+        } else {
+            (None, None)
+        };
+        let mut codebooks = Vec::with_capacity(n);
+        for q in 0..n {
+            let cvb = vb.pp("layers").pp(q).pp("codebook");
+            let randn = Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            };
+            let embed = if mimi {
+                // transformers: embed = embed_sum / cluster_usage.clamp(min=1e-5).
+                let sum = cvb.get_with_hints((size, dim), "embed_sum", randn)?;
+                let usage = cvb.get_with_hints(size, "cluster_usage", Init::Const(1.0))?;
+                sum.broadcast_div(&usage.clamp(1e-5, f64::INFINITY)?.unsqueeze(1)?)?
+            } else {
+                cvb.get_with_hints((size, dim), "embed", randn)?
+            };
+            codebooks.push(Codebook::new(embed)?);
+        }
+        Ok(Self {
+            input_proj,
+            output_proj,
+            codebooks,
+        })
+    }
+
+    /// Codes `[B, n, F]` of the first `n` stages for latent `[B, D, F]`.
+    fn encode(&self, latent: &Tensor, n: usize) -> Result<Tensor> {
+        let x = match &self.input_proj {
+            Some(w) => pointwise(latent, w)?,
+            None => latent.clone(),
+        };
+        let (b, d, f) = x.dims3()?;
+        let mut residual = x.transpose(1, 2)?.contiguous()?.reshape((b * f, d))?;
+        let mut all = Vec::with_capacity(n);
+        for cb in &self.codebooks[..n] {
+            let idx = cb.encode(&residual)?;
+            let q = cb.decode(&idx)?.to_dtype(residual.dtype())?;
+            residual = (residual - q)?;
+            all.push(idx.reshape((b, f))?);
+        }
+        Ok(Tensor::stack(&all, 1)?)
+    }
+
+    /// Latent `[B, D, F]` for codes `[B, n, F]` (checked, `n <= len`).
+    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let (_, nq, _) = codes.dims3()?;
+        let mut sum: Option<Tensor> = None;
+        for (q, cb) in self.codebooks[..nq].iter().enumerate() {
+            let e = cb.decode(&codes.narrow(1, q, 1)?.squeeze(1)?)?; // [B, F, D]
+            sum = Some(match sum {
+                None => e,
+                Some(s) => (s + e)?,
+            });
+        }
+        let sum = sum.expect("at least one codebook (checked)");
+        let x = sum.transpose(1, 2)?.contiguous()?;
+        Ok(match &self.output_proj {
+            Some(w) => pointwise(&x, &w.to_dtype(x.dtype())?)?,
+            None => x,
+        })
+    }
+}
+
+/// Mimi's latent path: transformer + downsample after the SEANet encoder, upsample +
+/// transformer before the SEANet decoder.
+#[derive(Clone, Debug)]
+struct LatentStage {
+    enc_transformer: Transformer,
+    downsample: SConv,
+    upsample: SConvTr,
+    dec_transformer: Transformer,
+}
+
+/// `[B, D, T]` through a transformer that wants `[B, T, D]` (made contiguous: candle's batched
+/// matmul is wrong on a transposed lhs for batch > 1).
+fn through_transformer(t: &Transformer, x: &Tensor) -> candle_core::Result<Tensor> {
+    let y = t.forward(&x.transpose(1, 2)?.contiguous()?)?;
+    y.transpose(1, 2)?.contiguous()
+}
+
+/// A loaded codec. Cheap to clone (tensors are shared).
+#[derive(Clone, Debug)]
+pub struct Codec {
+    cfg: CodecConfig,
+    encoder: Seanet,
+    decoder: Seanet,
+    latent: Option<LatentStage>,
+    quantizer: Vec<RvqGroup>,
+    n_q: usize,
+    edge: EdgeMode,
+    device: Device,
+    dtype: DType,
+}
+
+impl Codec {
+    /// Loads a preset from a local directory or `hf://org/repo[@rev]` holding `config.json`
+    /// and the weights as published. For [`Preset::Vaak16k`] `config.json` is optional (the
+    /// preset's defaults apply when it is absent).
+    pub fn load(location: &str, preset: Preset, opts: &LoadOptions) -> Result<Self> {
+        let loc = WeightLocation::parse(location)?;
+        let cfg = match preset {
+            Preset::Encodec24khz => {
+                let cfg_loc = loc.join("config.json");
+                let path = cfg_loc.resolve_file(&opts.hub)?;
+                let label = path.display().to_string();
+                let text = std::fs::read_to_string(&path).map_err(|e| CodecError::ConfigFile {
+                    path: label.clone(),
+                    reason: e.to_string(),
+                })?;
+                HfEncodecConfig::from_json(&text, &label)?.to_codec_config(&label)?
+            }
+            Preset::Mimi => {
+                let cfg_loc = loc.join("config.json");
+                let path = cfg_loc.resolve_file(&opts.hub)?;
+                let label = path.display().to_string();
+                let text = std::fs::read_to_string(&path).map_err(|e| CodecError::ConfigFile {
+                    path: label.clone(),
+                    reason: e.to_string(),
+                })?;
+                HfMimiConfig::from_json(&text, &label)?.to_codec_config(&label)?
+            }
+            Preset::Vaak16k => CodecConfig::vaak_16k(),
+        };
+        let weights = Weights::load_location(&loc, opts)?;
+        let weights = if preset == Preset::Mimi {
+            let renamed = weights
+                .load_all()?
+                .into_iter()
+                .map(|(k, v)| (mimi_name(&k), v))
+                .collect::<HashMap<_, _>>();
+            Weights::from_tensors(renamed, location, opts)
+        } else {
+            weights
+        };
+        let vb = weights.into_var_builder(opts.dtype);
+        Self::new(cfg, preset, vb)
+    }
+
+    /// Builds from a config and a `VarBuilder` (a checkpoint, or a `VarMap` for training or
+    /// random init). EnCodec checkpoints use [`EdgeMode::Reference`] by default, vaak's own
+    /// [`EdgeMode::Causal`].
+    pub fn new(cfg: CodecConfig, preset: Preset, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(preset.name())?;
+        let encoder = Seanet::encoder(&cfg.seanet, vb.pp("encoder"))?;
+        let decoder = Seanet::decoder(&cfg.seanet, vb.pp("decoder"))?;
+        let d = cfg.seanet.dimension;
+        let (latent, quantizer) = match &cfg.latent {
+            None => {
+                let g = RvqGroup::load(
+                    cfg.num_quantizers,
+                    cfg.codebook_size,
+                    d,
+                    d,
+                    false,
+                    vb.pp("quantizer"),
+                )?;
+                (None, vec![g])
+            }
+            Some(l) => {
+                let s = cfg.latent_stride;
+                let down_cfg = CausalConvConfig::new(d, d, 2 * s)
+                    .with_stride(s)
+                    .with_bias(false);
+                let up_cfg = CausalConvConfig::new(d, d, 2 * s)
+                    .with_stride(s)
+                    .with_groups(l.upsample_groups)
+                    .with_bias(false);
+                let stage = LatentStage {
+                    enc_transformer: Transformer::new(
+                        &l.transformer,
+                        vb.pp("encoder_transformer"),
+                    )?,
+                    downsample: SConv::with_options(
+                        down_cfg,
+                        false,
+                        PadMode::Replicate,
+                        vb.pp("downsample"),
+                    )?,
+                    upsample: SConvTr::with_options(up_cfg, false, vb.pp("upsample"))?,
+                    dec_transformer: Transformer::new(
+                        &l.transformer,
+                        vb.pp("decoder_transformer"),
+                    )?,
+                };
+                let qvb = vb.pp("quantizer");
+                let sem = RvqGroup::load(
+                    l.num_semantic,
+                    cfg.codebook_size,
+                    l.vq_dim,
+                    d,
+                    true,
+                    qvb.pp("semantic_residual_vector_quantizer"),
+                )?;
+                let aco = RvqGroup::load(
+                    cfg.num_quantizers - l.num_semantic,
+                    cfg.codebook_size,
+                    l.vq_dim,
+                    d,
+                    true,
+                    qvb.pp("acoustic_residual_vector_quantizer"),
+                )?;
+                (Some(stage), vec![sem, aco])
+            }
+        };
+        let edge = match preset {
+            Preset::Encodec24khz | Preset::Mimi => EdgeMode::Reference,
+            Preset::Vaak16k => EdgeMode::Causal,
+        };
+        Ok(Self {
+            n_q: cfg.default_codebooks,
+            encoder,
+            decoder,
+            latent,
+            quantizer,
+            edge,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &CodecConfig {
+        &self.cfg
+    }
+
+    pub fn sample_rate(&self) -> usize {
+        self.cfg.sample_rate
+    }
+
+    /// Frames per second.
+    pub fn frame_rate(&self) -> f64 {
+        self.cfg.frame_rate()
+    }
+
+    /// Samples per frame.
+    pub fn hop_length(&self) -> usize {
+        self.cfg.hop_length()
+    }
+
+    /// Codebooks used by [`Codec::encode`].
+    pub fn num_codebooks(&self) -> usize {
+        self.n_q
+    }
+
+    /// Codebooks in the checkpoint.
+    pub fn max_codebooks(&self) -> usize {
+        self.cfg.num_quantizers
+    }
+
+    pub fn codebook_size(&self) -> usize {
+        self.cfg.codebook_size
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// How whole-clip calls treat the clip edges.
+    pub fn edge_mode(&self) -> EdgeMode {
+        self.edge
+    }
+
+    /// Switches whole-clip edge handling (e.g. [`EdgeMode::Causal`] to match a stream).
+    pub fn set_edge_mode(&mut self, edge: EdgeMode) {
+        self.edge = edge;
+    }
+
+    /// Uses the first `n` codebooks.
+    pub fn set_num_codebooks(&mut self, n: usize) -> Result<()> {
+        if n == 0 || n > self.cfg.num_quantizers {
+            return Err(CodecError::BadNumCodebooks {
+                requested: n,
+                max: self.cfg.num_quantizers,
+            });
+        }
+        self.n_q = n;
+        Ok(())
+    }
+
+    /// Sets the bandwidth in kbps; it must be one the checkpoint lists (as HF requires).
+    /// Returns the number of codebooks it means (24 kHz EnCodec: 1.5 -> 2, 3 -> 4, 6 -> 8,
+    /// 12 -> 16, 24 -> 32).
+    pub fn set_bandwidth(&mut self, kbps: f64) -> Result<usize> {
+        if !self.cfg.target_bandwidths.contains(&kbps) {
+            return Err(CodecError::UnsupportedBandwidth {
+                bandwidth: kbps,
+                allowed: self.cfg.target_bandwidths.clone(),
+            });
+        }
+        let n = self
+            .cfg
+            .codebooks_for_bandwidth(kbps)
+            .min(self.cfg.num_quantizers);
+        self.set_num_codebooks(n)?;
+        Ok(n)
+    }
+
+    fn check_audio(&self, audio: &Tensor, what: &'static str) -> Result<Tensor> {
+        let ch = self.cfg.seanet.channels;
+        let (_, c, t) = audio.dims3().map_err(|_| CodecError::BadInput {
+            what,
+            expected: format!("[batch, {ch}, samples]"),
+            got: format!("{:?}", audio.dims()),
+        })?;
+        if c != ch {
+            return Err(CodecError::BadInput {
+                what,
+                expected: format!("{ch} channel(s)"),
+                got: format!("{c} channels"),
+            });
+        }
+        if t == 0 || audio.dim(0)? == 0 {
+            return Err(CodecError::BadInput {
+                what,
+                expected: "at least one batch item and one sample".into(),
+                got: format!("{:?}", audio.dims()),
+            });
+        }
+        if !audio.dtype().is_float() {
+            return Err(CodecError::BadInput {
+                what,
+                expected: "float audio".into(),
+                got: format!("{:?}", audio.dtype()),
+            });
+        }
+        Ok(audio.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// Validates codes `[B, n_q, F]` (u8/u32/i64) and returns them as u32.
+    fn check_codes(&self, codes: &Tensor, what: &'static str) -> Result<Tensor> {
+        let (b, nq, f) = codes.dims3().map_err(|_| CodecError::BadInput {
+            what,
+            expected: "codes [batch, codebooks, frames]".into(),
+            got: format!("{:?}", codes.dims()),
+        })?;
+        if !matches!(codes.dtype(), DType::U8 | DType::U32 | DType::I64) {
+            return Err(CodecError::BadInput {
+                what,
+                expected: "u8, u32 or i64 codes".into(),
+                got: format!("{:?}", codes.dtype()),
+            });
+        }
+        if nq == 0 || nq > self.cfg.num_quantizers {
+            return Err(CodecError::BadInput {
+                what,
+                expected: format!("1..={} codebooks", self.cfg.num_quantizers),
+                got: format!("{nq}"),
+            });
+        }
+        let flat = codes
+            .to_dtype(DType::I64)?
+            .flatten_all()?
+            .to_vec1::<i64>()?;
+        let size = self.cfg.codebook_size;
+        if let Some(pos) = flat.iter().position(|&v| v < 0 || v as usize >= size) {
+            return Err(CodecError::CodeOutOfRange {
+                value: flat[pos],
+                batch: pos / (nq * f),
+                codebook: (pos / f) % nq,
+                frame: pos % f,
+                size,
+            });
+        }
+        let _ = b;
+        Ok(codes.to_dtype(DType::U32)?.to_device(&self.device)?)
+    }
+
+    /// Latent `[B, D, F]` to codes `[B, n_q, F]` (u32), stage by stage (per RVQ group).
+    pub fn quantize(&self, latent: &Tensor) -> Result<Tensor> {
+        let mut left = self.n_q;
+        let mut parts = Vec::new();
+        for g in &self.quantizer {
+            let n = left.min(g.codebooks.len());
+            if n == 0 {
+                break;
+            }
+            parts.push(g.encode(latent, n)?);
+            left -= n;
+        }
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+
+    /// Codes `[B, n_q, F]` (already checked) to the latent `[B, D, F]`.
+    fn dequantize(&self, codes: &Tensor) -> Result<Tensor> {
+        let nq = codes.dim(1)?;
+        let mut start = 0;
+        let mut sum: Option<Tensor> = None;
+        for g in &self.quantizer {
+            let n = (nq - start).min(g.codebooks.len());
+            if n == 0 {
+                break;
+            }
+            let part = g.decode(&codes.narrow(1, start, n)?)?;
+            sum = Some(match sum {
+                None => part,
+                Some(s) => (s + part)?,
+            });
+            start += n;
+        }
+        let sum = sum.expect("at least one codebook (checked)");
+        Ok(sum.to_dtype(self.dtype)?)
+    }
+
+    /// The encoder's latent `[B, D, F]` for audio `[B, channels, T]`.
+    pub fn encode_latent(&self, audio: &Tensor) -> Result<Tensor> {
+        let x = self.check_audio(audio, "Codec::encode audio")?;
+        let h = self.encoder.forward(&x, self.edge)?;
+        Ok(match &self.latent {
+            None => h,
+            Some(l) => {
+                let h = through_transformer(&l.enc_transformer, &h)?;
+                l.downsample.forward(&h, self.edge)?
+            }
+        })
+    }
+
+    /// Audio `[B, channels, T]` to codes `[B, num_codebooks, F]` (u32). In
+    /// [`EdgeMode::Reference`] `F = ceil(T / hop)`, in [`EdgeMode::Causal`] `F = floor(T / hop)`
+    /// (a clip shorter than one frame is then an error).
+    pub fn encode(&self, audio: &Tensor) -> Result<Tensor> {
+        let latent = self.encode_latent(audio)?;
+        if latent.dim(2)? == 0 {
+            return Err(CodecError::BadInput {
+                what: "Codec::encode audio",
+                expected: format!("at least {} samples (one frame)", self.hop_length()),
+                got: format!("{}", audio.dim(2)?),
+            });
+        }
+        self.quantize(&latent)
+    }
+
+    /// Codes `[B, n_q, F]` (any `n_q` up to the checkpoint's) to audio `[B, channels, F * hop]`.
+    pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let codes = self.check_codes(codes, "Codec::decode codes")?;
+        if codes.dim(2)? == 0 {
+            return Err(CodecError::BadInput {
+                what: "Codec::decode codes",
+                expected: "at least one frame".into(),
+                got: "0 frames".into(),
+            });
+        }
+        let latent = self.dequantize(&codes)?;
+        let latent = match &self.latent {
+            None => latent,
+            Some(l) => through_transformer(&l.dec_transformer, &l.upsample.forward(&latent)?)?,
+        };
+        Ok(self.decoder.forward(&latent, self.edge)?)
+    }
+
+    /// A fresh streaming state for `batch` slots.
+    pub fn streamer(&self, batch: usize) -> Result<CodecStreamer> {
+        if batch == 0 {
+            return Err(CodecError::BadInput {
+                what: "Codec::streamer batch",
+                expected: "at least 1 slot".into(),
+                got: "0".into(),
+            });
+        }
+        let latent = match &self.latent {
+            None => None,
+            Some(l) => Some(StreamingLatent {
+                enc_transformer: StreamingTransformer::new(l.enc_transformer.clone(), batch)?,
+                downsample: l.downsample.clone(),
+                upsample: l.upsample.clone(),
+                dec_transformer: StreamingTransformer::new(l.dec_transformer.clone(), batch)?,
+            }),
+        };
+        Ok(CodecStreamer {
+            codec: self.clone(),
+            encoder: self.encoder.clone(),
+            decoder: self.decoder.clone(),
+            latent,
+            batch,
+        })
+    }
+}
+
+/// Per-slot streaming state of a [`Codec`]: one encoder and one decoder stream over `batch`
+/// slots that step together. Streams follow [`EdgeMode::Causal`]: concatenated outputs equal
+/// the causal whole-clip encode/decode exactly.
+///
+/// Chunks of a masked step (not all slots live) must be whole frames (`hop_length` samples) so
+/// the strided convs of all slots stay aligned; unmasked steps take any length. Inactive slots
+/// keep their state; their output rows carry no meaning.
+#[derive(Debug)]
+pub struct CodecStreamer {
+    codec: Codec,
+    encoder: Seanet,
+    decoder: Seanet,
+    latent: Option<StreamingLatent>,
+    batch: usize,
+}
+
+/// Streaming state of Mimi's latent path (KV caches and conv buffers, per slot).
+#[derive(Debug)]
+struct StreamingLatent {
+    enc_transformer: StreamingTransformer,
+    downsample: SConv,
+    upsample: SConvTr,
+    dec_transformer: StreamingTransformer,
+}
+
+/// `[B, D, T]` chunk through a streaming transformer over `[B, T, D]`.
+fn stream_transformer(
+    t: &mut StreamingTransformer,
+    x: &StreamTensor,
+    mask: &StreamMask,
+) -> candle_core::Result<StreamTensor> {
+    let inp = x.map(|x| x.transpose(1, 2)?.contiguous())?;
+    t.step(&inp, mask)?.map(|y| y.transpose(1, 2)?.contiguous())
+}
+
+impl CodecStreamer {
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn check_mask(&self, mask: &StreamMask) -> Result<()> {
+        if let StreamMask::Slots(s) = mask {
+            if s.len() != self.batch {
+                return Err(CodecError::BadInput {
+                    what: "CodecStreamer mask",
+                    expected: format!("{} slots", self.batch),
+                    got: format!("{}", s.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds audio `[batch, channels, t]` (any `t >= 0`) and returns the codes
+    /// `[batch, n_q, f]` of the frames completed by it, or `None` if none were.
+    pub fn encode_step(&mut self, chunk: &Tensor, mask: &StreamMask) -> Result<Option<Tensor>> {
+        self.check_mask(mask)?;
+        let (b, c, t) = chunk.dims3().map_err(|_| CodecError::BadInput {
+            what: "CodecStreamer::encode_step chunk",
+            expected: "[batch, channels, samples]".into(),
+            got: format!("{:?}", chunk.dims()),
+        })?;
+        if b != self.batch || c != self.codec.cfg.seanet.channels {
+            return Err(CodecError::BadInput {
+                what: "CodecStreamer::encode_step chunk",
+                expected: format!("[{}, {}, t]", self.batch, self.codec.cfg.seanet.channels),
+                got: format!("{:?}", chunk.dims()),
+            });
+        }
+        if t == 0 {
+            return Ok(None);
+        }
+        let x = chunk
+            .to_dtype(self.codec.dtype)?
+            .to_device(&self.codec.device)?;
+        let mut latent = self.encoder.step(&StreamTensor::from_tensor(x), mask)?;
+        if let Some(l) = &mut self.latent {
+            latent = stream_transformer(&mut l.enc_transformer, &latent, mask)?;
+            latent = l.downsample.streaming().step(&latent, mask)?;
+        }
+        match latent.into_option() {
+            None => Ok(None),
+            Some(l) => Ok(Some(self.codec.quantize(&l)?)),
+        }
+    }
+
+    /// Feeds codes `[batch, n_q, f]` and returns the audio `[batch, channels, f * hop]` they
+    /// complete.
+    pub fn decode_step(&mut self, codes: &Tensor, mask: &StreamMask) -> Result<Option<Tensor>> {
+        self.check_mask(mask)?;
+        let codes = self
+            .codec
+            .check_codes(codes, "CodecStreamer::decode_step codes")?;
+        if codes.dim(0)? != self.batch {
+            return Err(CodecError::BadInput {
+                what: "CodecStreamer::decode_step codes",
+                expected: format!("batch {}", self.batch),
+                got: format!("{:?}", codes.dims()),
+            });
+        }
+        if codes.dim(2)? == 0 {
+            return Ok(None);
+        }
+        let mut latent = StreamTensor::from_tensor(self.codec.dequantize(&codes)?);
+        if let Some(l) = &mut self.latent {
+            latent = l.upsample.streaming().step(&latent, mask)?;
+            latent = stream_transformer(&mut l.dec_transformer, &latent, mask)?;
+        }
+        let y = self.decoder.step(&latent, mask)?;
+        Ok(y.into_option())
+    }
+
+    /// Forgets every slot's encoder and decoder state.
+    pub fn reset(&mut self) {
+        self.encoder.reset_state();
+        self.decoder.reset_state();
+        if let Some(l) = &mut self.latent {
+            l.enc_transformer.reset_state();
+            l.downsample.streaming().reset_state();
+            l.upsample.streaming().reset_state();
+            l.dec_transformer.reset_state();
+        }
+    }
+
+    /// Forgets the encoder and decoder state of the slots set in `mask` (a new session in
+    /// those slots); the other slots continue untouched.
+    pub fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        self.check_mask(mask)?;
+        self.encoder.reset_slots(mask)?;
+        self.decoder.reset_slots(mask)?;
+        if let Some(l) = &mut self.latent {
+            l.enc_transformer.reset_slots(mask)?;
+            l.downsample.streaming().reset_slots(mask)?;
+            l.upsample.streaming().reset_slots(mask)?;
+            l.dec_transformer.reset_slots(mask)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the state of one slot.
+    pub fn reset_slot(&mut self, slot: usize) -> Result<()> {
+        if slot >= self.batch {
+            return Err(CodecError::BadInput {
+                what: "CodecStreamer::reset_slot",
+                expected: format!("slot < {}", self.batch),
+                got: slot.to_string(),
+            });
+        }
+        self.reset_slots(&StreamMask::only(slot, self.batch))
+    }
+}
+
+/// Maps a transformers Mimi tensor name onto vaak's transformer names; other names pass.
+fn mimi_name(name: &str) -> String {
+    if !(name.starts_with("encoder_transformer.") || name.starts_with("decoder_transformer.")) {
+        return name.to_string();
+    }
+    name.replace(".input_layernorm.", ".norm1.")
+        .replace(".post_attention_layernorm.", ".norm2.")
+        .replace(".self_attn_layer_scale.", ".layer_scale_1.")
+        .replace(".mlp_layer_scale.", ".layer_scale_2.")
+        .replace(".mlp.fc1.", ".ffn.linear1.")
+        .replace(".mlp.fc2.", ".ffn.linear2.")
+}

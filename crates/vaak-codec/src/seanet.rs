@@ -1,0 +1,590 @@
+//! SEANet encoder and decoder (EnCodec's layout and tensor names), whole-clip and streaming.
+//!
+//! Tensor names follow transformers' `EncodecEncoder` / `EncodecDecoder`: a flat
+//! `layers.{i}` list where ELUs take an index but hold no weights, convs sit under
+//! `layers.{i}.conv`, residual blocks under `layers.{i}.block.{1,3}.conv` and
+//! `layers.{i}.shortcut.conv`, and the LSTM under `layers.{i}.lstm` (PyTorch `nn.LSTM` names).
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use vaak_nn::conv::{CausalConv1d, CausalConvConfig, CausalConvTranspose1d};
+use vaak_nn::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
+use vaak_nn::weights::weight_norm;
+
+use crate::config::{PadMode, SeanetConfig};
+
+/// How a whole-clip forward treats the clip edges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EdgeMode {
+    /// As the reference implementation (HF `EncodecModel`): every conv pads its left edge with
+    /// `k_eff - stride` samples in the config's pad mode (reflect for EnCodec) and its right
+    /// edge with the "extra padding" that completes the last stride block, so a `T`-sample clip
+    /// gives `ceil(T / hop)` frames. Needs the clip's future at both edges: not streamable.
+    #[default]
+    Reference,
+    /// What a stream computes: zeros before the clip (fresh stream state) and no right padding,
+    /// so `T` samples give `floor(T / hop)` frames. Streaming equals this exactly.
+    Causal,
+}
+
+/// Loads a conv weight, weight-normalised or plain; a `VarMap` builder initialises it.
+fn load_weight(vb: &VarBuilder, shape: &[usize], weight_norm_on: bool) -> Result<Tensor> {
+    if weight_norm_on {
+        return weight_norm(vb, shape, Some(0));
+    }
+    let fan_in: usize = shape[1..].iter().product();
+    let std = (1.0 / fan_in.max(1) as f64).sqrt();
+    vb.get_with_hints(
+        shape,
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )
+}
+
+fn load_bias(vb: &VarBuilder, n: usize) -> Result<Tensor> {
+    vb.get_with_hints(n, "bias", Init::Const(0.0))
+}
+
+/// Pads the time axis of `[B, C, T]` as `torch.nn.functional.pad` would, including HF
+/// EnCodec's `_pad1d` trick for reflect padding of clips no longer than the pad (zeros are
+/// appended first, then cut off again).
+pub(crate) fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Result<Tensor> {
+    if left == 0 && right == 0 {
+        return Ok(x.clone());
+    }
+    match mode {
+        PadMode::Zero => x.pad_with_zeros(2, left, right),
+        PadMode::Replicate => x.pad_with_same(2, left, right),
+        PadMode::Reflect => {
+            let len = x.dim(2)?;
+            let max_pad = left.max(right);
+            let (x, extra) = if len <= max_pad {
+                let e = max_pad - len + 1;
+                (x.pad_with_zeros(2, 0, e)?, e)
+            } else {
+                (x.clone(), 0)
+            };
+            let n = x.dim(2)?;
+            let idx: Vec<u32> = (0..left)
+                .map(|i| (left - i) as u32)
+                .chain((0..n).map(|i| i as u32))
+                .chain((0..right).map(|j| (n - 2 - j) as u32))
+                .collect();
+            let total = idx.len();
+            let idx = Tensor::from_vec(idx, total, x.device())?;
+            let out = x.index_select(&idx, 2)?;
+            out.narrow(2, 0, total - extra)
+        }
+    }
+}
+
+/// A SEANet conv: causal streaming via [`CausalConv1d`], reference-mode whole clip via
+/// explicit padding.
+#[derive(Clone, Debug)]
+pub(crate) struct SConv {
+    conv: CausalConv1d,
+    pad_mode: PadMode,
+}
+
+impl SConv {
+    fn new(cfg: CausalConvConfig, s: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(cfg, s.weight_norm, s.pad_mode, vb)
+    }
+
+    /// Loads `conv.weight` (and `conv.bias` when `cfg.bias`) under `vb`.
+    pub(crate) fn with_options(
+        cfg: CausalConvConfig,
+        weight_norm_on: bool,
+        pad_mode: PadMode,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let vb = vb.pp("conv");
+        let shape = [
+            cfg.out_channels,
+            cfg.in_channels / cfg.groups,
+            cfg.kernel_size,
+        ];
+        let w = load_weight(&vb, &shape, weight_norm_on)?.contiguous()?;
+        let b = if cfg.bias {
+            Some(load_bias(&vb, cfg.out_channels)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv: CausalConv1d::from_tensors(cfg, w, b)?,
+            pad_mode,
+        })
+    }
+
+    pub(crate) fn streaming(&mut self) -> &mut CausalConv1d {
+        &mut self.conv
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
+        match edge {
+            EdgeMode::Causal => self.conv.forward(x),
+            EdgeMode::Reference => {
+                let cfg = self.conv.config();
+                let (k, s) = (cfg.effective_kernel(), cfg.stride);
+                let len = x.dim(2)?;
+                // HF's `_get_extra_padding_for_conv1d` simplifies to `ceil(len/s)*s - len`.
+                let extra = len.div_ceil(s) * s - len;
+                let padded = pad1d(x, k.saturating_sub(s), extra, self.pad_mode)?;
+                let y = padded.conv1d(self.conv.weight(), 0, s, cfg.dilation, cfg.groups)?;
+                match self.conv.bias() {
+                    Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1))?),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
+/// A SEANet conv-transpose with `trim_right_ratio = 1`: identical whole-clip and streaming.
+#[derive(Clone, Debug)]
+pub(crate) struct SConvTr {
+    conv: CausalConvTranspose1d,
+}
+
+impl SConvTr {
+    fn new(cfg: CausalConvConfig, s: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(cfg, s.weight_norm, vb)
+    }
+
+    /// Loads `conv.weight` (and `conv.bias` when `cfg.bias`) under `vb`.
+    pub(crate) fn with_options(
+        cfg: CausalConvConfig,
+        weight_norm_on: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let vb = vb.pp("conv");
+        let shape = [
+            cfg.in_channels,
+            cfg.out_channels / cfg.groups,
+            cfg.kernel_size,
+        ];
+        let w = load_weight(&vb, &shape, weight_norm_on)?.contiguous()?;
+        let b = if cfg.bias {
+            Some(load_bias(&vb, cfg.out_channels)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv: CausalConvTranspose1d::from_tensors(cfg, w, b)?,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x)
+    }
+
+    pub(crate) fn streaming(&mut self) -> &mut CausalConvTranspose1d {
+        &mut self.conv
+    }
+}
+
+/// Multi-layer LSTM over `[B, C, T]` with a residual skip, as HF's `EncodecLSTM`. Gate order
+/// and names as PyTorch `nn.LSTM`; the state is `(h, c)` per layer, `[B, H]` each.
+#[derive(Clone, Debug)]
+pub(crate) struct SLstm {
+    /// Per layer: `W_ih^T` `[I, 4H]`, `W_hh^T` `[H, 4H]`, `b_ih + b_hh` `[4H]`.
+    layers: Vec<(Tensor, Tensor, Tensor)>,
+    hidden: usize,
+    state: Option<Vec<(Tensor, Tensor)>>,
+}
+
+impl SLstm {
+    fn new(dim: usize, n_layers: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("lstm");
+        let std = (1.0 / dim as f64).sqrt();
+        let init = Init::Uniform { lo: -std, up: std };
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let w_ih = vb.get_with_hints((4 * dim, dim), &format!("weight_ih_l{l}"), init)?;
+            let w_hh = vb.get_with_hints((4 * dim, dim), &format!("weight_hh_l{l}"), init)?;
+            let b_ih = vb.get_with_hints(4 * dim, &format!("bias_ih_l{l}"), init)?;
+            let b_hh = vb.get_with_hints(4 * dim, &format!("bias_hh_l{l}"), init)?;
+            layers.push((
+                w_ih.t()?.contiguous()?,
+                w_hh.t()?.contiguous()?,
+                (b_ih + b_hh)?,
+            ));
+        }
+        Ok(Self {
+            layers,
+            hidden: dim,
+            state: None,
+        })
+    }
+
+    fn zero_state(&self, b: usize, dtype: DType, dev: &Device) -> Result<Vec<(Tensor, Tensor)>> {
+        let z = Tensor::zeros((b, self.hidden), dtype, dev)?;
+        Ok(self.layers.iter().map(|_| (z.clone(), z.clone())).collect())
+    }
+
+    /// Runs over `x: [B, C, T]` from `init`, returning `lstm(x) + x` and the final states.
+    fn run(
+        &self,
+        x: &Tensor,
+        init: &[(Tensor, Tensor)],
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (b, c, t) = x.dims3()?;
+        let h4 = 4 * self.hidden;
+        // [B, T, C], contiguous so the rank-2 matmuls below see plain rows.
+        let mut inp = x.transpose(1, 2)?.contiguous()?;
+        let mut finals = Vec::with_capacity(self.layers.len());
+        for ((w_ih, w_hh, bias), (h0, c0)) in self.layers.iter().zip(init) {
+            let width = inp.dim(2)?;
+            let xp = inp
+                .reshape((b * t, width))?
+                .matmul(w_ih)?
+                .broadcast_add(bias)?
+                .reshape((b, t, h4))?;
+            let (mut h, mut cs) = (h0.clone(), c0.clone());
+            let mut outs = Vec::with_capacity(t);
+            for step in 0..t {
+                let gates = (xp.narrow(1, step, 1)?.squeeze(1)? + h.matmul(w_hh)?)?;
+                let hs = self.hidden;
+                let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hs)?)?;
+                let f = candle_nn::ops::sigmoid(&gates.narrow(1, hs, hs)?)?;
+                let g = gates.narrow(1, 2 * hs, hs)?.tanh()?;
+                let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hs, hs)?)?;
+                cs = ((f * &cs)? + (i * g)?)?;
+                h = (o * cs.tanh()?)?;
+                outs.push(h.clone());
+            }
+            finals.push((h, cs));
+            inp = Tensor::stack(&outs, 1)?;
+        }
+        debug_assert_eq!(inp.dim(2)?, c);
+        let y = (inp.transpose(1, 2)? + x)?;
+        Ok((y, finals))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let init = self.zero_state(b, x.dtype(), x.device())?;
+        Ok(self.run(x, &init)?.0)
+    }
+}
+
+impl StreamingModule for SLstm {
+    fn step(&mut self, xs: &StreamTensor, mask: &StreamMask) -> Result<StreamTensor> {
+        let Some(x) = xs.as_option() else {
+            return Ok(StreamTensor::empty());
+        };
+        let b = x.dim(0)?;
+        let old = match self.state.take() {
+            Some(s) if s[0].0.dim(0)? == b => s,
+            Some(s) => {
+                let prev = s[0].0.dim(0)?;
+                self.state = Some(s);
+                candle_core::bail!("SEANet LSTM: stream batch changed from {prev} to {b}");
+            }
+            None => self.zero_state(b, x.dtype(), x.device())?,
+        };
+        let (y, new) = self.run(x, &old)?;
+        let kept = new
+            .iter()
+            .zip(&old)
+            .map(|((h, c), (h0, c0))| Ok((mask.select(h, h0)?, mask.select(c, c0)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.state = Some(kept);
+        Ok(StreamTensor::from_tensor(y))
+    }
+
+    fn reset_state(&mut self) {
+        self.state = None;
+    }
+
+    fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        if let Some(s) = self.state.as_mut() {
+            for (h, c) in s.iter_mut() {
+                *h = zero_slots(h, mask)?;
+                *c = zero_slots(c, mask)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SEANet residual block: `shortcut(x) + conv1x1(elu(conv_k(elu(x))))`.
+#[derive(Clone, Debug)]
+pub(crate) struct ResBlock {
+    conv1: SConv,
+    conv2: SConv,
+    shortcut: Option<SConv>,
+}
+
+impl ResBlock {
+    fn new(dim: usize, dilation: usize, s: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        let hidden = dim / s.compress;
+        let c1 = CausalConvConfig::new(dim, hidden, s.residual_kernel_size).with_dilation(dilation);
+        let c2 = CausalConvConfig::new(hidden, dim, 1);
+        let shortcut = if s.conv_shortcut {
+            Some(SConv::new(
+                CausalConvConfig::new(dim, dim, 1),
+                s,
+                vb.pp("shortcut"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: SConv::new(c1, s, vb.pp("block.1"))?,
+            conv2: SConv::new(c2, s, vb.pp("block.3"))?,
+            shortcut,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
+        let h = self.conv1.forward(&x.elu(1.0)?, edge)?;
+        let h = self.conv2.forward(&h.elu(1.0)?, edge)?;
+        let skip = match &self.shortcut {
+            Some(sc) => sc.forward(x, edge)?,
+            None => x.clone(),
+        };
+        skip + h
+    }
+}
+
+impl StreamingModule for ResBlock {
+    fn step(&mut self, xs: &StreamTensor, mask: &StreamMask) -> Result<StreamTensor> {
+        // Stride-1 causal convs emit one frame per input frame, so both branches line up.
+        let h = self.conv1.conv.step(&xs.map(|x| x.elu(1.0))?, mask)?;
+        let h = self.conv2.conv.step(&h.map(|x| x.elu(1.0))?, mask)?;
+        let skip = match &mut self.shortcut {
+            Some(sc) => sc.conv.step(xs, mask)?,
+            None => xs.clone(),
+        };
+        match (skip.as_option(), h.as_option()) {
+            (Some(a), Some(b)) => Ok(StreamTensor::from_tensor((a + b)?)),
+            (None, None) => Ok(StreamTensor::empty()),
+            _ => candle_core::bail!("SEANet residual block: branches emitted different lengths"),
+        }
+    }
+
+    fn reset_state(&mut self) {
+        self.conv1.conv.reset_state();
+        self.conv2.conv.reset_state();
+        if let Some(sc) = &mut self.shortcut {
+            sc.conv.reset_state();
+        }
+    }
+
+    fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        self.conv1.conv.reset_slots(mask)?;
+        self.conv2.conv.reset_slots(mask)?;
+        if let Some(sc) = &mut self.shortcut {
+            sc.conv.reset_slots(mask)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Layer {
+    Conv(SConv),
+    ConvTr(SConvTr),
+    Res(Box<ResBlock>),
+    Lstm(SLstm),
+    Elu,
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
+        match self {
+            Self::Conv(c) => c.forward(x, edge),
+            Self::ConvTr(c) => c.conv.forward(x),
+            Self::Res(r) => r.forward(x, edge),
+            Self::Lstm(l) => l.forward(x),
+            Self::Elu => x.elu(1.0),
+        }
+    }
+
+    fn step(&mut self, xs: &StreamTensor, mask: &StreamMask) -> Result<StreamTensor> {
+        match self {
+            Self::Conv(c) => c.conv.step(xs, mask),
+            Self::ConvTr(c) => c.conv.step(xs, mask),
+            Self::Res(r) => r.step(xs, mask),
+            Self::Lstm(l) => l.step(xs, mask),
+            Self::Elu => xs.map(|x| x.elu(1.0)),
+        }
+    }
+
+    fn reset_state(&mut self) {
+        match self {
+            Self::Conv(c) => c.conv.reset_state(),
+            Self::ConvTr(c) => c.conv.reset_state(),
+            Self::Res(r) => r.reset_state(),
+            Self::Lstm(l) => l.reset_state(),
+            Self::Elu => {}
+        }
+    }
+
+    fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        match self {
+            Self::Conv(c) => c.conv.reset_slots(mask),
+            Self::ConvTr(c) => c.conv.reset_slots(mask),
+            Self::Res(r) => r.reset_slots(mask),
+            Self::Lstm(l) => l.reset_slots(mask),
+            Self::Elu => Ok(()),
+        }
+    }
+}
+
+/// A stack of SEANet layers (encoder or decoder) under HF's `layers.{i}` names.
+#[derive(Clone, Debug)]
+pub struct Seanet {
+    layers: Vec<Layer>,
+    in_channels: usize,
+}
+
+impl Seanet {
+    /// The encoder: `[B, channels, T]` to `[B, dimension, T / hop]`.
+    pub fn encoder(s: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("layers");
+        let mut layers = Vec::new();
+        let mut push = |l: Layer| -> usize {
+            layers.push(l);
+            layers.len() - 1
+        };
+        let mut i = 0;
+        let first = CausalConvConfig::new(s.channels, s.n_filters, s.kernel_size);
+        push(Layer::Conv(SConv::new(first, s, vb.pp(i))?));
+        i += 1;
+        let mut scale = 1;
+        for &ratio in s.ratios.iter().rev() {
+            let dim = scale * s.n_filters;
+            for j in 0..s.n_residual_layers {
+                let dil = s.dilation_base.pow(j as u32);
+                push(Layer::Res(Box::new(ResBlock::new(dim, dil, s, vb.pp(i))?)));
+                i += 1;
+            }
+            push(Layer::Elu);
+            i += 1;
+            let down = CausalConvConfig::new(dim, dim * 2, ratio * 2).with_stride(ratio);
+            push(Layer::Conv(SConv::new(down, s, vb.pp(i))?));
+            i += 1;
+            scale *= 2;
+        }
+        let dim = scale * s.n_filters;
+        if s.lstm_layers > 0 {
+            push(Layer::Lstm(SLstm::new(dim, s.lstm_layers, vb.pp(i))?));
+            i += 1;
+        }
+        push(Layer::Elu);
+        i += 1;
+        let last = CausalConvConfig::new(dim, s.dimension, s.last_kernel_size);
+        push(Layer::Conv(SConv::new(last, s, vb.pp(i))?));
+        Ok(Self {
+            layers,
+            in_channels: s.channels,
+        })
+    }
+
+    /// The decoder: `[B, dimension, F]` to `[B, channels, F * hop]`.
+    pub fn decoder(s: &SeanetConfig, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("layers");
+        let mut layers = Vec::new();
+        let mut i = 0;
+        let mut scale = 1usize << s.ratios.len();
+        let first = CausalConvConfig::new(s.dimension, scale * s.n_filters, s.kernel_size);
+        layers.push(Layer::Conv(SConv::new(first, s, vb.pp(i))?));
+        i += 1;
+        if s.lstm_layers > 0 {
+            let dim = scale * s.n_filters;
+            layers.push(Layer::Lstm(SLstm::new(dim, s.lstm_layers, vb.pp(i))?));
+            i += 1;
+        }
+        for &ratio in &s.ratios {
+            let dim = scale * s.n_filters;
+            layers.push(Layer::Elu);
+            i += 1;
+            let up = CausalConvConfig::new(dim, dim / 2, ratio * 2).with_stride(ratio);
+            layers.push(Layer::ConvTr(SConvTr::new(up, s, vb.pp(i))?));
+            i += 1;
+            for j in 0..s.n_residual_layers {
+                let dil = s.dilation_base.pow(j as u32);
+                layers.push(Layer::Res(Box::new(ResBlock::new(
+                    dim / 2,
+                    dil,
+                    s,
+                    vb.pp(i),
+                )?)));
+                i += 1;
+            }
+            scale /= 2;
+        }
+        layers.push(Layer::Elu);
+        i += 1;
+        let last = CausalConvConfig::new(s.n_filters, s.channels, s.last_kernel_size);
+        layers.push(Layer::Conv(SConv::new(last, s, vb.pp(i))?));
+        Ok(Self {
+            layers,
+            in_channels: s.dimension,
+        })
+    }
+
+    /// Channels the stack expects.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    /// Whole-clip forward.
+    pub fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = l.forward(&h, edge)?;
+        }
+        Ok(h)
+    }
+}
+
+impl StreamingModule for Seanet {
+    fn step(&mut self, xs: &StreamTensor, mask: &StreamMask) -> Result<StreamTensor> {
+        let mut h = xs.clone();
+        for l in &mut self.layers {
+            h = l.step(&h, mask)?;
+        }
+        Ok(h)
+    }
+
+    fn reset_state(&mut self) {
+        for l in &mut self.layers {
+            l.reset_state();
+        }
+    }
+
+    fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        for l in &mut self.layers {
+            l.reset_slots(mask)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_pad_matches_torch() -> Result<()> {
+        let x = Tensor::arange(0f32, 5., &Device::Cpu)?.reshape((1, 1, 5))?;
+        let y = pad1d(&x, 3, 2, PadMode::Reflect)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(y, vec![3., 2., 1., 0., 1., 2., 3., 4., 3., 2.]);
+        // Shorter than the pad: zeros appended first (HF `_pad1d`), then cut.
+        let x = Tensor::new(&[[[1f32, 2.]]], &Device::Cpu)?;
+        let y = pad1d(&x, 3, 0, PadMode::Reflect)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        // torch: pad([1,2,0,0], (3,0), reflect) = [0,0,2,1,2,0,0] -> drop the 2 appended zeros.
+        assert_eq!(y, vec![0., 0., 2., 1., 2.]);
+        Ok(())
+    }
+}

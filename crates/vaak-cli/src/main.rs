@@ -5,6 +5,7 @@
 
 mod audio;
 mod bench;
+mod codec;
 mod info;
 
 use anyhow::Result;
@@ -37,6 +38,9 @@ enum Command {
     /// Audio tools: probe headers, convert/resample, compute features.
     #[command(subcommand)]
     Audio(audio::AudioCommand),
+    /// Neural codec: encode audio to tokens, decode tokens to audio, round-trip with SNR.
+    #[command(subcommand)]
+    Codec(codec::CodecCommand),
     /// Benchmarks: print a table, write JSON, and compare against a peer in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,6 +52,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Audio(cmd) => audio::run(cmd),
+        Command::Codec(cmd) => codec::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

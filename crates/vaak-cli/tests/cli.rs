@@ -42,7 +42,7 @@ fn help_lists_only_implemented_commands() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
         .collect();
-    for cmd in ["info", "audio", "bench"] {
+    for cmd in ["info", "audio", "codec", "bench"] {
         assert!(
             listed.contains(&cmd),
             "--help misses {cmd}: {listed:?}\n{t}"
@@ -50,7 +50,7 @@ fn help_lists_only_implemented_commands() {
     }
     for l in &listed {
         assert!(
-            ["info", "audio", "bench", "help"].contains(l),
+            ["info", "audio", "codec", "bench", "help"].contains(l),
             "--help lists {l}, which this build does not implement"
         );
     }
@@ -141,4 +141,76 @@ fn bench_audio_writes_a_report_with_every_case() {
         assert!(c["vaak"]["throughput"].as_f64().unwrap() > 0.0);
     }
     assert!(text(&o).contains("decode+resample->16k"));
+}
+
+#[test]
+fn codec_roundtrip_on_the_encodec_fixture_reports_quality_and_tokens() {
+    let weights = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/fixtures/data/codec/encodec"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.wav");
+    tone(&src, 0.5, 16_000);
+    let out = dir.path().join("out.wav");
+    let tokens = dir.path().join("tokens.npy");
+    let o = vaak(&[
+        "codec",
+        "roundtrip",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--preset",
+        "encodec_24khz",
+        "--weights",
+        weights,
+        "--num-codebooks",
+        "2",
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = candle_core::Tensor::read_npy(&tokens).unwrap();
+    assert_eq!(t.dims()[0], 2, "{:?}", t.dims());
+    let decoded = dir.path().join("decoded.wav");
+    let o = vaak(&[
+        "codec",
+        "decode",
+        tokens.to_str().unwrap(),
+        decoded.to_str().unwrap(),
+        "--preset",
+        "encodec_24khz",
+        "--weights",
+        weights,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let a = vaak_audio::io::decode_file(&out, None).unwrap();
+    let b = vaak_audio::io::decode_file(&decoded, None).unwrap();
+    assert_eq!(a.sample_rate, 24_000);
+    assert_eq!(a.samples.len(), b.samples.len());
+}
+
+#[test]
+fn codec_decode_refuses_out_of_range_tokens() {
+    let weights = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tools/fixtures/data/codec/encodec"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("bad.npy");
+    candle_core::Tensor::new(&[[0i64, 5, 100_000]], &candle_core::Device::Cpu)
+        .unwrap()
+        .write_npy(&tokens)
+        .unwrap();
+    let o = vaak(&[
+        "codec",
+        "decode",
+        tokens.to_str().unwrap(),
+        dir.path().join("x.wav").to_str().unwrap(),
+        "--preset",
+        "encodec_24khz",
+        "--weights",
+        weights,
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("100000"), "{}", text(&o));
 }

@@ -176,6 +176,19 @@ fn per_clip_batch_equals_each_clip_alone() {
         let e = max_abs(got.as_ref().unwrap(), &want[i]);
         assert!(e <= EMB_TOL, "reordered item (clip {i}): {e}");
     }
+    // A frame budget below one clip forces one sub-batch per clip: same results.
+    let split = EcapaSpeakerEncoder::load(
+        model_dir().to_str().unwrap(),
+        EcapaOptions {
+            max_batch_frames: 50,
+            ..EcapaOptions::default()
+        },
+    )
+    .unwrap();
+    for (i, r) in split.embed(&refs).unwrap().iter().enumerate() {
+        let e = max_abs(r.as_ref().unwrap(), &want[i]);
+        assert!(e <= EMB_TOL, "split sub-batches, clip {i}: {e}");
+    }
     for (i, r) in refs.iter().enumerate() {
         let alone = enc
             .embed(std::slice::from_ref(r))

@@ -29,7 +29,8 @@ pub enum EcapaBatching {
     /// order given, zero-padded to the longest, `wav_lens = len / max_len`. In speechbrain the
     /// padding leaks into a short clip's last frames through the reflect-padded convolutions,
     /// so a clip's embedding depends on its batch-mates (by up to ~0.1 absolute on the tiny
-    /// fixture model).
+    /// fixture model). Items rejected by validation are left out of the padded batch (their
+    /// lengths would make speechbrain fail).
     SpeechbrainPadded,
 }
 

@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Value};
-use vaak_teachers::mt::{prompt_hash, system_prompt, BackoffConfig, OpenAiConfig, OpenAiTranslator};
+use vaak_teachers::mt::{
+    prompt_hash, system_prompt, BackoffConfig, OpenAiConfig, OpenAiTranslator,
+};
 use vaak_teachers::{Lang, TeacherError, Translator};
 
 const KEY: &str = "sk-test-123";
@@ -107,7 +109,12 @@ async fn handle(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
     let now = mock.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight(&mock.in_flight);
     mock.peak.fetch_max(now, Ordering::SeqCst);
@@ -129,7 +136,10 @@ async fn handle(
         return openai_error(401, "Incorrect API key provided");
     }
     if parsed["model"] != MODEL {
-        return openai_error(404, &format!("The model '{}' does not exist", parsed["model"]));
+        return openai_error(
+            404,
+            &format!("The model '{}' does not exist", parsed["model"]),
+        );
     }
     if mock.arrivals.fetch_add(1, Ordering::SeqCst) < mock.gate {
         let t0 = Instant::now();
@@ -208,7 +218,10 @@ impl Server {
     }
 
     fn seen_for(&self, text: &str) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.text() == text).collect()
+        self.seen()
+            .into_iter()
+            .filter(|s| s.text() == text)
+            .collect()
     }
 }
 
@@ -302,7 +315,11 @@ fn requests_have_the_documented_shape_and_results_keep_input_order() {
         assert_eq!(s.method, Method::POST);
         assert_eq!(s.path, "/v1/chat/completions");
         assert_eq!(s.auth.as_deref(), Some("Bearer sk-test-123"));
-        assert!(s.content_type.as_deref().unwrap_or("").starts_with("application/json"));
+        assert!(s
+            .content_type
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("application/json"));
         let b = &s.body;
         assert_eq!(b["model"], MODEL);
         assert_eq!(b["temperature"].as_f64(), Some(0.0));
@@ -311,7 +328,10 @@ fn requests_have_the_documented_shape_and_results_keep_input_order() {
             json!([{"role": "system", "content": system},
                    {"role": "user", "content": s.text()}])
         );
-        assert!(b.get("max_tokens").is_none() && b.get("seed").is_none(), "{b}");
+        assert!(
+            b.get("max_tokens").is_none() && b.get("seed").is_none(),
+            "{b}"
+        );
     }
     let mut sent: Vec<&str> = seen.iter().map(Seen::text).collect();
     sent.sort_unstable();
@@ -323,7 +343,10 @@ fn requests_have_the_documented_shape_and_results_keep_input_order() {
     let id = t.model_id();
     assert_eq!(id.name, MODEL);
     let rev = id.revision.unwrap();
-    assert!(rev.contains(&prompt_hash()) && rev.contains("temperature 0"), "{rev}");
+    assert!(
+        rev.contains(&prompt_hash()) && rev.contains("temperature 0"),
+        "{rev}"
+    );
 }
 
 #[test]
@@ -351,7 +374,11 @@ fn max_tokens_and_seed_are_sent_when_set_and_a_cut_reply_is_an_item_error() {
             system_prompt(Lang::Hi, Lang::Te)
         );
     }
-    assert_eq!(server.seen_for(PAIRS[1].0).len(), 1, "a cut reply is not retried");
+    assert_eq!(
+        server.seen_for(PAIRS[1].0).len(),
+        1,
+        "a cut reply is not retried"
+    );
 }
 
 #[test]
@@ -417,7 +444,10 @@ fn retries_are_bounded_and_the_error_says_why() {
     .unwrap();
     let out = t.translate(&[PAIRS[0].0], Lang::En, Lang::Ru).unwrap();
     let e = err_text(&out[0]);
-    assert!(e.contains("502") && e.contains("bad gateway upstream"), "{e}");
+    assert!(
+        e.contains("502") && e.contains("bad gateway upstream"),
+        "{e}"
+    );
     assert!(e.contains("gave up after 3 attempts"), "{e}");
     assert_eq!(server.seen_for(PAIRS[0].0).len(), 3);
 }
@@ -448,13 +478,18 @@ fn client_errors_are_not_retried_and_name_status_and_message() {
     script(
         &m,
         PAIRS[2].0,
-        vec![Action::Fail(400, "maximum context length is 8 tokens", None)],
+        vec![Action::Fail(
+            400,
+            "maximum context length is 8 tokens",
+            None,
+        )],
     );
     let server = Server::start(m);
     let t = OpenAiTranslator::new(config(&server)).unwrap();
     let batch = [PAIRS[0].0, PAIRS[2].0, PAIRS[3].0];
     let out = t.translate(&batch, Lang::Hi, Lang::En).unwrap();
     let e = err_text(&out[1]);
+    eprintln!("{e}");
     assert!(
         e.contains("HTTP 400") && e.contains("maximum context length is 8 tokens"),
         "{e}"
@@ -480,6 +515,7 @@ fn a_slow_reply_times_out_for_that_item_only() {
         .translate(&[PAIRS[5].0, PAIRS[4].0], Lang::En, Lang::Ru)
         .unwrap();
     let e = err_text(&out[0]);
+    eprintln!("{e}");
     assert!(e.contains("timed out after 300 ms"), "{e}");
     assert!(e.contains("gave up after 2 attempts"), "{e}");
     assert_eq!(out[1].as_ref().unwrap(), PAIRS[4].1);
@@ -496,7 +532,10 @@ fn malformed_json_is_an_item_error() {
         .translate(&[PAIRS[0].0, PAIRS[1].0], Lang::En, Lang::Ru)
         .unwrap();
     let e = err_text(&out[0]);
-    assert!(e.contains("malformed JSON") && e.contains("{\"choices\""), "{e}");
+    assert!(
+        e.contains("malformed JSON") && e.contains("{\"choices\""),
+        "{e}"
+    );
     assert_eq!(out[1].as_ref().unwrap(), PAIRS[1].1);
 }
 
@@ -510,8 +549,15 @@ fn a_wrong_or_missing_key_fails_the_whole_batch_without_retries() {
         ..config(&server)
     })
     .unwrap();
-    let e = t.translate(&batch, Lang::En, Lang::Ru).unwrap_err().to_string();
-    assert!(e.contains("HTTP 401") && e.contains("Incorrect API key provided"), "{e}");
+    let e = t
+        .translate(&batch, Lang::En, Lang::Ru)
+        .unwrap_err()
+        .to_string();
+    eprintln!("{e}");
+    assert!(
+        e.contains("HTTP 401") && e.contains("Incorrect API key provided"),
+        "{e}"
+    );
     assert_eq!(server.seen().len(), 1, "fatal errors stop the batch");
 
     // No key anywhere: no Authorization header at all.
@@ -523,7 +569,10 @@ fn a_wrong_or_missing_key_fails_the_whole_batch_without_retries() {
         |_| None,
     )
     .unwrap();
-    let e = t.translate(&batch[..1], Lang::En, Lang::Ru).unwrap_err().to_string();
+    let e = t
+        .translate(&batch[..1], Lang::En, Lang::Ru)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("401"), "{e}");
     assert_eq!(server.seen().last().unwrap().auth, None);
 
@@ -549,7 +598,10 @@ fn an_unknown_model_or_path_fails_the_whole_batch() {
         ..config(&server)
     })
     .unwrap();
-    let e = t.translate(&[PAIRS[0].0], Lang::En, Lang::Ru).unwrap_err().to_string();
+    let e = t
+        .translate(&[PAIRS[0].0], Lang::En, Lang::Ru)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("HTTP 404") && e.contains("no-such-model"), "{e}");
 
     let t = OpenAiTranslator::new(OpenAiConfig {
@@ -557,8 +609,14 @@ fn an_unknown_model_or_path_fails_the_whole_batch() {
         ..config(&server)
     })
     .unwrap();
-    let e = t.translate(&[PAIRS[0].0], Lang::En, Lang::Ru).unwrap_err().to_string();
-    assert!(e.contains("HTTP 404") && e.contains("/v2/chat/completions"), "{e}");
+    let e = t
+        .translate(&[PAIRS[0].0], Lang::En, Lang::Ru)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("HTTP 404") && e.contains("/v2/chat/completions"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -587,6 +645,10 @@ fn an_unreachable_server_fails_the_batch_after_retries() {
         .translate(&[PAIRS[0].0, PAIRS[1].0], Lang::En, Lang::Ru)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unreachable") && e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    eprintln!("{e}");
+    assert!(
+        e.contains("unreachable") && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
     assert!(e.contains("gave up after 3 attempts"), "{e}");
 }

@@ -79,7 +79,10 @@ fn batch_results_are_in_input_order_and_equal_single_calls() {
         (Lang::En, "One."),
         (Lang::Ru, "Два, три, четыре, пять."),
         (Lang::Te, "ఒకటి రెండు"),
-        (Lang::En, "This one is the longest sentence of the whole batch, by far."),
+        (
+            Lang::En,
+            "This one is the longest sentence of the whole batch, by far.",
+        ),
         (Lang::Hi, "छह"),
         (Lang::En, "One."),
     ];
@@ -162,7 +165,12 @@ fn output_rate_is_configurable() {
 #[test]
 fn text_that_looks_like_options_is_spoken_not_parsed() {
     let t = tts();
-    for text in ["-v xx --help", "--version", "-w /tmp/x.wav -s 80", "[[h@l'oU]] -q"] {
+    for text in [
+        "-v xx --help",
+        "--version",
+        "-w /tmp/x.wav -s 80",
+        "[[h@l'oU]] -q",
+    ] {
         let s = one(&t, text, Lang::En);
         assert!(rms(&s.samples) > MIN_RMS, "{text:?}");
         assert!(duration(&s) > 0.5, "{text:?}: {} s", duration(&s));
@@ -193,7 +201,9 @@ fn empty_text_is_a_per_item_error() {
 #[test]
 fn reference_audio_is_ignored_by_the_base_voice() {
     let t = tts();
-    let noise: Vec<f32> = (0..16_000).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
+    let noise: Vec<f32> = (0..16_000)
+        .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+        .collect();
     let with_ref = TtsRequest {
         text: "Same voice either way.",
         lang: Lang::En,

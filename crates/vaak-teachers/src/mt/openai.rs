@@ -321,7 +321,10 @@ impl OpenAiTranslator {
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .max_idle_connections_per_host(cfg.max_concurrency)
             .build();
-        let endpoint = format!("{}/chat/completions", cfg.base_url.trim().trim_end_matches('/'));
+        let endpoint = format!(
+            "{}/chat/completions",
+            cfg.base_url.trim().trim_end_matches('/')
+        );
         let revision = format!(
             "chat-completions; prompt {PROMPT_VERSION} fnv1a64:{}; temperature {}; max_tokens {}; seed {}",
             prompt_hash(),
@@ -381,7 +384,9 @@ impl OpenAiTranslator {
                 Failure::Item(msg) => {
                     return Outcome::Item(Err(TeacherError::Msg(format!("{}: {msg}", ctx()))))
                 }
-                Failure::Fatal(msg) => return Outcome::Fatal(TeacherError::Msg(format!("{}: {msg}", ctx()))),
+                Failure::Fatal(msg) => {
+                    return Outcome::Fatal(TeacherError::Msg(format!("{}: {msg}", ctx())))
+                }
                 Failure::Retry { msg, retry_after } => {
                     if attempt >= self.cfg.max_retries {
                         return Outcome::Item(Err(TeacherError::Msg(format!(
@@ -391,10 +396,8 @@ impl OpenAiTranslator {
                         ))));
                     }
                     let max = Duration::from_millis(self.cfg.backoff.max_ms);
-                    let wait = retry_after.map_or_else(
-                        || self.cfg.backoff.delay(item, attempt),
-                        |d| d.min(max),
-                    );
+                    let wait = retry_after
+                        .map_or_else(|| self.cfg.backoff.delay(item, attempt), |d| d.min(max));
                     (msg, wait)
                 }
                 Failure::Unreachable(msg) => {
@@ -449,11 +452,9 @@ impl OpenAiTranslator {
 
     fn transport_failure(&self, t: &ureq::Transport) -> Failure {
         use std::error::Error as _;
-        let io = t
-            .source()
-            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        let io = t.source().and_then(|s| s.downcast_ref::<std::io::Error>());
         let msg = match io {
-            Some(e) => format!("{} ({t})", self.io_message(e)),
+            Some(e) => self.io_message(e),
             None => t.to_string(),
         };
         match t.kind() {
@@ -527,7 +528,12 @@ fn parse_reply(body: &str) -> std::result::Result<String, String> {
     let content = choice
         .pointer("/message/content")
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("reply has no string choices[0].message.content: {}", quote(body)))?;
+        .ok_or_else(|| {
+            format!(
+                "reply has no string choices[0].message.content: {}",
+                quote(body)
+            )
+        })?;
     if choice.get("finish_reason").and_then(Value::as_str) == Some("length") {
         return Err(format!(
             "translation cut off at max_tokens (finish_reason \"length\"): {}",
@@ -601,7 +607,11 @@ mod tests {
         };
         let ms = |b: &BackoffConfig, a| b.delay(3, a).as_secs_f64() * 1000.0;
         for (a, want) in [(0, 100.0), (1, 200.0), (2, 400.0), (3, 800.0), (4, 1000.0)] {
-            assert!((ms(&b, a) - want).abs() < 1e-6, "attempt {a}: {}", ms(&b, a));
+            assert!(
+                (ms(&b, a) - want).abs() < 1e-6,
+                "attempt {a}: {}",
+                ms(&b, a)
+            );
         }
         assert!((ms(&b, u32::MAX) - 1000.0).abs() < 1e-6);
         b.jitter = 0.5;
@@ -611,7 +621,11 @@ mod tests {
             let full = 100.0 * 2f64.powi(a as i32);
             assert!(*d <= full && *d >= 0.5 * full, "attempt {a}: {d}");
         }
-        assert_ne!(b.delay(3, 0), b.delay(4, 0), "items should not retry in lockstep");
+        assert_ne!(
+            b.delay(3, 0),
+            b.delay(4, 0),
+            "items should not retry in lockstep"
+        );
     }
 
     #[test]
@@ -631,8 +645,12 @@ mod tests {
         assert!(parse_reply(cut).unwrap_err().contains("max_tokens"));
         let empty = r#"{"choices":[{"message":{"content":"  "}}]}"#;
         assert!(parse_reply(empty).unwrap_err().contains("empty"));
-        assert!(parse_reply(r#"{"choices":[]}"#).unwrap_err().contains("choices[0]"));
-        assert!(parse_reply("{not json").unwrap_err().contains("malformed JSON"));
+        assert!(parse_reply(r#"{"choices":[]}"#)
+            .unwrap_err()
+            .contains("choices[0]"));
+        assert!(parse_reply("{not json")
+            .unwrap_err()
+            .contains("malformed JSON"));
         let null = r#"{"choices":[{"message":{"content":null,"refusal":"no"}}]}"#;
         assert!(parse_reply(null).unwrap_err().contains("refused"));
     }
@@ -642,7 +660,9 @@ mod tests {
         let bad = |f: fn(&mut OpenAiConfig)| {
             let mut c = OpenAiConfig::default();
             f(&mut c);
-            OpenAiTranslator::with_env(c, |_| None).unwrap_err().to_string()
+            OpenAiTranslator::with_env(c, |_| None)
+                .unwrap_err()
+                .to_string()
         };
         assert!(bad(|c| c.max_concurrency = 0).contains("max_concurrency"));
         assert!(bad(|c| c.max_concurrency = 10_000).contains("max_concurrency"));
@@ -691,12 +711,21 @@ mod tests {
         let s = serde_json::to_string(&cfg).unwrap();
         assert!(!s.contains("secret"));
         let back: OpenAiConfig = serde_json::from_str(&s).unwrap();
-        assert_eq!(back, OpenAiConfig { api_key: None, ..cfg });
+        assert_eq!(
+            back,
+            OpenAiConfig {
+                api_key: None,
+                ..cfg
+            }
+        );
         let partial: OpenAiConfig =
             serde_json::from_str(r#"{"model":"qwen","backoff":{"max_ms":5}}"#).unwrap();
         assert_eq!(partial.model, "qwen");
         assert_eq!(partial.backoff.max_ms, 5);
-        assert_eq!(partial.backoff.initial_ms, BackoffConfig::default().initial_ms);
+        assert_eq!(
+            partial.backoff.initial_ms,
+            BackoffConfig::default().initial_ms
+        );
         assert!(serde_json::from_str::<OpenAiConfig>(r#"{"modle":"x"}"#).is_err());
     }
 }

@@ -232,7 +232,9 @@ impl EspeakTts {
         let output = std::thread::scope(|s| {
             let writer = s.spawn(move || stdin.write_all(text.as_bytes()));
             let output = child.wait_with_output();
-            let written = writer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let written = writer
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
             output.map(|o| (o, written))
         });
         let (output, written) = output.map_err(|e| fail(format!("waiting for it failed: {e}")))?;
@@ -241,7 +243,9 @@ impl EspeakTts {
             return Err(fail(format!("exited with {}: {stderr}", output.status)));
         }
         if let Err(e) = written {
-            return Err(fail(format!("writing the text to its stdin failed: {e}; {stderr}")));
+            return Err(fail(format!(
+                "writing the text to its stdin failed: {e}; {stderr}"
+            )));
         }
         if output.stdout.is_empty() {
             return Err(fail(format!("produced no audio: {stderr}")));
@@ -281,11 +285,12 @@ impl Tts for EspeakTts {
     /// `reference` is ignored: these are fixed base voices.
     fn synthesize(&self, batch: &[TtsRequest<'_>]) -> Result<Vec<ItemResult<Speech>>> {
         Ok(crate::mt::map_bounded(batch, self.workers, |i, req| {
-            self.synthesize_one(req.text, req.lang).map_err(|e| match e {
-                TeacherError::BadInput(m) => TeacherError::BadInput(format!("item {i}: {m}")),
-                TeacherError::Msg(m) => TeacherError::Msg(format!("item {i}: {m}")),
-                other => other,
-            })
+            self.synthesize_one(req.text, req.lang)
+                .map_err(|e| match e {
+                    TeacherError::BadInput(m) => TeacherError::BadInput(format!("item {i}: {m}")),
+                    TeacherError::Msg(m) => TeacherError::Msg(format!("item {i}: {m}")),
+                    other => other,
+                })
         }))
     }
 }
@@ -338,7 +343,13 @@ fn parse_version(out: &str) -> Option<String> {
 fn prepare_text(text: &str) -> Option<String> {
     let mut s: String = text
         .chars()
-        .map(|c| if c.is_control() || c.is_whitespace() { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || c.is_whitespace() {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     while s.contains("[[") {
         s = s.replace("[[", "[ [");
@@ -400,7 +411,10 @@ mod tests {
     #[test]
     fn text_is_flattened_to_one_utterance_and_phoneme_brackets_are_defused() {
         assert_eq!(prepare_text("  a\nb\tc\u{7}d "), Some("a b c d".into()));
-        assert_eq!(prepare_text("say [[h@l'oU]]"), Some("say [ [h@l'oU]]".into()));
+        assert_eq!(
+            prepare_text("say [[h@l'oU]]"),
+            Some("say [ [h@l'oU]]".into())
+        );
         assert_eq!(prepare_text("[[["), Some("[ [ [".into()));
         assert_eq!(prepare_text(" \n\t "), None);
         assert_eq!(prepare_text("-v x"), Some("-v x".into()));
@@ -408,9 +422,13 @@ mod tests {
 
     #[test]
     fn version_line_is_parsed() {
-        let out = "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/x86_64-linux-gnu/espeak-ng-data\n";
+        let out =
+            "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/x86_64-linux-gnu/espeak-ng-data\n";
         assert_eq!(parse_version(out).as_deref(), Some("1.51"));
-        assert_eq!(parse_version("eSpeak NG text-to-speech: 1.52-dev  Data").as_deref(), Some("1.52-dev"));
+        assert_eq!(
+            parse_version("eSpeak NG text-to-speech: 1.52-dev  Data").as_deref(),
+            Some("1.52-dev")
+        );
         assert_eq!(parse_version("something else"), None);
     }
 
@@ -446,7 +464,9 @@ mod tests {
 
         assert!(patch_streamed_wav(&mut b"not a wav at all".to_vec()).is_err());
         let mut no_data = b"RIFF\0\0\0\0WAVEfmt \x02\0\0\0ab".to_vec();
-        assert!(patch_streamed_wav(&mut no_data).unwrap_err().contains("no data chunk"));
+        assert!(patch_streamed_wav(&mut no_data)
+            .unwrap_err()
+            .contains("no data chunk"));
     }
 
     #[test]

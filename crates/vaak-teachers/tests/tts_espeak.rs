@@ -260,3 +260,62 @@ fn a_missing_program_names_the_debian_package() {
         "{e}"
     );
 }
+
+/// A stand-in for espeak-ng that hangs or fails on cue and otherwise hands over to the real one.
+#[cfg(unix)]
+const FAKE_ESPEAK: &str = r#"#!/bin/sh
+if [ "$1" = "--version" ]; then exec espeak-ng --version; fi
+text=$(cat)
+case "$text" in
+  "hang here") exec sleep 30 ;;
+  "fail here") echo "synthetic failure for the test" >&2; exit 3 ;;
+esac
+printf '%s' "$text" | exec espeak-ng "$@"
+"#;
+
+#[cfg(unix)]
+#[test]
+fn a_failing_or_hanging_process_fails_only_its_item() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("fake-espeak-ng");
+    std::fs::write(&program, FAKE_ESPEAK).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = EspeakConfig {
+        program: program.clone(),
+        timeout_ms: 3_000,
+        max_concurrency: 3,
+        ..Default::default()
+    };
+    // Another test's fork may briefly hold the new script open for writing ("Text file busy").
+    let mut attempt = 0;
+    let t = loop {
+        match EspeakTts::new(cfg.clone()) {
+            Err(e) if e.to_string().contains("busy") && attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
+    let out = t
+        .synthesize(&[
+            req("This one is fine.", Lang::En),
+            req("hang here", Lang::En),
+            req("fail here", Lang::En),
+        ])
+        .unwrap();
+    assert!(rms(&out[0].as_ref().unwrap().samples) > MIN_RMS);
+    let hang = out[1].as_ref().unwrap_err().to_string();
+    assert!(
+        hang.contains("item 1") && hang.contains("timeout_ms = 3000"),
+        "{hang}"
+    );
+    let fail = out[2].as_ref().unwrap_err().to_string();
+    assert!(
+        fail.contains("item 2")
+            && fail.contains("exit status: 3")
+            && fail.contains("synthetic failure for the test"),
+        "{fail}"
+    );
+}

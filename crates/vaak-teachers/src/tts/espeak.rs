@@ -28,14 +28,16 @@
 //! construction). Construction fails with a message naming the program and its Debian package
 //! ([`ESPEAK_DEBIAN_PACKAGE`]) when it cannot be run, and with the language and voice when a
 //! configured voice does not synthesise. Per item: empty text (or text with nothing to say) is
-//! [`TeacherError::BadInput`]; a failing process is an error quoting its stderr; an all-zero
-//! output is an error rather than a silent sample in the dataset.
+//! [`TeacherError::BadInput`]; a failing process is an error quoting its stderr; a process still
+//! running after `timeout_ms` is killed and its item fails; an all-zero output is an error
+//! rather than a silent sample in the dataset.
 //!
 //! Written from scratch (no candle-transformers counterpart).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,9 @@ use crate::{ItemResult, Lang, ModelId, Speech, Tts, TtsRequest};
 
 /// The Debian (and Ubuntu) package that provides the `espeak-ng` program and its voices.
 pub const ESPEAK_DEBIAN_PACKAGE: &str = "espeak-ng";
+
+/// How often a running process is checked for exit or timeout.
+const WAIT_POLL: Duration = Duration::from_millis(2);
 
 /// How much of a process's stderr is quoted in errors.
 const STDERR_QUOTE_CHARS: usize = 500;
@@ -97,6 +102,8 @@ pub struct EspeakConfig {
     pub output_rate: u32,
     /// Most espeak-ng processes at once; 0 means one per available CPU.
     pub max_concurrency: usize,
+    /// A process still running after this many milliseconds is killed (that item fails).
+    pub timeout_ms: u64,
 }
 
 impl Default for EspeakConfig {
@@ -108,6 +115,7 @@ impl Default for EspeakConfig {
             pitch: 50,
             output_rate: 24_000,
             max_concurrency: 0,
+            timeout_ms: 60_000,
         }
     }
 }
@@ -138,6 +146,9 @@ impl EspeakConfig {
                 "output_rate",
                 format!("{} Hz is outside 8000..=192000", self.output_rate),
             ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(config_error("timeout_ms", "must be > 0".into()));
         }
         for lang in Lang::ALL {
             let v = self.voices.get(lang);
@@ -202,6 +213,10 @@ impl EspeakTts {
         &self.version
     }
 
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.timeout_ms)
+    }
+
     fn synthesize_one(&self, text: &str, lang: Lang) -> ItemResult<Speech> {
         let Some(text) = prepare_text(text) else {
             return Err(TeacherError::BadInput(
@@ -224,33 +239,27 @@ impl EspeakTts {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| fail(format!("cannot start: {e}")))?;
-        // Written from another thread: espeak-ng may fill its stdout pipe before it has read
-        // all of a long text, and we only drain stdout in `wait_with_output`.
-        let Some(mut stdin) = child.stdin.take() else {
-            return Err(fail("its stdin could not be opened".into()));
+        let run = run_with_deadline(&mut child, text.as_bytes(), self.timeout())
+            .map_err(|e| fail(format!("waiting for it failed: {e}")))?;
+        let stderr = quote_stderr(&run.stderr);
+        let Some(status) = run.status else {
+            return Err(fail(format!(
+                "killed after timeout_ms = {} ms; {stderr}",
+                self.cfg.timeout_ms
+            )));
         };
-        let output = std::thread::scope(|s| {
-            let writer = s.spawn(move || stdin.write_all(text.as_bytes()));
-            let output = child.wait_with_output();
-            let written = writer
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            output.map(|o| (o, written))
-        });
-        let (output, written) = output.map_err(|e| fail(format!("waiting for it failed: {e}")))?;
-        let stderr = quote_stderr(&output.stderr);
-        if !output.status.success() {
-            return Err(fail(format!("exited with {}: {stderr}", output.status)));
+        if !status.success() {
+            return Err(fail(format!("exited with {status}: {stderr}")));
         }
-        if let Err(e) = written {
+        if let Err(e) = run.written {
             return Err(fail(format!(
                 "writing the text to its stdin failed: {e}; {stderr}"
             )));
         }
-        if output.stdout.is_empty() {
+        if run.stdout.is_empty() {
             return Err(fail(format!("produced no audio: {stderr}")));
         }
-        let mut wav = output.stdout;
+        let mut wav = run.stdout;
         patch_streamed_wav(&mut wav).map_err(|e| fail(format!("{e}: {stderr}")))?;
         let audio = vaak_audio::io::decode_bytes(
             wav,
@@ -293,6 +302,65 @@ impl Tts for EspeakTts {
                 })
         }))
     }
+}
+
+/// What became of one process run by [`run_with_deadline`].
+struct Run {
+    /// `None` if it was killed at the deadline.
+    status: Option<ExitStatus>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    written: std::io::Result<()>,
+}
+
+/// Feeds `input` to the child's stdin and collects its stdout and stderr, each on its own
+/// thread (espeak-ng may fill its stdout pipe before it has read all of a long text); kills the
+/// child if it has not exited by `timeout`.
+fn run_with_deadline(child: &mut Child, input: &[u8], timeout: Duration) -> std::io::Result<Run> {
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(std::io::Error::other("its stdio was not piped"));
+    };
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || stdin.write_all(input));
+        let out_reader = s.spawn(move || {
+            let mut v = Vec::new();
+            stdout.read_to_end(&mut v).map(|_| v)
+        });
+        let err_reader = s.spawn(move || {
+            let mut v = Vec::new();
+            stderr.read_to_end(&mut v).map(|_| v)
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break Some(st);
+            }
+            if Instant::now() >= deadline {
+                // Killing closes the child's pipes, which ends the reader threads.
+                child.kill()?;
+                child.wait()?;
+                break None;
+            }
+            std::thread::sleep(WAIT_POLL);
+        };
+        let written = join(writer);
+        let stdout: Vec<u8> = join(out_reader)?;
+        let stderr: Vec<u8> = join(err_reader)?;
+        Ok(Run {
+            status,
+            stdout,
+            stderr,
+            written,
+        })
+    })
+}
+
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Runs `<program> --version` and returns the version number it prints.

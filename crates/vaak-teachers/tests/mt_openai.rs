@@ -503,10 +503,11 @@ fn client_errors_are_not_retried_and_name_status_and_message() {
 #[test]
 fn a_slow_reply_times_out_for_that_item_only() {
     let m = mock(PAIRS);
-    script(&m, PAIRS[5].0, vec![Action::Delay(5_000); 2]);
+    script(&m, PAIRS[5].0, vec![Action::Delay(10_000); 2]);
     let server = Server::start(m);
     let t = OpenAiTranslator::new(OpenAiConfig {
-        timeout_ms: 300,
+        // Long enough that the healthy item never times out on a loaded machine.
+        timeout_ms: 1_000,
         max_retries: 1,
         ..config(&server)
     })
@@ -516,7 +517,7 @@ fn a_slow_reply_times_out_for_that_item_only() {
         .unwrap();
     let e = err_text(&out[0]);
     eprintln!("{e}");
-    assert!(e.contains("timed out after 300 ms"), "{e}");
+    assert!(e.contains("timed out after 1000 ms"), "{e}");
     assert!(e.contains("gave up after 2 attempts"), "{e}");
     assert_eq!(out[1].as_ref().unwrap(), PAIRS[4].1);
     assert_eq!(server.seen_for(PAIRS[5].0).len(), 2, "a timeout is retried");

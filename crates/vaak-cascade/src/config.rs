@@ -208,11 +208,17 @@ impl Default for BatchConfig {
 impl BatchConfig {
     /// The number of clips gathered before the stages run: the largest stage batch.
     pub fn chunk(&self) -> usize {
-        [self.asr, self.translator, self.speaker, self.tts, self.codec]
-            .into_iter()
-            .max()
-            .unwrap_or(1)
-            .max(1)
+        [
+            self.asr,
+            self.translator,
+            self.speaker,
+            self.tts,
+            self.codec,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1)
+        .max(1)
     }
 }
 
@@ -296,7 +302,11 @@ impl FromStr for Direction {
     type Err = CascadeError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let t: String = s.trim().chars().filter(|c| *c != '-' && *c != '_').collect();
+        let t: String = s
+            .trim()
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect();
         let bad = |why: &str| {
             CascadeError::InvalidArgument(format!(
                 "direction '{s}': {why} (expected e.g. 'ruen'; languages: {})",
@@ -575,7 +585,9 @@ compute:
             ("batch:\n  whisper: 2\n", "whisper"),
             ("models:\n  asr:\n    knd: whisper\n", "knd"),
         ] {
-            let e = Config::from_yaml_str(y, "cfg.yaml").unwrap_err().to_string();
+            let e = Config::from_yaml_str(y, "cfg.yaml")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(key) && e.contains("cfg.yaml"), "{e}");
         }
         let e = Config::from_yaml_str("manifests:\n  de: /x.csv\n", "c")

@@ -72,5 +72,7 @@ pub fn run_invocation(
         return Ok(Outcome::DryRun(Box::new(plan)));
     }
     let teachers = Teachers::build(&cfg, factory)?;
-    Ok(Outcome::Ran(Box::new(pipeline::run(&cfg, plan, &teachers)?)))
+    Ok(Outcome::Ran(Box::new(pipeline::run(
+        &cfg, plan, &teachers,
+    )?)))
 }

@@ -92,12 +92,8 @@ pub fn parse_manifest<R: Read>(reader: R, path: &Path, require_tier: bool) -> Re
         });
     }
     let col = |name: &str| find(name).expect("checked above");
-    let (c_id, c_lang, c_path, c_dur) = (
-        col("id"),
-        col("lang"),
-        col("audio_path"),
-        col("duration_s"),
-    );
+    let (c_id, c_lang, c_path, c_dur) =
+        (col("id"), col("lang"), col("audio_path"), col("duration_s"));
     let (c_tier, c_text) = (find("tier"), find("text"));
 
     let mut rows = Vec::new();
@@ -111,7 +107,9 @@ pub fn parse_manifest<R: Read>(reader: R, path: &Path, require_tier: bool) -> Re
             Err(e) => {
                 // Only I/O errors are fatal; anything else is this record's problem.
                 if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                    return Err(manifest_err(format!("read error near line {line_guess}: {e}")));
+                    return Err(manifest_err(format!(
+                        "read error near line {line_guess}: {e}"
+                    )));
                 }
                 malformed.push(MalformedRow {
                     line: line_guess,
@@ -124,10 +122,20 @@ pub fn parse_manifest<R: Read>(reader: R, path: &Path, require_tier: bool) -> Re
         if record.len() == 1 && record.get(0).is_some_and(|f| f.is_empty()) {
             continue; // blank line
         }
-        match parse_row(&record, &columns, line, [c_id, c_lang, c_path, c_dur], c_tier, c_text) {
+        match parse_row(
+            &record,
+            &columns,
+            line,
+            [c_id, c_lang, c_path, c_dur],
+            c_tier,
+            c_text,
+        ) {
             Ok(row) => rows.push(row),
             Err(reason) => {
-                tracing::warn!("{}:{line}: skipping malformed row: {reason}", path.display());
+                tracing::warn!(
+                    "{}:{line}: skipping malformed row: {reason}",
+                    path.display()
+                );
                 malformed.push(MalformedRow { line, reason });
             }
         }
@@ -264,7 +272,10 @@ mod tests {
         let e = parse("id,language,path,duration_s\n", false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("m.csv") && e.contains("lang") && e.contains("audio_path"), "{e}");
+        assert!(
+            e.contains("m.csv") && e.contains("lang") && e.contains("audio_path"),
+            "{e}"
+        );
         let e = parse("id,lang,audio_path,duration_s\n", true)
             .unwrap_err()
             .to_string();

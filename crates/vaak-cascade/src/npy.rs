@@ -35,7 +35,11 @@ fn header(dtype: Dtype, shape: &[usize]) -> Vec<u8> {
         [n] => format!("({n},)"),
         _ => format!(
             "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let dict = format!(
@@ -151,7 +155,7 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
     let start = 10 + hlen;
     let head = std::str::from_utf8(bytes.get(10..start).ok_or("truncated header")?)
         .map_err(|_| "header is not UTF-8")?;
-    if start % 16 != 0 {
+    if !start.is_multiple_of(16) {
         return Err("data not aligned".into());
     }
     let dtype = [Dtype::F32, Dtype::I64, Dtype::U32]

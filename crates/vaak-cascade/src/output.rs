@@ -79,7 +79,11 @@ fn sync_dir(p: &Path) {
 }
 
 /// Writes `s` under `parent/<safe_id>/` as described in the module doc.
-pub fn write_sample(parent: &Path, s: &SampleOutput, mode: SrcAudioMode) -> Result<PathBuf, String> {
+pub fn write_sample(
+    parent: &Path,
+    s: &SampleOutput,
+    mode: SrcAudioMode,
+) -> Result<PathBuf, String> {
     let final_dir = parent.join(&s.safe_id);
     let tmp = parent.join(format!("{TMP_PREFIX}{}", s.safe_id));
     if tmp.exists() {
@@ -101,7 +105,11 @@ pub fn write_sample(parent: &Path, s: &SampleOutput, mode: SrcAudioMode) -> Resu
         };
         ctx(r, "removing unfinished", &final_dir)?;
     }
-    ctx(fs::rename(&tmp, &final_dir), "renaming into place", &final_dir)?;
+    ctx(
+        fs::rename(&tmp, &final_dir),
+        "renaming into place",
+        &final_dir,
+    )?;
     sync_dir(parent);
     let done = final_dir.join(DONE_FILE);
     ctx(npy::write_bytes_synced(&done, b"ok\n"), "writing", &done)?;
@@ -133,18 +141,28 @@ fn fill(dir: &Path, s: &SampleOutput, mode: SrcAudioMode) -> Result<(), String> 
     };
     text("src.txt", &s.src_text)?;
     text("tgt.txt", &s.tgt_text)?;
-    write_wav(dir.join("tgt.wav"), &s.tgt_audio, TGT_SAMPLE_RATE, WavFormat::Pcm16)
-        .map_err(|e| e.to_string())?;
+    write_wav(
+        dir.join("tgt.wav"),
+        &s.tgt_audio,
+        TGT_SAMPLE_RATE,
+        WavFormat::Pcm16,
+    )
+    .map_err(|e| e.to_string())?;
     let spk = npy::npy_f32(&[s.speaker.len()], &s.speaker).map_err(|e| e.to_string())?;
     let p = dir.join("spk.npy");
     ctx(npy::write_bytes_synced(&p, &spk), "writing", &p)?;
     let frames = s.tokens.first().map_or(0, Vec::len);
     let flat: Vec<i64> = s.tokens.iter().flatten().map(|&t| i64::from(t)).collect();
-    let rows = if s.tokens.is_empty() { s.num_codebooks } else { s.tokens.len() };
+    let rows = if s.tokens.is_empty() {
+        s.num_codebooks
+    } else {
+        s.tokens.len()
+    };
     let tok = npy::npy_i64(&[rows, frames], &flat).map_err(|e| e.to_string())?;
     let p = dir.join("tokens.npy");
     ctx(npy::write_bytes_synced(&p, &tok), "writing", &p)?;
-    let meta = serde_json::to_vec_pretty(&Value::Object(s.meta.clone())).map_err(|e| e.to_string())?;
+    let meta =
+        serde_json::to_vec_pretty(&Value::Object(s.meta.clone())).map_err(|e| e.to_string())?;
     let p = dir.join("meta.json");
     ctx(npy::write_bytes_synced(&p, &meta), "writing", &p)
 }
@@ -156,7 +174,11 @@ fn symlink(target: &Path, link: &Path) -> Result<(), String> {
 
 #[cfg(not(unix))]
 fn symlink(target: &Path, link: &Path) -> Result<(), String> {
-    ctx(fs::copy(target, link).map(|_| ()), "copying (no symlinks here) to", link)
+    ctx(
+        fs::copy(target, link).map(|_| ()),
+        "copying (no symlinks here) to",
+        link,
+    )
 }
 
 /// The `meta.json` object.

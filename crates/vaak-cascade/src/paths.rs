@@ -15,21 +15,26 @@ pub fn resolve_audio_path(data_root: &Path, audio_path: &str) -> Result<PathBuf,
     if raw.contains('\0') {
         return Err(format!("audio_path '{raw}' contains a NUL byte"));
     }
-    let is_drive = raw.len() >= 2 && raw.as_bytes()[1] == b':' && raw.as_bytes()[0].is_ascii_alphabetic();
+    let is_drive =
+        raw.len() >= 2 && raw.as_bytes()[1] == b':' && raw.as_bytes()[0].is_ascii_alphabetic();
     let absolute = raw.starts_with('/') || raw.starts_with('\\') || is_drive;
     let parts: Vec<&str> = raw
         .split(['/', '\\'])
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
     if parts.contains(&"..") {
-        return Err(format!("audio_path '{raw}' contains '..'; refusing to leave data_root"));
+        return Err(format!(
+            "audio_path '{raw}' contains '..'; refusing to leave data_root"
+        ));
     }
     if parts.is_empty() {
         return Err(format!("audio_path '{raw}' names no file"));
     }
     if absolute {
         if is_drive {
-            return Err(format!("audio_path '{raw}' is an absolute Windows path outside data_root"));
+            return Err(format!(
+                "audio_path '{raw}' is an absolute Windows path outside data_root"
+            ));
         }
         let p: PathBuf = std::iter::once("/").chain(parts.iter().copied()).collect();
         let root = lexical_normal(data_root);
@@ -125,8 +130,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret.wav"), b"x").unwrap();
         std::fs::write(root.path().join("in.wav"), b"x").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret.wav"), root.path().join("link.wav"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.wav"),
+            root.path().join("link.wav"),
+        )
+        .unwrap();
         let p = resolve_audio_path(root.path(), "link.wav").unwrap();
         assert!(check_no_symlink_escape(root.path(), &p).is_err());
         let p = resolve_audio_path(root.path(), "in.wav").unwrap();

@@ -82,10 +82,13 @@ pub struct Plan {
 
 /// Reads the manifest of `lang`, shards and filters it.
 pub fn plan(cfg: &Config, lang: Lang, shard: Shard) -> Result<Plan> {
-    let path = cfg.manifests.get(lang).ok_or_else(|| CascadeError::Config {
-        origin: "manifests".into(),
-        reason: format!("no manifest configured for language '{lang}' (manifests.{lang})"),
-    })?;
+    let path = cfg
+        .manifests
+        .get(lang)
+        .ok_or_else(|| CascadeError::Config {
+            origin: "manifests".into(),
+            reason: format!("no manifest configured for language '{lang}' (manifests.{lang})"),
+        })?;
     let tier = cfg.pipeline.tier.as_deref();
     let m = read_manifest(path, tier.is_some())?;
     let manifest_rows = m.rows.len();
@@ -251,7 +254,8 @@ pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
 
     let mut loaders = Vec::new();
     for w in 0..cfg.compute.num_workers.min(total.max(1)) {
-        let (items, next, load_tx, ev_tx) = (items.clone(), next.clone(), load_tx.clone(), ev_tx.clone());
+        let (items, next, load_tx, ev_tx) =
+            (items.clone(), next.clone(), load_tx.clone(), ev_tx.clone());
         let cfg = cfg.clone();
         let dir = dir.clone();
         let h = std::thread::Builder::new()
@@ -338,17 +342,18 @@ fn loader_loop(
                 continue;
             }
         };
-        let decoded = match catch_unwind(|| vaak_audio::io::decode_file(&path, Some(SRC_SAMPLE_RATE))) {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                let _ = ev_tx.send(fail(stage::LOAD, e.to_string()));
-                continue;
-            }
-            Err(_) => {
-                let _ = ev_tx.send(fail(stage::LOAD, "decoder panicked".into()));
-                continue;
-            }
-        };
+        let decoded =
+            match catch_unwind(|| vaak_audio::io::decode_file(&path, Some(SRC_SAMPLE_RATE))) {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    let _ = ev_tx.send(fail(stage::LOAD, e.to_string()));
+                    continue;
+                }
+                Err(_) => {
+                    let _ = ev_tx.send(fail(stage::LOAD, "decoder panicked".into()));
+                    continue;
+                }
+            };
         let dur = decoded.duration_s();
         if select::duration_mismatch(item.row.duration_s, dur, cfg.pipeline.duration_tolerance) {
             tracing::warn!(
@@ -454,7 +459,9 @@ fn fail_slot(s: &mut Slot, stage: &'static str, error: String, ev_tx: &SyncSende
 }
 
 fn alive(slots: &[Slot], pred: impl Fn(&Slot) -> bool) -> Vec<usize> {
-    (0..slots.len()).filter(|&i| !slots[i].failed && pred(&slots[i])).collect()
+    (0..slots.len())
+        .filter(|&i| !slots[i].failed && pred(&slots[i]))
+        .collect()
 }
 
 fn process_chunk(
@@ -495,14 +502,23 @@ fn process_chunk(
         &idx,
         b.asr,
         ev_tx,
-        |s, part| t.asr.transcribe(&part.iter().map(|&i| audio(&s[i])).collect::<Vec<_>>(), &opts),
+        |s, part| {
+            t.asr.transcribe(
+                &part.iter().map(|&i| audio(&s[i])).collect::<Vec<_>>(),
+                &opts,
+            )
+        },
         |s, tr| {
             s.transcript = Some(tr);
             Ok(())
         },
     );
 
-    let has_src_text = |s: &Slot| s.transcript.as_ref().is_some_and(|t| !t.text.trim().is_empty());
+    let has_src_text = |s: &Slot| {
+        s.transcript
+            .as_ref()
+            .is_some_and(|t| !t.text.trim().is_empty())
+    };
     let idx = alive(&slots, has_src_text);
     run_stage(
         stage::TRANSLATE,
@@ -531,10 +547,16 @@ fn process_chunk(
         &idx,
         b.speaker,
         ev_tx,
-        |s, part| t.speaker.embed(&part.iter().map(|&i| audio(&s[i])).collect::<Vec<_>>()),
+        |s, part| {
+            t.speaker
+                .embed(&part.iter().map(|&i| audio(&s[i])).collect::<Vec<_>>())
+        },
         |s, e| {
             if e.len() != dim {
-                return Err(format!("embedding has {} values, the encoder says {dim}", e.len()));
+                return Err(format!(
+                    "embedding has {} values, the encoder says {dim}",
+                    e.len()
+                ));
             }
             if let Some(i) = e.iter().position(|v| !v.is_finite()) {
                 return Err(format!("embedding value {i} is not finite"));
@@ -598,7 +620,9 @@ fn process_chunk(
             } else {
                 let rs: Vec<Vec<f32>> = part
                     .iter()
-                    .map(|&i| vaak_audio::resample::resample(&s[i].tgt_audio, TGT_SAMPLE_RATE, crate_rate))
+                    .map(|&i| {
+                        vaak_audio::resample::resample(&s[i].tgt_audio, TGT_SAMPLE_RATE, crate_rate)
+                    })
                     .collect::<std::result::Result<_, _>>()?;
                 let refs: Vec<_> = rs.iter().map(|a| AudioRef::new(a, crate_rate)).collect();
                 t.codec.encode(&refs)
@@ -606,7 +630,10 @@ fn process_chunk(
         },
         |s, tok| {
             if tok.len() != ncb {
-                return Err(format!("codec returned {} codebooks, expected {ncb}", tok.len()));
+                return Err(format!(
+                    "codec returned {} codebooks, expected {ncb}",
+                    tok.len()
+                ));
             }
             let frames = tok.first().map_or(0, Vec::len);
             if tok.iter().any(|r| r.len() != frames) {
@@ -652,7 +679,11 @@ fn quality_flags(cfg: &Config, s: &Slot, src_dur: f64, tgt_dur: f64) -> Vec<Stri
         if frames < p.min_token_frames {
             flags.push(flag::TOKENS_TOO_SHORT.to_string());
         }
-        let ratio = if src_dur > 0.0 { tgt_dur / src_dur } else { f64::INFINITY };
+        let ratio = if src_dur > 0.0 {
+            tgt_dur / src_dur
+        } else {
+            f64::INFINITY
+        };
         if !(p.min_duration_ratio..=p.max_duration_ratio).contains(&ratio) {
             flags.push(flag::DURATION_RATIO.to_string());
         }
@@ -660,12 +691,22 @@ fn quality_flags(cfg: &Config, s: &Slot, src_dur: f64, tgt_dur: f64) -> Vec<Stri
     flags
 }
 
-fn finish(cfg: &Config, t: &Teachers, s: Slot, src: Lang, tgt: Lang, ncb: usize) -> (SampleOutput, f64, bool) {
+fn finish(
+    cfg: &Config,
+    t: &Teachers,
+    s: Slot,
+    src: Lang,
+    tgt: Lang,
+    ncb: usize,
+) -> (SampleOutput, f64, bool) {
     let src_dur = s.l.src.decoded.len() as f64 / f64::from(SRC_SAMPLE_RATE);
     let tgt_dur = s.tgt_audio.len() as f64 / f64::from(TGT_SAMPLE_RATE);
     let flags = quality_flags(cfg, &s, src_dur, tgt_dur);
     let ok = flags.is_empty();
-    let src_text = s.transcript.as_ref().map_or(String::new(), |t| t.text.trim().to_string());
+    let src_text = s
+        .transcript
+        .as_ref()
+        .map_or(String::new(), |t| t.text.trim().to_string());
     let frames = s.tokens.first().map_or(0, Vec::len);
     let mid = |m: vaak_teachers::ModelId| json!({"name": m.name, "revision": m.revision});
     let mut extra = Map::new();
@@ -713,7 +754,11 @@ fn finish(cfg: &Config, t: &Teachers, s: Slot, src: Lang, tgt: Lang, ncb: usize)
             "codec": mid(t.codec.model_id()),
         }),
     );
-    let timings: Map<String, Value> = s.timings.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let timings: Map<String, Value> = s
+        .timings
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     extra.insert("timings_s".into(), Value::Object(timings));
     let row = &s.l.item.row;
     let meta = output::meta_json(
@@ -726,7 +771,11 @@ fn finish(cfg: &Config, t: &Teachers, s: Slot, src: Lang, tgt: Lang, ncb: usize)
         tgt.code(),
         extra,
     );
-    let tokens = if s.tokens.is_empty() { vec![Vec::new(); ncb] } else { s.tokens };
+    let tokens = if s.tokens.is_empty() {
+        vec![Vec::new(); ncb]
+    } else {
+        s.tokens
+    };
     (
         SampleOutput {
             safe_id: s.l.item.safe_id.clone(),
@@ -788,14 +837,18 @@ fn writer_loop(
             }
             Event::Failed { item, stage, error } => {
                 summary.errored += 1;
-                *summary.errored_by_stage.entry(stage.to_string()).or_default() += 1;
+                *summary
+                    .errored_by_stage
+                    .entry(stage.to_string())
+                    .or_default() += 1;
                 log_error(&item.row.id, item.row.line, stage, &error);
             }
             Event::Finished(b) => {
                 let (out, src_dur, ok) = *b;
                 let t0 = Instant::now();
                 let r = output::write_sample(dir, &out, cfg.pipeline.src_audio);
-                *summary.stage_s.entry(stage::WRITE.to_string()).or_default() += t0.elapsed().as_secs_f64();
+                *summary.stage_s.entry(stage::WRITE.to_string()).or_default() +=
+                    t0.elapsed().as_secs_f64();
                 match r {
                     Ok(_) => {
                         if ok {
@@ -807,19 +860,27 @@ fn writer_loop(
                     }
                     Err(e) => {
                         summary.errored += 1;
-                        *summary.errored_by_stage.entry(stage::WRITE.to_string()).or_default() += 1;
+                        *summary
+                            .errored_by_stage
+                            .entry(stage::WRITE.to_string())
+                            .or_default() += 1;
                         let id = out.meta.get("id").and_then(Value::as_str).unwrap_or("");
-                        let line = out.meta.get("manifest_line").and_then(Value::as_u64).unwrap_or(0);
+                        let line = out
+                            .meta
+                            .get("manifest_line")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0);
                         log_error(id, line, stage::WRITE, &e);
                     }
                 }
             }
         }
         done += 1;
-        let hours_h = summary.hours_processed / (started.elapsed().as_secs_f64().max(1e-9) / 3600.0);
+        let hours_h =
+            summary.hours_processed / (started.elapsed().as_secs_f64().max(1e-9) / 3600.0);
         bar.set_position(done as u64);
         bar.set_message(format!("{hours_h:.1} h audio/h"));
-        if cfg.compute.log_interval > 0 && done % cfg.compute.log_interval == 0 {
+        if cfg.compute.log_interval > 0 && done.is_multiple_of(cfg.compute.log_interval) {
             tracing::info!(
                 "{done}/{total}: ok {} bad {} errored {} skipped {} filtered(in-run) {}; {:.3} h audio, {hours_h:.1} h/h",
                 summary.ok,

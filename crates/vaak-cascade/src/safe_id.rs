@@ -57,7 +57,10 @@ mod tests {
         assert_eq!(safe_id("я"), "%D1%8F");
         for id in ["..", ".", "/", "\\", "a/../b", ".hidden", " ", "\0", "con"] {
             let s = safe_id(id);
-            assert!(!s.contains('/') && !s.contains('\\') && !s.starts_with('.'), "{s}");
+            assert!(
+                !s.contains('/') && !s.contains('\\') && !s.starts_with('.'),
+                "{s}"
+            );
             assert!(s != "." && s != ".." && !s.is_empty());
         }
     }

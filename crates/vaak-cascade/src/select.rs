@@ -197,7 +197,10 @@ mod tests {
         assert_ne!(stable_hash(0, b"a"), stable_hash(1, b"a"));
         // Values computed independently (a 10-line Python FNV-1a + SplitMix64).
         assert_eq!(stable_hash(0, b"abc"), 17_298_455_900_663_498_933);
-        assert_eq!(stable_hash(7, "привет".as_bytes()), 16_304_314_860_257_680_624);
+        assert_eq!(
+            stable_hash(7, "привет".as_bytes()),
+            16_304_314_860_257_680_624
+        );
     }
 
     proptest! {

@@ -21,7 +21,10 @@ pub trait TokenCodec: Send + Sync {
     /// The rate `encode` expects its input at (24 kHz for EnCodec 24 kHz).
     fn sample_rate(&self) -> u32;
     /// One `[num_codebooks][frames]` matrix per clip.
-    fn encode(&self, batch: &[AudioRef<'_>]) -> vaak_teachers::Result<Vec<ItemResult<Vec<Vec<u32>>>>>;
+    fn encode(
+        &self,
+        batch: &[AudioRef<'_>],
+    ) -> vaak_teachers::Result<Vec<ItemResult<Vec<Vec<u32>>>>>;
 }
 
 /// The five teachers of a run.
@@ -80,7 +83,9 @@ impl Teachers {
                 .speaker(&m.speaker, dev)
                 .map_err(err("speaker", &m.speaker))?,
             tts: factory.tts(&m.tts, dev).map_err(err("tts", &m.tts))?,
-            codec: factory.codec(&m.codec, dev).map_err(err("codec", &m.codec))?,
+            codec: factory
+                .codec(&m.codec, dev)
+                .map_err(err("codec", &m.codec))?,
         };
         t.check_direction(cfg.pipeline.direction.src, cfg.pipeline.direction.tgt)?;
         Ok(t)

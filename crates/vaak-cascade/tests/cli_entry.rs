@@ -53,7 +53,10 @@ fn runs_from_a_config_file_with_slurm_shard_and_flag_overrides() {
     assert_eq!((s.shard_idx, s.num_shards), (1, 2));
     assert_eq!(s.ok, s.shard_rows);
     assert!(out2.join("logs/ruen/summary_1.json").is_file());
-    assert!(!tmp.path().join("out").exists(), "--output-root overrides the file");
+    assert!(
+        !tmp.path().join("out").exists(),
+        "--output-root overrides the file"
+    );
     // The other half, via the k8s variables.
     let env = |k: &str| match k {
         "JOB_COMPLETION_INDEX" => Some("0".to_string()),
@@ -64,7 +67,12 @@ fn runs_from_a_config_file_with_slurm_shard_and_flag_overrides() {
         panic!()
     };
     assert_eq!(s0.ok + s.ok, 8);
-    assert_eq!(std::fs::read_dir(out2.join("data/parallel/ruen")).unwrap().count(), 8);
+    assert_eq!(
+        std::fs::read_dir(out2.join("data/parallel/ruen"))
+            .unwrap()
+            .count(),
+        8
+    );
 }
 
 #[test]
@@ -79,20 +87,56 @@ fn dry_run_plans_without_teachers() {
     // A factory that cannot build anything proves no model is touched.
     struct Nothing;
     impl vaak_cascade::TeacherFactory for Nothing {
-        fn asr(&self, _: &vaak_cascade::config::ModelSpec, _: &str) -> Result<std::sync::Arc<dyn vaak_teachers::Asr>, String> { Err("no".into()) }
-        fn translator(&self, _: &vaak_cascade::config::ModelSpec, _: &str) -> Result<std::sync::Arc<dyn vaak_teachers::Translator>, String> { Err("no".into()) }
-        fn speaker(&self, _: &vaak_cascade::config::ModelSpec, _: &str) -> Result<std::sync::Arc<dyn vaak_teachers::SpeakerEncoder>, String> { Err("no".into()) }
-        fn tts(&self, _: &vaak_cascade::config::ModelSpec, _: &str) -> Result<std::sync::Arc<dyn vaak_teachers::Tts>, String> { Err("no".into()) }
-        fn codec(&self, _: &vaak_cascade::config::ModelSpec, _: &str) -> Result<std::sync::Arc<dyn vaak_cascade::TokenCodec>, String> { Err("no".into()) }
+        fn asr(
+            &self,
+            _: &vaak_cascade::config::ModelSpec,
+            _: &str,
+        ) -> Result<std::sync::Arc<dyn vaak_teachers::Asr>, String> {
+            Err("no".into())
+        }
+        fn translator(
+            &self,
+            _: &vaak_cascade::config::ModelSpec,
+            _: &str,
+        ) -> Result<std::sync::Arc<dyn vaak_teachers::Translator>, String> {
+            Err("no".into())
+        }
+        fn speaker(
+            &self,
+            _: &vaak_cascade::config::ModelSpec,
+            _: &str,
+        ) -> Result<std::sync::Arc<dyn vaak_teachers::SpeakerEncoder>, String> {
+            Err("no".into())
+        }
+        fn tts(
+            &self,
+            _: &vaak_cascade::config::ModelSpec,
+            _: &str,
+        ) -> Result<std::sync::Arc<dyn vaak_teachers::Tts>, String> {
+            Err("no".into())
+        }
+        fn codec(
+            &self,
+            _: &vaak_cascade::config::ModelSpec,
+            _: &str,
+        ) -> Result<std::sync::Arc<dyn vaak_cascade::TokenCodec>, String> {
+            Err("no".into())
+        }
     }
     let Outcome::DryRun(p) = run_invocation(&inv, &Nothing, no_env).unwrap() else {
         panic!()
     };
     assert_eq!(p.items.len(), 5);
-    let inv = Invocation { dry_run: false, ..inv };
+    let inv = Invocation {
+        dry_run: false,
+        ..inv
+    };
     let e = run_invocation(&inv, &Nothing, no_env).unwrap_err();
     assert!(matches!(e, CascadeError::Teacher { .. }), "{e}");
-    assert!(e.to_string().contains("asr") && e.to_string().contains("test-asr"), "{e}");
+    assert!(
+        e.to_string().contains("asr") && e.to_string().contains("test-asr"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -114,7 +158,10 @@ fn clear_errors_for_bad_invocations() {
         num_shards: Some(2),
         ..Default::default()
     };
-    assert!(run_invocation(&inv, &f, no_env).unwrap_err().to_string().contains("shard"));
+    assert!(run_invocation(&inv, &f, no_env)
+        .unwrap_err()
+        .to_string()
+        .contains("shard"));
     // Manifest missing required columns: fails fast, naming the file and the columns.
     let bad = tmp.path().join("bad.csv");
     std::fs::write(&bad, "id,lang,path,dur\nx,ru,x.wav,2\n").unwrap();
@@ -127,15 +174,32 @@ fn clear_errors_for_bad_invocations() {
         ..Default::default()
     };
     let e = run_invocation(&inv, &f, no_env).unwrap_err().to_string();
-    assert!(e.contains("bad.csv") && e.contains("audio_path") && e.contains("duration_s") && e.contains("tier"), "{e}");
+    assert!(
+        e.contains("bad.csv")
+            && e.contains("audio_path")
+            && e.contains("duration_s")
+            && e.contains("tier"),
+        "{e}"
+    );
     // Unknown config key.
     let c2 = tmp.path().join("c2.yaml");
-    std::fs::write(&c2, format!("{}\nbogus_key: 1\n", std::fs::read_to_string(&cfg).unwrap())).unwrap();
-    let inv = Invocation { config: Some(c2), ..Default::default() };
+    std::fs::write(
+        &c2,
+        format!("{}\nbogus_key: 1\n", std::fs::read_to_string(&cfg).unwrap()),
+    )
+    .unwrap();
+    let inv = Invocation {
+        config: Some(c2),
+        ..Default::default()
+    };
     let e = run_invocation(&inv, &f, no_env).unwrap_err().to_string();
     assert!(e.contains("bogus_key"), "{e}");
     // The embedded defaults parse (the manifest they name does not exist here).
-    let inv = Invocation { config: None, dry_run: true, ..Default::default() };
+    let inv = Invocation {
+        config: None,
+        dry_run: true,
+        ..Default::default()
+    };
     let e = run_invocation(&inv, &f, no_env).unwrap_err().to_string();
     assert!(e.contains("golos_filtered.csv"), "{e}");
 }

@@ -34,7 +34,12 @@ fn crash_child_process() {
 
 fn spawn_child(root: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROOT_ENV, root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,7 +87,11 @@ fn kill_9_and_restart_leaves_exactly_one_complete_dir_per_sample() {
     // Ineligible rows must never get a directory.
     csv.push_str(&ru_line("too-short", "k00.wav", 0.3));
     std::fs::write(root.join("manifest.csv"), csv).unwrap();
-    let yaml = config_yaml(root, ", options: {delay_ms: 40}", "batch: {asr: 4, translator: 4, speaker: 4, tts: 2, codec: 4}\n");
+    let yaml = config_yaml(
+        root,
+        ", options: {delay_ms: 40}",
+        "batch: {asr: 4, translator: 4, speaker: 4, tts: 2, codec: 4}\n",
+    );
     std::fs::write(root.join("config.yaml"), yaml).unwrap();
     let dir = root.join("out/data/parallel/ruen");
 
@@ -90,7 +99,9 @@ fn kill_9_and_restart_leaves_exactly_one_complete_dir_per_sample() {
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut prev_done = 0;
     for k in 0..KILLS {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         let wait_ms = 50 + (state >> 33) % 600;
         let mut child = spawn_child(root);
         std::thread::sleep(Duration::from_millis(wait_ms));
@@ -98,14 +109,20 @@ fn kill_9_and_restart_leaves_exactly_one_complete_dir_per_sample() {
         child.kill().ok(); // SIGKILL on unix
         child.wait().unwrap();
         let done = check_invariants(&dir);
-        assert!(done.len() >= prev_done, "kill {k}: finished samples never disappear");
+        assert!(
+            done.len() >= prev_done,
+            "kill {k}: finished samples never disappear"
+        );
         prev_done = done.len();
         if finished {
             break;
         }
     }
     let done_before = check_invariants(&dir);
-    assert!(done_before.len() < N, "the kills should interrupt the run (got all {N} done)");
+    assert!(
+        done_before.len() < N,
+        "the kills should interrupt the run (got all {N} done)"
+    );
 
     let mut child = spawn_child(root);
     let t0 = Instant::now();
@@ -129,11 +146,14 @@ fn kill_9_and_restart_leaves_exactly_one_complete_dir_per_sample() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(all, want, "no temp or extra dirs remain");
-    let s: Summary = serde_json::from_slice(
-        &std::fs::read(root.join("out/logs/ruen/summary_0.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(s.skipped, done_before.len(), "exactly the DONE samples were skipped");
+    let s: Summary =
+        serde_json::from_slice(&std::fs::read(root.join("out/logs/ruen/summary_0.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        s.skipped,
+        done_before.len(),
+        "exactly the DONE samples were skipped"
+    );
     assert_eq!(s.ok, N - done_before.len(), "everything else was (re)done");
     assert_eq!((s.errored, s.filtered), (0, 1));
 }

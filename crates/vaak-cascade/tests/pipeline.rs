@@ -13,7 +13,7 @@ use vaak_audio::io::{decode_file, write_wav, WavFormat};
 use vaak_cascade::config::SrcAudioMode;
 use vaak_cascade::npy::parse_npy;
 use vaak_cascade::output::{DONE_FILE, SAMPLE_FILES};
-use vaak_cascade::pipeline::{samples_dir, logs_dir};
+use vaak_cascade::pipeline::{logs_dir, samples_dir};
 use vaak_cascade::safe_id::safe_id;
 use vaak_cascade::{plan, run, Config, Shard, Summary, Teachers};
 use vaak_teachers::Lang;
@@ -55,7 +55,11 @@ impl Env {
         let teachers = Teachers::build(cfg, &self.factory).unwrap();
         let p = plan(cfg, Lang::Ru, shard).unwrap();
         let s = run(cfg, p, &teachers).unwrap();
-        assert_eq!(s.accounted(), s.shard_rows, "every row accounted once: {s:?}");
+        assert_eq!(
+            s.accounted(),
+            s.shard_rows,
+            "every row accounted once: {s:?}"
+        );
         s
     }
 }
@@ -88,7 +92,12 @@ fn writes_the_exact_layout_with_batched_stages() {
     let mut lines = Vec::new();
     for i in 0..7 {
         let rel = format!("keep\\ru\\golos\\train\\c{i}.wav");
-        write_clip(&env.data(), &rel.replace('\\', "/"), 2.0 + i as f64 * 0.5, 0.5);
+        write_clip(
+            &env.data(),
+            &rel.replace('\\', "/"),
+            2.0 + i as f64 * 0.5,
+            0.5,
+        );
         lines.push(ru_line(&format!("c{i}"), &rel, 2.0 + i as f64 * 0.5));
     }
     env.manifest(&lines);
@@ -96,7 +105,11 @@ fn writes_the_exact_layout_with_batched_stages() {
     cfg.batch.asr = 4;
     cfg.batch.tts = 3;
     let s = env.run(&cfg);
-    assert_eq!((s.ok, s.bad, s.errored, s.skipped, s.filtered), (7, 0, 0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.ok, s.bad, s.errored, s.skipped, s.filtered),
+        (7, 0, 0, 0, 0),
+        "{s:?}"
+    );
     let expect_hours: f64 = (0..7).map(|i| 2.0 + i as f64 * 0.5).sum::<f64>() / 3600.0;
     assert!((s.hours_processed - expect_hours).abs() < 1e-6);
     // Stages really ran in batches.
@@ -114,7 +127,10 @@ fn writes_the_exact_layout_with_batched_stages() {
     let d = dir.join("c2");
     assert_eq!(entries(&d), want);
     let src_path = env.data().join("keep/ru/golos/train/c2.wav");
-    assert_eq!(std::fs::read(d.join("src.wav")).unwrap(), std::fs::read(&src_path).unwrap());
+    assert_eq!(
+        std::fs::read(d.join("src.wav")).unwrap(),
+        std::fs::read(&src_path).unwrap()
+    );
     let src_txt = std::fs::read_to_string(d.join("src.txt")).unwrap();
     assert_eq!(src_txt, "w0 w1 w2 w3 w4 w5");
     let tgt_txt = std::fs::read_to_string(d.join("tgt.txt")).unwrap();
@@ -126,7 +142,10 @@ fn writes_the_exact_layout_with_batched_stages() {
 
     let spk = parse_npy(&std::fs::read(d.join("spk.npy")).unwrap()).unwrap();
     assert_eq!(spk.shape, vec![4]);
-    let want_spk = clip_stats(&decode_file(&src_path, Some(16_000)).unwrap().samples, 16_000);
+    let want_spk = clip_stats(
+        &decode_file(&src_path, Some(16_000)).unwrap().samples,
+        16_000,
+    );
     assert_eq!(spk.to_f32().unwrap(), want_spk);
 
     let tok = parse_npy(&std::fs::read(d.join("tokens.npy")).unwrap()).unwrap();
@@ -146,7 +165,10 @@ fn writes_the_exact_layout_with_batched_stages() {
     assert_eq!(m["direction"], "ruen");
     assert_eq!(m["manifest"]["dataset"], "golos");
     assert_eq!(m["manifest"]["tier_rank"], "1");
-    assert_eq!(m["manifest"]["audio_path"], "keep\\ru\\golos\\train\\c2.wav");
+    assert_eq!(
+        m["manifest"]["audio_path"],
+        "keep\\ru\\golos\\train\\c2.wav"
+    );
     assert_eq!(m["src_duration_s"].as_f64().unwrap(), 3.0);
     assert!((m["tgt_duration_s"].as_f64().unwrap() - tgt_secs).abs() < 1e-6);
     assert_eq!(m["src_text_len"], 17);
@@ -155,14 +177,16 @@ fn writes_the_exact_layout_with_batched_stages() {
     assert_eq!(m["models"]["asr"]["name"], "test-double/asr");
     assert_eq!(m["models"]["codec"]["revision"], "1");
     for st in ["load", "asr", "translate", "speaker", "tts", "codec"] {
-        assert!(m["timings_s"][st].as_f64().is_some(), "timing {st} missing: {m}");
+        assert!(
+            m["timings_s"][st].as_f64().is_some(),
+            "timing {st} missing: {m}"
+        );
     }
     assert_eq!(m["src_wav"], "copy");
 
-    let sum: Summary = serde_json::from_slice(
-        &std::fs::read(logs_dir(&cfg).join("summary_0.json")).unwrap(),
-    )
-    .unwrap();
+    let sum: Summary =
+        serde_json::from_slice(&std::fs::read(logs_dir(&cfg).join("summary_0.json")).unwrap())
+            .unwrap();
     assert_eq!(sum.ok, 7);
     assert!(error_log(&cfg, 0).is_empty());
 }
@@ -180,7 +204,10 @@ fn resume_skips_done_and_redoes_half_written_samples() {
     let s = env.run(&cfg);
     assert_eq!(s.ok, 6);
     let dir = samples_dir(&cfg);
-    let before = std::fs::metadata(dir.join("r0/DONE")).unwrap().modified().unwrap();
+    let before = std::fs::metadata(dir.join("r0/DONE"))
+        .unwrap()
+        .modified()
+        .unwrap();
 
     // Crash leftovers: r1 renamed into place but DONE not yet written; r2 a stale temp dir
     // whose final dir never appeared; r3 a temp dir holding a DONE file (must not count).
@@ -196,7 +223,10 @@ fn resume_skips_done_and_redoes_half_written_samples() {
     let asr_before = env.factory.calls.asr_items.load(Ordering::SeqCst);
     let s = env.run(&cfg);
     assert_eq!((s.ok, s.skipped, s.errored), (3, 3, 0), "{s:?}");
-    assert_eq!(env.factory.calls.asr_items.load(Ordering::SeqCst) - asr_before, 3);
+    assert_eq!(
+        env.factory.calls.asr_items.load(Ordering::SeqCst) - asr_before,
+        3
+    );
     let names: BTreeSet<String> = (0..6).map(|i| format!("r{i}")).collect();
     assert_eq!(entries(&dir), names, "temp dirs cleaned up");
     for i in 0..6 {
@@ -205,7 +235,10 @@ fn resume_skips_done_and_redoes_half_written_samples() {
         assert_eq!(meta(&d)["id"], format!("r{i}"));
         assert_eq!(entries(&d).len(), SAMPLE_FILES.len() + 1);
     }
-    let after = std::fs::metadata(dir.join("r0/DONE")).unwrap().modified().unwrap();
+    let after = std::fs::metadata(dir.join("r0/DONE"))
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(before, after, "a DONE sample is not rewritten");
 
     let s = env.run(&cfg);
@@ -214,7 +247,9 @@ fn resume_skips_done_and_redoes_half_written_samples() {
 
 fn write_float_wav_with_nan(path: &Path) {
     // write_wav refuses NaN, so build the float WAV by hand.
-    let samples: Vec<f32> = (0..32_000).map(|i| if i == 100 { f32::NAN } else { 0.1 }).collect();
+    let samples: Vec<f32> = (0..32_000)
+        .map(|i| if i == 100 { f32::NAN } else { 0.1 })
+        .collect();
     let mut b = Vec::new();
     let data_len = (samples.len() * 4) as u32;
     b.extend_from_slice(b"RIFF");
@@ -256,13 +291,23 @@ fn bad_inputs_are_logged_counted_and_the_run_continues() {
     let full = std::fs::read(data.join("full.wav")).unwrap();
     std::fs::write(data.join("trunc.wav"), &full[..full.len() / 2]).unwrap();
     lines.push(ru_line("trunc", "trunc.wav", 2.0));
-    std::fs::write(data.join("text.wav"), b"this is not audio at all, just text\n".repeat(50)).unwrap();
+    std::fs::write(
+        data.join("text.wav"),
+        b"this is not audio at all, just text\n".repeat(50),
+    )
+    .unwrap();
     lines.push(ru_line("text", "text.wav", 2.0));
     write_float_wav_with_nan(&data.join("nan.wav"));
     lines.push(ru_line("nan", "nan.wav", 2.0));
     // Path escapes.
     let outside = env.root.join("outside.wav");
-    write_wav(&outside, &sine(2.0, 16_000, 300.0, 0.5), 16_000, WavFormat::Pcm16).unwrap();
+    write_wav(
+        &outside,
+        &sine(2.0, 16_000, 300.0, 0.5),
+        16_000,
+        WavFormat::Pcm16,
+    )
+    .unwrap();
     lines.push(ru_line("escape-rel", "..\\outside.wav", 2.0));
     lines.push(ru_line("escape-abs", &outside.display().to_string(), 2.0));
     // Much longer than the manifest says: dropped as a duration mismatch.
@@ -293,15 +338,29 @@ fn bad_inputs_are_logged_counted_and_the_run_continues() {
     assert_eq!(s.filtered, 5, "{s:?}");
     let fb = |k: &str| s.filtered_by.get(k).copied().unwrap_or(0);
     assert_eq!(
-        (fb("duplicate_id"), fb("duration_mismatch"), fb("duration_range"), fb("tier"), fb("lang")),
+        (
+            fb("duplicate_id"),
+            fb("duration_mismatch"),
+            fb("duration_range"),
+            fb("tier"),
+            fb("lang")
+        ),
         (1, 1, 1, 1, 1)
     );
     let eb = |k: &str| s.errored_by_stage.get(k).copied().unwrap_or(0);
-    assert_eq!((eb("load"), eb("path"), eb("translate")), (5, 2, 1), "{s:?}");
+    assert_eq!(
+        (eb("load"), eb("path"), eb("translate")),
+        (5, 2, 1),
+        "{s:?}"
+    );
 
     let log = error_log(&cfg, 0);
     assert_eq!(log.len(), 8);
-    let by_id = |id: &str| log.iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{id} not logged"));
+    let by_id = |id: &str| {
+        log.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not logged"))
+    };
     assert_eq!(by_id("missing")["stage"], "load");
     assert_eq!(by_id("nan")["stage"], "load");
     assert!(by_id("nan")["error"].as_str().unwrap().contains("nan.wav"));
@@ -313,26 +372,57 @@ fn bad_inputs_are_logged_counted_and_the_run_continues() {
     let dir = samples_dir(&cfg);
     let mut want: BTreeSet<String> = good_ids.iter().map(|id| safe_id(id)).collect();
     want.insert("silent".into());
-    assert_eq!(entries(&dir), want, "one directory per written sample, nothing else");
-    assert_eq!(want.len(), good_ids.len() + 1, "awkward ids did not collide");
+    assert_eq!(
+        entries(&dir),
+        want,
+        "one directory per written sample, nothing else"
+    );
+    assert_eq!(
+        want.len(),
+        good_ids.len() + 1,
+        "awkward ids did not collide"
+    );
     for id in good_ids {
         let d = dir.join(safe_id(id));
         assert_eq!(meta(&d)["id"], id);
         assert_eq!(meta(&d)["status"], "ok");
     }
-    assert_eq!(meta(&dir.join(safe_id("ok plain")))["manifest"]["audio_path"], "g0.wav", "first duplicate kept");
+    assert_eq!(
+        meta(&dir.join(safe_id("ok plain")))["manifest"]["audio_path"],
+        "g0.wav",
+        "first duplicate kept"
+    );
     let m = meta(&dir.join("silent"));
     assert_eq!(m["status"], "bad");
-    let flags: Vec<&str> = m["quality_flags"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(flags, ["empty_src_text", "asr_no_speech", "asr:no_speech", "empty_tgt_text"]);
+    let flags: Vec<&str> = m["quality_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            "empty_src_text",
+            "asr_no_speech",
+            "asr:no_speech",
+            "empty_tgt_text"
+        ]
+    );
     let tok = parse_npy(&std::fs::read(dir.join("silent/tokens.npy")).unwrap()).unwrap();
     assert_eq!(tok.shape, vec![2, 0]);
-    assert_eq!(std::fs::read_to_string(dir.join("silent/tgt.txt")).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("silent/tgt.txt")).unwrap(),
+        ""
+    );
 }
 
 #[test]
 fn whole_batch_failures_and_panics_fail_only_that_stage_and_are_logged() {
-    for (opt, marker) in [("fail_batch: true", "fail the batch"), ("panic: true", "panicked")] {
+    for (opt, marker) in [
+        ("fail_batch: true", "fail the batch"),
+        ("panic: true", "panicked"),
+    ] {
         let env = Env::new();
         let mut lines = Vec::new();
         for i in 0..5 {
@@ -345,7 +435,11 @@ fn whole_batch_failures_and_panics_fail_only_that_stage_and_are_logged() {
         assert_eq!((s.ok, s.errored), (0, 5), "{s:?}");
         assert_eq!(s.errored_by_stage.get("tts"), Some(&5));
         let log = error_log(&cfg, 0);
-        assert!(log.iter().all(|r| r["stage"] == "tts" && r["error"].as_str().unwrap().contains(marker)), "{log:?}");
+        assert!(
+            log.iter()
+                .all(|r| r["stage"] == "tts" && r["error"].as_str().unwrap().contains(marker)),
+            "{log:?}"
+        );
         assert!(entries(&samples_dir(&cfg)).is_empty());
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use vaak_cascade::config::{ModelSpec, DEFAULT_CONFIG_YAML};
-use vaak_cascade::teachers::TokenCodec;
 use vaak_cascade::teachers::TeacherFactory;
+use vaak_cascade::teachers::TokenCodec;
 use vaak_cascade::{run_invocation, Direction, Invocation, Lang, Outcome, Overrides};
 
 #[derive(Args, Debug)]
@@ -78,7 +78,11 @@ fn unknown<T>(stage: &str, spec: &ModelSpec) -> std::result::Result<T, String> {
 }
 
 impl TeacherFactory for BuiltinTeachers {
-    fn asr(&self, spec: &ModelSpec, _device: &str) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Asr>, String> {
+    fn asr(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Asr>, String> {
         unknown("ASR", spec)
     }
     fn translator(
@@ -95,10 +99,18 @@ impl TeacherFactory for BuiltinTeachers {
     ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::SpeakerEncoder>, String> {
         unknown("speaker encoder", spec)
     }
-    fn tts(&self, spec: &ModelSpec, _device: &str) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Tts>, String> {
+    fn tts(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Tts>, String> {
         unknown("TTS", spec)
     }
-    fn codec(&self, spec: &ModelSpec, _device: &str) -> std::result::Result<Arc<dyn TokenCodec>, String> {
+    fn codec(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn TokenCodec>, String> {
         unknown("codec", spec)
     }
 }
@@ -120,7 +132,9 @@ pub fn run(args: CascadeArgs) -> Result<()> {
         .transpose()?;
     let manifest = match (&args.manifest, lang.or(direction.map(|d| d.src))) {
         (Some(p), Some(l)) => Some((l, p.clone())),
-        (Some(_), None) => bail!("--manifest needs --lang or --direction to say whose manifest it is"),
+        (Some(_), None) => {
+            bail!("--manifest needs --lang or --direction to say whose manifest it is")
+        }
         (None, _) => None,
     };
     let inv = Invocation {

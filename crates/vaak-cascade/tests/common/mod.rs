@@ -70,7 +70,9 @@ impl Behaviour {
             panic!("{what} double told to panic");
         }
         if self.fail_batch {
-            return Err(TeacherError::Msg(format!("{what} double told to fail the batch")));
+            return Err(TeacherError::Msg(format!(
+                "{what} double told to fail the batch"
+            )));
         }
         Ok(())
     }
@@ -115,12 +117,20 @@ impl Asr for DoubleAsr {
                     words.push("poison".into());
                 }
                 Ok(Transcript {
-                    text: if silent { String::new() } else { words.join(" ") },
+                    text: if silent {
+                        String::new()
+                    } else {
+                        words.join(" ")
+                    },
                     language: opts.language.map_or("en".into(), |l| l.code().to_string()),
                     no_speech_prob: if silent { 0.95 } else { 0.01 },
                     avg_logprob: -0.2,
                     compression_ratio: 1.2,
-                    flags: if silent { vec!["no_speech".into()] } else { vec![] },
+                    flags: if silent {
+                        vec!["no_speech".into()]
+                    } else {
+                        vec![]
+                    },
                 })
             })
             .collect())
@@ -149,7 +159,9 @@ impl Translator for ReverseTranslator {
             .iter()
             .map(|t| {
                 if t.split_whitespace().any(|w| w == "poison") {
-                    Err(TeacherError::BadInput(format!("refusing to translate '{t}'")))
+                    Err(TeacherError::BadInput(format!(
+                        "refusing to translate '{t}'"
+                    )))
                 } else {
                     Ok(t.split_whitespace().rev().collect::<Vec<_>>().join(" "))
                 }
@@ -205,8 +217,13 @@ impl Tts for SineTts {
     fn supports(&self, lang: Lang) -> bool {
         matches!(lang, Lang::En | Lang::Ru)
     }
-    fn synthesize(&self, batch: &[TtsRequest<'_>]) -> vaak_teachers::Result<Vec<ItemResult<Speech>>> {
-        self.calls.tts_max_batch.fetch_max(batch.len(), Ordering::SeqCst);
+    fn synthesize(
+        &self,
+        batch: &[TtsRequest<'_>],
+    ) -> vaak_teachers::Result<Vec<ItemResult<Speech>>> {
+        self.calls
+            .tts_max_batch
+            .fetch_max(batch.len(), Ordering::SeqCst);
         self.b.act("tts")?;
         Ok(batch
             .iter()
@@ -239,12 +256,12 @@ impl TokenCodec for FrameCodec {
     fn sample_rate(&self) -> u32 {
         24_000
     }
-    fn encode(&self, batch: &[AudioRef<'_>]) -> vaak_teachers::Result<Vec<ItemResult<Vec<Vec<u32>>>>> {
+    fn encode(
+        &self,
+        batch: &[AudioRef<'_>],
+    ) -> vaak_teachers::Result<Vec<ItemResult<Vec<Vec<u32>>>>> {
         self.b.act("codec")?;
-        Ok(batch
-            .iter()
-            .map(|a| Ok(frame_codes(a.samples)))
-            .collect())
+        Ok(batch.iter().map(|a| Ok(frame_codes(a.samples))).collect())
     }
 }
 
@@ -254,7 +271,11 @@ pub fn frame_codes(samples: &[f32]) -> Vec<Vec<u32>> {
     for f in samples.chunks(CODEC_FRAME) {
         let rms = (f.iter().map(|v| v * v).sum::<f32>() / f.len() as f32).sqrt();
         rms_row.push((rms * 1000.0) as u32 % 1024);
-        zc_row.push(f.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count() as u32);
+        zc_row.push(
+            f.windows(2)
+                .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+                .count() as u32,
+        );
     }
     vec![rms_row, zc_row]
 }
@@ -347,13 +368,23 @@ fn yaml_str(p: &Path) -> String {
 pub fn write_clip(data_root: &Path, rel: &str, seconds: f64, amp: f32) {
     let p = data_root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    write_wav(&p, &sine(seconds, 16_000, 330.0, amp), 16_000, WavFormat::Pcm16).unwrap();
+    write_wav(
+        &p,
+        &sine(seconds, 16_000, 330.0, amp),
+        16_000,
+        WavFormat::Pcm16,
+    )
+    .unwrap();
 }
 
 /// One Golos-layout manifest line: `id,lang,dataset,split,audio_path,duration_s,text,tier,tier_rank`.
 pub fn ru_line(id: &str, audio_path: &str, dur: f64) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    format!("{},ru,golos,train,{},{dur},\"текст\",Gold,1\n", q(id), q(audio_path))
+    format!(
+        "{},ru,golos,train,{},{dur},\"текст\",Gold,1\n",
+        q(id),
+        q(audio_path)
+    )
 }
 
 pub const RU_HEADER: &str = "id,lang,dataset,split,audio_path,duration_s,text,tier,tier_rank\n";

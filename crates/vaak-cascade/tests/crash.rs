@@ -15,7 +15,7 @@ use vaak_cascade::output::{DONE_FILE, SAMPLE_FILES, TMP_PREFIX};
 use vaak_cascade::{run_invocation, Invocation, Outcome, Summary};
 
 const ROOT_ENV: &str = "CASCADE_CRASH_ROOT";
-const N: usize = 40;
+const N: usize = 60;
 const KILLS: usize = 5;
 
 /// The child: a full cascade run. A no-op unless spawned by `kill_9_and_restart_...`.
@@ -89,40 +89,52 @@ fn kill_9_and_restart_leaves_exactly_one_complete_dir_per_sample() {
     std::fs::write(root.join("manifest.csv"), csv).unwrap();
     let yaml = config_yaml(
         root,
-        ", options: {delay_ms: 40}",
+        ", options: {delay_ms: 30}",
         "batch: {asr: 4, translator: 4, speaker: 4, tts: 2, codec: 4}\n",
     );
     std::fs::write(root.join("config.yaml"), yaml).unwrap();
     let dir = root.join("out/data/parallel/ruen");
 
-    // Deterministic "random" kill times (an LCG), between 50 and 650 ms after start.
+    // Kill points: after a pseudo-random number of new DONE samples (1..=6) plus a
+    // pseudo-random 0..40 ms, so every kill lands mid-run whatever the machine's speed,
+    // at a different phase of load / model / write work each time.
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut prev_done = 0;
-    for k in 0..KILLS {
+    let mut rand = move |n: u64| {
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let wait_ms = 50 + (state >> 33) % 600;
+        (state >> 33) % n
+    };
+    let mut prev_done = 0;
+    for k in 0..KILLS {
+        let step = 1 + rand(6) as usize;
+        let extra_ms = rand(40);
         let mut child = spawn_child(root);
-        std::thread::sleep(Duration::from_millis(wait_ms));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().ok(); // SIGKILL on unix
+        let t0 = Instant::now();
+        while check_invariants(&dir).len() < prev_done + step {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "kill {k}: child exited early"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "kill {k}: no progress"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        child.kill().unwrap(); // SIGKILL on unix
         child.wait().unwrap();
         let done = check_invariants(&dir);
+        eprintln!("kill {k}: {} done", done.len());
         assert!(
-            done.len() >= prev_done,
-            "kill {k}: finished samples never disappear"
+            done.len() >= prev_done + step,
+            "finished samples never disappear"
         );
+        assert!(done.len() < N, "kill {k} should land mid-run");
         prev_done = done.len();
-        if finished {
-            break;
-        }
     }
     let done_before = check_invariants(&dir);
-    assert!(
-        done_before.len() < N,
-        "the kills should interrupt the run (got all {N} done)"
-    );
 
     let mut child = spawn_child(root);
     let t0 = Instant::now();

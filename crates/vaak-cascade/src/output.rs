@@ -212,3 +212,111 @@ pub fn meta_json(
     );
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path, id: &str) -> SampleOutput {
+        let src = dir.join("in.wav");
+        write_wav(&src, &[0.1; 1600], SRC_SAMPLE_RATE, WavFormat::Pcm16).unwrap();
+        SampleOutput {
+            safe_id: id.into(),
+            src: SourceAudio {
+                path: src,
+                is_wav: true,
+                decoded: vec![0.1; 1600],
+            },
+            src_text: "привет".into(),
+            tgt_text: "hi".into(),
+            tgt_audio: vec![0.2; 2400],
+            speaker: vec![1.0, 2.0],
+            tokens: vec![vec![1, 2, 3], vec![4, 5, 6]],
+            num_codebooks: 2,
+            meta: meta_json(
+                &[("id".into(), id.into()), ("extra col".into(), "v".into())],
+                id,
+                id,
+                7,
+                "ruen",
+                "ru",
+                "en",
+                Map::from_iter([("status".to_string(), json!("ok"))]),
+            ),
+        }
+    }
+
+    #[test]
+    fn meta_keeps_every_manifest_field_and_the_pipeline_keys() {
+        let m = meta_json(
+            &[
+                ("dataset".into(), "golos".into()),
+                ("snr".into(), "3.5".into()),
+            ],
+            "a b",
+            "a%20b",
+            3,
+            "ruen",
+            "ru",
+            "en",
+            Map::from_iter([("status".to_string(), json!("bad"))]),
+        );
+        assert_eq!(m["id"], "a b");
+        assert_eq!(m["safe_id"], "a%20b");
+        assert_eq!(m["manifest_line"], 3);
+        assert_eq!(m["manifest"]["dataset"], "golos");
+        assert_eq!(m["manifest"]["snr"], "3.5");
+        assert_eq!(
+            (m["src_lang"].as_str(), m["tgt_lang"].as_str()),
+            (Some("ru"), Some("en"))
+        );
+        assert_eq!(m["status"], "bad");
+        assert!(m["created_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("vaak-cascade "));
+    }
+
+    #[test]
+    fn write_replaces_an_unfinished_dir_and_a_stale_temp_and_writes_done_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("ruen");
+        fs::create_dir_all(parent.join("x/old-junk")).unwrap();
+        fs::create_dir_all(parent.join(".tmp.x")).unwrap();
+        fs::write(parent.join(".tmp.x/DONE"), b"stale").unwrap();
+        let s = sample(tmp.path(), "x");
+        assert!(!is_done(&parent.join("x")));
+        let d = write_sample(&parent, &s, SrcAudioMode::Copy).unwrap();
+        assert!(is_done(&d));
+        let mut names: Vec<String> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = SAMPLE_FILES.iter().map(|s| s.to_string()).collect();
+        want.push(DONE_FILE.into());
+        want.sort();
+        assert_eq!(names, want);
+        assert!(!parent.join(".tmp.x").exists());
+        let done_t = fs::metadata(d.join(DONE_FILE)).unwrap().modified().unwrap();
+        for f in SAMPLE_FILES {
+            assert!(fs::metadata(d.join(f)).unwrap().modified().unwrap() <= done_t);
+        }
+        assert_eq!(fs::read_to_string(d.join("src.txt")).unwrap(), "привет");
+        let tok = npy::parse_npy(&fs::read(d.join("tokens.npy")).unwrap()).unwrap();
+        assert_eq!(tok.shape, vec![2, 3]);
+        assert_eq!(tok.to_i64().unwrap(), vec![1, 2, 3, 4, 5, 6]);
+        let meta: Value = serde_json::from_slice(&fs::read(d.join("meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["manifest"]["extra col"], "v");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_and_no_final_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("ruen");
+        let mut s = sample(tmp.path(), "y");
+        s.src.path = tmp.path().join("gone.wav");
+        assert!(write_sample(&parent, &s, SrcAudioMode::Copy).is_err());
+        assert!(!parent.join(".tmp.y").exists() && !parent.join("y").exists());
+    }
+}

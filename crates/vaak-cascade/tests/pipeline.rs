@@ -476,6 +476,23 @@ fn symlink_mode_links_the_source_and_non_wav_sources_are_reencoded() {
     let target = std::fs::read_link(&link).unwrap();
     assert_eq!(target, env.data().join("s.wav").canonicalize().unwrap());
     assert_eq!(meta(&samples_dir(&cfg).join("s"))["src_wav"], "symlink");
+
+    // A source that is not a .wav file: src.wav is re-encoded from the decoded audio (the
+    // decoder trusts content, not the extension, so a WAV named .bin stands in for FLAC/MP3).
+    let env = Env::new();
+    write_clip(&env.data(), "n.bin", 2.0, 0.5);
+    env.manifest(&[ru_line("n", "n.bin", 2.0)]);
+    let cfg = env.config("");
+    assert_eq!(env.run(&cfg).ok, 1);
+    let d = samples_dir(&cfg).join("n");
+    assert!(!std::fs::symlink_metadata(d.join("src.wav"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let src = decode_file(d.join("src.wav"), None).unwrap();
+    assert_eq!(src.sample_rate, 16_000);
+    assert_eq!(src, decode_file(env.data().join("n.bin"), None).unwrap());
+    assert_eq!(meta(&d)["src_wav"], "reencoded_16k");
 }
 
 #[test]

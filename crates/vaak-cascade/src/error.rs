@@ -1,0 +1,42 @@
+//! The error type of `vaak-cascade`.
+
+use std::path::PathBuf;
+
+/// Errors that stop a run (bad config, unreadable manifest, unusable output directory).
+/// Per-sample failures never become a `CascadeError`; they are logged and counted.
+#[derive(Debug, thiserror::Error)]
+pub enum CascadeError {
+    #[error("{path}: cannot read config: {reason}")]
+    ConfigRead { path: PathBuf, reason: String },
+    #[error("config {origin}: {reason}")]
+    Config { origin: String, reason: String },
+    #[error("manifest {path}: missing required column(s) {missing:?} (header has {found:?})")]
+    MissingColumns {
+        path: PathBuf,
+        missing: Vec<String>,
+        found: Vec<String>,
+    },
+    #[error("manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the {stage} teacher: {reason}")]
+    Teacher { stage: String, reason: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl CascadeError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CascadeError>;

@@ -1,0 +1,896 @@
+//! The batched, resumable run over one shard.
+//!
+//! Threads: `compute.num_workers` loaders check `DONE`, resolve and decode audio (16 kHz) and
+//! drop duration mismatches; they feed a bounded channel (`compute.queue_depth`). The calling
+//! thread gathers a chunk of clips (the largest stage batch) and runs the stages in order, each
+//! in sub-batches of its own `batch.<stage>` size: ASR, translation, speaker embedding, TTS,
+//! codec tokens. Finished samples go over a second bounded channel to one writer thread, which
+//! writes directories, the error log, the progress bar and the counts. One sample's failure
+//! (per-item `Err`, a whole-batch `Err`, even a panic inside a teacher) is logged with its stage
+//! and the run continues.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use vaak_teachers::{AsrOptions, AudioRef, ItemResult, Lang, Transcript, TtsRequest};
+
+use crate::config::{Config, Shard};
+use crate::error::{CascadeError, Result};
+use crate::manifest::{read_manifest, ManifestRow};
+use crate::output::{self, SampleOutput, SourceAudio, SRC_SAMPLE_RATE, TGT_SAMPLE_RATE};
+use crate::paths::{check_no_symlink_escape, resolve_audio_path};
+use crate::safe_id::safe_id;
+use crate::select::{self, Filter};
+use crate::teachers::Teachers;
+
+/// Stage names, as used in the error log and timings.
+pub mod stage {
+    pub const PATH: &str = "path";
+    pub const LOAD: &str = "load";
+    pub const ASR: &str = "asr";
+    pub const TRANSLATE: &str = "translate";
+    pub const SPEAKER: &str = "speaker";
+    pub const TTS: &str = "tts";
+    pub const CODEC: &str = "codec";
+    pub const WRITE: &str = "write";
+}
+
+/// Quality flags that make a sample `bad`.
+pub mod flag {
+    pub const EMPTY_SRC_TEXT: &str = "empty_src_text";
+    pub const EMPTY_TGT_TEXT: &str = "empty_tgt_text";
+    pub const EMPTY_TGT_AUDIO: &str = "empty_tgt_audio";
+    pub const TOKENS_TOO_SHORT: &str = "tokens_too_short";
+    pub const DURATION_RATIO: &str = "duration_ratio_out_of_bounds";
+    pub const ASR_NO_SPEECH: &str = "asr_no_speech";
+    /// Prefix for the ASR's own flags (`asr:hallucination`, ...).
+    pub const ASR_PREFIX: &str = "asr:";
+}
+
+/// One row this shard must process.
+#[derive(Clone, Debug)]
+pub struct WorkItem {
+    pub row: ManifestRow,
+    pub safe_id: String,
+}
+
+/// What a shard will do, before any audio is touched.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub manifest: PathBuf,
+    pub lang: Lang,
+    pub shard: Shard,
+    /// Usable rows in the whole manifest.
+    pub manifest_rows: usize,
+    /// Malformed rows in the whole manifest (they have no reliable id, so no shard owns them).
+    pub manifest_malformed: usize,
+    /// Rows of this shard before filtering.
+    pub shard_rows: usize,
+    /// Rows of this shard dropped by the filters, per reason.
+    pub filtered: BTreeMap<String, usize>,
+    pub items: Vec<WorkItem>,
+}
+
+/// Reads the manifest of `lang`, shards and filters it.
+pub fn plan(cfg: &Config, lang: Lang, shard: Shard) -> Result<Plan> {
+    let path = cfg
+        .manifests
+        .get(lang)
+        .ok_or_else(|| CascadeError::Config {
+            origin: "manifests".into(),
+            reason: format!("no manifest configured for language '{lang}' (manifests.{lang})"),
+        })?;
+    let tier = cfg.pipeline.tier.as_deref();
+    let m = read_manifest(path, tier.is_some())?;
+    let manifest_rows = m.rows.len();
+    let rows = select::shard_rows(m.rows, cfg.pipeline.shuffle_seed, shard.idx, shard.count);
+    let shard_rows = rows.len();
+    let filter = Filter {
+        lang: lang.code(),
+        tier,
+        min_duration: cfg.pipeline.min_duration,
+        max_duration: cfg.pipeline.max_duration,
+    };
+    let (kept, filtered) = select::filter_rows(rows, &filter);
+    let items = kept
+        .into_iter()
+        .map(|row| WorkItem {
+            safe_id: safe_id(&row.id),
+            row,
+        })
+        .collect();
+    Ok(Plan {
+        manifest: path.clone(),
+        lang,
+        shard,
+        manifest_rows,
+        manifest_malformed: m.malformed.len(),
+        shard_rows,
+        filtered,
+        items,
+    })
+}
+
+/// Counts and rates of a run, also written to `summary_<shard>.json`.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Summary {
+    pub direction: String,
+    pub shard_idx: usize,
+    pub num_shards: usize,
+    pub manifest: String,
+    pub manifest_rows: usize,
+    pub manifest_malformed: usize,
+    pub shard_rows: usize,
+    /// Samples written with status `ok`.
+    pub ok: usize,
+    /// Samples written with status `bad` (quality flags set).
+    pub bad: usize,
+    /// Samples that failed at some stage (see the error log).
+    pub errored: usize,
+    /// Samples already `DONE` from an earlier run.
+    pub skipped: usize,
+    /// Rows dropped by filters (including decoded-duration mismatches).
+    pub filtered: usize,
+    pub filtered_by: BTreeMap<String, usize>,
+    pub errored_by_stage: BTreeMap<String, usize>,
+    /// Source audio hours of the samples written (ok + bad).
+    pub hours_processed: f64,
+    pub wall_s: f64,
+    /// Hours of audio per wall-clock hour.
+    pub audio_hours_per_hour: f64,
+    pub samples_per_s: f64,
+    /// Total seconds spent per stage (batch calls; load and write on their own threads).
+    pub stage_s: BTreeMap<String, f64>,
+    pub errors_log: String,
+}
+
+impl Summary {
+    /// Every row of the shard accounted for exactly once.
+    pub fn accounted(&self) -> usize {
+        self.ok + self.bad + self.errored + self.skipped + self.filtered
+    }
+}
+
+/// Directory of the samples of a direction.
+pub fn samples_dir(cfg: &Config) -> PathBuf {
+    cfg.output_root
+        .join("data")
+        .join("parallel")
+        .join(cfg.pipeline.direction.to_string())
+}
+
+/// Directory of the logs and summaries of a direction.
+pub fn logs_dir(cfg: &Config) -> PathBuf {
+    cfg.output_root
+        .join("logs")
+        .join(cfg.pipeline.direction.to_string())
+}
+
+struct Loaded {
+    item: WorkItem,
+    src: SourceAudio,
+    load_s: f64,
+}
+
+enum Event {
+    Skipped,
+    Filtered(&'static str),
+    Failed {
+        item: Box<WorkItem>,
+        stage: &'static str,
+        error: String,
+    },
+    Finished(Box<(SampleOutput, f64, bool)>),
+    Stage(&'static str, f64),
+}
+
+/// Runs the plan with the given teachers. Returns the summary (also written to disk).
+pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
+    let started = Instant::now();
+    let dir = samples_dir(cfg);
+    let logs = logs_dir(cfg);
+    for d in [&dir, &logs] {
+        std::fs::create_dir_all(d).map_err(|e| CascadeError::io(d, e))?;
+    }
+    let err_path = logs.join(format!("errors_{}.log", plan.shard.idx));
+    let err_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&err_path)
+        .map_err(|e| CascadeError::io(&err_path, e))?;
+
+    let mut summary = Summary {
+        direction: cfg.pipeline.direction.to_string(),
+        shard_idx: plan.shard.idx,
+        num_shards: plan.shard.count,
+        manifest: plan.manifest.display().to_string(),
+        manifest_rows: plan.manifest_rows,
+        manifest_malformed: plan.manifest_malformed,
+        shard_rows: plan.shard_rows,
+        filtered: plan.filtered.values().sum(),
+        filtered_by: plan.filtered.clone(),
+        errors_log: err_path.display().to_string(),
+        ..Default::default()
+    };
+    let items = Arc::new(plan.items);
+    let total = items.len();
+    tracing::info!(
+        "cascade {}: shard {}/{} of {}: {} rows, {} to process, {} filtered",
+        summary.direction,
+        plan.shard.idx,
+        plan.shard.count,
+        summary.manifest,
+        plan.shard_rows,
+        total,
+        summary.filtered
+    );
+
+    let chunk = cfg.batch.chunk();
+    let (load_tx, load_rx) = sync_channel::<Loaded>(cfg.compute.queue_depth);
+    let (ev_tx, ev_rx) = sync_channel::<Event>(cfg.compute.queue_depth + 2 * chunk);
+    let next = Arc::new(AtomicUsize::new(0));
+
+    let writer = {
+        let cfg = cfg.clone();
+        let dir = dir.clone();
+        let mut summary = summary.clone();
+        std::thread::Builder::new()
+            .name("cascade-writer".into())
+            .spawn(move || {
+                writer_loop(&cfg, &dir, ev_rx, err_file, total, &mut summary);
+                summary
+            })
+            .map_err(|e| CascadeError::InvalidArgument(format!("spawning writer: {e}")))?
+    };
+
+    let mut loaders = Vec::new();
+    for w in 0..cfg.compute.num_workers.min(total.max(1)) {
+        let (items, next, load_tx, ev_tx) =
+            (items.clone(), next.clone(), load_tx.clone(), ev_tx.clone());
+        let cfg = cfg.clone();
+        let dir = dir.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("cascade-load-{w}"))
+            .spawn(move || loader_loop(&cfg, &dir, &items, &next, &load_tx, &ev_tx))
+            .map_err(|e| CascadeError::InvalidArgument(format!("spawning loader: {e}")))?;
+        loaders.push(h);
+    }
+    drop(load_tx);
+
+    let src = cfg.pipeline.direction.src;
+    let tgt = cfg.pipeline.direction.tgt;
+    let mut buf = Vec::with_capacity(chunk);
+    loop {
+        let got = load_rx.recv();
+        let end = got.is_err();
+        if let Ok(l) = got {
+            buf.push(l);
+        }
+        if buf.len() >= chunk || (end && !buf.is_empty()) {
+            let batch = std::mem::take(&mut buf);
+            process_chunk(cfg, teachers, batch, src, tgt, &ev_tx);
+        }
+        if end {
+            break;
+        }
+    }
+    for h in loaders {
+        let _ = h.join();
+    }
+    drop(ev_tx);
+    summary = writer
+        .join()
+        .map_err(|_| CascadeError::InvalidArgument("the writer thread panicked".into()))?;
+    summary.wall_s = started.elapsed().as_secs_f64();
+    if summary.wall_s > 0.0 {
+        summary.audio_hours_per_hour = summary.hours_processed / (summary.wall_s / 3600.0);
+        summary.samples_per_s = (summary.ok + summary.bad) as f64 / summary.wall_s;
+    }
+    let sum_path = logs.join(format!("summary_{}.json", plan.shard.idx));
+    let text = serde_json::to_vec_pretty(&summary).expect("summary serialises");
+    crate::npy::write_bytes_synced(&sum_path, &text).map_err(|e| CascadeError::io(&sum_path, e))?;
+    tracing::info!(
+        "cascade done: ok {} bad {} errored {} skipped {} filtered {}; {:.3} h audio in {:.1} s ({:.1} h/h)",
+        summary.ok,
+        summary.bad,
+        summary.errored,
+        summary.skipped,
+        summary.filtered,
+        summary.hours_processed,
+        summary.wall_s,
+        summary.audio_hours_per_hour
+    );
+    Ok(summary)
+}
+
+fn loader_loop(
+    cfg: &Config,
+    dir: &Path,
+    items: &[WorkItem],
+    next: &AtomicUsize,
+    load_tx: &SyncSender<Loaded>,
+    ev_tx: &SyncSender<Event>,
+) {
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(item) = items.get(i) else { return };
+        let t0 = Instant::now();
+        if output::is_done(&dir.join(&item.safe_id)) {
+            let _ = ev_tx.send(Event::Skipped);
+            continue;
+        }
+        let fail = |stage, error: String| Event::Failed {
+            item: Box::new(item.clone()),
+            stage,
+            error,
+        };
+        let path = match resolve_audio_path(&cfg.data_root, &item.row.audio_path)
+            .and_then(|p| check_no_symlink_escape(&cfg.data_root, &p).map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = ev_tx.send(fail(stage::PATH, e));
+                continue;
+            }
+        };
+        let decoded =
+            match catch_unwind(|| vaak_audio::io::decode_file(&path, Some(SRC_SAMPLE_RATE))) {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    let _ = ev_tx.send(fail(stage::LOAD, e.to_string()));
+                    continue;
+                }
+                Err(_) => {
+                    let _ = ev_tx.send(fail(stage::LOAD, "decoder panicked".into()));
+                    continue;
+                }
+            };
+        let dur = decoded.duration_s();
+        if select::duration_mismatch(item.row.duration_s, dur, cfg.pipeline.duration_tolerance) {
+            tracing::warn!(
+                "id '{}': decoded {dur:.3} s vs manifest {:.3} s; dropped",
+                item.row.id,
+                item.row.duration_s
+            );
+            let _ = ev_tx.send(Event::Filtered(select::reason::DURATION_MISMATCH));
+            continue;
+        }
+        let is_wav = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
+        let loaded = Loaded {
+            item: item.clone(),
+            src: SourceAudio {
+                path,
+                is_wav,
+                decoded: decoded.samples,
+            },
+            load_s: t0.elapsed().as_secs_f64(),
+        };
+        if load_tx.send(loaded).is_err() {
+            return;
+        }
+    }
+}
+
+/// Per-sample state while the stages run.
+struct Slot {
+    l: Loaded,
+    failed: bool,
+    transcript: Option<Transcript>,
+    tgt_text: String,
+    speaker: Vec<f32>,
+    tgt_audio: Vec<f32>,
+    tokens: Vec<Vec<u32>>,
+    timings: BTreeMap<&'static str, f64>,
+}
+
+/// Runs `call` over `idxs` in sub-batches of `batch`; per-item results go to `ok`, failures
+/// (per item, whole batch, wrong result count, panic) are reported and the slot marked failed.
+fn run_stage<T>(
+    name: &'static str,
+    slots: &mut [Slot],
+    idxs: &[usize],
+    batch: usize,
+    ev_tx: &SyncSender<Event>,
+    call: impl Fn(&[Slot], &[usize]) -> vaak_teachers::Result<Vec<ItemResult<T>>>,
+    mut ok: impl FnMut(&mut Slot, T) -> std::result::Result<(), String>,
+) {
+    for part in idxs.chunks(batch.max(1)) {
+        let t0 = Instant::now();
+        let res = catch_unwind(AssertUnwindSafe(|| call(slots, part)));
+        let dt = t0.elapsed().as_secs_f64();
+        let _ = ev_tx.send(Event::Stage(name, dt));
+        let per_item = dt / part.len() as f64;
+        let results: std::result::Result<Vec<ItemResult<T>>, String> = match res {
+            Ok(Ok(v)) if v.len() == part.len() => Ok(v),
+            Ok(Ok(v)) => Err(format!(
+                "teacher returned {} results for a batch of {}",
+                v.len(),
+                part.len()
+            )),
+            Ok(Err(e)) => Err(format!("batch failed: {e}")),
+            Err(p) => Err(format!("teacher panicked: {}", panic_text(&p))),
+        };
+        match results {
+            Ok(v) => {
+                for (&i, r) in part.iter().zip(v) {
+                    let s = &mut slots[i];
+                    s.timings.insert(name, per_item);
+                    let r = r.map_err(|e| e.to_string()).and_then(|t| ok(s, t));
+                    if let Err(e) = r {
+                        fail_slot(s, name, e, ev_tx);
+                    }
+                }
+            }
+            Err(e) => {
+                for &i in part {
+                    fail_slot(&mut slots[i], name, e.clone(), ev_tx);
+                }
+            }
+        }
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn fail_slot(s: &mut Slot, stage: &'static str, error: String, ev_tx: &SyncSender<Event>) {
+    s.failed = true;
+    let _ = ev_tx.send(Event::Failed {
+        item: Box::new(s.l.item.clone()),
+        stage,
+        error,
+    });
+}
+
+fn alive(slots: &[Slot], pred: impl Fn(&Slot) -> bool) -> Vec<usize> {
+    (0..slots.len())
+        .filter(|&i| !slots[i].failed && pred(&slots[i]))
+        .collect()
+}
+
+fn process_chunk(
+    cfg: &Config,
+    t: &Teachers,
+    batch: Vec<Loaded>,
+    src: Lang,
+    tgt: Lang,
+    ev_tx: &SyncSender<Event>,
+) {
+    let mut slots: Vec<Slot> = batch
+        .into_iter()
+        .map(|l| {
+            let mut timings = BTreeMap::new();
+            timings.insert(stage::LOAD, l.load_s);
+            Slot {
+                l,
+                failed: false,
+                transcript: None,
+                tgt_text: String::new(),
+                speaker: Vec::new(),
+                tgt_audio: Vec::new(),
+                tokens: Vec::new(),
+                timings,
+            }
+        })
+        .collect();
+    let b = &cfg.batch;
+
+    let opts = AsrOptions {
+        language: Some(src),
+        max_new_tokens: cfg.pipeline.asr_max_new_tokens,
+    };
+    let idx = alive(&slots, |_| true);
+    run_stage(
+        stage::ASR,
+        &mut slots,
+        &idx,
+        b.asr,
+        ev_tx,
+        |s, part| {
+            t.asr.transcribe(
+                &part.iter().map(|&i| audio(&s[i])).collect::<Vec<_>>(),
+                &opts,
+            )
+        },
+        |s, tr| {
+            s.transcript = Some(tr);
+            Ok(())
+        },
+    );
+
+    let has_src_text = |s: &Slot| {
+        s.transcript
+            .as_ref()
+            .is_some_and(|t| !t.text.trim().is_empty())
+    };
+    let idx = alive(&slots, has_src_text);
+    run_stage(
+        stage::TRANSLATE,
+        &mut slots,
+        &idx,
+        b.translator,
+        ev_tx,
+        |s, part| {
+            let texts: Vec<&str> = part
+                .iter()
+                .map(|&i| s[i].transcript.as_ref().map_or("", |t| t.text.trim()))
+                .collect();
+            t.translator.translate(&texts, src, tgt)
+        },
+        |s, text| {
+            s.tgt_text = text.trim().to_string();
+            Ok(())
+        },
+    );
+
+    let dim = t.speaker.dim();
+    let idx = alive(&slots, |_| true);
+    run_stage(
+        stage::SPEAKER,
+        &mut slots,
+        &idx,
+        b.speaker,
+        ev_tx,
+        |s, part| {
+            t.speaker
+                .embed(&part.iter().map(|&i| audio(&s[i])).collect::<Vec<_>>())
+        },
+        |s, e| {
+            if e.len() != dim {
+                return Err(format!(
+                    "embedding has {} values, the encoder says {dim}",
+                    e.len()
+                ));
+            }
+            if let Some(i) = e.iter().position(|v| !v.is_finite()) {
+                return Err(format!("embedding value {i} is not finite"));
+            }
+            s.speaker = e;
+            Ok(())
+        },
+    );
+
+    let idx = alive(&slots, |s| !s.tgt_text.is_empty());
+    run_stage(
+        stage::TTS,
+        &mut slots,
+        &idx,
+        b.tts,
+        ev_tx,
+        |s, part| {
+            let reqs: Vec<TtsRequest> = part
+                .iter()
+                .map(|&i| TtsRequest {
+                    text: &s[i].tgt_text,
+                    lang: tgt,
+                    reference: Some(audio(&s[i])),
+                })
+                .collect();
+            t.tts.synthesize(&reqs)
+        },
+        |s, sp| {
+            if sp.sample_rate == 0 {
+                return Err("TTS returned a 0 Hz sample rate".into());
+            }
+            if sp.samples.iter().any(|v| !v.is_finite()) {
+                return Err("TTS returned non-finite samples".into());
+            }
+            s.tgt_audio = if sp.sample_rate == TGT_SAMPLE_RATE || sp.samples.is_empty() {
+                sp.samples
+            } else {
+                vaak_audio::resample::resample(&sp.samples, sp.sample_rate, TGT_SAMPLE_RATE)
+                    .map_err(|e| e.to_string())?
+            };
+            Ok(())
+        },
+    );
+
+    let ncb = t.codec.num_codebooks();
+    let crate_rate = t.codec.sample_rate();
+    let idx = alive(&slots, |s| !s.tgt_audio.is_empty());
+    run_stage(
+        stage::CODEC,
+        &mut slots,
+        &idx,
+        b.codec,
+        ev_tx,
+        |s, part| {
+            if crate_rate == TGT_SAMPLE_RATE {
+                let refs: Vec<_> = part
+                    .iter()
+                    .map(|&i| AudioRef::new(&s[i].tgt_audio, TGT_SAMPLE_RATE))
+                    .collect();
+                t.codec.encode(&refs)
+            } else {
+                let rs: Vec<Vec<f32>> = part
+                    .iter()
+                    .map(|&i| {
+                        vaak_audio::resample::resample(&s[i].tgt_audio, TGT_SAMPLE_RATE, crate_rate)
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+                let refs: Vec<_> = rs.iter().map(|a| AudioRef::new(a, crate_rate)).collect();
+                t.codec.encode(&refs)
+            }
+        },
+        |s, tok| {
+            if tok.len() != ncb {
+                return Err(format!(
+                    "codec returned {} codebooks, expected {ncb}",
+                    tok.len()
+                ));
+            }
+            let frames = tok.first().map_or(0, Vec::len);
+            if tok.iter().any(|r| r.len() != frames) {
+                return Err("codec returned ragged codebook rows".into());
+            }
+            s.tokens = tok;
+            Ok(())
+        },
+    );
+
+    for s in slots.into_iter().filter(|s| !s.failed) {
+        let out = finish(cfg, t, s, src, tgt, ncb);
+        if ev_tx.send(Event::Finished(Box::new(out))).is_err() {
+            return;
+        }
+    }
+}
+
+fn audio(s: &Slot) -> AudioRef<'_> {
+    AudioRef::new(&s.l.src.decoded, SRC_SAMPLE_RATE)
+}
+
+fn quality_flags(cfg: &Config, s: &Slot, src_dur: f64, tgt_dur: f64) -> Vec<String> {
+    let p = &cfg.pipeline;
+    let mut flags = Vec::new();
+    let tr = s.transcript.as_ref();
+    if tr.is_none_or(|t| t.text.trim().is_empty()) {
+        flags.push(flag::EMPTY_SRC_TEXT.to_string());
+    }
+    if let Some(t) = tr {
+        if t.no_speech_prob > p.max_no_speech_prob {
+            flags.push(flag::ASR_NO_SPEECH.to_string());
+        }
+        flags.extend(t.flags.iter().map(|f| format!("{}{f}", flag::ASR_PREFIX)));
+    }
+    if s.tgt_text.is_empty() {
+        flags.push(flag::EMPTY_TGT_TEXT.to_string());
+    } else if s.tgt_audio.is_empty() {
+        flags.push(flag::EMPTY_TGT_AUDIO.to_string());
+    }
+    if !s.tgt_audio.is_empty() {
+        let frames = s.tokens.first().map_or(0, Vec::len);
+        if frames < p.min_token_frames {
+            flags.push(flag::TOKENS_TOO_SHORT.to_string());
+        }
+        let ratio = if src_dur > 0.0 {
+            tgt_dur / src_dur
+        } else {
+            f64::INFINITY
+        };
+        if !(p.min_duration_ratio..=p.max_duration_ratio).contains(&ratio) {
+            flags.push(flag::DURATION_RATIO.to_string());
+        }
+    }
+    flags
+}
+
+fn finish(
+    cfg: &Config,
+    t: &Teachers,
+    s: Slot,
+    src: Lang,
+    tgt: Lang,
+    ncb: usize,
+) -> (SampleOutput, f64, bool) {
+    let src_dur = s.l.src.decoded.len() as f64 / f64::from(SRC_SAMPLE_RATE);
+    let tgt_dur = s.tgt_audio.len() as f64 / f64::from(TGT_SAMPLE_RATE);
+    let flags = quality_flags(cfg, &s, src_dur, tgt_dur);
+    let ok = flags.is_empty();
+    let src_text = s
+        .transcript
+        .as_ref()
+        .map_or(String::new(), |t| t.text.trim().to_string());
+    let frames = s.tokens.first().map_or(0, Vec::len);
+    let mid = |m: vaak_teachers::ModelId| json!({"name": m.name, "revision": m.revision});
+    let mut extra = Map::new();
+    extra.insert("status".into(), json!(if ok { "ok" } else { "bad" }));
+    extra.insert("quality_flags".into(), json!(flags));
+    extra.insert("manifest_duration_s".into(), json!(s.l.item.row.duration_s));
+    extra.insert("src_duration_s".into(), json!(src_dur));
+    extra.insert("tgt_duration_s".into(), json!(tgt_dur));
+    extra.insert("src_text_len".into(), json!(src_text.chars().count()));
+    extra.insert("tgt_text_len".into(), json!(s.tgt_text.chars().count()));
+    extra.insert("src_audio".into(), json!(s.l.item.row.audio_path));
+    extra.insert(
+        "src_wav".into(),
+        json!(if s.l.src.is_wav {
+            match cfg.pipeline.src_audio {
+                crate::config::SrcAudioMode::Copy => "copy",
+                crate::config::SrcAudioMode::Symlink => "symlink",
+            }
+        } else {
+            "reencoded_16k"
+        }),
+    );
+    extra.insert("tgt_sample_rate".into(), json!(TGT_SAMPLE_RATE));
+    extra.insert("speaker_dim".into(), json!(s.speaker.len()));
+    extra.insert("tokens_shape".into(), json!([ncb, frames]));
+    if let Some(tr) = &s.transcript {
+        extra.insert(
+            "asr".into(),
+            json!({
+                "language": tr.language,
+                "no_speech_prob": tr.no_speech_prob,
+                "avg_logprob": tr.avg_logprob,
+                "compression_ratio": tr.compression_ratio,
+                "flags": tr.flags,
+            }),
+        );
+    }
+    extra.insert(
+        "models".into(),
+        json!({
+            "asr": mid(t.asr.model_id()),
+            "translator": mid(t.translator.model_id()),
+            "speaker": mid(t.speaker.model_id()),
+            "tts": mid(t.tts.model_id()),
+            "codec": mid(t.codec.model_id()),
+        }),
+    );
+    let timings: Map<String, Value> = s
+        .timings
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    extra.insert("timings_s".into(), Value::Object(timings));
+    let row = &s.l.item.row;
+    let meta = output::meta_json(
+        &row.fields,
+        &row.id,
+        &s.l.item.safe_id,
+        row.line,
+        &cfg.pipeline.direction.to_string(),
+        src.code(),
+        tgt.code(),
+        extra,
+    );
+    let tokens = if s.tokens.is_empty() {
+        vec![Vec::new(); ncb]
+    } else {
+        s.tokens
+    };
+    (
+        SampleOutput {
+            safe_id: s.l.item.safe_id.clone(),
+            src: s.l.src,
+            src_text,
+            tgt_text: s.tgt_text,
+            tgt_audio: s.tgt_audio,
+            speaker: s.speaker,
+            tokens,
+            num_codebooks: ncb,
+            meta,
+        },
+        src_dur,
+        ok,
+    )
+}
+
+fn writer_loop(
+    cfg: &Config,
+    dir: &Path,
+    rx: Receiver<Event>,
+    mut err_file: std::fs::File,
+    total: usize,
+    summary: &mut Summary,
+) {
+    let bar = if cfg.compute.progress_bar {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {pos}/{len} ETA {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut log_error = |id: &str, line: u64, stage: &str, error: &str| {
+        tracing::warn!("id '{id}' (line {line}) failed at {stage}: {error}");
+        let rec = json!({
+            "time_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "id": id, "manifest_line": line, "stage": stage, "error": error,
+        });
+        let _ = writeln!(err_file, "{rec}");
+        let _ = err_file.flush();
+    };
+    for ev in rx {
+        match ev {
+            Event::Stage(name, dt) => {
+                *summary.stage_s.entry(name.to_string()).or_default() += dt;
+                continue;
+            }
+            Event::Skipped => summary.skipped += 1,
+            Event::Filtered(r) => {
+                summary.filtered += 1;
+                *summary.filtered_by.entry(r.to_string()).or_default() += 1;
+            }
+            Event::Failed { item, stage, error } => {
+                summary.errored += 1;
+                *summary
+                    .errored_by_stage
+                    .entry(stage.to_string())
+                    .or_default() += 1;
+                log_error(&item.row.id, item.row.line, stage, &error);
+            }
+            Event::Finished(b) => {
+                let (out, src_dur, ok) = *b;
+                let t0 = Instant::now();
+                let r = output::write_sample(dir, &out, cfg.pipeline.src_audio);
+                *summary.stage_s.entry(stage::WRITE.to_string()).or_default() +=
+                    t0.elapsed().as_secs_f64();
+                match r {
+                    Ok(_) => {
+                        if ok {
+                            summary.ok += 1;
+                        } else {
+                            summary.bad += 1;
+                        }
+                        summary.hours_processed += src_dur / 3600.0;
+                    }
+                    Err(e) => {
+                        summary.errored += 1;
+                        *summary
+                            .errored_by_stage
+                            .entry(stage::WRITE.to_string())
+                            .or_default() += 1;
+                        let id = out.meta.get("id").and_then(Value::as_str).unwrap_or("");
+                        let line = out
+                            .meta
+                            .get("manifest_line")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0);
+                        log_error(id, line, stage::WRITE, &e);
+                    }
+                }
+            }
+        }
+        done += 1;
+        let hours_h =
+            summary.hours_processed / (started.elapsed().as_secs_f64().max(1e-9) / 3600.0);
+        bar.set_position(done as u64);
+        bar.set_message(format!("{hours_h:.1} h audio/h"));
+        if cfg.compute.log_interval > 0 && done.is_multiple_of(cfg.compute.log_interval) {
+            tracing::info!(
+                "{done}/{total}: ok {} bad {} errored {} skipped {} filtered(in-run) {}; {:.3} h audio, {hours_h:.1} h/h",
+                summary.ok,
+                summary.bad,
+                summary.errored,
+                summary.skipped,
+                summary.filtered_by.get(select::reason::DURATION_MISMATCH).copied().unwrap_or(0),
+                summary.hours_processed
+            );
+        }
+    }
+    bar.finish_and_clear();
+}

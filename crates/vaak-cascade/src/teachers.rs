@@ -1,0 +1,116 @@
+//! The teachers a run uses, and how they are built from the config.
+//!
+//! The cascade only sees traits: [`Asr`], [`Translator`], [`SpeakerEncoder`], [`Tts`] from
+//! `vaak-teachers`, plus [`TokenCodec`] defined here for the codec-token stage (EnCodec plugs in
+//! behind it). A [`TeacherFactory`] turns each `models.<stage>` spec into an implementation; the
+//! CLI passes the factory of the teachers compiled into the binary, tests pass test doubles.
+
+use std::sync::Arc;
+
+pub use vaak_teachers::{Asr, SpeakerEncoder, Translator, Tts};
+use vaak_teachers::{AudioRef, ItemResult, Lang, ModelId};
+
+use crate::config::{Config, ModelSpec};
+use crate::error::{CascadeError, Result};
+
+/// Audio to discrete codec tokens, batch first.
+pub trait TokenCodec: Send + Sync {
+    fn model_id(&self) -> ModelId;
+    /// Rows of each item's token matrix.
+    fn num_codebooks(&self) -> usize;
+    /// The rate `encode` expects its input at (24 kHz for EnCodec 24 kHz).
+    fn sample_rate(&self) -> u32;
+    /// One `[num_codebooks][frames]` matrix per clip.
+    fn encode(
+        &self,
+        batch: &[AudioRef<'_>],
+    ) -> vaak_teachers::Result<Vec<ItemResult<Vec<Vec<u32>>>>>;
+}
+
+/// The five teachers of a run.
+#[derive(Clone)]
+pub struct Teachers {
+    pub asr: Arc<dyn Asr>,
+    pub translator: Arc<dyn Translator>,
+    pub speaker: Arc<dyn SpeakerEncoder>,
+    pub tts: Arc<dyn Tts>,
+    pub codec: Arc<dyn TokenCodec>,
+}
+
+/// Builds teachers from `models.<stage>` specs on a device (`cpu`, `cuda:0`, ...). An error
+/// is a message; the caller adds which stage it was.
+pub trait TeacherFactory {
+    fn asr(&self, spec: &ModelSpec, device: &str) -> std::result::Result<Arc<dyn Asr>, String>;
+    fn translator(
+        &self,
+        spec: &ModelSpec,
+        device: &str,
+    ) -> std::result::Result<Arc<dyn Translator>, String>;
+    fn speaker(
+        &self,
+        spec: &ModelSpec,
+        device: &str,
+    ) -> std::result::Result<Arc<dyn SpeakerEncoder>, String>;
+    fn tts(&self, spec: &ModelSpec, device: &str) -> std::result::Result<Arc<dyn Tts>, String>;
+    fn codec(
+        &self,
+        spec: &ModelSpec,
+        device: &str,
+    ) -> std::result::Result<Arc<dyn TokenCodec>, String>;
+}
+
+impl Teachers {
+    /// Builds every teacher the config names and checks they cover the direction, so a
+    /// misconfigured run fails before it touches any audio.
+    pub fn build(cfg: &Config, factory: &dyn TeacherFactory) -> Result<Self> {
+        let dev = cfg.compute.device.as_str();
+        let m = &cfg.models;
+        let err = |stage: &str, spec: &ModelSpec| {
+            let stage = stage.to_string();
+            let kind = spec.kind.clone();
+            move |reason: String| CascadeError::Teacher {
+                stage: stage.clone(),
+                reason: format!("kind '{kind}': {reason}"),
+            }
+        };
+        let tr_spec = cfg.translator_spec();
+        let t = Self {
+            asr: factory.asr(&m.asr, dev).map_err(err("asr", &m.asr))?,
+            translator: factory
+                .translator(&tr_spec, dev)
+                .map_err(err("translator", &tr_spec))?,
+            speaker: factory
+                .speaker(&m.speaker, dev)
+                .map_err(err("speaker", &m.speaker))?,
+            tts: factory.tts(&m.tts, dev).map_err(err("tts", &m.tts))?,
+            codec: factory
+                .codec(&m.codec, dev)
+                .map_err(err("codec", &m.codec))?,
+        };
+        t.check_direction(cfg.pipeline.direction.src, cfg.pipeline.direction.tgt)?;
+        Ok(t)
+    }
+
+    /// Fails when the translator or TTS cannot serve `src -> tgt`.
+    pub fn check_direction(&self, src: Lang, tgt: Lang) -> Result<()> {
+        for (stage, ok, lang) in [
+            ("translator", self.translator.supports(src), src),
+            ("translator", self.translator.supports(tgt), tgt),
+            ("tts", self.tts.supports(tgt), tgt),
+        ] {
+            if !ok {
+                return Err(CascadeError::Teacher {
+                    stage: stage.into(),
+                    reason: format!("does not support language '{lang}'"),
+                });
+            }
+        }
+        if self.codec.num_codebooks() == 0 || self.codec.sample_rate() == 0 {
+            return Err(CascadeError::Teacher {
+                stage: "codec".into(),
+                reason: "reports 0 codebooks or a 0 Hz sample rate".into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! `vaak cascade`: run the teacher cascade over a manifest shard.
+//!
+//! Thin: flags become a [`vaak_cascade::Invocation`]; the library resolves config, shard
+//! (flags, then `SLURM_ARRAY_TASK_ID`/`SLURM_ARRAY_TASK_COUNT`, then `JOB_COMPLETION_INDEX` +
+//! `VAAK_NUM_SHARDS`), builds the teachers through [`BuiltinTeachers`] and runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use vaak_cascade::config::{ModelSpec, DEFAULT_CONFIG_YAML};
+use vaak_cascade::teachers::TeacherFactory;
+use vaak_cascade::teachers::TokenCodec;
+use vaak_cascade::{run_invocation, Direction, Invocation, Lang, Outcome, Overrides};
+
+#[derive(Args, Debug)]
+pub struct CascadeArgs {
+    /// YAML config (see docs/cascade.md); without it the embedded defaults are used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Source language of the manifest to read (default: the direction's source).
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// Translation direction, e.g. `ruen` (overrides pipeline.direction).
+    #[arg(long)]
+    pub direction: Option<String>,
+    /// This process's shard (default: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, else 0).
+    #[arg(long)]
+    pub shard_idx: Option<usize>,
+    /// Number of shards (default: SLURM_ARRAY_TASK_COUNT or VAAK_NUM_SHARDS, else 1).
+    #[arg(long)]
+    pub num_shards: Option<usize>,
+    /// Device for the teachers, e.g. `cpu`, `cuda:0` (overrides compute.device).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Overrides data_root.
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Overrides output_root.
+    #[arg(long)]
+    pub output_root: Option<PathBuf>,
+    /// Overrides the manifest of --lang (or of the direction's source language).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Overrides pipeline.tier; `any` disables the tier filter.
+    #[arg(long)]
+    pub tier: Option<String>,
+    /// Overrides compute.num_workers (audio loader threads).
+    #[arg(long)]
+    pub num_workers: Option<usize>,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Read, shard and filter the manifest and print the plan; load no model.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the default config (every key, commented) and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+    /// Exit 0 even when some samples failed (they are in errors_<shard>.log either way).
+    #[arg(long)]
+    pub allow_errors: bool,
+}
+
+/// The teachers compiled into this binary, by `models.<stage>.kind`.
+///
+/// Real implementations (Whisper, M2M-100/OpenAI, ECAPA, espeak-ng, EnCodec) are registered
+/// here as they land in `vaak-teachers`/`vaak-codec`; a kind not registered is a clear error
+/// before any audio is read.
+pub struct BuiltinTeachers;
+
+fn unknown<T>(stage: &str, spec: &ModelSpec) -> std::result::Result<T, String> {
+    Err(format!(
+        "no {stage} implementation named '{}' is built into this vaak binary",
+        spec.kind
+    ))
+}
+
+impl TeacherFactory for BuiltinTeachers {
+    fn asr(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Asr>, String> {
+        unknown("ASR", spec)
+    }
+    fn translator(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Translator>, String> {
+        unknown("translator", spec)
+    }
+    fn speaker(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::SpeakerEncoder>, String> {
+        unknown("speaker encoder", spec)
+    }
+    fn tts(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Tts>, String> {
+        unknown("TTS", spec)
+    }
+    fn codec(
+        &self,
+        spec: &ModelSpec,
+        _device: &str,
+    ) -> std::result::Result<Arc<dyn TokenCodec>, String> {
+        unknown("codec", spec)
+    }
+}
+
+pub fn run(args: CascadeArgs) -> Result<()> {
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG_YAML}");
+        return Ok(());
+    }
+    let lang: Option<Lang> = args
+        .lang
+        .as_deref()
+        .map(|l| l.parse().map_err(|e| anyhow::anyhow!("--lang: {e}")))
+        .transpose()?;
+    let direction: Option<Direction> = args
+        .direction
+        .as_deref()
+        .map(|d| d.parse().map_err(|e| anyhow::anyhow!("--direction: {e}")))
+        .transpose()?;
+    let manifest = match (&args.manifest, lang.or(direction.map(|d| d.src))) {
+        (Some(p), Some(l)) => Some((l, p.clone())),
+        (Some(_), None) => {
+            bail!("--manifest needs --lang or --direction to say whose manifest it is")
+        }
+        (None, _) => None,
+    };
+    let inv = Invocation {
+        config: args.config.clone(),
+        lang,
+        shard_idx: args.shard_idx,
+        num_shards: args.num_shards,
+        overrides: Overrides {
+            data_root: args.data_root,
+            output_root: args.output_root,
+            direction,
+            device: args.device,
+            num_workers: args.num_workers,
+            tier: args.tier,
+            manifest,
+            no_progress: args.no_progress,
+        },
+        dry_run: args.dry_run,
+    };
+    let outcome = run_invocation(&inv, &BuiltinTeachers, |k| std::env::var(k).ok())
+        .context("vaak cascade")?;
+    match outcome {
+        Outcome::DryRun(plan) => {
+            let report = serde_json::json!({
+                "manifest": plan.manifest,
+                "lang": plan.lang.code(),
+                "shard_idx": plan.shard.idx,
+                "num_shards": plan.shard.count,
+                "manifest_rows": plan.manifest_rows,
+                "manifest_malformed": plan.manifest_malformed,
+                "shard_rows": plan.shard_rows,
+                "filtered_by": plan.filtered,
+                "to_process": plan.items.len(),
+                "duration_h": plan.items.iter().map(|i| i.row.duration_s).sum::<f64>() / 3600.0,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Outcome::Ran(s) => {
+            println!("{}", serde_json::to_string_pretty(&*s)?);
+            if s.errored > 0 && !args.allow_errors {
+                bail!(
+                    "{} sample(s) failed (ok {}, bad {}, skipped {}, filtered {}); see {}",
+                    s.errored,
+                    s.ok,
+                    s.bad,
+                    s.skipped,
+                    s.filtered,
+                    s.errors_log
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! [`output`] (per-sample directory, `DONE` last) with [`safe_id`] names and [`npy`] arrays.
 //! [`run_invocation`] is what `vaak cascade` calls. See `docs/cascade.md`.
 
+pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod manifest;

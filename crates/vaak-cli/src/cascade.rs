@@ -2,16 +2,14 @@
 //!
 //! Thin: flags become a [`vaak_cascade::Invocation`]; the library resolves config, shard
 //! (flags, then `SLURM_ARRAY_TASK_ID`/`SLURM_ARRAY_TASK_COUNT`, then `JOB_COMPLETION_INDEX` +
-//! `VAAK_NUM_SHARDS`), builds the teachers through [`BuiltinTeachers`] and runs.
+//! `VAAK_NUM_SHARDS`), builds the teachers through `vaak_cascade::builtin::BuiltinTeachers` and runs.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use vaak_cascade::config::{ModelSpec, DEFAULT_CONFIG_YAML};
-use vaak_cascade::teachers::TeacherFactory;
-use vaak_cascade::teachers::TokenCodec;
+use vaak_cascade::builtin::BuiltinTeachers;
+use vaak_cascade::config::DEFAULT_CONFIG_YAML;
 use vaak_cascade::{run_invocation, Direction, Invocation, Lang, Outcome, Overrides};
 
 #[derive(Args, Debug)]
@@ -61,58 +59,6 @@ pub struct CascadeArgs {
     /// Exit 0 even when some samples failed (they are in errors_<shard>.log either way).
     #[arg(long)]
     pub allow_errors: bool,
-}
-
-/// The teachers compiled into this binary, by `models.<stage>.kind`.
-///
-/// Real implementations (Whisper, M2M-100/OpenAI, ECAPA, espeak-ng, EnCodec) are registered
-/// here as they land in `vaak-teachers`/`vaak-codec`; a kind not registered is a clear error
-/// before any audio is read.
-pub struct BuiltinTeachers;
-
-fn unknown<T>(stage: &str, spec: &ModelSpec) -> std::result::Result<T, String> {
-    Err(format!(
-        "no {stage} implementation named '{}' is built into this vaak binary",
-        spec.kind
-    ))
-}
-
-impl TeacherFactory for BuiltinTeachers {
-    fn asr(
-        &self,
-        spec: &ModelSpec,
-        _device: &str,
-    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Asr>, String> {
-        unknown("ASR", spec)
-    }
-    fn translator(
-        &self,
-        spec: &ModelSpec,
-        _device: &str,
-    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Translator>, String> {
-        unknown("translator", spec)
-    }
-    fn speaker(
-        &self,
-        spec: &ModelSpec,
-        _device: &str,
-    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::SpeakerEncoder>, String> {
-        unknown("speaker encoder", spec)
-    }
-    fn tts(
-        &self,
-        spec: &ModelSpec,
-        _device: &str,
-    ) -> std::result::Result<Arc<dyn vaak_cascade::teachers::Tts>, String> {
-        unknown("TTS", spec)
-    }
-    fn codec(
-        &self,
-        spec: &ModelSpec,
-        _device: &str,
-    ) -> std::result::Result<Arc<dyn TokenCodec>, String> {
-        unknown("codec", spec)
-    }
 }
 
 pub fn run(args: CascadeArgs) -> Result<()> {

@@ -5,6 +5,7 @@
 
 mod audio;
 mod bench;
+mod cascade;
 mod codec;
 mod info;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Audio tools: probe headers, convert/resample, compute features.
     #[command(subcommand)]
     Audio(audio::AudioCommand),
+    /// Teacher cascade: turn speech manifests into a parallel speech-to-speech dataset
+    /// (ASR, translation, speaker embedding, TTS, codec tokens), sharded and resumable.
+    Cascade(Box<cascade::CascadeArgs>),
     /// Neural codec: encode audio to tokens, decode tokens to audio, round-trip with SNR.
     #[command(subcommand)]
     Codec(codec::CodecCommand),
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Audio(cmd) => audio::run(cmd),
+        Command::Cascade(args) => cascade::run(*args),
         Command::Codec(cmd) => codec::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     }

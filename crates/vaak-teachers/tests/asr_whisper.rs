@@ -47,8 +47,9 @@ fn audio() -> Vec<Vec<f32>> {
 }
 
 fn reference(name: &str) -> (HashMap<String, Tensor>, Value) {
-    let t = candle_core::safetensors::load(dir(&format!("{name}.reference.safetensors")), &Device::Cpu)
-        .unwrap();
+    let t =
+        candle_core::safetensors::load(dir(&format!("{name}.reference.safetensors")), &Device::Cpu)
+            .unwrap();
     let j = std::fs::read_to_string(dir(&format!("{name}.reference.json"))).unwrap();
     (t, serde_json::from_str(&j).unwrap())
 }
@@ -91,7 +92,10 @@ fn config_quirks_parse() {
     assert!(text.contains("\"suppress_tokens\": null"));
     let cfg = WhisperConfig::from_json(&text, &path).unwrap();
     assert_eq!(cfg.suppress_tokens, None);
-    assert_eq!((cfg.d_model, cfg.encoder_ffn(), cfg.decoder_ffn()), (64, 96, 96));
+    assert_eq!(
+        (cfg.d_model, cfg.encoder_ffn(), cfg.decoder_ffn()),
+        (64, 96, 96)
+    );
     assert_eq!(cfg.n_frames(), 200);
 
     // Without a generation config the lists come from config.json, minus out-of-vocab ids
@@ -103,7 +107,10 @@ fn config_quirks_parse() {
     let (_, r) = reference("tiny80");
     let asr = load("tiny80");
     assert_eq!(asr.suppress_lists().always, ids(&r["suppress_tokens"]));
-    assert_eq!(asr.suppress_lists().at_begin, ids(&r["begin_suppress_tokens"]));
+    assert_eq!(
+        asr.suppress_lists().at_begin,
+        ids(&r["begin_suppress_tokens"])
+    );
 
     // begin_suppress_tokens null and no ffn fields (older configs): 4 * d_model.
     let mut v: Value = serde_json::from_str(&text).unwrap();
@@ -126,7 +133,10 @@ fn o_insert_bad(v: &mut Value, path: &Path) {
     let e = WhisperConfig::from_json(&v.to_string(), path).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, TeacherError::Config { .. }), "{msg}");
-    assert!(msg.contains("config.json") && msg.contains("d_model"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("d_model"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -153,8 +163,12 @@ fn decoder_logits_match_transformers_and_the_cache() {
         let p = prompt.len();
         let model = asr.model();
 
-        let toks = Tensor::from_vec([prompt.clone(), prompt.clone()].concat(), (2, p), &Device::Cpu)
-            .unwrap();
+        let toks = Tensor::from_vec(
+            [prompt.clone(), prompt.clone()].concat(),
+            (2, p),
+            &Device::Cpu,
+        )
+        .unwrap();
         let mut cache = model.decoder_cache(&enc).unwrap();
         let logits = model.decode(&toks, &mut cache).unwrap();
         let err = max_abs_diff(&logits, &r["prompt_logits"]);
@@ -186,7 +200,10 @@ fn decoder_logits_match_transformers_and_the_cache() {
             .unwrap();
         for (b, want) in j["no_speech_prob"].as_array().unwrap().iter().enumerate() {
             let got = probs[b][ns];
-            assert!((got - want.as_f64().unwrap() as f32).abs() <= PROB_TOL, "{got} vs {want}");
+            assert!(
+                (got - want.as_f64().unwrap() as f32).abs() <= PROB_TOL,
+                "{got} vs {want}"
+            );
         }
     }
 }
@@ -217,7 +234,10 @@ fn greedy_generation_matches_transformers_token_for_token() {
             for (b, d) in decoded.iter().enumerate() {
                 let mut want = ids(&case["tokens"][b]);
                 let distinct: std::collections::HashSet<_> = want.iter().collect();
-                assert!(distinct.len() >= 3, "{name}/{cname}: degenerate reference {want:?}");
+                assert!(
+                    distinct.len() >= 3,
+                    "{name}/{cname}: degenerate reference {want:?}"
+                );
                 let ended = want.last() == Some(&eot);
                 if ended {
                     want.pop();
@@ -231,12 +251,19 @@ fn greedy_generation_matches_transformers_token_for_token() {
                     d.avg_logprob
                 );
                 let want_lang = match case["detected"][b].as_str() {
-                    Some(tok) => tok.trim_start_matches("<|").trim_end_matches("|>").to_string(),
+                    Some(tok) => tok
+                        .trim_start_matches("<|")
+                        .trim_end_matches("|>")
+                        .to_string(),
                     None => case["language"].as_str().unwrap().to_string(),
                 };
 
                 let t = transcripts[b].as_ref().unwrap();
-                assert_eq!(t.text, case["text"][b].as_str().unwrap(), "{name}/{cname} clip {b}");
+                assert_eq!(
+                    t.text,
+                    case["text"][b].as_str().unwrap(),
+                    "{name}/{cname} clip {b}"
+                );
                 assert_eq!(t.language, want_lang, "{name}/{cname} clip {b}");
                 assert_eq!(t.flags.contains(&"max_length".to_string()), !ended);
                 assert!((t.avg_logprob - want_lp).abs() <= LOGPROB_TOL);
@@ -249,7 +276,10 @@ fn greedy_generation_matches_transformers_token_for_token() {
                 let want_ns = j["no_speech_prob"][b].as_f64().unwrap() as f32;
                 assert!((t.no_speech_prob - want_ns).abs() <= PROB_TOL);
             }
-            println!("{name}/{cname}: {:?}", decoded.iter().map(|d| &d.tokens).collect::<Vec<_>>());
+            println!(
+                "{name}/{cname}: {:?}",
+                decoded.iter().map(|d| &d.tokens).collect::<Vec<_>>()
+            );
         }
     }
 }
@@ -258,8 +288,7 @@ fn greedy_generation_matches_transformers_token_for_token() {
 fn tokenizer_matches_python_ids_and_round_trips() {
     let tok = WhisperTokenizer::from_file(&dir("tiny80/tokenizer.json")).unwrap();
     let j: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir("tokenizer_ids.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir("tokenizer_ids.json")).unwrap()).unwrap();
     let mut scripts = 0;
     for item in j.as_array().unwrap() {
         let text = item["text"].as_str().unwrap();
@@ -270,7 +299,10 @@ fn tokenizer_matches_python_ids_and_round_trips() {
             + text.chars().any(|c| ('\u{0900}'..='\u{097F}').contains(&c)) as usize
             + text.chars().any(|c| ('\u{0C00}'..='\u{0C7F}').contains(&c)) as usize;
     }
-    assert!(scripts >= 3, "the set must cover Cyrillic, Devanagari and Telugu");
+    assert!(
+        scripts >= 3,
+        "the set must cover Cyrillic, Devanagari and Telugu"
+    );
     // Special tokens are found by name, laid out as Whisper's.
     assert_eq!(tok.sot, tok.eot + 1);
     assert_eq!(tok.language_token("en"), Some(tok.sot + 1));
@@ -280,15 +312,24 @@ fn tokenizer_matches_python_ids_and_round_trips() {
     }
     // Decoding drops special tokens.
     let hello = tok.encode("Hello").unwrap();
-    let with_specials = [vec![tok.sot, tok.language_token("ru").unwrap()], hello, vec![tok.eot]]
-        .concat();
+    let with_specials = [
+        vec![tok.sot, tok.language_token("ru").unwrap()],
+        hello,
+        vec![tok.eot],
+    ]
+    .concat();
     assert_eq!(tok.decode(&with_specials).unwrap(), "Hello");
 }
 
 /// Copies the published files of a fixture model into a temp dir, minus `skip`.
 fn copy_model(name: &str, skip: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
         if f != skip {
             std::fs::copy(dir(name).join(f), tmp.path().join(f)).unwrap();
         }
@@ -329,7 +370,12 @@ fn hub_location_loads_from_an_offline_cache() {
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), sha).unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
         std::fs::copy(dir("tiny80").join(f), snap.join(f)).unwrap();
     }
     let opts = WhisperLoadOptions {
@@ -364,7 +410,10 @@ fn unsupported_language_lists_the_supported_ones() {
         .transcribe(&[AudioRef::new(&clip, 16_000)], &opts)
         .unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, TeacherError::UnsupportedLanguage { .. }), "{msg}");
+    assert!(
+        matches!(e, TeacherError::UnsupportedLanguage { .. }),
+        "{msg}"
+    );
     assert!(msg.contains("'te'") && msg.contains("en, ru, hi"), "{msg}");
 }
 
@@ -392,18 +441,29 @@ fn bad_clips_fail_alone_and_batch_mates_are_unchanged() {
     };
     let out = asr.transcribe(&batch, &opts).unwrap();
     assert_eq!(out.len(), batch.len());
-    assert_eq!(out[0].as_ref().unwrap().text, case["text"][0].as_str().unwrap());
-    assert_eq!(out[4].as_ref().unwrap().text, case["text"][1].as_str().unwrap());
+    assert_eq!(
+        out[0].as_ref().unwrap().text,
+        case["text"][0].as_str().unwrap()
+    );
+    assert_eq!(
+        out[4].as_ref().unwrap().text,
+        case["text"][1].as_str().unwrap()
+    );
     for (i, what) in [(1, "empty"), (2, "non-finite"), (3, "longer than")] {
         let msg = out[i].as_ref().unwrap_err().to_string();
-        assert!(msg.contains(&format!("batch item {i}")) && msg.contains(what), "{msg}");
+        assert!(
+            msg.contains(&format!("batch item {i}")) && msg.contains(what),
+            "{msg}"
+        );
     }
     let t = out[5].as_ref().unwrap();
     assert_eq!(t.language, "ru");
     assert!(!t.text.is_empty());
 
     // A batch with no usable clip still answers per item.
-    let out = asr.transcribe(&[AudioRef::new(&[], 16_000)], &opts).unwrap();
+    let out = asr
+        .transcribe(&[AudioRef::new(&[], 16_000)], &opts)
+        .unwrap();
     assert!(out[0].is_err());
     // max_new_tokens 0 is a bad request for the whole batch.
     let zero = AsrOptions {
@@ -421,4 +481,39 @@ fn compression_ratio_flags_repetition() {
     let plain = "Speech to speech translation in real time.";
     assert!(compression_ratio(plain) < 2.4);
     assert_eq!(compression_ratio(""), 0.0);
+}
+
+#[test]
+fn dropping_finished_rows_keeps_the_others_exact() {
+    let asr = load("tiny80");
+    let (_, j) = reference("tiny80");
+    let clips = audio();
+    let enc = encode_clips(&asr, &clips);
+    let model = asr.model();
+    let prompt = ids(&j["prompt"]);
+    let p = prompt.len();
+    let two = Tensor::from_vec([prompt.clone(), prompt.clone()].concat(), (2, p), &Device::Cpu)
+        .unwrap();
+    let one = Tensor::from_vec(prompt.clone(), (1, p), &Device::Cpu).unwrap();
+    let next = Tensor::from_vec(vec![7u32], (1, 1), &Device::Cpu).unwrap();
+
+    // Batch of two, row 0 dropped after the prompt, then one more step.
+    let mut cache = model.decoder_cache(&enc).unwrap();
+    model.decode(&two, &mut cache).unwrap();
+    cache.retain(&[1]).unwrap();
+    assert_eq!(cache.batch().unwrap(), 1);
+    let kept = model.decode(&next, &mut cache).unwrap();
+
+    // Clip 1 alone.
+    let mut cache = model.decoder_cache(&enc.narrow(0, 1, 1).unwrap()).unwrap();
+    model.decode(&one, &mut cache).unwrap();
+    let alone = model.decode(&next, &mut cache).unwrap();
+    let err = max_abs_diff(&kept, &alone);
+    println!("retained row vs alone: max abs err {err:.2e}");
+    assert!(err <= CACHE_TOL, "{err}");
+    // And it is not clip 0's continuation.
+    let mut cache = model.decoder_cache(&enc.narrow(0, 0, 1).unwrap()).unwrap();
+    model.decode(&one, &mut cache).unwrap();
+    let other = model.decode(&next, &mut cache).unwrap();
+    assert!(max_abs_diff(&kept, &other) > 1e-2);
 }

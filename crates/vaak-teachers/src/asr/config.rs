@@ -96,8 +96,11 @@ impl WhisperConfig {
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
         ] {
-            if self.d_model % h != 0 {
-                return bad(format!("d_model {} is not divisible by {name} {h}", self.d_model));
+            if !self.d_model.is_multiple_of(h) {
+                return bad(format!(
+                    "d_model {} is not divisible by {name} {h}",
+                    self.d_model
+                ));
             }
         }
         if self.activation_function != "gelu" {

@@ -89,10 +89,16 @@ pub fn greedy(
     let mut cache = model.decoder_cache(encoded)?;
 
     let sot = Tensor::new(vec![tok.sot; b], dev)?.reshape((b, 1))?;
-    let first = model.decode(&sot, &mut cache)?.squeeze(1)?.to_vec2::<f32>()?;
+    let first = model
+        .decode(&sot, &mut cache)?
+        .squeeze(1)?
+        .to_vec2::<f32>()?;
     let no_speech: Vec<f32> = first
         .iter()
-        .map(|row| tok.no_speech.map_or(0.0, |id| softmax_prob(row, id as usize)))
+        .map(|row| {
+            tok.no_speech
+                .map_or(0.0, |id| softmax_prob(row, id as usize))
+        })
         .collect();
     let langs: Vec<Option<u32>> = match language {
         LanguagePrompt::Forced(id) => vec![Some(id); b],
@@ -127,7 +133,10 @@ pub fn greedy(
     let flat: Vec<u32> = rest.iter().flatten().copied().collect();
     let rest_t = Tensor::from_vec(flat, (b, prompt_len - 1), dev)?;
     let logits = model.decode(&rest_t, &mut cache)?;
-    let mut last = logits.narrow(1, prompt_len - 2, 1)?.squeeze(1)?.to_vec2::<f32>()?;
+    let mut last = logits
+        .narrow(1, prompt_len - 2, 1)?
+        .squeeze(1)?
+        .to_vec2::<f32>()?;
 
     let mut out: Vec<Decoded> = (0..b)
         .map(|i| Decoded {

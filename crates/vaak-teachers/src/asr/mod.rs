@@ -91,15 +91,13 @@ pub struct WhisperAsr {
 
 /// A required file next to the weights; a missing one is a config error naming it.
 fn required(loc: &WeightLocation, name: &str, hub: &HubOptions) -> Result<PathBuf> {
-    loc.join(name)
-        .resolve_file(hub)
-        .map_err(|e| match e {
-            vaak_nn::Error::MissingFile { path } => TeacherError::Config {
-                path,
-                reason: format!("missing (Whisper needs {name})"),
-            },
-            other => other.into(),
-        })
+    loc.join(name).resolve_file(hub).map_err(|e| match e {
+        vaak_nn::Error::MissingFile { path } => TeacherError::Config {
+            path,
+            reason: format!("missing (Whisper needs {name})"),
+        },
+        other => other.into(),
+    })
 }
 
 impl WhisperAsr {
@@ -207,8 +205,11 @@ impl WhisperAsr {
         let samples = if clip.sample_rate == WHISPER_SAMPLE_RATE {
             clip.samples
         } else {
-            resampled =
-                vaak_audio::resample::resample(clip.samples, clip.sample_rate, WHISPER_SAMPLE_RATE)?;
+            resampled = vaak_audio::resample::resample(
+                clip.samples,
+                clip.sample_rate,
+                WHISPER_SAMPLE_RATE,
+            )?;
             &resampled[..]
         };
         let window = self.window_samples();

@@ -349,7 +349,13 @@ impl WhisperModel {
             let total = start + l;
             let m: Vec<f32> = (0..l)
                 .flat_map(|i| {
-                    (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 })
+                    (0..total).map(move |j| {
+                        if j > start + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
                 })
                 .collect();
             Some(Tensor::from_vec(m, (l, total), &self.device)?.to_dtype(self.dtype)?)
@@ -377,7 +383,10 @@ impl WhisperModel {
         cache.len += l;
         let x = self.dec_ln.forward(&x)?;
         let d = x.dim(2)?;
-        let logits = x.contiguous()?.reshape((b * l, d))?.matmul(&self.proj_out)?;
+        let logits = x
+            .contiguous()?
+            .reshape((b * l, d))?
+            .matmul(&self.proj_out)?;
         Ok(logits
             .reshape((b, l, self.cfg.vocab_size))?
             .to_dtype(DType::F32)?)

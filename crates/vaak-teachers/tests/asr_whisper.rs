@@ -216,6 +216,8 @@ fn greedy_generation_matches_transformers_token_for_token() {
         let (_, j) = reference(name);
         let enc = encode_clips(&asr, &clips);
         let eot = asr.tokenizer().eot;
+        // Some row must end with EOT while its batch-mate goes on (rows leaving the batch).
+        let (mut ended_rows, mut cut_rows) = (0, 0);
         for case in j["cases"].as_array().unwrap() {
             let cname = case["name"].as_str().unwrap();
             let lang: Option<Lang> = case["language"].as_str().map(|s| s.parse().unwrap());
@@ -243,6 +245,11 @@ fn greedy_generation_matches_transformers_token_for_token() {
                     want.pop();
                 }
                 assert_eq!(d.tokens, want, "{name}/{cname} clip {b}");
+                if ended {
+                    ended_rows += 1;
+                } else {
+                    cut_rows += 1;
+                }
                 assert_eq!(d.ended, ended);
                 let want_lp = case["avg_logprob"][b].as_f64().unwrap() as f32;
                 assert!(
@@ -281,6 +288,10 @@ fn greedy_generation_matches_transformers_token_for_token() {
                 decoded.iter().map(|d| &d.tokens).collect::<Vec<_>>()
             );
         }
+        assert!(
+            ended_rows > 0 && cut_rows > 0,
+            "{name}: {ended_rows} ended, {cut_rows} cut"
+        );
     }
 }
 
@@ -492,8 +503,12 @@ fn dropping_finished_rows_keeps_the_others_exact() {
     let model = asr.model();
     let prompt = ids(&j["prompt"]);
     let p = prompt.len();
-    let two = Tensor::from_vec([prompt.clone(), prompt.clone()].concat(), (2, p), &Device::Cpu)
-        .unwrap();
+    let two = Tensor::from_vec(
+        [prompt.clone(), prompt.clone()].concat(),
+        (2, p),
+        &Device::Cpu,
+    )
+    .unwrap();
     let one = Tensor::from_vec(prompt.clone(), (1, p), &Device::Cpu).unwrap();
     let next = Tensor::from_vec(vec![7u32], (1, 1), &Device::Cpu).unwrap();
 

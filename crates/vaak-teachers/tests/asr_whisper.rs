@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use vaak_teachers::asr::{
-    compression_ratio, LanguagePrompt, SuppressLists, WhisperAsr, WhisperConfig,
-    WhisperLoadOptions, WhisperTokenizer,
+    compression_ratio, quality_flags, LanguagePrompt, QualityThresholds, SuppressLists, WhisperAsr,
+    WhisperConfig, WhisperLoadOptions, WhisperTokenizer,
 };
 use vaak_teachers::{Asr, AsrOptions, AudioRef, Lang, TeacherError};
 
@@ -531,4 +531,16 @@ fn dropping_finished_rows_keeps_the_others_exact() {
     model.decode(&one, &mut cache).unwrap();
     let other = model.decode(&next, &mut cache).unwrap();
     assert!(max_abs_diff(&kept, &other) > 1e-2);
+}
+
+#[test]
+fn quality_flags_follow_whisper_thresholds() {
+    let th = QualityThresholds::default();
+    let f = |ns, lp, cr, ended| quality_flags(ns, lp, cr, ended, &th);
+    assert!(f(0.1, -0.3, 1.2, true).is_empty());
+    // No speech needs both a high no-speech probability and a low log-prob (Whisper's rule).
+    assert_eq!(f(0.9, -1.5, 1.0, true), ["no_speech", "low_logprob"]);
+    assert!(f(0.9, -0.2, 1.0, true).is_empty());
+    assert_eq!(f(0.1, -0.2, 3.0, true), ["hallucination"]);
+    assert_eq!(f(0.1, -0.2, 1.0, false), ["max_length"]);
 }

@@ -79,6 +79,30 @@ impl Default for WhisperLoadOptions {
     }
 }
 
+/// The quality flags of one transcript (see the module doc).
+pub fn quality_flags(
+    no_speech_prob: f32,
+    avg_logprob: f32,
+    compression_ratio: f32,
+    ended: bool,
+    th: &QualityThresholds,
+) -> Vec<String> {
+    let mut flags = Vec::new();
+    if no_speech_prob > th.no_speech_prob && avg_logprob < th.logprob {
+        flags.push("no_speech".to_string());
+    }
+    if compression_ratio > th.compression_ratio {
+        flags.push("hallucination".to_string());
+    }
+    if !ended {
+        flags.push("max_length".to_string());
+    }
+    if avg_logprob < th.logprob {
+        flags.push("low_logprob".to_string());
+    }
+    flags
+}
+
 /// Whisper behind the [`Asr`] trait.
 pub struct WhisperAsr {
     model: WhisperModel,
@@ -274,20 +298,13 @@ impl WhisperAsr {
             .unwrap_or("en")
             .to_string();
         let ratio = compression_ratio(&text);
-        let th = &self.thresholds;
-        let mut flags = Vec::new();
-        if d.no_speech_prob > th.no_speech_prob && d.avg_logprob < th.logprob {
-            flags.push("no_speech".to_string());
-        }
-        if ratio > th.compression_ratio {
-            flags.push("hallucination".to_string());
-        }
-        if !d.ended {
-            flags.push("max_length".to_string());
-        }
-        if d.avg_logprob < th.logprob {
-            flags.push("low_logprob".to_string());
-        }
+        let flags = quality_flags(
+            d.no_speech_prob,
+            d.avg_logprob,
+            ratio,
+            d.ended,
+            &self.thresholds,
+        );
         Ok(Transcript {
             text,
             language,

@@ -2,7 +2,7 @@
 //!
 //! | stage      | kind      | weights                                         | options                      |
 //! |------------|-----------|-------------------------------------------------|------------------------------|
-//! | asr        | `whisper` | Whisper in the transformers layout (dir/hf://)  | see `WhisperOptions`         |
+//! | asr        | `whisper` | Whisper in the transformers layout (dir/hf://)  | `dtype`, `*_threshold`s      |
 //! | translator | `openai`  | none                                            | `OpenAiConfig` keys          |
 //! | speaker    | `ecapa`   | `speechbrain/spkrec-ecapa-voxceleb` layout      | `max_batch_frames`           |
 //! | tts        | `espeak`  | none                                            | `EspeakConfig` keys          |
@@ -13,10 +13,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 use vaak_codec::{Codec, Preset};
 use vaak_nn::weights::LoadOptions;
+use vaak_teachers::asr::{WhisperAsr, WhisperLoadOptions};
 use vaak_teachers::mt::{OpenAiConfig, OpenAiTranslator};
 use vaak_teachers::speaker::{EcapaOptions, EcapaSpeakerEncoder};
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
@@ -101,6 +102,16 @@ fn unknown<T>(stage: &str, spec: &ModelSpec, known: &str) -> Result<T, String> {
 
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct WhisperSpecOptions {
+    /// Compute dtype: f32 (default; right for the CPU), f16 or bf16.
+    dtype: Option<String>,
+    no_speech_threshold: Option<f32>,
+    logprob_threshold: Option<f32>,
+    compression_ratio_threshold: Option<f32>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct EcapaSpecOptions {
     max_batch_frames: Option<usize>,
 }
@@ -113,8 +124,37 @@ struct EncodecSpecOptions {
 
 impl TeacherFactory for BuiltinTeachers {
     fn asr(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn Asr>, String> {
-        let _ = device;
-        unknown("asr", spec, "(none yet)")
+        match spec.kind.as_str() {
+            "whisper" => {
+                let o: WhisperSpecOptions = options("asr", spec)?;
+                let mut opts = WhisperLoadOptions {
+                    device: parse_device(device)?,
+                    ..WhisperLoadOptions::default()
+                };
+                if let Some(d) = o.dtype.as_deref() {
+                    opts.dtype = match d {
+                        "f32" => DType::F32,
+                        "f16" => DType::F16,
+                        "bf16" => DType::BF16,
+                        _ => {
+                            return Err(format!(
+                                "models.asr.options.dtype '{d}': use f32, f16 or bf16"
+                            ))
+                        }
+                    };
+                }
+                let th = &mut opts.thresholds;
+                th.no_speech_prob = o.no_speech_threshold.unwrap_or(th.no_speech_prob);
+                th.logprob = o.logprob_threshold.unwrap_or(th.logprob);
+                th.compression_ratio = o
+                    .compression_ratio_threshold
+                    .unwrap_or(th.compression_ratio);
+                let w =
+                    WhisperAsr::load(&location("asr", spec)?, &opts).map_err(|e| e.to_string())?;
+                Ok(Arc::new(w))
+            }
+            _ => unknown("asr", spec, "whisper"),
+        }
     }
 
     fn translator(&self, spec: &ModelSpec, _device: &str) -> Result<Arc<dyn Translator>, String> {

@@ -1,103 +1,49 @@
 //! The cascade end to end with REAL teachers: Whisper, ECAPA and EnCodec from their tiny
 //! random fixtures in the published layouts, espeak-ng (Debian's) speaking the source clips and
 //! the targets, and the OpenAI-compatible client talking to a real HTTP server on 127.0.0.1.
-//! The manifest mixes espeak-ng Russian speech with broken rows; the run must produce the exact
+//! Each manifest (Russian in Golos' column order, English in People's Speech's) mixes espeak-ng
+//! speech with broken rows; the run must produce the exact
 //! per-sample layout for the good ones, log the broken ones, and resume without redoing work.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use axum::{extract::State, routing::post, Json, Router};
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
 use vaak_cascade::builtin::BuiltinTeachers;
 use vaak_cascade::npy;
 use vaak_cascade::{run_invocation, Invocation, Outcome, Overrides};
+use vaak_teachers::mt::loopback::{LoopbackChatServer, TAG};
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
 use vaak_teachers::{Lang, Tts, TtsRequest};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/fixtures/data");
 
-/// A chat-completions server that "translates" by tagging the text, and counts requests.
-struct Server {
-    base_url: String,
-    requests: Arc<AtomicUsize>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-async fn chat(
-    State(n): State<Arc<AtomicUsize>>,
-    Json(body): Json<serde_json::Value>,
-) -> Json<serde_json::Value> {
-    n.fetch_add(1, Ordering::SeqCst);
-    let text = body["messages"][1]["content"].as_str().unwrap_or_default();
-    let words = text.split_whitespace().count();
-    Json(serde_json::json!({
-        "choices": [{
-            "index": 0,
-            "finish_reason": "stop",
-            "message": {"role": "assistant", "content": format!("hello world, {words} words")}
-        }]
-    }))
-}
-
-fn start_server() -> Server {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let app = Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .with_state(requests.clone());
-    rt.spawn(async move { axum::serve(listener, app).await });
-    Server {
-        base_url: format!("http://{addr}/v1"),
-        requests,
-        rt: Some(rt),
-    }
-}
-
-/// Russian clips short enough for the tiny Whisper's 2 s window.
-fn speak_clips(data: &Path) -> Vec<(String, f64)> {
+/// Clips short enough for the tiny Whisper's 2 s window, under `data/<lang>/`.
+fn speak_clips(data: &Path, lang: Lang, texts: &[&str]) -> Vec<(String, f64)> {
     let tts = EspeakTts::new(EspeakConfig {
         rate_wpm: 260,
         output_rate: 16_000,
         ..EspeakConfig::default()
     })
     .expect("espeak-ng is installed (apt-get install espeak-ng)");
-    let texts = ["привет", "добрый день", "один два три", "спасибо большое"];
     let reqs: Vec<TtsRequest> = texts
         .iter()
         .map(|t| TtsRequest {
             text: t,
-            lang: Lang::Ru,
+            lang,
             reference: None,
         })
         .collect();
     let out = tts.synthesize(&reqs).unwrap();
-    std::fs::create_dir_all(data.join("ru")).unwrap();
+    std::fs::create_dir_all(data.join(lang.code())).unwrap();
     out.into_iter()
         .enumerate()
         .map(|(i, s)| {
             let s = s.unwrap();
             assert!(s.samples.len() < 32_000, "clip {i} is longer than 2 s");
-            let rel = format!("ru\\clip_{i}.wav");
+            // Backslashes, as Windows-made manifests have them.
+            let rel = format!("{lang}\\clip_{i}.wav");
             write_wav(
-                data.join("ru").join(format!("clip_{i}.wav")),
+                data.join(lang.code()).join(format!("clip_{i}.wav")),
                 &s.samples,
                 16_000,
                 WavFormat::Pcm16,
@@ -108,17 +54,17 @@ fn speak_clips(data: &Path) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn config(root: &Path, server: &str) -> String {
+fn config(root: &Path, server: &str, lang: Lang, direction: &str) -> String {
     let q = |p: PathBuf| format!("'{}'", p.display());
     format!(
         r#"data_root: {data}
 output_root: {out}
 manifests:
-  ru: {manifest}
+  {lang}: {manifest}
 pipeline:
   min_duration: 0.1
   max_duration: 20.0
-  direction: ruen
+  direction: {direction}
   tier: Gold
 compute:
   num_workers: 2
@@ -153,34 +99,50 @@ models:
     )
 }
 
-#[test]
-fn real_teachers_write_the_exact_layout_and_resume() {
+/// Manifest lines in each corpus's own column order (Golos for ru, People's Speech for en), with
+/// an extra column, then broken rows: an empty file, a text file, a path out of `data_root`, and
+/// a row of another tier.
+fn manifest(lang: Lang, clips: &[(String, f64)], data: &Path) -> String {
+    std::fs::write(data.join("empty.wav"), b"").unwrap();
+    std::fs::write(data.join("notes.wav"), "not audio").unwrap();
+    let first = &clips[0].0;
+    let mut rows: Vec<(String, String, f64, &str)> = clips
+        .iter()
+        .enumerate()
+        .map(|(i, (rel, dur))| (format!("corpus/{i} крупно"), rel.clone(), *dur, "Gold"))
+        .collect();
+    rows.push(("broken-empty".into(), "empty.wav".into(), 1.0, "Gold"));
+    rows.push(("broken-text".into(), "notes.wav".into(), 1.0, "Gold"));
+    rows.push(("escape".into(), "../../etc/passwd".into(), 1.0, "Gold"));
+    rows.push(("silver".into(), first.clone(), clips[0].1, "Silver"));
+    let l = lang.code();
+    let mut csv = match lang {
+        Lang::En => "id,lang,dataset,split,tier,tier_rank,audio_path,duration_s,text,speaker\n",
+        _ => "id,lang,dataset,split,audio_path,duration_s,text,tier,tier_rank,speaker\n",
+    }
+    .to_string();
+    for (id, rel, dur, tier) in rows {
+        csv.push_str(&match lang {
+            Lang::En => format!("{id},{l},ps,train,{tier},1,{rel},{dur:.3},text,s\n"),
+            _ => format!("{id},{l},golos,train,{rel},{dur:.3},text,{tier},1,s\n"),
+        });
+    }
+    csv
+}
+
+fn run_direction(lang: Lang, direction: &str, texts: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let data = root.join("data");
-    let clips = speak_clips(&data);
+    let clips = speak_clips(&data, lang, texts);
+    std::fs::write(root.join("manifest.csv"), manifest(lang, &clips, &data)).unwrap();
 
-    let mut csv =
-        String::from("id,lang,dataset,split,audio_path,duration_s,text,tier,tier_rank,speaker\n");
-    for (i, (rel, dur)) in clips.iter().enumerate() {
-        csv.push_str(&format!(
-            "golos/{i} крупно,ru,golos,train,{rel},{dur:.3},текст,Gold,1,spk{i}\n"
-        ));
-    }
-    std::fs::write(data.join("empty.wav"), b"").unwrap();
-    std::fs::write(data.join("notes.wav"), "not audio").unwrap();
-    csv.push_str("broken-empty,ru,golos,train,empty.wav,1.0,x,Gold,1,s\n");
-    csv.push_str("broken-text,ru,golos,train,notes.wav,1.0,x,Gold,1,s\n");
-    csv.push_str("escape,ru,golos,train,../../etc/passwd,1.0,x,Gold,1,s\n");
-    csv.push_str("silver,ru,golos,train,ru/clip_0.wav,1.0,x,Silver,1,s\n");
-    std::fs::write(root.join("manifest.csv"), csv).unwrap();
-
-    let server = start_server();
+    let server = LoopbackChatServer::start().unwrap();
     let cfg_path = root.join("config.yaml");
-    std::fs::write(&cfg_path, config(root, &server.base_url)).unwrap();
+    std::fs::write(&cfg_path, config(root, server.base_url(), lang, direction)).unwrap();
     let inv = Invocation {
         config: Some(cfg_path),
-        lang: Some(Lang::Ru),
+        lang: Some(lang),
         overrides: Overrides::default(),
         ..Default::default()
     };
@@ -196,7 +158,7 @@ fn real_teachers_write_the_exact_layout_and_resume() {
         assert!(log.contains(id), "{id} not in the error log:\n{log}");
     }
 
-    let dirs: Vec<PathBuf> = std::fs::read_dir(root.join("out/data/parallel/ruen"))
+    let dirs: Vec<PathBuf> = std::fs::read_dir(root.join("out/data/parallel").join(direction))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -225,8 +187,12 @@ fn real_teachers_write_the_exact_layout_and_resume() {
         );
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.join("meta.json")).unwrap()).unwrap();
-        assert_eq!(meta["src_lang"], "ru");
-        assert_eq!(meta["tgt_lang"], "en");
+        assert_eq!(meta["src_lang"], lang.code());
+        assert_eq!(meta["tgt_lang"], &direction[2..]);
+        assert_eq!(
+            meta["manifest"]["speaker"], "s",
+            "extra manifest columns are kept"
+        );
         let spk = npy::parse_npy(&std::fs::read(d.join("spk.npy")).unwrap()).unwrap();
         assert_eq!(spk.shape, vec![24], "tiny ECAPA's lin_neurons");
         assert!(spk.to_f32().unwrap().iter().all(|v| v.is_finite()));
@@ -238,7 +204,7 @@ fn real_teachers_write_the_exact_layout_and_resume() {
         if !tgt_text.is_empty() {
             translated += 1;
             let tgt = std::fs::read_to_string(d.join("tgt.txt")).unwrap();
-            assert!(tgt.starts_with("hello world"), "{tgt}");
+            assert!(tgt.starts_with(TAG), "{tgt}");
             let wav = decode_file(d.join("tgt.wav"), None).unwrap();
             assert_eq!(wav.sample_rate, 24_000);
             assert!(wav.samples.len() > 2_400, "espeak-ng speech, not silence");
@@ -259,7 +225,7 @@ fn real_teachers_write_the_exact_layout_and_resume() {
             assert!(meta.get(key).is_some(), "meta.json lacks {key}: {meta}");
         }
     }
-    let requests = server.requests.load(Ordering::SeqCst);
+    let requests = server.requests();
     assert_eq!(
         requests, translated,
         "one request per sample with a transcript"
@@ -272,5 +238,23 @@ fn real_teachers_write_the_exact_layout_and_resume() {
     };
     assert_eq!(s2.skipped, clips.len(), "{s2:?}");
     assert_eq!(s2.ok + s2.bad, 0);
-    assert_eq!(server.requests.load(Ordering::SeqCst), requests);
+    assert_eq!(server.requests(), requests);
+}
+
+#[test]
+fn russian_golos_layout_to_english() {
+    run_direction(
+        Lang::Ru,
+        "ruen",
+        &["привет", "добрый день", "один два три", "спасибо большое"],
+    );
+}
+
+#[test]
+fn english_peoples_speech_layout_to_russian() {
+    run_direction(
+        Lang::En,
+        "enru",
+        &["hello", "good morning", "one two three"],
+    );
 }

@@ -1,7 +1,7 @@
 //! `vaak`: the command line of the vaak speech-to-speech system.
 //!
 //! Thin by design: parse flags, load config, call the libraries. Every subcommand listed here
-//! is implemented; later subsystems (cascade, train, serve) add theirs as they land.
+//! is implemented; later subsystems (train, serve) add theirs as they land.
 
 mod audio;
 mod bench;
@@ -19,8 +19,9 @@ use clap::{Parser, Subcommand};
     about = "vaak: real-time speech-to-speech AI (audio tools, benchmarks)",
     long_about = "vaak builds and serves speech-to-speech models: a teacher cascade makes \
         parallel data, vaak trains a streaming codec and S2S transformer on it, and a streaming \
-        voice server runs them. This build carries the audio core, the neural building blocks \
-        and their benchmarks; each subcommand below is implemented and has its own --help.",
+        voice server runs them. This build carries the audio core, the teacher cascade, the \
+        codec family and their benchmarks; each subcommand below is implemented and has its \
+        own --help.",
     propagate_version = true
 )]
 struct Cli {

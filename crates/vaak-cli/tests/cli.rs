@@ -214,3 +214,29 @@ fn codec_decode_refuses_out_of_range_tokens() {
     assert!(!o.status.success());
     assert!(text(&o).contains("100000"), "{}", text(&o));
 }
+
+#[test]
+fn bench_cascade_runs_the_real_pipeline_and_reports_stage_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cascade.json");
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/fixtures/data");
+    let o = vaak(&[
+        "bench",
+        "cascade",
+        "--clips",
+        "3",
+        "--fixtures",
+        fixtures,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["samples_written"], 3, "{v}");
+    assert_eq!(v["samples_errored"], 2, "the two broken rows: {v}");
+    let share = v["model_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share <= 1.0, "{v}");
+    for stage in ["asr", "translate", "speaker", "tts", "codec"] {
+        assert!(v["stage_s"][stage].as_f64().unwrap() > 0.0, "{stage}: {v}");
+    }
+}

@@ -10,6 +10,7 @@ pub mod asr;
 pub mod error;
 pub mod lang;
 pub mod mt;
+mod pool;
 pub mod speaker;
 pub mod tts;
 

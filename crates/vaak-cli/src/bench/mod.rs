@@ -3,6 +3,7 @@
 //! the same run, so that the reported ratio compares like with like on this machine.
 
 mod audio;
+mod cascade;
 pub mod peer;
 pub mod report;
 
@@ -14,10 +15,15 @@ pub enum BenchCommand {
     /// Decode+resample, Whisper log-mel, Kaldi fbank and speechbrain Fbank throughput, against
     /// soundfile/torchaudio/librosa/transformers/speechbrain when the fixture venv is present.
     Audio(audio::AudioBenchArgs),
+    /// The whole teacher cascade over a sample manifest (espeak-ng speech + broken rows, tiny
+    /// fixture teachers by default): samples/s, audio hours per hour, time per stage, the share
+    /// inside model calls against orchestration, and peak memory.
+    Cascade(cascade::CascadeBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Audio(args) => audio::run(args),
+        BenchCommand::Cascade(args) => cascade::run(args),
     }
 }

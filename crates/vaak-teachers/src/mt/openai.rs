@@ -561,7 +561,7 @@ impl Translator for OpenAiTranslator {
 
     fn translate(&self, batch: &[&str], src: Lang, tgt: Lang) -> Result<Vec<ItemResult<String>>> {
         let abort = AtomicBool::new(false);
-        let outcomes = super::map_bounded(batch, self.cfg.max_concurrency, |i, text| {
+        let outcomes = crate::pool::map_bounded(batch, self.cfg.max_concurrency, |i, text| {
             if text.trim().is_empty() {
                 return Outcome::Item(Err(TeacherError::BadInput(format!(
                     "item {i}: empty text, nothing to translate"

@@ -186,7 +186,7 @@ impl EspeakTts {
             version,
             workers,
         };
-        let probes = crate::mt::map_bounded(&Lang::ALL, tts.workers, |_, &lang| {
+        let probes = crate::pool::map_bounded(&Lang::ALL, tts.workers, |_, &lang| {
             (lang, tts.synthesize_one("a", lang))
         });
         for (lang, res) in probes {
@@ -293,7 +293,7 @@ impl Tts for EspeakTts {
 
     /// `reference` is ignored: these are fixed base voices.
     fn synthesize(&self, batch: &[TtsRequest<'_>]) -> Result<Vec<ItemResult<Speech>>> {
-        Ok(crate::mt::map_bounded(batch, self.workers, |i, req| {
+        Ok(crate::pool::map_bounded(batch, self.workers, |i, req| {
             self.synthesize_one(req.text, req.lang)
                 .map_err(|e| match e {
                     TeacherError::BadInput(m) => TeacherError::BadInput(format!("item {i}: {m}")),

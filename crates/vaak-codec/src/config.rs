@@ -210,6 +210,23 @@ impl CodecConfig {
     }
 }
 
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, path: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| CodecError::ConfigFile {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The error for a published config field vaak cannot run or stream.
+fn unsupported<T>(path: &str, field: &'static str, value: String, reason: &str) -> Result<T> {
+    Err(CodecError::Unsupported {
+        path: path.to_string(),
+        field,
+        value,
+        reason: reason.to_string(),
+    })
+}
+
 fn d_target_bandwidths() -> Vec<f64> {
     vec![1.5, 3.0, 6.0, 12.0, 24.0]
 }
@@ -309,22 +326,12 @@ pub struct HfEncodecConfig {
 impl HfEncodecConfig {
     /// Parses `config.json` text; `path` only labels errors.
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| CodecError::ConfigFile {
-            path: path.to_string(),
-            reason: e.to_string(),
-        })
+        parse_json(text, path)
     }
 
     /// Our config, or an error naming the first field vaak cannot stream.
     pub fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
-        let unsupported = |field: &'static str, value: String, reason: &str| {
-            Err(CodecError::Unsupported {
-                path: path.to_string(),
-                field,
-                value,
-                reason: reason.to_string(),
-            })
-        };
+        let unsupported = |field, value, reason| unsupported(path, field, value, reason);
         if let Some(mt) = &self.model_type {
             if mt != "encodec" {
                 return unsupported("model_type", mt.clone(), "expected \"encodec\"");
@@ -581,22 +588,12 @@ pub struct HfMimiConfig {
 impl HfMimiConfig {
     /// Parses `config.json` text; `path` only labels errors.
     pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| CodecError::ConfigFile {
-            path: path.to_string(),
-            reason: e.to_string(),
-        })
+        parse_json(text, path)
     }
 
     /// Our config, or an error naming the first field vaak cannot run.
     pub fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
-        let unsupported = |field: &'static str, value: String, reason: &str| {
-            Err(CodecError::Unsupported {
-                path: path.to_string(),
-                field,
-                value,
-                reason: reason.to_string(),
-            })
-        };
+        let unsupported = |field, value, reason| unsupported(path, field, value, reason);
         if let Some(mt) = &self.model_type {
             if mt != "mimi" {
                 return unsupported("model_type", mt.clone(), "expected \"mimi\"");

@@ -44,6 +44,22 @@ fn load_weight(vb: &VarBuilder, shape: &[usize], weight_norm_on: bool) -> Result
     )
 }
 
+/// `weight` of `shape` (weight-normed or plain) and, when `cfg.bias`, `bias` under `vb`.
+fn load_params(
+    vb: &VarBuilder,
+    shape: &[usize],
+    cfg: &CausalConvConfig,
+    weight_norm_on: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let w = load_weight(vb, shape, weight_norm_on)?.contiguous()?;
+    let b = if cfg.bias {
+        Some(load_bias(vb, cfg.out_channels)?)
+    } else {
+        None
+    };
+    Ok((w, b))
+}
+
 fn load_bias(vb: &VarBuilder, n: usize) -> Result<Tensor> {
     vb.get_with_hints(n, "bias", Init::Const(0.0))
 }
@@ -107,12 +123,7 @@ impl SConv {
             cfg.in_channels / cfg.groups,
             cfg.kernel_size,
         ];
-        let w = load_weight(&vb, &shape, weight_norm_on)?.contiguous()?;
-        let b = if cfg.bias {
-            Some(load_bias(&vb, cfg.out_channels)?)
-        } else {
-            None
-        };
+        let (w, b) = load_params(&vb, &shape, &cfg, weight_norm_on)?;
         Ok(Self {
             conv: CausalConv1d::from_tensors(cfg, w, b)?,
             pad_mode,
@@ -166,12 +177,7 @@ impl SConvTr {
             cfg.out_channels / cfg.groups,
             cfg.kernel_size,
         ];
-        let w = load_weight(&vb, &shape, weight_norm_on)?.contiguous()?;
-        let b = if cfg.bias {
-            Some(load_bias(&vb, cfg.out_channels)?)
-        } else {
-            None
-        };
+        let (w, b) = load_params(&vb, &shape, &cfg, weight_norm_on)?;
         Ok(Self {
             conv: CausalConvTranspose1d::from_tensors(cfg, w, b)?,
         })

@@ -6,35 +6,8 @@ use vaak_codec::{Codec, CodecError, EdgeMode, HfEncodecConfig, Preset};
 use vaak_nn::streaming::max_abs_diff;
 use vaak_nn::weights::LoadOptions;
 
-const DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tools/fixtures/data/codec"
-);
-/// Decoded audio vs transformers (f32, the same ops in another order).
-const AUDIO_TOL: f32 = 1e-4;
-/// The same error relative to the reference's peak: the tiny random models' output levels
-/// (EnCodec ~0.05, Mimi ~70) make a fixed absolute bound alone too loose or too tight.
-const REL_AUDIO_TOL: f32 = 1e-5;
-
-fn peak(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-/// Encoder latent vs transformers.
-const LATENT_TOL: f32 = 1e-4;
-/// Each codebook stage must use more than this many distinct codes on the fixture, so that
-/// code equality is not vacuous (transformers initialises codebooks to zero).
-const MIN_DISTINCT: usize = 20;
-
-fn reference() -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(format!("{DIR}/encodec_ref.safetensors"), &Device::Cpu).unwrap()
-}
+mod common;
+use common::*;
 
 fn load(variant: &str) -> Codec {
     Codec::load(
@@ -45,25 +18,9 @@ fn load(variant: &str) -> Codec {
     .unwrap()
 }
 
-fn codes_vec(t: &Tensor) -> Vec<Vec<Vec<i64>>> {
-    t.to_dtype(DType::I64).unwrap().to_vec3::<i64>().unwrap()
-}
-
-fn distinct_per_stage(codes: &[Vec<Vec<i64>>]) -> Vec<usize> {
-    let nq = codes[0].len();
-    (0..nq)
-        .map(|q| {
-            let mut s: Vec<i64> = codes.iter().flat_map(|b| b[q].clone()).collect();
-            s.sort();
-            s.dedup();
-            s.len()
-        })
-        .collect()
-}
-
 #[test]
 fn codes_and_audio_match_transformers_for_every_bandwidth() {
-    let r = reference();
+    let r = reference("encodec");
     for variant in ["encodec", "encodec_legacy"] {
         let mut codec = load(variant);
         assert_eq!(codec.edge_mode(), EdgeMode::Reference);
@@ -92,7 +49,7 @@ fn codes_and_audio_match_transformers_for_every_bandwidth() {
 
 #[test]
 fn latent_matches_transformers() {
-    let r = reference();
+    let r = reference("encodec");
     let codec = load("encodec");
     let lat = codec.encode_latent(&r["audio"]).unwrap();
     let err = max_abs_diff(&lat, &r["embeddings"]).unwrap();
@@ -102,7 +59,7 @@ fn latent_matches_transformers() {
 
 #[test]
 fn clip_not_a_multiple_of_the_hop_matches_hf_extra_padding() {
-    let r = reference();
+    let r = reference("encodec");
     let mut codec = load("encodec");
     codec.set_bandwidth(18.0).unwrap();
     let audio = &r["odd_audio"];

@@ -6,36 +6,11 @@ use vaak_codec::{Codec, EdgeMode, HfMimiConfig, Preset};
 use vaak_nn::streaming::{max_abs_diff, StreamMask};
 use vaak_nn::weights::LoadOptions;
 
-const DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tools/fixtures/data/codec"
-);
-/// Decoded audio vs transformers.
-const AUDIO_TOL: f32 = 1e-4;
-/// The same error relative to the reference's peak: the tiny random models' output levels
-/// (EnCodec ~0.05, Mimi ~70) make a fixed absolute bound alone too loose or too tight.
-const REL_AUDIO_TOL: f32 = 1e-5;
+mod common;
+use common::*;
 
-fn peak(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-/// Latent (after encoder transformer and downsample) vs transformers.
-const LATENT_TOL: f32 = 1e-4;
 /// Streamed vs whole-clip.
 const STREAM_TOL: f32 = 1e-4;
-/// Each stage must use more than this many distinct codes on the fixture.
-const MIN_DISTINCT: usize = 20;
-
-fn reference() -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(format!("{DIR}/mimi_ref.safetensors"), &Device::Cpu).unwrap()
-}
 
 fn load() -> Codec {
     Codec::load(
@@ -46,13 +21,9 @@ fn load() -> Codec {
     .unwrap()
 }
 
-fn codes_vec(t: &Tensor) -> Vec<Vec<Vec<i64>>> {
-    t.to_dtype(DType::I64).unwrap().to_vec3::<i64>().unwrap()
-}
-
 #[test]
 fn mimi_codes_latent_and_audio_match_transformers() {
-    let r = reference();
+    let r = reference("mimi");
     let mut codec = load();
     assert_eq!(codec.max_codebooks(), 4);
     assert_eq!(codec.num_codebooks(), 4);
@@ -65,11 +36,8 @@ fn mimi_codes_latent_and_audio_match_transformers() {
     for nq in [4usize, 2] {
         codec.set_num_codebooks(nq).unwrap();
         let want = codes_vec(&r[&format!("codes_q{nq}")]);
-        for q in 0..nq {
-            let mut v: Vec<i64> = want.iter().flat_map(|b| b[q].clone()).collect();
-            v.sort();
-            v.dedup();
-            assert!(v.len() > MIN_DISTINCT, "stage {q}: {} distinct", v.len());
+        for (q, n) in distinct_per_stage(&want).into_iter().enumerate() {
+            assert!(n > MIN_DISTINCT, "stage {q}: {n} distinct");
         }
         let got = codec.encode(&r["audio"]).unwrap();
         assert_eq!(codes_vec(&got), want, "{nq} codebooks");
@@ -87,7 +55,7 @@ fn mimi_codes_latent_and_audio_match_transformers() {
 
 #[test]
 fn mimi_streaming_equals_causal_whole_clip_and_resets_per_slot() {
-    let r = reference();
+    let r = reference("mimi");
     let codec = load();
     let mut whole = codec.clone();
     whole.set_edge_mode(EdgeMode::Causal);
@@ -209,7 +177,7 @@ fn published_mimi_config_keys_parse() {
 
 #[test]
 fn mimi_masked_steps_freeze_inactive_slots() {
-    let r = reference();
+    let r = reference("mimi");
     let codec = load();
     let mut whole = codec.clone();
     whole.set_edge_mode(EdgeMode::Causal);

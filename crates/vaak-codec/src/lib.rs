@@ -53,6 +53,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod seanet;
+pub mod train;
 
 pub use codec::{Codec, CodecStreamer, Preset};
 pub use config::{

@@ -238,8 +238,8 @@ mod tests {
         (0..n_fft / 2 + 1)
             .map(|k| {
                 let (mut re, mut im) = (0.0, 0.0);
-                for n in 0..n_fft {
-                    let v = x.get(f * hop + n).copied().unwrap_or(0.0) * win[n];
+                for (n, w) in win.iter().enumerate() {
+                    let v = x.get(f * hop + n).copied().unwrap_or(0.0) * w;
                     let a = 2.0 * PI * (k * n) as f64 / n_fft as f64;
                     re += v * a.cos();
                     im -= v * a.sin();

@@ -182,6 +182,17 @@ pub struct DiscOutput {
     pub features: Vec<Tensor>,
 }
 
+impl DiscOutput {
+    /// The same tensors cut from the autograd graph (e.g. the real branch's features in the
+    /// generator step, whose discriminator gradients would be thrown away anyway).
+    pub fn detach(&self) -> Self {
+        Self {
+            logits: self.logits.detach(),
+            features: self.features.iter().map(Tensor::detach).collect(),
+        }
+    }
+}
+
 /// A weight-normalised 2-D conv with bias.
 #[derive(Clone, Debug)]
 struct WnConv2d {

@@ -1,14 +1,14 @@
 //! [`Codec`]: SEANet encoder, residual VQ and SEANet decoder behind one API, whole-clip and
 //! streaming ([`CodecStreamer`]).
 
-use std::str::FromStr;
-
 use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use vaak_nn::conv::CausalConvConfig;
-use vaak_nn::rvq::Codebook;
+use vaak_nn::rvq::{Codebook, ResidualVq};
 use vaak_nn::streaming::{StreamMask, StreamTensor, StreamingModule};
 use vaak_nn::transformer::{StreamingTransformer, Transformer};
 use vaak_nn::weights::{LoadOptions, WeightLocation, Weights};
@@ -218,7 +218,22 @@ impl Codec {
                 })?;
                 HfMimiConfig::from_json(&text, &label)?.to_codec_config(&label)?
             }
-            Preset::Vaak16k => CodecConfig::vaak_16k(),
+            Preset::Vaak16k => {
+                // vaak's own checkpoints carry their config; without one the preset applies.
+                match loc.join("config.json").resolve_file(&opts.hub) {
+                    Ok(path) => {
+                        let label = path.display().to_string();
+                        let text =
+                            std::fs::read_to_string(&path).map_err(|e| CodecError::ConfigFile {
+                                path: label.clone(),
+                                reason: e.to_string(),
+                            })?;
+                        CodecConfig::from_vaak_json(&text, &label)?
+                    }
+                    Err(vaak_nn::Error::MissingFile { .. }) => CodecConfig::vaak_16k(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let weights = Weights::load_location(&loc, opts)?;
         let weights = if preset == Preset::Mimi {
@@ -546,6 +561,92 @@ impl Codec {
         Ok(self.decoder.forward(&latent, self.edge)?)
     }
 
+    /// The plain (EnCodec-style) residual VQ as a [`ResidualVq`], for training; Mimi's split
+    /// quantizer is not trainable here.
+    pub fn residual_vq(&self) -> Result<ResidualVq> {
+        match self.quantizer.as_slice() {
+            [g] if g.input_proj.is_none() => {
+                Ok(ResidualVq::from_parts(g.codebooks.clone(), None, None)?)
+            }
+            _ => Err(CodecError::Unsupported {
+                path: self.cfg.sample_rate.to_string() + " Hz codec",
+                field: "latent",
+                value: "split/projected RVQ".into(),
+                reason: "training supports plain-RVQ (EnCodec-style) codecs only".into(),
+            }),
+        }
+    }
+
+    /// Replaces codebook `q` of the plain RVQ (e.g. after an EMA update).
+    pub fn set_codebook(&mut self, q: usize, cb: Codebook) -> Result<()> {
+        let n = self.cfg.num_quantizers;
+        let g = match self.quantizer.as_mut_slice() {
+            [g] => g,
+            _ => {
+                return Err(CodecError::BadInput {
+                    what: "Codec::set_codebook",
+                    expected: "a plain-RVQ codec".into(),
+                    got: "a split quantizer".into(),
+                })
+            }
+        };
+        let old = g.codebooks.get(q).ok_or_else(|| CodecError::BadInput {
+            what: "Codec::set_codebook",
+            expected: format!("codebook index < {n}"),
+            got: q.to_string(),
+        })?;
+        if old.size() != cb.size() || old.dim() != cb.dim() {
+            return Err(CodecError::BadInput {
+                what: "Codec::set_codebook",
+                expected: format!("[{}, {}]", old.size(), old.dim()),
+                got: format!("[{}, {}]", cb.size(), cb.dim()),
+            });
+        }
+        g.codebooks[q] = cb;
+        Ok(())
+    }
+
+    /// Training forward on audio `[B, channels, T]` (`T` a multiple of the hop): the causal
+    /// encoder, straight-through RVQ where item `b` uses the first `n_q_per_item[b]` codebooks
+    /// (quantizer dropout, see `vaak_nn::rvq::sample_n_q`), and the causal decoder. Every conv
+    /// is differentiable with correct gradients for batch > 1 (`vaak_nn::conv`); codebooks get
+    /// no gradient (they learn by EMA from [`CodecTrainOutput::stages`]).
+    pub fn forward_train(
+        &self,
+        audio: &Tensor,
+        n_q_per_item: &[usize],
+    ) -> Result<CodecTrainOutput> {
+        let x = self.check_audio(audio, "Codec::forward_train audio")?;
+        let t = x.dim(2)?;
+        let hop = self.hop_length();
+        if t % hop != 0 || t == 0 {
+            return Err(CodecError::BadInput {
+                what: "Codec::forward_train audio",
+                expected: format!("a positive multiple of the hop ({hop}) samples"),
+                got: t.to_string(),
+            });
+        }
+        if self.latent.is_some() {
+            return Err(CodecError::Unsupported {
+                path: "codec".into(),
+                field: "latent",
+                value: "Mimi latent transformer".into(),
+                reason: "training supports plain-RVQ (EnCodec-style) codecs only".into(),
+            });
+        }
+        let rvq = self.residual_vq()?;
+        let latent = self.encoder.forward(&x, EdgeMode::Causal)?;
+        let q = rvq.quantize_train(&latent, n_q_per_item)?;
+        let audio = self.decoder.forward(&q.quantized, EdgeMode::Causal)?;
+        Ok(CodecTrainOutput {
+            audio,
+            latent,
+            codes: q.codes,
+            commitment_loss: q.commitment_loss,
+            stages: q.stages,
+        })
+    }
+
     /// A fresh streaming state for `batch` slots.
     pub fn streamer(&self, batch: usize) -> Result<CodecStreamer> {
         if batch == 0 {
@@ -572,6 +673,56 @@ impl Codec {
             batch,
         })
     }
+}
+
+/// What [`Codec::forward_train`] returns.
+#[derive(Debug)]
+pub struct CodecTrainOutput {
+    /// Reconstruction `[B, channels, T]`.
+    pub audio: Tensor,
+    /// Encoder output `[B, dimension, T / hop]` (before quantization).
+    pub latent: Tensor,
+    /// Codes `[B, num_quantizers, T / hop]` (u32); stages an item skipped carry no meaning.
+    pub codes: Tensor,
+    /// Mean squared distance between each used stage's input residual and its code vector;
+    /// its gradient reaches the encoder only.
+    pub commitment_loss: Tensor,
+    /// Per stage, the detached residual rows and codes of the items that used it, for
+    /// `vaak_nn::rvq::EmaCodebook::update`.
+    pub stages: Vec<(Tensor, Tensor)>,
+}
+
+/// Writes vaak's own checkpoint into `dir` (created if needed): `config.json` (serde of
+/// [`CodecConfig`]) and `model.safetensors` with the names [`Codec::new`] reads (EnCodec's:
+/// `encoder.layers.*`, `decoder.layers.*`, `quantizer.layers.{i}.codebook.embed`), so that
+/// `Codec::load(dir, Preset::Vaak16k, ..)` reads it back. The tensors are checked by building
+/// the codec from them first; each file is written to a temporary name and renamed into place.
+pub fn save_vaak_checkpoint(
+    dir: &Path,
+    cfg: &CodecConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let json = cfg.to_vaak_json()?;
+    let cpu: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.detach().to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let label = dir.display().to_string();
+    let check = Weights::from_tensors(cpu.clone(), &label, &LoadOptions::default());
+    Codec::new(cfg.clone(), Preset::Vaak16k, check.into_var_builder(None))?;
+    let io = |p: &Path, e: std::io::Error| CodecError::ConfigFile {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tmp_w = dir.join(".model.safetensors.tmp");
+    candle_core::safetensors::save(&cpu, &tmp_w)?;
+    let tmp_c = dir.join(".config.json.tmp");
+    std::fs::write(&tmp_c, json + "\n").map_err(|e| io(&tmp_c, e))?;
+    let (w, c) = (dir.join("model.safetensors"), dir.join("config.json"));
+    std::fs::rename(&tmp_w, &w).map_err(|e| io(&w, e))?;
+    std::fs::rename(&tmp_c, &c).map_err(|e| io(&c, e))?;
+    Ok(())
 }
 
 /// Per-slot streaming state of a [`Codec`]: one encoder and one decoder stream over `batch`

@@ -15,13 +15,14 @@
 //!   clip-level normalisation and overlapping chunks cannot stream); anything else is a
 //!   [`CodecError::Unsupported`] naming the field.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vaak_nn::transformer::{FfnKind, NormKind, RopeKind, TransformerConfig};
 
 use crate::error::{CodecError, Result};
 
 /// How a whole-clip conv pads the clip edges in [`crate::EdgeMode::Reference`] mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PadMode {
     /// Mirror the clip at its edges (EnCodec's default).
     Reflect,
@@ -32,7 +33,8 @@ pub enum PadMode {
 }
 
 /// A SEANet encoder/decoder pair (the EnCodec layout, also used by vaak's own presets).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SeanetConfig {
     /// Audio channels in and out.
     pub channels: usize,
@@ -84,19 +86,27 @@ pub struct LatentTransformerConfig {
 }
 
 /// Everything needed to build a codec.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// vaak's own checkpoints store it as `config.json` (serde, these field names; see
+/// [`CodecConfig::from_vaak_json`]). Mimi's `latent` part is not serialised: vaak's format is
+/// for plain-RVQ codecs (EnCodec style), and [`CodecConfig::to_vaak_json`] refuses others.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CodecConfig {
     pub sample_rate: usize,
     pub seanet: SeanetConfig,
     /// Extra downsampling of the latent after the SEANet encoder (1: none).
+    #[serde(default = "d_one")]
     pub latent_stride: usize,
     /// Mimi's latent transformers and split RVQ (`None`: EnCodec-style plain RVQ).
+    #[serde(skip)]
     pub latent: Option<LatentTransformerConfig>,
     /// Entries per codebook.
     pub codebook_size: usize,
     /// Most codebooks the checkpoint has.
     pub num_quantizers: usize,
     /// Bandwidths (kbps) the checkpoint lists, ascending; may be empty.
+    #[serde(default)]
     pub target_bandwidths: Vec<f64>,
     /// Codebooks used until the caller sets another number.
     pub default_codebooks: usize,
@@ -124,24 +134,31 @@ impl CodecConfig {
         ((kbps * 1000.0 / bw_per_q).floor() as usize).max(1)
     }
 
-    /// vaak's own 16 kHz codec: 8 codebooks of 1024, EnCodec-style SEANet with the LSTM, no
-    /// weight norm (plain weights are simpler to train and to stream-test), zero padding. The
-    /// ratios `[8, 5, 4, 2]` (hop 320, 50 Hz) are a starting point; the frame rate is to be
-    /// chosen by measurement when the codec is trained.
+    /// vaak's own 16 kHz codec: 8 codebooks of 1024 x 64, hop 320 (50 Hz, 4 kbps at 8
+    /// codebooks), an EnCodec-style SEANet without LSTM or conv shortcuts, plain weights (no
+    /// weight norm), zero padding.
+    ///
+    /// Sized to train on a few CPU cores and to ship in the repository: 16 base filters
+    /// (16-32-64-128-256 channels), latent and codebook width 64, last conv kernel 3 (as Mimi;
+    /// the 256 x 64 x 7 convs would be a fifth of the weights). About 0.64 M conv parameters
+    /// plus 0.5 M codebook entries: ~4.7 MB in f32. No LSTM: it is sequential over frames
+    /// (slow to train on a CPU) and the causal convs already see ~1.3 s of context at the
+    /// latent. Nothing here is tied to weights: a trained checkpoint's `config.json` overrides
+    /// every field.
     pub fn vaak_16k() -> Self {
         let seanet = SeanetConfig {
             channels: 1,
-            dimension: 128,
-            n_filters: 32,
+            dimension: 64,
+            n_filters: 16,
             n_residual_layers: 1,
             ratios: vec![8, 5, 4, 2],
             kernel_size: 7,
-            last_kernel_size: 7,
+            last_kernel_size: 3,
             residual_kernel_size: 3,
             dilation_base: 2,
             compress: 2,
-            lstm_layers: 2,
-            conv_shortcut: true,
+            lstm_layers: 0,
+            conv_shortcut: false,
             pad_mode: PadMode::Zero,
             weight_norm: false,
         };
@@ -155,6 +172,31 @@ impl CodecConfig {
             target_bandwidths: vec![],
             default_codebooks: 8,
         }
+    }
+
+    /// Parses vaak's own `config.json` (see the type docs); `path` labels errors. Unknown or
+    /// missing fields are errors naming the field.
+    pub fn from_vaak_json(text: &str, path: &str) -> Result<Self> {
+        let cfg: Self = parse_json(text, path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// vaak's `config.json` text for this config (plain-RVQ codecs only).
+    pub fn to_vaak_json(&self) -> Result<String> {
+        if self.latent.is_some() {
+            return Err(CodecError::Unsupported {
+                path: "config.json".into(),
+                field: "latent",
+                value: "Mimi latent transformer".into(),
+                reason: "vaak's checkpoint format holds plain-RVQ (EnCodec-style) codecs only"
+                    .into(),
+            });
+        }
+        serde_json::to_string_pretty(self).map_err(|e| CodecError::ConfigFile {
+            path: "config.json".into(),
+            reason: e.to_string(),
+        })
     }
 
     /// Checks the invariants the model relies on.

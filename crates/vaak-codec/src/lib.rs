@@ -55,7 +55,7 @@ pub mod error;
 pub mod seanet;
 pub mod train;
 
-pub use codec::{Codec, CodecStreamer, Preset};
+pub use codec::{save_vaak_checkpoint, Codec, CodecStreamer, CodecTrainOutput, Preset};
 pub use config::{
     CodecConfig, HfEncodecConfig, HfMimiConfig, LatentTransformerConfig, PadMode, SeanetConfig,
 };

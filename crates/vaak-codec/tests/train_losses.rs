@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
-use vaak_codec::train::{Stft, Window};
+use vaak_codec::train::{MelLoss, MelResolution, MultiResStftLoss, Stft, StftResolution, Window};
 use vaak_nn::streaming::max_abs_diff;
 
 const DIR: &str = concat!(
@@ -16,6 +16,11 @@ const DIR: &str = concat!(
 const STFT_TOL: f32 = 5e-6;
 /// Input gradients of the STFT vs torch.
 const STFT_GRAD_TOL: f32 = 2e-5;
+
+/// Loss values vs torch, relative.
+const LOSS_REL_TOL: f64 = 1e-5;
+/// Loss input gradients vs torch, max abs error relative to the largest gradient entry.
+const LOSS_GRAD_REL_TOL: f32 = 1e-4;
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(format!("{DIR}/{name}.safetensors"), &Device::Cpu).unwrap()
@@ -73,4 +78,110 @@ fn stft_values_and_gradients_match_torch() {
             "{name} grads"
         );
     }
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64
+}
+
+fn triples(v: &serde_json::Value) -> Vec<[usize; 3]> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let r = r.as_array().unwrap();
+            [0, 1, 2].map(|i| r[i].as_u64().unwrap() as usize)
+        })
+        .collect()
+}
+
+fn check_grad(name: &str, got: &Tensor, want: &Tensor) {
+    let err = max_abs_diff(got, want).unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("{name}: grad max abs err {err:e} (peak {scale:e})");
+    assert!(scale > 0.0, "{name}: reference gradient is zero");
+    assert!(
+        err <= LOSS_GRAD_REL_TOL * scale,
+        "{name}: grad err {err} vs peak {scale}"
+    );
+}
+
+fn check_value(name: &str, got: &Tensor, want: &Tensor) {
+    let (g, w) = (scalar(got), scalar(want));
+    eprintln!("{name}: {g} vs torch {w}");
+    assert!(
+        (g - w).abs() <= LOSS_REL_TOL * w.abs(),
+        "{name}: {g} vs {w}"
+    );
+}
+
+#[test]
+fn stft_and_mel_losses_and_gradients_match_torch() {
+    let r = load("losses");
+    let m = meta();
+    let dev = Device::Cpu;
+    let sr = m["sample_rate"].as_u64().unwrap() as usize;
+    let res: Vec<StftResolution> = triples(&m["stft_resolutions"])
+        .into_iter()
+        .map(|[n_fft, hop, win_length]| StftResolution {
+            n_fft,
+            hop,
+            win_length,
+        })
+        .collect();
+    let mels: Vec<MelResolution> = triples(&m["mel_resolutions"])
+        .into_iter()
+        .map(|[n_fft, hop, n_mels]| MelResolution { n_fft, hop, n_mels })
+        .collect();
+    let stft = MultiResStftLoss::new(&res, &dev).unwrap();
+    let mel = MelLoss::new(&mels, sr, &dev).unwrap();
+    let x = &r["x"];
+    // The loss takes [B, 1, T] as the codec emits it.
+    let y = Var::from_tensor(&r["y"].unsqueeze(1).unwrap()).unwrap();
+
+    let (sc, lm) = stft.forward(y.as_tensor(), x).unwrap();
+    check_value("spectral convergence", &sc, &r["sc"]);
+    check_value("log magnitude", &lm, &r["logmag"]);
+    let g = sc.backward().unwrap();
+    check_grad(
+        "spectral convergence",
+        &g.get(&y).unwrap().squeeze(1).unwrap(),
+        &r["grad_sc"],
+    );
+    let g = lm.backward().unwrap();
+    check_grad(
+        "log magnitude",
+        &g.get(&y).unwrap().squeeze(1).unwrap(),
+        &r["grad_logmag"],
+    );
+
+    let ml = mel.forward(y.as_tensor(), x).unwrap();
+    check_value("mel", &ml, &r["mel"]);
+    let g = ml.backward().unwrap();
+    check_grad(
+        "mel",
+        &g.get(&y).unwrap().squeeze(1).unwrap(),
+        &r["grad_mel"],
+    );
+}
+
+#[test]
+fn losses_reject_mismatched_shapes() {
+    let dev = Device::Cpu;
+    let res = [StftResolution {
+        n_fft: 64,
+        hop: 16,
+        win_length: 64,
+    }];
+    let stft = MultiResStftLoss::new(&res, &dev).unwrap();
+    let a = Tensor::zeros((2, 400), candle_core::DType::F32, &dev).unwrap();
+    let b = Tensor::zeros((2, 300), candle_core::DType::F32, &dev).unwrap();
+    assert!(stft.forward(&a, &b).is_err());
+    assert!(MultiResStftLoss::new(&[], &dev).is_err());
 }

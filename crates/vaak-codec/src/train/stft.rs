@@ -136,6 +136,34 @@ impl Stft {
     /// With `center` the signal must be longer than `n_fft / 2` (reflect padding), without it
     /// at least `n_fft` long.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let b = x.dim(0)?;
+        let (rows, frames) = self.spectrum_rows(x)?;
+        let bins = self.bins();
+        let spec = rows.reshape((b, frames, 2 * bins))?.transpose(1, 2)?;
+        let re = spec.narrow(1, 0, bins)?.contiguous()?;
+        let im = spec.narrow(1, bins, bins)?.contiguous()?;
+        Ok((re, im))
+    }
+
+    /// `sqrt(max(re² + im², eps))`, `[B, bins, frames]`; `eps` keeps the gradient finite at
+    /// silent bins.
+    pub fn magnitude(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        let (re, im) = self.forward(x)?;
+        (re.sqr()? + im.sqr()?)?.maximum(eps)?.sqrt()
+    }
+
+    /// The magnitude as rows `[B * frames, bins]` (frame-major, no transpose), for losses
+    /// that reduce over everything or multiply by a filterbank; also returns `frames`.
+    pub fn magnitude_rows(&self, x: &Tensor, eps: f64) -> Result<(Tensor, usize)> {
+        let (rows, frames) = self.spectrum_rows(x)?;
+        let bins = self.bins();
+        let re = rows.narrow(1, 0, bins)?;
+        let im = rows.narrow(1, bins, bins)?;
+        Ok(((re.sqr()? + im.sqr()?)?.maximum(eps)?.sqrt()?, frames))
+    }
+
+    /// `[B * frames, 2 * bins]` (real parts, then imaginary parts) and `frames`.
+    fn spectrum_rows(&self, x: &Tensor) -> Result<(Tensor, usize)> {
         let (b, t) = x.dims2().map_err(|_| {
             candle_core::Error::Msg(format!(
                 "Stft: input must be [batch, samples], got {:?}",
@@ -163,22 +191,8 @@ impl Stft {
             bail!("Stft: {t} samples are shorter than n_fft {}", self.n_fft);
         }
         let framed = self.frame(&x, b, len, frames)?; // [B * frames, n_fft]
-        let bins = self.bins();
         let kernel = self.kernel.to_dtype(x.dtype())?;
-        let spec = framed
-            .matmul(&kernel)?
-            .reshape((b, frames, 2 * bins))?
-            .transpose(1, 2)?;
-        let re = spec.narrow(1, 0, bins)?.contiguous()?;
-        let im = spec.narrow(1, bins, bins)?.contiguous()?;
-        Ok((re, im))
-    }
-
-    /// `sqrt(max(re² + im², eps))`, `[B, bins, frames]`; `eps` keeps the gradient finite at
-    /// silent bins.
-    pub fn magnitude(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
-        let (re, im) = self.forward(x)?;
-        (re.sqr()? + im.sqr()?)?.maximum(eps)?.sqrt()
+        Ok((framed.matmul(&kernel)?, frames))
     }
 
     /// Rows `[B * frames, n_fft]` of the (padded) `x: [B, len]`.

@@ -9,6 +9,8 @@
 
 pub mod loopback;
 pub mod openai;
+pub mod spm;
+pub mod tokenizer;
 
 pub use openai::{
     prompt_hash, system_prompt, BackoffConfig, OpenAiConfig, OpenAiTranslator, PROMPT_VERSION,

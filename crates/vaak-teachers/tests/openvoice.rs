@@ -11,7 +11,10 @@ use vaak_teachers::vc::{
 };
 use vaak_teachers::{AudioRef, SpeakerEncoder, TeacherError};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/fixtures/data/openvoice");
+const DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tools/fixtures/data/openvoice"
+);
 
 /// Linear spectrogram vs `spectrogram_torch` (values up to ~20).
 const SPEC_TOL: f32 = 1e-4;
@@ -27,8 +30,9 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Self {
-        let t = candle_core::safetensors::load(format!("{DIR}/openvoice.safetensors"), &Device::Cpu)
-            .expect("fixture");
+        let t =
+            candle_core::safetensors::load(format!("{DIR}/openvoice.safetensors"), &Device::Cpu)
+                .expect("fixture");
         Self { t }
     }
 
@@ -70,15 +74,14 @@ const SR: u32 = 22050;
 
 #[test]
 fn config_loads_as_published_and_bad_configs_name_the_problem() {
-    let cfg = OpenVoiceConfig::from_file(&Path::new(DIR).join("converter").join(CONFIG_FILE))
-        .unwrap();
+    let cfg =
+        OpenVoiceConfig::from_file(&Path::new(DIR).join("converter").join(CONFIG_FILE)).unwrap();
     assert_eq!(cfg.version.as_deref(), Some("v2"));
     assert!(cfg.model.zero_g);
     assert_eq!(cfg.spec_channels(), 33);
     assert_eq!(cfg.data.sampling_rate, SR);
 
-    let text = std::fs::read_to_string(Path::new(DIR).join("converter").join(CONFIG_FILE))
-        .unwrap();
+    let text = std::fs::read_to_string(Path::new(DIR).join("converter").join(CONFIG_FILE)).unwrap();
     let bad = text.replace("\"n_speakers\": 0", "\"n_speakers\": 4");
     let err = OpenVoiceConfig::parse(&bad, Path::new("x/config.json")).unwrap_err();
     assert!(err.to_string().contains("n_speakers"), "{err}");
@@ -90,8 +93,8 @@ fn config_loads_as_published_and_bad_configs_name_the_problem() {
     let err = OpenVoiceConfig::parse(&bad, Path::new("c.json")).unwrap_err();
     assert!(err.to_string().contains("hop_length"), "{err}");
 
-    let err = ToneColorConverter::load(&format!("{DIR}/nope"), &ConverterOptions::default())
-        .unwrap_err();
+    let err =
+        ToneColorConverter::load(&format!("{DIR}/nope"), &ConverterOptions::default()).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
 }
 
@@ -127,7 +130,11 @@ fn extract_se_matches_reference() {
 
     // The SpeakerEncoder view gives per-clip embeddings whose mean is extract_se.
     let per = conv
-        .embed(&[AudioRef::new(&a, SR), AudioRef::new(&b, SR), AudioRef::new(&a[..10], SR)])
+        .embed(&[
+            AudioRef::new(&a, SR),
+            AudioRef::new(&b, SR),
+            AudioRef::new(&a[..10], SR),
+        ])
         .unwrap();
     let (ea, eb) = (per[0].as_ref().unwrap(), per[1].as_ref().unwrap());
     let mean: Vec<f32> = ea.iter().zip(eb).map(|(x, y)| (x + y) / 2.0).collect();
@@ -150,9 +157,15 @@ fn convert_with_fixed_noise_matches_reference_with_and_without_zero_g() {
         .unwrap();
     let want = fx.f32s("out_zero_g");
     let err = max_abs_diff(&out, &want);
-    eprintln!("convert (zero_g) max abs err {err:.3e}, ref std {:.3e}", std(&want));
+    eprintln!(
+        "convert (zero_g) max abs err {err:.3e}, ref std {:.3e}",
+        std(&want)
+    );
     assert!(err < WAV_TOL, "{err}");
-    assert!(std(&want) > 100.0 * WAV_TOL, "reference output is near silent");
+    assert!(
+        std(&want) > 100.0 * WAV_TOL,
+        "reference output is near silent"
+    );
 
     conv.set_zero_g(false);
     let out_g = conv
@@ -194,15 +207,43 @@ fn seeded_convert_is_deterministic_and_batches_keep_going() {
     let short = [0.1f32; 5];
     let wrong_dim = vec![0.0f32; 3];
     let items = [
-        ConvertItem { src: r, src_se: &se_src, tgt_se: &se_tgt, tau: TAU, seed: 1 },
-        ConvertItem { src: AudioRef::new(&short, SR), src_se: &se_src, tgt_se: &se_tgt, tau: TAU, seed: 1 },
-        ConvertItem { src: r, src_se: &se_src, tgt_se: &wrong_dim, tau: TAU, seed: 1 },
-        ConvertItem { src: r, src_se: &se_src, tgt_se: &se_tgt, tau: TAU, seed: 2 },
+        ConvertItem {
+            src: r,
+            src_se: &se_src,
+            tgt_se: &se_tgt,
+            tau: TAU,
+            seed: 1,
+        },
+        ConvertItem {
+            src: AudioRef::new(&short, SR),
+            src_se: &se_src,
+            tgt_se: &se_tgt,
+            tau: TAU,
+            seed: 1,
+        },
+        ConvertItem {
+            src: r,
+            src_se: &se_src,
+            tgt_se: &wrong_dim,
+            tau: TAU,
+            seed: 1,
+        },
+        ConvertItem {
+            src: r,
+            src_se: &se_src,
+            tgt_se: &se_tgt,
+            tau: TAU,
+            seed: 2,
+        },
     ];
     let out = conv.convert_batch(&items);
     assert_eq!(out[0].as_ref().unwrap(), &a);
-    assert!(matches!(&out[1], Err(TeacherError::BadInput(m)) if m.starts_with("item 1") && m.contains("too short")));
-    assert!(matches!(&out[2], Err(TeacherError::BadInput(m)) if m.starts_with("item 2") && m.contains("target")));
+    assert!(
+        matches!(&out[1], Err(TeacherError::BadInput(m)) if m.starts_with("item 1") && m.contains("too short"))
+    );
+    assert!(
+        matches!(&out[2], Err(TeacherError::BadInput(m)) if m.starts_with("item 2") && m.contains("target"))
+    );
     assert_eq!(out[3].as_ref().unwrap(), &c);
 
     let bad_noise = Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();

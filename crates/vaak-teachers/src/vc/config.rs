@@ -102,7 +102,7 @@ impl OpenVoiceConfig {
         if d.hop_length > d.filter_length {
             return Err("data.hop_length must not exceed filter_length".into());
         }
-        if m.inter_channels == 0 || m.inter_channels % 2 != 0 {
+        if m.inter_channels == 0 || !m.inter_channels.is_multiple_of(2) {
             return Err(format!(
                 "model.inter_channels {} must be even and > 0 (the flow splits it in halves)",
                 m.inter_channels
@@ -112,7 +112,10 @@ impl OpenVoiceConfig {
             return Err("model.hidden_channels and gin_channels must be > 0".into());
         }
         if m.resblock != "1" && m.resblock != "2" {
-            return Err(format!("model.resblock {:?} must be \"1\" or \"2\"", m.resblock));
+            return Err(format!(
+                "model.resblock {:?} must be \"1\" or \"2\"",
+                m.resblock
+            ));
         }
         if m.resblock_kernel_sizes.is_empty()
             || m.resblock_kernel_sizes.len() != m.resblock_dilation_sizes.len()
@@ -130,8 +133,7 @@ impl OpenVoiceConfig {
                 m.resblock
             ));
         }
-        if m.upsample_rates.is_empty() || m.upsample_rates.len() != m.upsample_kernel_sizes.len()
-        {
+        if m.upsample_rates.is_empty() || m.upsample_rates.len() != m.upsample_kernel_sizes.len() {
             return Err(
                 "model.upsample_rates and upsample_kernel_sizes must be non-empty and of equal \
                  length"

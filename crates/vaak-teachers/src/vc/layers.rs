@@ -54,7 +54,13 @@ impl Conv1d {
     }
 
     /// "Same" padding for an odd kernel at this dilation (`commons.get_padding`).
-    pub fn load_same(vb: &VarBuilder, c_in: usize, c_out: usize, k: usize, d: usize) -> Result<Self> {
+    pub fn load_same(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        d: usize,
+    ) -> Result<Self> {
         Self::load(vb, c_in, c_out, k, d, (k * d - d) / 2, true)
     }
 
@@ -163,7 +169,13 @@ pub struct PosteriorEncoder {
 }
 
 impl PosteriorEncoder {
-    pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, hidden: usize, gin: usize) -> Result<Self> {
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        hidden: usize,
+        gin: usize,
+    ) -> Result<Self> {
         // SynthesizerTrn hard-codes kernel 5, dilation rate 1, 16 layers.
         Ok(Self {
             out_channels: c_out,
@@ -221,7 +233,13 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn load(vb: &VarBuilder, channels: usize, hidden: usize, gin: usize, device: &Device) -> Result<Self> {
+    pub fn load(
+        vb: &VarBuilder,
+        channels: usize,
+        hidden: usize,
+        gin: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let half = channels / 2;
         // SynthesizerTrn: kernel 5, dilation rate 1, 4 WN layers, 4 flows; odd indices are Flip.
         let layers = (0..4)
@@ -483,7 +501,10 @@ impl ReferenceEncoder {
         let gvb = vb.pp("gru");
         let gru = Gru {
             hidden: h,
-            w_ih_t: gvb.get((3 * h, gin_in), "weight_ih_l0")?.t()?.contiguous()?,
+            w_ih_t: gvb
+                .get((3 * h, gin_in), "weight_ih_l0")?
+                .t()?
+                .contiguous()?,
             w_hh_t: gvb.get((3 * h, h), "weight_hh_l0")?.t()?.contiguous()?,
             b_ih: gvb.get(3 * h, "bias_ih_l0")?,
             b_hh: gvb.get(3 * h, "bias_hh_l0")?,
@@ -520,7 +541,10 @@ impl ReferenceEncoder {
             .broadcast_mul(&self.ln_weight)?
             .broadcast_add(&self.ln_bias)?;
         for c in &self.convs {
-            x = x.conv2d(&c.weight, 1, 2, 1, 1)?.broadcast_add(&c.bias)?.relu()?;
+            x = x
+                .conv2d(&c.weight, 1, 2, 1, 1)?
+                .broadcast_add(&c.bias)?
+                .relu()?;
         }
         let (_, c, t2, w) = x.dims4()?;
         let x = x.transpose(1, 2)?.contiguous()?.reshape((b, t2, c * w))?;

@@ -134,6 +134,11 @@ impl ToneColorConverter {
         })
     }
 
+    /// The location it was loaded from (and hub revision).
+    pub fn id(&self) -> &ModelId {
+        &self.id
+    }
+
     pub fn config(&self) -> &OpenVoiceConfig {
         &self.cfg
     }
@@ -170,7 +175,11 @@ impl ToneColorConverter {
     /// The linear spectrogram `[1, n_bins, T]` of samples at the model rate.
     pub fn spectrogram(&self, samples: &[f32]) -> Result<Tensor> {
         let (data, t) = self.spec.compute(samples)?;
-        Ok(Tensor::from_vec(data, (1, self.spec.n_bins(), t), &self.device)?)
+        Ok(Tensor::from_vec(
+            data,
+            (1, self.spec.n_bins(), t),
+            &self.device,
+        )?)
     }
 
     fn at_model_rate(&self, clip: &AudioRef<'_>) -> Result<Vec<f32>> {
@@ -180,7 +189,11 @@ impl ToneColorConverter {
         if clip.sample_rate == self.sample_rate() {
             Ok(clip.samples.to_vec())
         } else {
-            Ok(resample(clip.samples, clip.sample_rate, self.sample_rate())?)
+            Ok(resample(
+                clip.samples,
+                clip.sample_rate,
+                self.sample_rate(),
+            )?)
         }
     }
 
@@ -288,7 +301,10 @@ impl ToneColorConverter {
             (&g_src, &g_tgt)
         };
         let (m, logs) = self.enc_q.stats(&spec, &mask, g_post)?;
-        let noise = noise.to_dtype(DType::F32)?.to_device(&self.device)?.unsqueeze(0)?;
+        let noise = noise
+            .to_dtype(DType::F32)?
+            .to_device(&self.device)?
+            .unsqueeze(0)?;
         let z = (m + (noise * tau as f64)?.mul(&logs.exp()?)?)?.broadcast_mul(&mask)?;
         let z_p = self.flow.forward(&z, &mask, &g_src, false)?;
         let z_hat = self.flow.forward(&z_p, &mask, &g_tgt, true)?;

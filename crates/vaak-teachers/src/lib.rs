@@ -13,6 +13,7 @@ pub mod mt;
 mod pool;
 pub mod speaker;
 pub mod tts;
+pub mod vc;
 
 pub use error::{Result, TeacherError};
 pub use lang::Lang;

@@ -15,7 +15,9 @@
 //! quantizer dropout) in their definitions only.
 
 pub mod config;
+pub mod conv2d;
 pub mod data;
+pub mod disc;
 pub mod loss;
 pub mod stft;
 pub mod trainer;

@@ -8,6 +8,7 @@ mod bench;
 mod cascade;
 mod codec;
 mod info;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Command {
     /// Benchmarks: print a table, write JSON, and compare against a peer in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Training: `vaak train codec` trains vaak's streaming codec.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 fn main() -> Result<()> {
@@ -60,6 +64,7 @@ fn main() -> Result<()> {
         Command::Cascade(args) => cascade::run(*args),
         Command::Codec(cmd) => codec::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Train(cmd) => train::run(cmd),
     }
 }
 

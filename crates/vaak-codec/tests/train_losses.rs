@@ -44,39 +44,44 @@ fn stft_values_and_gradients_match_torch() {
             c[3].as_u64().unwrap() as usize,
         );
         let center = c[4].as_bool().unwrap();
-        let stft = Stft::new(n_fft, hop, win, Window::Hann, center, &Device::Cpu).unwrap();
-        let x = Var::from_tensor(&r["x"]).unwrap();
-        let (re, im) = stft.forward(x.as_tensor()).unwrap();
-        let e_re = max_abs_diff(&re, &r[&format!("{name}.re")]).unwrap();
-        let e_im = max_abs_diff(&im, &r[&format!("{name}.im")]).unwrap();
-        let loss = ((re * &r[&format!("{name}.g_re")]).unwrap()
-            + (im * &r[&format!("{name}.g_im")]).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap();
-        let g = loss.backward().unwrap();
-        let e_g = max_abs_diff(g.get(&x).unwrap(), &r[&format!("{name}.grad")]).unwrap();
-        let x = Var::from_tensor(&r["x"]).unwrap();
-        let mag = stft.magnitude(x.as_tensor(), eps).unwrap();
-        let e_m = max_abs_diff(&mag, &r[&format!("{name}.mag")]).unwrap();
-        let g = (mag * &r[&format!("{name}.g_mag")])
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let e_mg = max_abs_diff(g.get(&x).unwrap(), &r[&format!("{name}.mag_grad")]).unwrap();
-        eprintln!(
-            "stft {name}: re {e_re:e} im {e_im:e} grad {e_g:e} mag {e_m:e} mag grad {e_mg:e}"
-        );
-        assert!(
-            e_re <= STFT_TOL && e_im <= STFT_TOL && e_m <= STFT_TOL,
-            "{name} values"
-        );
-        assert!(
-            e_g <= STFT_GRAD_TOL && e_mg <= STFT_GRAD_TOL,
-            "{name} grads"
-        );
+        // The FFT custom op (CPU f32) and the DFT matmul (the CUDA path).
+        for matmul in [false, true] {
+            let stft = Stft::new(n_fft, hop, win, Window::Hann, center, &Device::Cpu).unwrap();
+            let stft = if matmul { stft.with_matmul() } else { stft };
+            let label = format!("{name}{}", if matmul { " (matmul)" } else { " (fft)" });
+            let key = |s: &str| format!("{name}.{s}");
+            let x = Var::from_tensor(&r["x"]).unwrap();
+            let (re, im) = stft.forward(x.as_tensor()).unwrap();
+            let e_re = max_abs_diff(&re, &r[&key("re")]).unwrap();
+            let e_im = max_abs_diff(&im, &r[&key("im")]).unwrap();
+            let loss = ((re * &r[&key("g_re")]).unwrap() + (im * &r[&key("g_im")]).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let e_g = max_abs_diff(g.get(&x).unwrap(), &r[&key("grad")]).unwrap();
+            let x = Var::from_tensor(&r["x"]).unwrap();
+            let mag = stft.magnitude(x.as_tensor(), eps).unwrap();
+            let e_m = max_abs_diff(&mag, &r[&key("mag")]).unwrap();
+            let g = (mag * &r[&key("g_mag")])
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let e_mg = max_abs_diff(g.get(&x).unwrap(), &r[&key("mag_grad")]).unwrap();
+            eprintln!(
+                "stft {label}: re {e_re:e} im {e_im:e} grad {e_g:e} mag {e_m:e} mag grad {e_mg:e}"
+            );
+            assert!(
+                e_re <= STFT_TOL && e_im <= STFT_TOL && e_m <= STFT_TOL,
+                "{label} values"
+            );
+            assert!(
+                e_g <= STFT_GRAD_TOL && e_mg <= STFT_GRAD_TOL,
+                "{label} grads"
+            );
+        }
     }
 }
 

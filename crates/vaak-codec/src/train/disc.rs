@@ -30,8 +30,8 @@
 //!   `relu(1 - D(x̂))` (the EnCodec paper's form).
 //! - [`AdvLoss::LeastSquares`]: discriminator `(D(x) - 1)² + D(x̂)²`, generator
 //!   `(D(x̂) - 1)²` (HiFi-GAN / LSGAN).
-//! - [`feature_matching_loss`]: EnCodec's normalised L1, `mean|r - f| / mean|r|` per feature
-//!   map, averaged over each sub-discriminator's maps, then over `K`.
+//! - [`feature_matching_loss`]: EnCodec's normalised L1, `mean|r - f| / (mean|r| + 1e-8)` per
+//!   feature map, averaged over each sub-discriminator's maps, then over `K`.
 //!
 //! Written for vaak after the HiFi-GAN and EnCodec papers' descriptions; candle has no
 //! discriminator. The 2-D convs are [`conv2d_differentiable`] (per-axis stride and dilation,

@@ -1,0 +1,334 @@
+//! `vaak train codec`: trains vaak's own streaming codec (`vaak-16k` by default).
+//!
+//! Thin: resolve the audio files, build the config (embedded defaults < `--config` YAML <
+//! flags), then `vaak_codec::train::run_training` with a progress bar and a Ctrl-C handler
+//! that stops after the current step with a checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use vaak_codec::train::{
+    run_training, CodecTrainConfig, CodecTrainer, RunOptions, TrainData, TrainDtype,
+};
+use vaak_nn::train::CheckpointManager;
+
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// Train vaak's streaming 16 kHz codec (causal SEANet encoder/decoder, 8 residual
+    /// codebooks of 1024 learnt by EMA) from speech audio.
+    ///
+    /// The run directory gets `train_config.yaml` (the resolved config), `metrics.jsonl` (loss
+    /// terms, grad norm, lr, codebook perplexity/usage, steps/s; validation mel distance, SNR
+    /// and SI-SDR on held-out clips), `checkpoints/step_*` (atomic, with a `latest` pointer;
+    /// `--resume` continues exactly) and `export/` (config.json + model.safetensors, updated at
+    /// every checkpoint), usable at once as
+    /// `vaak codec roundtrip --preset vaak-16k --weights <out>/export in.wav out.wav`.
+    /// Ctrl-C stops after the current step and writes a checkpoint (a second Ctrl-C exits at
+    /// once). Print the defaults with `--print-config`.
+    Codec(Box<CodecTrainArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DtypeArg {
+    /// f32 everywhere (the only choice on the CPU).
+    F32,
+    /// bf16 forward/backward with f32 master weights and optimizer state (CUDA only).
+    Bf16,
+}
+
+#[derive(Args)]
+pub struct CodecTrainArgs {
+    /// Training audio: a directory (searched recursively for .wav, .flac, .mp3, .ogg) or a
+    /// manifest CSV (columns id, lang, audio_path, duration_s; audio_path relative to
+    /// --data-root). Files are decoded, resampled to the codec rate and kept in memory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Root of a manifest's audio_path entries (default: the manifest's directory).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Run directory (created; must hold no checkpoints unless --resume).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training config YAML (every field optional; see --print-config for all of them).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Total optimizer steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Crops per batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Crop length in seconds (rounded to whole codec frames).
+    #[arg(long)]
+    segment_s: Option<f64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of initialisation, crops, augmentation and quantizer dropout.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda[:N] (needs a build with --features cuda), metal[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute precision; bf16 needs CUDA (CPU training stays f32).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// Continue from the newest checkpoint in <out>/checkpoints (its config, unless --config
+    /// is given; --steps may extend the run).
+    #[arg(long)]
+    resume: bool,
+    /// Codebook counts at which validation reports quality (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    val_codebooks: Vec<usize>,
+    /// Print the resolved training config as YAML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(cmd: TrainCommand) -> Result<()> {
+    match cmd {
+        TrainCommand::Codec(args) => train_codec(*args),
+    }
+}
+
+fn apply_flags(cfg: &mut CodecTrainConfig, a: &CodecTrainArgs) {
+    if let Some(s) = a.steps {
+        cfg.steps = s;
+    }
+    if let Some(b) = a.batch {
+        cfg.batch_size = b;
+    }
+    if let Some(s) = a.segment_s {
+        cfg.segment_s = s;
+    }
+    if let Some(lr) = a.lr {
+        cfg.optim.lr = lr;
+        cfg.optim.min_lr = cfg.optim.min_lr.min(lr);
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(d) = a.dtype {
+        cfg.dtype = match d {
+            DtypeArg::F32 => TrainDtype::F32,
+            DtypeArg::Bf16 => TrainDtype::Bf16,
+        };
+    }
+}
+
+fn read_config(path: &Path) -> Result<CodecTrainConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading training config {}", path.display()))?;
+    Ok(CodecTrainConfig::from_yaml(&text, &path.display().to_string())?)
+}
+
+fn train_codec(a: CodecTrainArgs) -> Result<()> {
+    let ckpt_dir = a.out.join("checkpoints");
+    let mut cfg = match &a.config {
+        Some(p) => read_config(p)?,
+        None => CodecTrainConfig::default(),
+    };
+    apply_flags(&mut cfg, &a);
+    if a.print_config {
+        print!("{}", cfg.to_yaml()?);
+        return Ok(());
+    }
+    let device = vaak_cascade::builtin::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let existing = if ckpt_dir.is_dir() {
+        CheckpointManager::new(&ckpt_dir, 0)?.load_latest(&device)?
+    } else {
+        None
+    };
+    let mut trainer = match (a.resume, existing) {
+        (true, Some(ck)) => {
+            let mut c = match &a.config {
+                Some(_) => cfg,
+                None => CodecTrainer::checkpoint_config(&ck)?,
+            };
+            apply_flags(&mut c, &a);
+            check_dtype(&c, &device)?;
+            let t = CodecTrainer::resume(&ck, Some(c), &device)
+                .with_context(|| format!("resuming from {}", ck.path.display()))?;
+            tracing::info!("resuming {} at step {}", ck.path.display(), t.step());
+            t
+        }
+        (false, Some(ck)) => bail!(
+            "{} already holds checkpoints (newest {}); pass --resume to continue that run or \
+             choose another --out",
+            ckpt_dir.display(),
+            ck.path.display()
+        ),
+        (true, None) => {
+            tracing::warn!("--resume: no checkpoint in {}; starting fresh", ckpt_dir.display());
+            check_dtype(&cfg, &device)?;
+            CodecTrainer::new(cfg, &device)?
+        }
+        (false, None) => {
+            check_dtype(&cfg, &device)?;
+            CodecTrainer::new(cfg, &device)?
+        }
+    };
+    let cfg = trainer.config().clone();
+
+    let paths = collect_audio(&a.data, a.data_root.as_deref())?;
+    tracing::info!("{} audio file(s) from {}", paths.len(), a.data.display());
+    let sr = cfg.model.sample_rate as u32;
+    let data = TrainData::load(&paths, sr, cfg.segment_samples(), cfg.data.val_clips)?;
+    tracing::info!(
+        "{} training clip(s), {:.1} min; {} validation clip(s){}",
+        data.train_clips().len(),
+        data.train_seconds() / 60.0,
+        data.val_clips().len(),
+        if data.val_held_out() { "" } else { " (not held out: too few clips)" }
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    install_ctrl_c(stop.clone());
+    let bar = if a.no_progress {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(cfg.steps);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )?
+            .progress_chars("=> "),
+        );
+        b.set_position(trainer.step());
+        b
+    };
+    let opts = RunOptions {
+        out_dir: a.out.clone(),
+        stop: Some(stop),
+        val_codebooks: a.val_codebooks.clone(),
+    };
+    let summary = run_training(&mut trainer, &data, &opts, &mut |m| {
+        bar.set_position(m.step);
+        bar.set_message(format!(
+            "loss {:.3} mel {:.3} sc {:.3} gn {:.2}",
+            m.loss, m.mel, m.stft_sc, m.grad_norm
+        ));
+    })?;
+    bar.finish_and_clear();
+    if summary.stopped_early {
+        println!("stopped at step {} (checkpoint written)", summary.steps);
+    } else {
+        println!("trained {} steps ({:.2} steps/s)", summary.steps, summary.steps_per_s);
+    }
+    if let Some(c) = &summary.last_checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    println!("export:     {}", summary.export_dir.display());
+    if !summary.final_val.is_empty() {
+        println!("{:>4} {:>7} {:>9} {:>9} {:>9}", "n_q", "kbps", "mel", "SNR dB", "SI-SDR");
+        for v in &summary.final_val {
+            println!(
+                "{:>4} {:>7.2} {:>9.4} {:>9.2} {:>9.2}",
+                v.n_q, v.kbps, v.mel_distance, v.snr_db, v.si_sdr_db
+            );
+        }
+    }
+    println!(
+        "try: vaak codec roundtrip --preset vaak-16k --weights {} in.wav out.wav",
+        summary.export_dir.display()
+    );
+    Ok(())
+}
+
+fn check_dtype(cfg: &CodecTrainConfig, device: &Device) -> Result<()> {
+    if cfg.dtype == TrainDtype::Bf16 && !device.is_cuda() {
+        bail!(
+            "dtype bf16 is for CUDA; CPU training stays f32 (candle's CPU bf16 kernels are \
+             slower than f32). Use --dtype f32 or --device cuda:0"
+        );
+    }
+    Ok(())
+}
+
+/// Stops the run after the current step on the first Ctrl-C; exits on the second.
+fn install_ctrl_c(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            tracing::warn!("no Ctrl-C handler (runtime failed); checkpoints are periodic");
+            return;
+        };
+        rt.block_on(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            eprintln!("\nCtrl-C: stopping after this step and writing a checkpoint (again to abort)");
+            stop.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+const AUDIO_EXTS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
+
+/// The audio files of a directory (recursive, sorted) or of a manifest CSV.
+fn collect_audio(data: &Path, data_root: Option<&Path>) -> Result<Vec<PathBuf>> {
+    if data.is_dir() {
+        let mut out = Vec::new();
+        let mut stack = vec![data.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let entries =
+                std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
+            for e in entries {
+                let p = e.with_context(|| format!("listing {}", d.display()))?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p
+                    .extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| AUDIO_EXTS.contains(&x.to_ascii_lowercase().as_str()))
+                {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        if out.is_empty() {
+            bail!(
+                "{}: no .wav/.flac/.mp3/.ogg files (searched recursively)",
+                data.display()
+            );
+        }
+        return Ok(out);
+    }
+    if !data.is_file() {
+        bail!("--data {}: no such file or directory", data.display());
+    }
+    let m = vaak_cascade::manifest::read_manifest(data, false)
+        .with_context(|| format!("reading manifest {}", data.display()))?;
+    if !m.malformed.is_empty() {
+        tracing::warn!("{}: {} malformed row(s) skipped", data.display(), m.malformed.len());
+    }
+    let root = match data_root {
+        Some(r) => r.to_path_buf(),
+        None => data.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let mut out = Vec::with_capacity(m.rows.len());
+    for row in &m.rows {
+        match vaak_cascade::paths::resolve_audio_path(&root, &row.audio_path) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::warn!("{} line {}: {e}; skipped", data.display(), row.line),
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no usable rows", data.display());
+    }
+    Ok(out)
+}

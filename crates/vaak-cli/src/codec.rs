@@ -1,14 +1,17 @@
-//! `vaak codec ...`: encode audio to codec tokens, decode tokens to audio, round-trip.
+//! `vaak codec ...`: encode audio to codec tokens, decode tokens to audio, round-trip, and
+//! evaluate a codec over a directory or manifest of clips.
 //!
 //! Tokens are `.npy` int64 arrays `[num_codebooks, frames]` (numpy's `<i8`; u32 and u8 files
-//! are read too).
+//! are read too). Audio at another sample rate or channel count than the codec's is downmixed
+//! and resampled with a logged note, or refused with `--strict`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand, ValueEnum};
-use vaak_audio::io::{decode_file, write_wav, WavFormat};
+use vaak_audio::io::{decode_file, probe_info, write_wav, WavFormat};
+use vaak_codec::eval::{bitrate_bps, ClipEval, Evaluator, Stats};
 use vaak_codec::{Codec, Preset};
 use vaak_nn::weights::LoadOptions;
 
@@ -23,6 +26,8 @@ pub enum CodecCommand {
         model: ModelArgs,
         #[command(flatten)]
         rate: RateArgs,
+        #[command(flatten)]
+        input_opts: InputArgs,
     },
     /// Decode a .npy token file `[num_codebooks, frames]` to a WAV file.
     Decode {
@@ -46,7 +51,46 @@ pub enum CodecCommand {
         /// Also save the tokens here.
         #[arg(long)]
         tokens: Option<PathBuf>,
+        #[command(flatten)]
+        input_opts: InputArgs,
     },
+    /// Evaluate a codec on many clips: whole-clip encode + decode of each, SNR, SI-SDR,
+    /// multi-resolution mel distance, bitrate and encode/decode real-time factors; prints
+    /// mean/median (and each clip with --per-clip) and writes JSON with --json.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct InputArgs {
+    /// Refuse input audio whose sample rate or channel count differs from the codec's,
+    /// instead of resampling / downmixing it.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A directory (searched recursively for audio files) or a manifest CSV as `vaak cascade`
+    /// reads it (`id`, `lang`, `audio_path`, `duration_s`; paths relative to --data-root).
+    input: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    rate: RateArgs,
+    #[command(flatten)]
+    input_opts: InputArgs,
+    /// Root that manifest `audio_path`s are relative to (default: the manifest's directory).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Evaluate at most this many clips (in sorted / manifest order).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print one row per clip as well as the summary.
+    #[arg(long)]
+    per_clip: bool,
+    /// Write the per-clip results and the summary here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -55,7 +99,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum)]
     preset: PresetArg,
     /// Checkpoint: a local directory with config.json + weights, or hf://org/repo[@rev].
-    #[arg(long)]
+    #[arg(long, visible_alias = "model")]
     weights: String,
 }
 
@@ -65,7 +109,7 @@ pub struct RateArgs {
     #[arg(long, conflicts_with = "num_codebooks")]
     bandwidth: Option<f64>,
     /// Number of codebooks (default: the checkpoint's default).
-    #[arg(long)]
+    #[arg(long, visible_alias = "codebooks")]
     num_codebooks: Option<usize>,
 }
 
@@ -105,11 +149,27 @@ fn load(model: &ModelArgs, rate: Option<&RateArgs>) -> Result<Codec> {
     Ok(codec)
 }
 
-fn read_audio(codec: &Codec, path: &Path) -> Result<Vec<f32>> {
-    let audio = decode_file(path, Some(codec.sample_rate() as u32))
+/// Decodes `path` to mono at the codec's rate. A file at another rate or with another channel
+/// count is converted with a logged note, or refused when `strict`; an empty one is refused.
+fn read_audio(codec: &Codec, path: &Path, strict: bool) -> Result<Vec<f32>> {
+    let info = probe_info(path).with_context(|| format!("reading {}", path.display()))?;
+    let (want_sr, want_ch) = (codec.sample_rate() as u32, codec.config().seanet.channels);
+    if info.sample_rate != want_sr || info.channels as usize != want_ch {
+        let what = format!(
+            "{}: {} Hz, {} channel(s); the codec takes {want_sr} Hz, {want_ch} channel(s)",
+            path.display(),
+            info.sample_rate,
+            info.channels
+        );
+        if strict {
+            bail!("{what} (--strict: not converting)");
+        }
+        tracing::info!("{what}: downmixing and resampling");
+    }
+    let audio = decode_file(path, Some(want_sr))
         .with_context(|| format!("reading {}", path.display()))?;
     if audio.samples.is_empty() {
-        bail!("{}: no audio samples", path.display());
+        bail!("{}: no audio samples (zero-length audio)", path.display());
     }
     Ok(audio.samples)
 }
@@ -132,7 +192,12 @@ fn write_tokens(path: &Path, tokens: &Tensor) -> Result<()> {
 }
 
 fn read_tokens(path: &Path) -> Result<Tensor> {
-    let t = Tensor::read_npy(path).with_context(|| format!("reading {}", path.display()))?;
+    let t = Tensor::read_npy(path).with_context(|| {
+        format!(
+            "reading {}: tokens must be an integer .npy array [num_codebooks, frames]",
+            path.display()
+        )
+    })?;
     if !matches!(t.dtype(), DType::I64 | DType::U32 | DType::U8) {
         bail!(
             "{}: tokens must be an integer array (int64, uint32 or uint8), got {:?}",
@@ -167,10 +232,11 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
             output,
             model,
             rate,
+            input_opts,
         } => {
             let codec = load(&model, Some(&rate))?;
-            let samples = read_audio(&codec, &input)?;
-            let tokens = encode(&codec, &samples)?;
+            let samples = read_audio(&codec, &input, input_opts.strict)?;
+            let tokens = encode(&codec, &samples).with_context(|| input.display().to_string())?;
             write_tokens(&output, &tokens)?;
             let (nq, frames) = tokens.dims2()?;
             eprintln!(
@@ -202,10 +268,11 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
             model,
             rate,
             tokens: tokens_out,
+            input_opts,
         } => {
             let codec = load(&model, Some(&rate))?;
-            let samples = read_audio(&codec, &input)?;
-            let tokens = encode(&codec, &samples)?;
+            let samples = read_audio(&codec, &input, input_opts.strict)?;
+            let tokens = encode(&codec, &samples).with_context(|| input.display().to_string())?;
             if let Some(p) = &tokens_out {
                 write_tokens(p, &tokens)?;
             }
@@ -221,6 +288,259 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
                 tokens.dim(1)?
             );
         }
+        CodecCommand::Eval(args) => eval(args)?,
     }
     Ok(())
+}
+
+/// Audio file extensions `codec eval` picks up in a directory.
+const AUDIO_EXTS: [&str; 7] = ["wav", "flac", "mp3", "ogg", "opus", "m4a", "aac"];
+
+/// One clip to evaluate: a name for the report and its file.
+struct ClipSource {
+    name: String,
+    path: PathBuf,
+}
+
+fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for e in entries {
+        let path = e.with_context(|| format!("listing {}", dir.display()))?.path();
+        if path.is_dir() {
+            collect_dir(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| AUDIO_EXTS.contains(&x.to_ascii_lowercase().as_str()))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The clips named by a directory or a manifest, plus notes on manifest rows left out.
+fn clip_sources(args: &EvalArgs) -> Result<(Vec<ClipSource>, Vec<String>)> {
+    let mut notes = Vec::new();
+    let mut clips = Vec::new();
+    if args.input.is_dir() {
+        let mut files = Vec::new();
+        collect_dir(&args.input, &mut files)?;
+        files.sort();
+        for path in files {
+            let name = path
+                .strip_prefix(&args.input)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            clips.push(ClipSource { name, path });
+        }
+    } else {
+        let manifest = vaak_cascade::manifest::read_manifest(&args.input, false)
+            .with_context(|| format!("reading manifest {}", args.input.display()))?;
+        let root = match &args.data_root {
+            Some(r) => r.clone(),
+            None => args
+                .input
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        for m in &manifest.malformed {
+            notes.push(format!(
+                "{} line {}: skipped ({})",
+                args.input.display(),
+                m.line,
+                m.reason
+            ));
+        }
+        for row in manifest.rows {
+            match vaak_cascade::paths::resolve_audio_path(&root, &row.audio_path) {
+                Ok(path) => clips.push(ClipSource { name: row.id, path }),
+                Err(why) => notes.push(format!(
+                    "{} line {} ({}): skipped: {why}",
+                    args.input.display(),
+                    row.line,
+                    row.id
+                )),
+            }
+        }
+    }
+    if let Some(n) = args.limit {
+        clips.truncate(n);
+    }
+    if clips.is_empty() {
+        bail!("{}: no audio clips to evaluate", args.input.display());
+    }
+    Ok((clips, notes))
+}
+
+/// One evaluated clip, or why it could not be.
+#[derive(serde::Serialize)]
+struct ClipRow {
+    name: String,
+    path: String,
+    #[serde(flatten)]
+    result: Option<ClipEval>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct EvalReport {
+    input: String,
+    preset: &'static str,
+    weights: String,
+    sample_rate: usize,
+    frame_rate: f64,
+    num_codebooks: usize,
+    codebook_size: usize,
+    bitrate_bps: f64,
+    clips_ok: usize,
+    clips_failed: usize,
+    audio_seconds: f64,
+    summary: std::collections::BTreeMap<&'static str, Stats>,
+    notes: Vec<String>,
+    clips: Vec<ClipRow>,
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let codec = load(&args.model, Some(&args.rate))?;
+    let evaluator = Evaluator::new(&codec)?;
+    let (sources, mut notes) = clip_sources(&args)?;
+    let bar = indicatif::ProgressBar::new(sources.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("codec eval {bar:30} {pos}/{len} {msg} [{eta}]")
+            .expect("a valid template"),
+    );
+    let mut rows = Vec::with_capacity(sources.len());
+    for src in &sources {
+        bar.set_message(src.name.clone());
+        let result = read_audio(&codec, &src.path, args.input_opts.strict).and_then(|samples| {
+            evaluator
+                .clip(&codec, &samples)
+                .with_context(|| src.path.display().to_string())
+        });
+        let (result, error) = match result {
+            Ok(r) => (Some(r), None),
+            Err(e) => {
+                bar.suspend(|| tracing::warn!("{}: {e:#}", src.name));
+                (None, Some(format!("{e:#}")))
+            }
+        };
+        rows.push(ClipRow {
+            name: src.name.clone(),
+            path: src.path.display().to_string(),
+            result,
+            error,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let ok: Vec<&ClipEval> = rows.iter().filter_map(|r| r.result.as_ref()).collect();
+    let metrics: [(&'static str, fn(&ClipEval) -> f64); 5] = [
+        ("snr_db", |c| c.snr_db),
+        ("si_sdr_db", |c| c.si_sdr_db),
+        ("mel_distance", |c| c.mel_distance),
+        ("encode_rtf", |c| c.encode_rtf),
+        ("decode_rtf", |c| c.decode_rtf),
+    ];
+    let mut summary = std::collections::BTreeMap::new();
+    for (name, f) in metrics {
+        if let Some(s) = Stats::of(&ok.iter().map(|c| f(c)).collect::<Vec<_>>()) {
+            summary.insert(name, s);
+        }
+    }
+    let failed = rows.len() - ok.len();
+    if failed > 0 {
+        notes.push(format!("{failed} clip(s) failed; see their `error`"));
+    }
+    let report = EvalReport {
+        input: args.input.display().to_string(),
+        preset: Preset::from(args.model.preset).name(),
+        weights: args.model.weights.clone(),
+        sample_rate: codec.sample_rate(),
+        frame_rate: codec.frame_rate(),
+        num_codebooks: codec.num_codebooks(),
+        codebook_size: codec.codebook_size(),
+        bitrate_bps: bitrate_bps(&codec),
+        clips_ok: ok.len(),
+        clips_failed: failed,
+        audio_seconds: ok.iter().map(|c| c.seconds).sum(),
+        summary,
+        notes,
+        clips: rows,
+    };
+    print!("{}", eval_table(&report, args.per_clip));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if report.clips_ok == 0 {
+        bail!("every clip failed ({} of them)", report.clips_failed);
+    }
+    Ok(())
+}
+
+fn eval_table(r: &EvalReport, per_clip: bool) -> String {
+    let mut out = format!(
+        "codec {} ({}): {} Hz, {} codebooks x {} entries at {:.2} Hz = {:.0} bps; {} clip(s), \
+         {:.1} s of audio, {} failed\n",
+        r.preset,
+        r.weights,
+        r.sample_rate,
+        r.num_codebooks,
+        r.codebook_size,
+        r.frame_rate,
+        r.bitrate_bps,
+        r.clips_ok,
+        r.audio_seconds,
+        r.clips_failed
+    );
+    let header = format!(
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        "clip", "SNR dB", "SI-SDR dB", "mel dist", "enc RTF", "dec RTF"
+    );
+    out.push_str(&header);
+    out.push_str(&"-".repeat(header.len() - 1));
+    out.push('\n');
+    if per_clip {
+        for c in &r.clips {
+            let name: String = c.name.chars().take(32).collect();
+            match &c.result {
+                Some(e) => out.push_str(&format!(
+                    "{name:<32} {:>9.2} {:>9.2} {:>9.4} {:>9.4} {:>9.4}\n",
+                    e.snr_db, e.si_sdr_db, e.mel_distance, e.encode_rtf, e.decode_rtf
+                )),
+                None => out.push_str(&format!(
+                    "{name:<32} error: {}\n",
+                    c.error.as_deref().unwrap_or("?")
+                )),
+            }
+        }
+    }
+    let get = |k: &str| r.summary.get(k);
+    for (label, pick) in [
+        ("mean", (|s: &Stats| s.mean) as fn(&Stats) -> f64),
+        ("median", |s: &Stats| s.median),
+    ] {
+        let cell = |k: &str, prec: usize| {
+            get(k).map_or("-".to_string(), |s| format!("{:.*}", prec, pick(s)))
+        };
+        out.push_str(&format!(
+            "{label:<32} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            cell("snr_db", 2),
+            cell("si_sdr_db", 2),
+            cell("mel_distance", 4),
+            cell("encode_rtf", 4),
+            cell("decode_rtf", 4)
+        ));
+    }
+    for n in &r.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
 }

@@ -52,6 +52,7 @@
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod seanet;
 pub mod train;
 

@@ -4,6 +4,7 @@
 
 mod audio;
 mod cascade;
+mod codec;
 pub mod peer;
 pub mod report;
 
@@ -19,11 +20,16 @@ pub enum BenchCommand {
     /// fixture teachers by default): samples/s, audio hours per hour, time per stage, the share
     /// inside model calls against orchestration, and peak memory.
     Cascade(cascade::CascadeBenchArgs),
+    /// Codec streaming latency per frame (mean/p50/p95) and real-time factor at 1 and 2
+    /// threads: vaak's mimi and vaak-16k against candle-transformers' Mimi and transformers'
+    /// MimiModel on the same random full-size weights; code agreement; vaak-16k frame rates.
+    Codec(codec::CodecBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Audio(args) => audio::run(args),
         BenchCommand::Cascade(args) => cascade::run(args),
+        BenchCommand::Codec(args) => codec::run(args),
     }
 }

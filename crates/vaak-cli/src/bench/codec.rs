@@ -1,0 +1,777 @@
+//! `vaak bench codec`: per-frame streaming latency (encode_step + decode_step, one frame at a
+//! time, batch 1) and real-time factor of vaak's codecs against candle-transformers' Mimi and
+//! transformers' `MimiModel`, on the same audio and the same random full-size Mimi weights.
+//!
+//! - Weights: a full-size kyutai/mimi architecture with seeded random weights and data-fitted
+//!   codebooks, made once by the Python peer (`tools/bench/codec_peer.py --make-weights`) when
+//!   the fixture venv exists, else here from a `VarMap` (random, non-zero codebooks) and saved
+//!   under the published names. Either way: `config.json` + `model.safetensors` in a cache dir.
+//! - Threads: candle sizes its gemm and rayon pools from `RAYON_NUM_THREADS`, read once per
+//!   process for rayon; so each thread count runs in a child process of this binary with the
+//!   variable set, and the child reports `candle_core::utils::get_num_threads()` to show it took
+//!   effect. The PyTorch peer uses `torch.set_num_threads`.
+//! - vaak-16k runs with random weights of its preset config (or `models/vaak-16k` when a trained
+//!   one is bundled); `--frame-rates` adds hop 320 / 640 / 1280 variants at the same widths.
+//! - Codes: the streamed codes of the three Mimi implementations are compared (sanity check that
+//!   they run the same model).
+
+use super::peer;
+use super::report::Machine;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use vaak_audio::io::{decode_file, write_wav, WavFormat};
+use vaak_codec::{Codec, CodecConfig, HfMimiConfig, Preset};
+use vaak_nn::streaming::StreamMask;
+use vaak_nn::weights::LoadOptions;
+
+const PEER_SCRIPT: &str = include_str!("../../../../tools/bench/codec_peer.py");
+
+/// Full-size kyutai/mimi architecture (transformers' `MimiConfig()` defaults, frame rate 12.5).
+const MIMI_CONFIG: &str = r#"{"architectures": ["MimiModel"], "attention_bias": false,
+"attention_dropout": 0.0, "audio_channels": 1, "codebook_dim": 256, "codebook_size": 2048,
+"compress": 2, "dilation_growth_rate": 2, "dtype": "float32", "frame_rate": 12.5, "head_dim": 64,
+"hidden_act": "gelu", "hidden_size": 512, "initializer_range": 0.02, "intermediate_size": 2048,
+"kernel_size": 7, "last_kernel_size": 3, "layer_scale_initial_scale": 0.01,
+"max_position_embeddings": 8000, "model_type": "mimi", "norm_eps": 1e-05,
+"num_attention_heads": 8, "num_filters": 64, "num_hidden_layers": 8, "num_key_value_heads": 8,
+"num_quantizers": 32, "num_residual_layers": 1, "num_semantic_quantizers": 1,
+"pad_mode": "constant", "residual_kernel_size": 3,
+"rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "sampling_rate": 24000,
+"sliding_window": 250, "trim_right_ratio": 1.0, "upsample_groups": 512,
+"upsampling_ratios": [8, 6, 5, 4], "use_cache": false, "use_causal_conv": true,
+"use_conv_shortcut": false, "use_streaming": false, "vector_quantization_hidden_dimension": 256}"#;
+
+/// Frames run (and thrown away) before measuring, to fault in weights and warm caches.
+const WARMUP_FRAMES: usize = 3;
+
+#[derive(Args)]
+pub struct CodecBenchArgs {
+    /// Seconds of (seeded, speech-like) input audio; 4 s = 50 Mimi frames.
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// Thread counts to measure, each in its own process.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Codebooks used by every Mimi implementation.
+    #[arg(long, default_value_t = 8)]
+    codebooks: usize,
+    /// Directory for the random full-size Mimi weights (made once, then reused).
+    #[arg(long)]
+    weights_dir: Option<PathBuf>,
+    /// Seed of the random weights and the input audio.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// A trained vaak-16k checkpoint (default: models/vaak-16k if present, else random weights).
+    #[arg(long)]
+    vaak16k: Option<PathBuf>,
+    /// Also measure vaak-16k at hop 320 / 640 / 1280 (50 / 25 / 12.5 Hz), random weights.
+    #[arg(long)]
+    frame_rates: bool,
+    /// Frames of codes the transformers peer decodes per step (it has no streaming decoder).
+    #[arg(long, default_value_t = 16)]
+    peer_window: usize,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-codec.json")]
+    json: PathBuf,
+    /// Python interpreter with torch + transformers (default: $VAAK_PYTHON, then
+    /// tools/fixtures/.venv/bin/python).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Skip the Python peer (the weights are then made in Rust if not cached).
+    #[arg(long)]
+    no_peer: bool,
+    /// Internal: measure in this process and write the rows here (set by the parent).
+    #[arg(long, hide = true)]
+    child_out: Option<PathBuf>,
+    /// Internal: the 24 kHz input WAV (set by the parent).
+    #[arg(long, hide = true)]
+    input_wav: Option<PathBuf>,
+}
+
+/// Per-frame latency statistics in milliseconds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LatStats {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+}
+
+impl LatStats {
+    fn of(seconds: &[f64]) -> Self {
+        let mut v: Vec<f64> = seconds.iter().map(|s| s * 1e3).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            // Linear interpolation between closest ranks (numpy's default).
+            let x = p * (v.len() - 1) as f64;
+            let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+            v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+        };
+        Self {
+            mean_ms: v.iter().sum::<f64>() / v.len().max(1) as f64,
+            p50_ms: pct(0.5),
+            p95_ms: pct(0.95),
+        }
+    }
+}
+
+/// One implementation of one case at one thread count.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    #[serde(default)]
+    pub case: String,
+    pub implementation: String,
+    pub threads: usize,
+    pub frames: usize,
+    pub hop: usize,
+    pub sample_rate: usize,
+    pub encode: LatStats,
+    pub decode: LatStats,
+    pub total: LatStats,
+    /// Mean (encode + decode) time per frame over the frame's duration.
+    pub rtf: f64,
+}
+
+/// What a child process measured.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChildOut {
+    threads: usize,
+    /// `candle_core::utils::get_num_threads()` inside the child.
+    candle_threads: usize,
+    rows: Vec<Row>,
+    /// Streamed codes `[frame][codebook]` per Mimi implementation.
+    codes: HashMap<String, Vec<Vec<u32>>>,
+}
+
+/// Times `frames` steps of `step` (after a warm-up on a separate state made by `fresh`).
+fn stream<S>(
+    audio: &[f32],
+    hop: usize,
+    mut fresh: impl FnMut() -> Result<S>,
+    mut step: impl FnMut(&mut S, &[f32]) -> Result<(f64, f64, Vec<u32>)>,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<u32>>)> {
+    let n = audio.len() / hop;
+    let mut warm = fresh()?;
+    for i in 0..WARMUP_FRAMES.min(n) {
+        step(&mut warm, &audio[i * hop..(i + 1) * hop])?;
+    }
+    let mut s = fresh()?;
+    let (mut enc, mut dec, mut codes) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let (e, d, c) = step(&mut s, &audio[i * hop..(i + 1) * hop])?;
+        enc.push(e);
+        dec.push(d);
+        if !c.is_empty() {
+            codes.push(c);
+        }
+    }
+    Ok((enc, dec, codes))
+}
+
+fn make_row(
+    case: &str,
+    implementation: &str,
+    threads: usize,
+    hop: usize,
+    sr: usize,
+    enc: &[f64],
+    dec: &[f64],
+) -> Row {
+    let total: Vec<f64> = enc.iter().zip(dec).map(|(a, b)| a + b).collect();
+    let mean = total.iter().sum::<f64>() / total.len().max(1) as f64;
+    Row {
+        case: case.to_string(),
+        implementation: implementation.to_string(),
+        threads,
+        frames: total.len(),
+        hop,
+        sample_rate: sr,
+        encode: LatStats::of(enc),
+        decode: LatStats::of(dec),
+        total: LatStats::of(&total),
+        rtf: mean / (hop as f64 / sr as f64),
+    }
+}
+
+/// Codes `[1, n_q, f]` as one `[n_q]` vector per frame (f is 0 or 1 here).
+fn frame_codes(codes: &Tensor) -> Result<Vec<u32>> {
+    let c = codes.to_dtype(DType::U32)?.squeeze(0)?; // [n_q, f]
+    if c.dim(1)? == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(c.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<u32>()?)
+}
+
+/// vaak's `CodecStreamer`, one frame per step, batch 1.
+fn stream_vaak(codec: &Codec, audio: &[f32]) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<u32>>)> {
+    let hop = codec.hop_length();
+    stream(
+        audio,
+        hop,
+        || Ok(codec.streamer(1)?),
+        |s, chunk| {
+            let x = Tensor::from_slice(chunk, (1, 1, chunk.len()), &Device::Cpu)?;
+            let t0 = Instant::now();
+            let codes = s.encode_step(&x, &StreamMask::All)?;
+            let t1 = Instant::now();
+            let mut out = Vec::new();
+            if let Some(c) = &codes {
+                s.decode_step(c, &StreamMask::All)?;
+                out = frame_codes(c)?;
+            }
+            Ok((
+                (t1 - t0).as_secs_f64(),
+                t1.elapsed().as_secs_f64(),
+                out,
+            ))
+        },
+    )
+}
+
+/// candle-transformers' Mimi (`models::mimi::encodec`), its own `encode_step`/`decode_step`.
+fn stream_candle(
+    weights: &Path,
+    codebooks: usize,
+    audio: &[f32],
+) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<u32>>, usize)> {
+    use candle_transformers::models::mimi::encodec::{Config, Encodec};
+    let file = weights.join("model.safetensors");
+    let cfg = Config::v0_1(Some(codebooks));
+    let hop = (cfg.sample_rate / cfg.frame_rate) as usize;
+    // SAFETY: the file is not modified while mapped (written once by this bench).
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu)? };
+    let model = Encodec::new(cfg, vb)
+        .with_context(|| format!("candle-transformers Mimi from {}", file.display()))?;
+    let (e, d, c) = stream(
+        audio,
+        hop,
+        || {
+            let mut m = model.clone();
+            m.reset_state();
+            Ok(m)
+        },
+        |m, chunk| {
+            let x = Tensor::from_slice(chunk, (1, 1, chunk.len()), &Device::Cpu)?;
+            let t0 = Instant::now();
+            let codes = m.encode_step(&candle_core::StreamTensor::from_tensor(x))?;
+            let t1 = Instant::now();
+            let mut out = Vec::new();
+            if let Some(c) = codes.as_option() {
+                m.decode_step(&codes)?;
+                out = frame_codes(c)?;
+            }
+            Ok((
+                (t1 - t0).as_secs_f64(),
+                t1.elapsed().as_secs_f64(),
+                out,
+            ))
+        },
+    )?;
+    Ok((e, d, c, hop))
+}
+
+/// vaak-16k with the given SEANet ratios and random weights.
+fn random_vaak16k(ratios: Option<Vec<usize>>) -> Result<Codec> {
+    let mut cfg = CodecConfig::vaak_16k();
+    if let Some(r) = ratios {
+        cfg.seanet.ratios = r;
+    }
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    Ok(Codec::new(cfg, Preset::Vaak16k, vb)?)
+}
+
+/// The candidate vaak-16k frame rates: 4 SEANet stages, same channel widths, other strides.
+const FRAME_RATE_RATIOS: [(&str, [usize; 4]); 3] = [
+    ("hop 320 (50 Hz)", [8, 5, 4, 2]),
+    ("hop 640 (25 Hz)", [8, 5, 4, 4]),
+    ("hop 1280 (12.5 Hz)", [8, 8, 5, 4]),
+];
+
+fn child(args: &CodecBenchArgs, out: &Path) -> Result<()> {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let candle_threads = candle_core::utils::get_num_threads();
+    let weights = args.weights_dir.as_ref().context("--weights-dir")?;
+    let wav = args.input_wav.as_ref().context("--input-wav")?;
+    let audio24 = decode_file(wav, Some(24_000))?.samples;
+    let audio16 = decode_file(wav, Some(16_000))?.samples;
+    let mut rows = Vec::new();
+    let mut codes = HashMap::new();
+
+    let mut mimi = Codec::load(
+        &weights.display().to_string(),
+        Preset::Mimi,
+        &LoadOptions::default(),
+    )
+    .with_context(|| format!("vaak mimi from {}", weights.display()))?;
+    mimi.set_num_codebooks(args.codebooks)?;
+    let case = format!("mimi 24 kHz, {} codebooks", args.codebooks);
+    eprintln!("bench codec [{threads} thread(s)]: vaak mimi...");
+    let (e, d, c) = stream_vaak(&mimi, &audio24)?;
+    rows.push(make_row(
+        &case,
+        "vaak mimi",
+        threads,
+        mimi.hop_length(),
+        24_000,
+        &e,
+        &d,
+    ));
+    codes.insert("vaak mimi".to_string(), c);
+    drop(mimi);
+
+    eprintln!("bench codec [{threads} thread(s)]: candle-transformers mimi...");
+    let (e, d, c, hop) = stream_candle(weights, args.codebooks, &audio24)?;
+    rows.push(make_row(
+        &case,
+        "candle-transformers mimi",
+        threads,
+        hop,
+        24_000,
+        &e,
+        &d,
+    ));
+    codes.insert("candle-transformers mimi".to_string(), c);
+
+    let bundled = args
+        .vaak16k
+        .clone()
+        .or_else(|| Some(PathBuf::from("models/vaak-16k")).filter(|p| p.exists()));
+    let (v16, label) = match &bundled {
+        Some(p) => (
+            Codec::load(
+                &p.display().to_string(),
+                Preset::Vaak16k,
+                &LoadOptions::default(),
+            )
+            .with_context(|| format!("vaak-16k from {}", p.display()))?,
+            format!("vaak-16k ({})", p.display()),
+        ),
+        None => (random_vaak16k(None)?, "vaak-16k (random weights)".to_string()),
+    };
+    eprintln!("bench codec [{threads} thread(s)]: {label}...");
+    let (e, d, _) = stream_vaak(&v16, &audio16)?;
+    rows.push(make_row(
+        &format!(
+            "vaak-16k {} Hz, {} codebooks",
+            v16.frame_rate(),
+            v16.num_codebooks()
+        ),
+        &label,
+        threads,
+        v16.hop_length(),
+        16_000,
+        &e,
+        &d,
+    ));
+
+    if args.frame_rates {
+        for (name, ratios) in FRAME_RATE_RATIOS {
+            eprintln!("bench codec [{threads} thread(s)]: vaak-16k {name}...");
+            let codec = random_vaak16k(Some(ratios.to_vec()))?;
+            let (e, d, _) = stream_vaak(&codec, &audio16)?;
+            rows.push(make_row(
+                &format!("vaak-16k candidate {name}"),
+                "vaak-16k (random weights)",
+                threads,
+                codec.hop_length(),
+                16_000,
+                &e,
+        &d,
+            ));
+        }
+    }
+    let out_v = ChildOut {
+        threads,
+        candle_threads,
+        rows,
+        codes,
+    };
+    std::fs::write(out, serde_json::to_vec(&out_v)?)
+        .with_context(|| format!("writing {}", out.display()))
+}
+
+/// Saves random full-size Mimi weights made in Rust under the published (transformers) names.
+fn rust_weights(dir: &Path) -> Result<()> {
+    let label = dir.join("config.json").display().to_string();
+    let cfg = HfMimiConfig::from_json(MIMI_CONFIG, &label)?.to_codec_config(&label)?;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    Codec::new(cfg.clone(), Preset::Mimi, vb)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (name, var) in vm.data().lock().expect("VarMap lock").iter() {
+        tensors.insert(published_mimi_name(name), var.as_tensor().clone());
+    }
+    // Names the published checkpoint carries but vaak never reads.
+    let n_sem = cfg.latent.as_ref().map_or(0, |l| l.num_semantic);
+    for q in 0..cfg.num_quantizers {
+        let (group, idx) = if q < n_sem {
+            ("semantic", q)
+        } else {
+            ("acoustic", q - n_sem)
+        };
+        tensors.insert(
+            format!("quantizer.{group}_residual_vector_quantizer.layers.{idx}.codebook.initialized"),
+            Tensor::ones(1, DType::F32, &Device::Cpu)?,
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, dir.join("model.safetensors"))?;
+    std::fs::write(dir.join("config.json"), MIMI_CONFIG)?;
+    Ok(())
+}
+
+/// Inverse of vaak-codec's loader renaming: vaak's transformer names back to transformers'.
+fn published_mimi_name(name: &str) -> String {
+    if !(name.starts_with("encoder_transformer.") || name.starts_with("decoder_transformer.")) {
+        return name.to_string();
+    }
+    name.replace(".norm1.", ".input_layernorm.")
+        .replace(".norm2.", ".post_attention_layernorm.")
+        .replace(".layer_scale_1.", ".self_attn_layer_scale.")
+        .replace(".layer_scale_2.", ".mlp_layer_scale.")
+        .replace(".ffn.linear1.", ".mlp.fc1.")
+        .replace(".ffn.linear2.", ".mlp.fc2.")
+}
+
+/// Fraction of equal codes over the frames and codebooks both have; the distinct codes of `a`.
+fn agreement(a: &[Vec<u32>], b: &[Vec<u32>]) -> (f64, usize, usize) {
+    let (mut same, mut total) = (0usize, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        for (p, q) in x.iter().zip(y) {
+            total += 1;
+            same += usize::from(p == q);
+        }
+    }
+    let mut all: Vec<u32> = a.iter().flatten().copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    (same as f64 / total.max(1) as f64, total, all.len())
+}
+
+pub fn run(args: CodecBenchArgs) -> Result<()> {
+    if let Some(out) = args.child_out.clone() {
+        return child(&args, &out);
+    }
+    let mut notes = Vec::new();
+    let python = if args.no_peer {
+        notes.push("transformers peer skipped (--no-peer)".to_string());
+        None
+    } else {
+        match peer::find_python(args.python.as_deref()) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                notes.push(format!("transformers peer skipped: {why}"));
+                None
+            }
+        }
+    };
+
+    let weights = args.weights_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("vaak-bench-mimi-random-seed{}", args.seed))
+    });
+    if !(weights.join("config.json").exists() && weights.join("model.safetensors").exists()) {
+        match &python {
+            Some(py) => {
+                eprintln!(
+                    "bench codec: making random full-size Mimi weights in {} (Python)...",
+                    weights.display()
+                );
+                peer::run_script(
+                    py,
+                    "codec_peer.py",
+                    PEER_SCRIPT,
+                    &[
+                        "--make-weights".into(),
+                        weights.display().to_string(),
+                        "--seed".into(),
+                        args.seed.to_string(),
+                    ],
+                )?;
+                notes.push("weights: transformers MimiModel(MimiConfig()), seeded random, codebooks fitted to seeded audio".into());
+            }
+            None => {
+                eprintln!(
+                    "bench codec: making random full-size Mimi weights in {} (Rust)...",
+                    weights.display()
+                );
+                rust_weights(&weights)?;
+                notes.push("weights: random full-size Mimi from a candle VarMap (no Python), codebooks N(0,1)".into());
+            }
+        }
+    } else {
+        notes.push(format!("weights: reused {}", weights.display()));
+    }
+
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let wav = dir.path().join("input_24k.wav");
+    let audio = super::audio::speechlike(args.seconds, 24_000, args.seed);
+    write_wav(&wav, &audio, 24_000, WavFormat::Float32)?;
+
+    let exe = std::env::current_exe().context("locating the vaak binary")?;
+    let mut rows = Vec::new();
+    let mut codes: HashMap<String, Vec<Vec<u32>>> = HashMap::new();
+    for &t in &args.threads {
+        let out = dir.path().join(format!("child_{t}.json"));
+        let mut cmd = Command::new(&exe);
+        cmd.env("RAYON_NUM_THREADS", t.to_string())
+            .args(["bench", "codec"])
+            .arg("--child-out")
+            .arg(&out)
+            .arg("--input-wav")
+            .arg(&wav)
+            .arg("--weights-dir")
+            .arg(&weights)
+            .args(["--codebooks", &args.codebooks.to_string()]);
+        if args.frame_rates {
+            cmd.arg("--frame-rates");
+        }
+        if let Some(p) = &args.vaak16k {
+            cmd.arg("--vaak16k").arg(p);
+        }
+        let status = cmd.status().context("starting the measuring child")?;
+        if !status.success() {
+            bail!("bench codec child ({t} threads) failed ({status})");
+        }
+        let c: ChildOut = serde_json::from_slice(&std::fs::read(&out)?)
+            .with_context(|| format!("parsing {}", out.display()))?;
+        if c.candle_threads != t {
+            notes.push(format!(
+                "asked for {t} threads but candle used {} in the child",
+                c.candle_threads
+            ));
+        } else {
+            notes.push(format!(
+                "{t}-thread child: candle get_num_threads() = {}",
+                c.candle_threads
+            ));
+        }
+        rows.extend(c.rows);
+        for (k, v) in c.codes {
+            codes.entry(k).or_insert(v);
+        }
+    }
+
+    if let Some(py) = &python {
+        eprintln!("bench codec: transformers MimiModel ({})...", py.display());
+        let threads: Vec<String> = args.threads.iter().map(|t| t.to_string()).collect();
+        let peer_args = vec![
+            "--weights".into(),
+            weights.display().to_string(),
+            "--input".into(),
+            wav.display().to_string(),
+            "--threads".into(),
+            threads.join(","),
+            "--codebooks".into(),
+            args.codebooks.to_string(),
+            "--window".into(),
+            args.peer_window.to_string(),
+        ];
+        match peer::run_script(py, "codec_peer.py", PEER_SCRIPT, &peer_args) {
+            Err(e) => notes.push(format!("transformers peer failed: {e:#}")),
+            Ok(v) => {
+                let case = format!("mimi 24 kHz, {} codebooks", args.codebooks);
+                for r in v["rows"].as_array().into_iter().flatten() {
+                    let mut row: Row = serde_json::from_value(r.clone())?;
+                    row.case = case.clone();
+                    rows.push(row);
+                }
+                if let Ok(c) = serde_json::from_value::<Vec<Vec<u32>>>(v["codes"].clone()) {
+                    codes.insert("transformers MimiModel (PyTorch)".into(), c);
+                }
+                for n in v["notes"].as_array().into_iter().flatten() {
+                    notes.extend(n.as_str().map(str::to_string));
+                }
+                if let Some(vs) = v["versions"].as_object() {
+                    let list: Vec<String> = vs
+                        .iter()
+                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+                        .collect();
+                    notes.push(format!("peer versions: {}", list.join(", ")));
+                }
+            }
+        }
+    }
+
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        notes.push(format!(
+            "load average at the end (1/5/15 min): {}; latencies are wall-clock and other \
+             processes on a busy machine inflate them",
+            l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        ));
+    }
+    let mut agree = Vec::new();
+    let names = [
+        "vaak mimi",
+        "candle-transformers mimi",
+        "transformers MimiModel (PyTorch)",
+    ];
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            if let (Some(x), Some(y)) = (codes.get(*a), codes.get(*b)) {
+                let (frac, n, distinct) = agreement(x, y);
+                agree.push(serde_json::json!({
+                    "a": a, "b": b, "equal_fraction": frac, "compared": n,
+                    "distinct_codes_in_a": distinct,
+                }));
+            }
+        }
+    }
+
+    let table = table(&rows, &agree, &notes);
+    print!("{table}");
+    let report = serde_json::json!({
+        "benchmark": "codec",
+        "machine": Machine::here(),
+        "input": {"seconds": args.seconds, "seed": args.seed, "sample_rate": 24000,
+                  "codebooks": args.codebooks, "weights": weights.display().to_string()},
+        "rows": rows,
+        "code_agreement": agree,
+        "notes": notes,
+    });
+    if let Some(d) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    eprintln!("wrote {}", args.json.display());
+    Ok(())
+}
+
+/// One line per (case, implementation, threads); peers carry `vaak / peer` of mean latency.
+fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String {
+    let head = [
+        "case",
+        "implementation",
+        "thr",
+        "enc p50",
+        "dec p50",
+        "frame mean",
+        "p50",
+        "p95",
+        "RTF",
+        "vaak/peer",
+    ];
+    let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
+    let mut cases: Vec<&str> = Vec::new();
+    for r in rows {
+        if !cases.contains(&r.case.as_str()) {
+            cases.push(&r.case);
+        }
+    }
+    for case in cases {
+        let mut first = true;
+        let mut in_case: Vec<&Row> = rows.iter().filter(|r| r.case == case).collect();
+        in_case.sort_by_key(|r| (r.threads, !r.implementation.starts_with("vaak")));
+        for r in &in_case {
+            let vaak = in_case.iter().find(|v| {
+                v.threads == r.threads && v.implementation.starts_with("vaak")
+            });
+            let ratio = match vaak {
+                Some(v) if !r.implementation.starts_with("vaak") => {
+                    format!("{:.2}", v.total.mean_ms / r.total.mean_ms)
+                }
+                _ => String::new(),
+            };
+            cells.push(vec![
+                if first { case.to_string() } else { String::new() },
+                r.implementation.clone(),
+                r.threads.to_string(),
+                format!("{:.2} ms", r.encode.p50_ms),
+                format!("{:.2} ms", r.decode.p50_ms),
+                format!("{:.2} ms", r.total.mean_ms),
+                format!("{:.2} ms", r.total.p50_ms),
+                format!("{:.2} ms", r.total.p95_ms),
+                format!("{:.3}", r.rtf),
+                ratio,
+            ]);
+            first = false;
+        }
+    }
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (n, r) in cells.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if n == 0 {
+            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+            out.push('\n');
+        }
+    }
+    for a in agree {
+        out.push_str(&format!(
+            "codes: {} vs {}: {:.1}% equal over {} (frame, codebook) pairs; {} distinct codes\n",
+            a["a"].as_str().unwrap_or("?"),
+            a["b"].as_str().unwrap_or("?"),
+            100.0 * a["equal_fraction"].as_f64().unwrap_or(f64::NAN),
+            a["compared"],
+            a["distinct_codes_in_a"]
+        ));
+    }
+    for n in notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out.push_str("RTF = mean (encode + decode) time per frame / frame duration; vaak/peer < 1: vaak is faster\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_interpolate_like_numpy() {
+        let s = LatStats::of(&[0.001, 0.002, 0.003, 0.004, 0.010]);
+        assert!((s.p50_ms - 3.0).abs() < 1e-9);
+        // numpy.percentile([1,2,3,4,10], 95) = 8.8
+        assert!((s.p95_ms - 8.8).abs() < 1e-9, "{s:?}");
+        assert!((s.mean_ms - 4.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn agreement_counts_common_frames_only() {
+        let a = vec![vec![1, 2], vec![3, 4], vec![5, 6]];
+        let b = vec![vec![1, 0], vec![3, 4]];
+        let (f, n, d) = agreement(&a, &b);
+        assert_eq!(n, 4);
+        assert!((f - 0.75).abs() < 1e-12);
+        assert_eq!(d, 6);
+    }
+
+    #[test]
+    fn published_names_invert_the_loader_mapping() {
+        assert_eq!(
+            published_mimi_name("encoder_transformer.layers.3.ffn.linear1.weight"),
+            "encoder_transformer.layers.3.mlp.fc1.weight"
+        );
+        assert_eq!(
+            published_mimi_name("decoder_transformer.layers.0.layer_scale_1.scale"),
+            "decoder_transformer.layers.0.self_attn_layer_scale.scale"
+        );
+        assert_eq!(
+            published_mimi_name("encoder.layers.0.conv.weight"),
+            "encoder.layers.0.conv.weight"
+        );
+    }
+}

@@ -127,7 +127,10 @@ fn apply_flags(cfg: &mut CodecTrainConfig, a: &CodecTrainArgs) {
 fn read_config(path: &Path) -> Result<CodecTrainConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading training config {}", path.display()))?;
-    Ok(CodecTrainConfig::from_yaml(&text, &path.display().to_string())?)
+    Ok(CodecTrainConfig::from_yaml(
+        &text,
+        &path.display().to_string(),
+    )?)
 }
 
 fn train_codec(a: CodecTrainArgs) -> Result<()> {
@@ -167,7 +170,10 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
             ck.path.display()
         ),
         (true, None) => {
-            tracing::warn!("--resume: no checkpoint in {}; starting fresh", ckpt_dir.display());
+            tracing::warn!(
+                "--resume: no checkpoint in {}; starting fresh",
+                ckpt_dir.display()
+            );
             check_dtype(&cfg, &device)?;
             CodecTrainer::new(cfg, &device)?
         }
@@ -187,7 +193,11 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
         data.train_clips().len(),
         data.train_seconds() / 60.0,
         data.val_clips().len(),
-        if data.val_held_out() { "" } else { " (not held out: too few clips)" }
+        if data.val_held_out() {
+            ""
+        } else {
+            " (not held out: too few clips)"
+        }
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -221,14 +231,20 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
     if summary.stopped_early {
         println!("stopped at step {} (checkpoint written)", summary.steps);
     } else {
-        println!("trained {} steps ({:.2} steps/s)", summary.steps, summary.steps_per_s);
+        println!(
+            "trained {} steps ({:.2} steps/s)",
+            summary.steps, summary.steps_per_s
+        );
     }
     if let Some(c) = &summary.last_checkpoint {
         println!("checkpoint: {}", c.display());
     }
     println!("export:     {}", summary.export_dir.display());
     if !summary.final_val.is_empty() {
-        println!("{:>4} {:>7} {:>9} {:>9} {:>9}", "n_q", "kbps", "mel", "SNR dB", "SI-SDR");
+        println!(
+            "{:>4} {:>7} {:>9} {:>9} {:>9}",
+            "n_q", "kbps", "mel", "SNR dB", "SI-SDR"
+        );
         for v in &summary.final_val {
             println!(
                 "{:>4} {:>7.2} {:>9.4} {:>9.2} {:>9.2}",
@@ -267,7 +283,9 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
             if tokio::signal::ctrl_c().await.is_err() {
                 return;
             }
-            eprintln!("\nCtrl-C: stopping after this step and writing a checkpoint (again to abort)");
+            eprintln!(
+                "\nCtrl-C: stopping after this step and writing a checkpoint (again to abort)"
+            );
             stop.store(true, Ordering::SeqCst);
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(130);
@@ -287,7 +305,9 @@ fn collect_audio(data: &Path, data_root: Option<&Path>) -> Result<Vec<PathBuf>> 
             let entries =
                 std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
             for e in entries {
-                let p = e.with_context(|| format!("listing {}", d.display()))?.path();
+                let p = e
+                    .with_context(|| format!("listing {}", d.display()))?
+                    .path();
                 if p.is_dir() {
                     stack.push(p);
                 } else if p
@@ -314,7 +334,11 @@ fn collect_audio(data: &Path, data_root: Option<&Path>) -> Result<Vec<PathBuf>> 
     let m = vaak_cascade::manifest::read_manifest(data, false)
         .with_context(|| format!("reading manifest {}", data.display()))?;
     if !m.malformed.is_empty() {
-        tracing::warn!("{}: {} malformed row(s) skipped", data.display(), m.malformed.len());
+        tracing::warn!(
+            "{}: {} malformed row(s) skipped",
+            data.display(),
+            m.malformed.len()
+        );
     }
     let root = match data_root {
         Some(r) => r.to_path_buf(),

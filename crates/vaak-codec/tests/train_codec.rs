@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use vaak_codec::train::disc::DiscConfig;
 use vaak_codec::train::{
     run_training, Clip, CodecTrainConfig, CodecTrainer, MelResolution, RunOptions, StftResolution,
     TrainData,
@@ -139,14 +140,35 @@ fn tiny_codec_overfits_one_batch() {
     assert!(last < first / 2.0, "loss {first} -> {last}: no clear drop");
 }
 
-fn all_weights(t: &CodecTrainer) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = t.export_tensors().unwrap().into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+/// `tiny_config` with tiny discriminators that switch on after 2 steps.
+fn tiny_gan_config() -> CodecTrainConfig {
+    let mut c = tiny_config();
+    c.adversarial.enabled = true;
+    c.adversarial.start_step = 2;
+    c.adversarial.disc = DiscConfig {
+        periods: vec![2, 3],
+        mpd_channels: vec![4, 8],
+        stft_scales: vec![(64, 16)],
+        stft_filters: 4,
+        stft_max_filters: 8,
+        stft_dilations: vec![1, 2],
+        stft_kernel: (3, 5),
+        ..DiscConfig::default()
+    };
+    c
 }
 
 #[test]
 fn resume_continues_exactly() {
+    resume_check(tiny_config());
+}
+
+#[test]
+fn resume_with_discriminators_continues_exactly() {
+    resume_check(tiny_gan_config());
+}
+
+fn resume_check(cfg: CodecTrainConfig) {
     let dev = Device::Cpu;
     let d = data();
     let steps = 6;
@@ -156,13 +178,18 @@ fn resume_continues_exactly() {
         t.init_codebooks(&[b]).unwrap();
         t
     };
-    let mut a = start(tiny_config());
+    let mut a = start(cfg.clone());
     let mut last_a = 0.0;
     for _ in 0..steps {
         let b = a.sample_batch(&d).unwrap();
-        last_a = a.train_step(&b).unwrap().loss;
+        let m = a.train_step(&b).unwrap();
+        assert_eq!(m.adversarial, cfg.adversarial.enabled && m.step > 2);
+        if m.adversarial {
+            assert!(m.disc_loss.is_finite() && m.gen_adv.is_finite() && m.feat > 0.0);
+        }
+        last_a = m.loss;
     }
-    let mut b = start(tiny_config());
+    let mut b = start(cfg.clone());
     for _ in 0..steps / 2 {
         let x = b.sample_batch(&d).unwrap();
         b.train_step(&x).unwrap();
@@ -181,7 +208,18 @@ fn resume_continues_exactly() {
     }
     assert_eq!(b.step(), steps as u64);
     let mut worst = 0f32;
-    for ((na, ta), (nb, tb)) in all_weights(&a).iter().zip(all_weights(&b).iter()) {
+    let (pa, _, _) = a.checkpoint_parts().unwrap();
+    let (pb, _, _) = b.checkpoint_parts().unwrap();
+    let mut names: Vec<&String> = pa.keys().collect();
+    names.sort();
+    assert_eq!(names.len(), pb.len());
+    let weights = |p: &std::collections::HashMap<String, Tensor>| {
+        names
+            .iter()
+            .map(|n| ((*n).clone(), p[*n].clone()))
+            .collect::<Vec<_>>()
+    };
+    for ((na, ta), (nb, tb)) in weights(&pa).iter().zip(weights(&pb).iter()) {
         assert_eq!(na, nb);
         let e = max_abs_diff(ta, tb).unwrap();
         if e > 0.0 {
@@ -321,4 +359,31 @@ fn stop_flag_checkpoints_and_config_errors_name_fields() {
     assert_eq!((ok.steps, ok.batch_size), (7, 3));
     assert_eq!(ok.model, CodecConfig::vaak_16k());
     assert!(TrainData::from_clips(clips(1, 100), 16_000, 512, 0).is_err());
+}
+
+/// Same seed, same run: every weight (codec and discriminators) bit-identical.
+#[test]
+fn gan_straight_runs_are_deterministic() {
+    let dev = Device::Cpu;
+    let d = data();
+    let run = || {
+        let mut t = CodecTrainer::new(tiny_gan_config(), &dev).unwrap();
+        let b = t.sample_batch(&d).unwrap();
+        t.init_codebooks(&[b]).unwrap();
+        let mut l = vec![];
+        for _ in 0..4 {
+            let x = t.sample_batch(&d).unwrap();
+            let m = t.train_step(&x).unwrap();
+            l.push((m.loss, m.disc_loss));
+        }
+        (t.checkpoint_parts().unwrap().0, l)
+    };
+    let (a, la) = run();
+    let (b, lb) = run();
+    assert_eq!(la, lb);
+    assert!(la[3].1 > 0.0, "the discriminators trained");
+    assert_eq!(a.len(), b.len());
+    for (n, t) in &a {
+        assert_eq!(max_abs_diff(t, &b[n]).unwrap(), 0.0, "{n} differs");
+    }
 }

@@ -19,8 +19,9 @@ const STFT_GRAD_TOL: f32 = 2e-5;
 
 /// Loss values vs torch, relative.
 const LOSS_REL_TOL: f64 = 1e-5;
-/// Loss input gradients vs torch, max abs error relative to the largest gradient entry.
-const LOSS_GRAD_REL_TOL: f32 = 1e-4;
+/// Loss input gradients vs torch, max abs error relative to the largest gradient entry (the
+/// log-magnitude gradient scales with 1 / |Y|, which amplifies FFT-vs-f64 rounding at quiet bins).
+const LOSS_GRAD_REL_TOL: f32 = 5e-4;
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(format!("{DIR}/{name}.safetensors"), &Device::Cpu).unwrap()

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use vaak_audio::augment::AugmentConfig;
 use vaak_nn::train::LrSchedule;
 
+use super::disc::{AdvLoss, DiscConfig};
 use super::loss::{MelResolution, StftResolution};
 use super::TrainError;
 use crate::config::CodecConfig;
@@ -47,6 +48,7 @@ pub struct CodecTrainConfig {
     pub optim: OptimConfig,
     pub quantizer: QuantizerTrainConfig,
     pub loss: LossConfig,
+    pub adversarial: AdversarialConfig,
     pub intervals: Intervals,
 }
 
@@ -63,6 +65,7 @@ impl Default for CodecTrainConfig {
             optim: OptimConfig::default(),
             quantizer: QuantizerTrainConfig::default(),
             loss: LossConfig::default(),
+            adversarial: AdversarialConfig::default(),
             intervals: Intervals::default(),
         }
     }
@@ -226,6 +229,51 @@ impl Default for LossWeights {
             stft_mag: 1.0,
             mel: 1.0,
             commit: 0.5,
+        }
+    }
+}
+
+/// Adversarial training with the MPD + MS-STFT discriminators (`super::disc`). Off by
+/// default: with the published discriminator sizes a step costs several times the small
+/// codec's, which suits a GPU run, not a CPU one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdversarialConfig {
+    pub enabled: bool,
+    /// Generator steps before the discriminators start training and the adversarial and
+    /// feature-matching losses switch on (the codec first learns to reconstruct).
+    pub start_step: u64,
+    pub loss: AdvLoss,
+    /// Weight of the generator's adversarial loss.
+    pub adv_weight: f64,
+    /// Weight of the feature-matching loss.
+    pub feat_weight: f64,
+    /// Discriminator AdamW (constant rate).
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip of the discriminators (0: off).
+    pub clip_grad_norm: f64,
+    pub disc: DiscConfig,
+}
+
+impl Default for AdversarialConfig {
+    /// EnCodec's balance (adversarial 3, feature matching 3 against a unit reconstruction
+    /// loss) and discriminator optimizer (lr 3e-4, betas 0.5/0.9).
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            start_step: 2000,
+            loss: AdvLoss::Hinge,
+            adv_weight: 3.0,
+            feat_weight: 3.0,
+            lr: 3e-4,
+            beta1: 0.5,
+            beta2: 0.9,
+            weight_decay: 0.0,
+            clip_grad_norm: 10.0,
+            disc: DiscConfig::default(),
         }
     }
 }

@@ -4,9 +4,11 @@
 //! - [`loss`]: multi-resolution STFT and multi-scale mel losses.
 //! - [`data`]: audio clips in memory, seeded random crops with augmentation, a held-out split.
 //! - [`config`]: the YAML training config with embedded defaults.
+//! - [`disc`], [`conv2d`]: MPD + MS-STFT discriminators and the adversarial losses.
 //! - [`trainer`]: the generator step (EMA RVQ with k-means init, dead-code restarts and
-//!   quantizer dropout; AdamW, warm-up + cosine, grad clipping), validation, exact-resume
-//!   checkpoints, the inference export, and the run loop with JSONL metrics.
+//!   quantizer dropout; AdamW, warm-up + cosine, grad clipping), the discriminator step after
+//!   a warm-up, validation, exact-resume checkpoints, the inference export, and the run loop
+//!   with JSONL metrics.
 //!
 //! All of it is ours: candle ships no training losses, schedulers or checkpointing. It reuses
 //! `vaak_nn::{conv, rvq, train}` (differentiable convs, EMA codebooks, AdamW, checkpoints) and
@@ -23,8 +25,8 @@ pub mod stft;
 pub mod trainer;
 
 pub use config::{
-    CodecTrainConfig, DataConfig, Intervals, LossConfig, LossWeights, OptimConfig,
-    QuantizerTrainConfig, TrainDtype,
+    AdversarialConfig, CodecTrainConfig, DataConfig, Intervals, LossConfig, LossWeights,
+    OptimConfig, QuantizerTrainConfig, TrainDtype,
 };
 pub use data::{Clip, TrainData};
 pub use loss::{MelLoss, MelResolution, MultiResStftLoss, StftResolution};

@@ -114,7 +114,7 @@ impl Stft {
             (1, n_fft),
             device,
         )?;
-        let fft = if n_fft % 2 == 0 {
+        let fft = if n_fft.is_multiple_of(2) {
             let mut planner = RealFftPlanner::<f32>::new();
             Some(RealDft {
                 n: n_fft,
@@ -280,6 +280,12 @@ struct RealDft {
     inv: Arc<dyn ComplexToReal<f32>>,
 }
 
+impl std::fmt::Debug for RealDft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RealDft({})", self.n)
+    }
+}
+
 /// The adjoint of [`RealDft`]: `g @ [cos | -sin]^T`, `[rows, 2 * bins]` to `[rows, n]`.
 struct RealDftAdjoint(RealDft);
 
@@ -314,7 +320,10 @@ fn par_rows(
         .max(1);
     let per = rows.div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        for (inp, outp) in input.chunks(per * in_cols).zip(out.chunks_mut(per * out_cols)) {
+        for (inp, outp) in input
+            .chunks(per * in_cols)
+            .zip(out.chunks_mut(per * out_cols))
+        {
             let f = &f;
             s.spawn(move || f(inp, outp));
         }
@@ -338,7 +347,9 @@ impl CustomOp1 for RealDft {
             for (row, o) in inp.chunks(n).zip(outp.chunks_mut(2 * bins)) {
                 buf.copy_from_slice(row);
                 // Lengths come from the plan, so this cannot fail.
-                let _ = self.fwd.process_with_scratch(&mut buf, &mut spec, &mut scratch);
+                let _ = self
+                    .fwd
+                    .process_with_scratch(&mut buf, &mut spec, &mut scratch);
                 for (k, c) in spec.iter().enumerate() {
                     o[k] = c.re;
                     o[bins + k] = c.im;
@@ -349,7 +360,9 @@ impl CustomOp1 for RealDft {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = grad.contiguous()?.apply_op1_no_bwd(&RealDftAdjoint(self.clone()))?;
+        let g = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&RealDftAdjoint(self.clone()))?;
         Ok(Some(g))
     }
 }
@@ -378,7 +391,9 @@ impl CustomOp1 for RealDftAdjoint {
                         Complex::new(0.5 * row[k], 0.5 * row[bins + k])
                     };
                 }
-                let _ = d.inv.process_with_scratch(&mut spec, &mut buf, &mut scratch);
+                let _ = d
+                    .inv
+                    .process_with_scratch(&mut spec, &mut buf, &mut scratch);
                 o.copy_from_slice(&buf);
             }
         });

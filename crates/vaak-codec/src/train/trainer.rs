@@ -39,6 +39,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
+use rand::Rng;
 use serde::Serialize;
 use vaak_audio::metrics::{si_sdr_db, snr_db, MelDistance, MelDistanceConfig};
 use vaak_nn::rvq::{kmeans_init, sample_n_q, seeded_randn, Codebook, EmaCodebook};
@@ -49,6 +50,7 @@ use vaak_nn::train::{
 
 use super::config::{CodecTrainConfig, TrainDtype};
 use super::data::{Clip, TrainData};
+use super::disc::{disc_loss, feature_matching_loss, gen_adv_loss, DiscOutput, Discriminators};
 use super::loss::{MelLoss, MultiResStftLoss};
 use super::TrainError;
 use crate::codec::{save_vaak_checkpoint, Codec, Preset};
@@ -127,6 +129,16 @@ pub struct StepMetrics {
     pub perplexity: Vec<f64>,
     /// Codes restarted this step, over all codebooks.
     pub restarted: usize,
+    /// Whether the adversarial terms were on this step (then the three below are set).
+    pub adversarial: bool,
+    /// Discriminator loss (before its update).
+    pub disc_loss: f64,
+    /// Generator adversarial loss.
+    pub gen_adv: f64,
+    /// Feature-matching loss.
+    pub feat: f64,
+    /// Discriminator gradient norm before clipping.
+    pub disc_grad_norm: f64,
     /// The update was skipped (non-finite gradient norm).
     pub skipped: bool,
 }
@@ -142,7 +154,14 @@ pub struct ValMetrics {
     pub si_sdr_db: f64,
 }
 
-/// The generator training state.
+/// The discriminators and their optimizer (variables named `disc.*`).
+struct Adversary {
+    disc: Discriminators,
+    params: Vec<(String, Var)>,
+    opt: AdamW,
+}
+
+/// The generator (and, when configured, discriminator) training state.
 pub struct CodecTrainer {
     cfg: CodecTrainConfig,
     device: Device,
@@ -159,6 +178,7 @@ pub struct CodecTrainer {
     stft_loss: Option<MultiResStftLoss>,
     mel_loss: Option<MelLoss>,
     dead_threshold: f64,
+    adversary: Option<Adversary>,
 }
 
 impl CodecTrainer {
@@ -237,6 +257,11 @@ impl CodecTrainer {
         for e in &mut emas {
             e.threshold = dead_threshold;
         }
+        let adversary = if cfg.adversarial.enabled {
+            Some(Adversary::new(&cfg, &mut rng, device)?)
+        } else {
+            None
+        };
         Ok(Self {
             cfg,
             device: device.clone(),
@@ -252,6 +277,7 @@ impl CodecTrainer {
             stft_loss,
             mel_loss,
             dead_threshold,
+            adversary,
         })
     }
 
@@ -405,6 +431,47 @@ impl CodecTrainer {
         total = (total + (&mag * w.stft_mag)?)?;
         total = (total + (&mel * w.mel)?)?;
         total = (total + (&commit * w.commit)?)?;
+        let adv_cfg = self.cfg.adversarial.clone();
+        let mut adv = AdvTerms::default();
+        if let Some(a) = self
+            .adversary
+            .as_mut()
+            .filter(|_| self.step >= adv_cfg.start_step)
+        {
+            // Discriminator step on the detached reconstruction, then the generator terms
+            // through the updated discriminators (HiFi-GAN's order).
+            let real = a.disc.forward(&x)?;
+            let fake = a.disc.forward(&y.detach())?;
+            let dl = disc_loss(&real, &fake, adv_cfg.loss)?;
+            let mut dg = dl.backward()?;
+            let dvars: Vec<&Var> = a.params.iter().map(|(_, v)| v).collect();
+            let dgn = if adv_cfg.clip_grad_norm > 0.0 {
+                clip_grad_norm(&mut dg, &dvars, adv_cfg.clip_grad_norm)?
+            } else {
+                grad_norm(&dg, &dvars)?
+            };
+            if dgn.is_finite() {
+                a.opt.step(&dg)?;
+            } else {
+                tracing::warn!(
+                    "step {}: non-finite discriminator gradient; skipped",
+                    self.step + 1
+                );
+            }
+            let real: Vec<DiscOutput> = a.disc.forward(&x)?.iter().map(|o| o.detach()).collect();
+            let fake = a.disc.forward(&y)?;
+            let g_adv = gen_adv_loss(&fake, adv_cfg.loss)?;
+            let feat = feature_matching_loss(&real, &fake)?;
+            total = (total + (&g_adv * adv_cfg.adv_weight)?)?;
+            total = (total + (&feat * adv_cfg.feat_weight)?)?;
+            adv = AdvTerms {
+                on: true,
+                disc_loss: dl.to_scalar::<f32>()? as f64,
+                gen_adv: g_adv.to_scalar::<f32>()? as f64,
+                feat: feat.to_scalar::<f32>()? as f64,
+                disc_grad_norm: dgn,
+            };
+        }
         let mut grads = total.backward()?;
         let vars: Vec<&Var> = self.params.iter().map(|(_, v)| v).collect();
         let clip = self.cfg.optim.clip_grad_norm;
@@ -463,6 +530,11 @@ impl CodecTrainer {
             perplexity,
             restarted,
             skipped,
+            adversarial: adv.on,
+            disc_loss: adv.disc_loss,
+            gen_adv: adv.gen_adv,
+            feat: adv.feat,
+            disc_grad_norm: adv.disc_grad_norm,
         })
     }
 
@@ -535,12 +607,17 @@ impl CodecTrainer {
 
     /// The checkpoint contents: model (weights + EMA codebooks and usage), optimizer state,
     /// and the train state (step, schedule, RNG, config).
-    pub fn checkpoint_parts(
-        &self,
-    ) -> Result<CheckpointParts, TrainError> {
+    pub fn checkpoint_parts(&self) -> Result<CheckpointParts, TrainError> {
         let mut model = self.export_tensors()?;
         for (i, e) in self.emas.iter().enumerate() {
             model.insert(usage_name(i), e.cluster_size().detach());
+        }
+        let mut opt = self.opt.state_tensors()?;
+        if let Some(a) = &self.adversary {
+            for (n, v) in &a.params {
+                model.insert(n.clone(), v.as_tensor().detach());
+            }
+            opt.extend(a.opt.state_tensors()?);
         }
         let state = TrainState {
             step: self.step,
@@ -551,7 +628,7 @@ impl CodecTrainer {
                 "codebooks_ready": self.codebooks_ready,
             }),
         };
-        Ok((model, self.opt.state_tensors()?, state))
+        Ok((model, opt, state))
     }
 
     /// Saves a checkpoint through `mgr` (atomic, `latest` updated); returns its directory.
@@ -617,6 +694,15 @@ impl CodecTrainer {
             )?;
         }
         t.opt.load_state(&ckpt.optimizer)?;
+        if let Some(a) = &mut t.adversary {
+            if !ckpt.model.keys().any(|k| k.starts_with("disc.")) {
+                return Err(ck_err(
+                    "adversarial training is on but the checkpoint has no discriminators".into(),
+                ));
+            }
+            assign_vars(&a.params, &ckpt.model)?;
+            a.opt.load_state(&ckpt.optimizer)?;
+        }
         t.step = ckpt.state.step;
         let rng = ckpt
             .state
@@ -640,6 +726,73 @@ impl CodecTrainer {
         self.cfg.steps = steps.max(1);
         self.schedule = self.cfg.optim.schedule(self.cfg.steps);
     }
+}
+
+impl Adversary {
+    /// Builds the discriminators with weights drawn from `rng` (PyTorch's conv init: uniform
+    /// `±1/sqrt(fan_in)` for `weight_v` and biases; `weight_g` as the builder sets it).
+    fn new(
+        cfg: &CodecTrainConfig,
+        rng: &mut TrainRng,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let a = &cfg.adversarial;
+        let vm = VarMap::new();
+        let disc = Discriminators::new(
+            &a.disc,
+            VarBuilder::from_varmap(&vm, DType::F32, device).pp("disc"),
+        )?;
+        let mut params: Vec<(String, Var)> = vm
+            .data()
+            .lock()
+            .expect("VarMap lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let dims_of: HashMap<String, Vec<usize>> = params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+            .collect();
+        for (n, v) in &params {
+            // The VarMap's own random init is not seeded: redraw weights and biases.
+            let weight = if n.ends_with("weight_v") {
+                Some(n.clone())
+            } else {
+                n.strip_suffix("bias").map(|p| format!("{p}weight_v"))
+            };
+            let Some(w) = weight.and_then(|w| dims_of.get(&w).cloned()) else {
+                continue;
+            };
+            let fan_in: usize = w[1..].iter().product();
+            let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+            let vals: Vec<f32> = (0..v.elem_count())
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            v.set(&Tensor::from_vec(vals, v.dims(), device)?)?;
+        }
+        let opt = AdamW::new(
+            params.clone(),
+            AdamWConfig {
+                lr: a.lr,
+                beta1: a.beta1,
+                beta2: a.beta2,
+                weight_decay: a.weight_decay,
+                ..Default::default()
+            },
+        )?;
+        Ok(Self { disc, params, opt })
+    }
+}
+
+/// This step's adversarial numbers (all zero while the adversary is off).
+#[derive(Default)]
+struct AdvTerms {
+    on: bool,
+    disc_loss: f64,
+    gen_adv: f64,
+    feat: f64,
+    disc_grad_norm: f64,
 }
 
 /// `exp(entropy)` of the code histogram.
@@ -742,6 +895,11 @@ struct Window {
     restarted: usize,
     skipped: usize,
     perplexity: Vec<f64>,
+    adv_steps: usize,
+    disc_loss: f64,
+    gen_adv: f64,
+    feat: f64,
+    disc_grad_norm: f64,
 }
 
 impl Window {
@@ -756,6 +914,13 @@ impl Window {
         self.grad_norm += m.grad_norm;
         self.restarted += m.restarted;
         self.skipped += m.skipped as usize;
+        if m.adversarial {
+            self.adv_steps += 1;
+            self.disc_loss += m.disc_loss;
+            self.gen_adv += m.gen_adv;
+            self.feat += m.feat;
+            self.disc_grad_norm += m.disc_grad_norm;
+        }
         if self.perplexity.len() < m.perplexity.len() {
             self.perplexity.resize(m.perplexity.len(), 0.0);
         }
@@ -858,7 +1023,7 @@ pub fn run_training(
         if iv.log_every > 0 && (s % iv.log_every == 0 || s == total) {
             let n = window.n.max(1) as f64;
             let dt = t_window.elapsed().as_secs_f64().max(1e-9);
-            log.write(&serde_json::json!({
+            let mut line = serde_json::json!({
                 "step": s,
                 "lr": m.lr,
                 "loss": window.loss / n,
@@ -873,7 +1038,15 @@ pub fn run_training(
                 "restarted": window.restarted,
                 "skipped": window.skipped,
                 "steps_per_s": window.n as f64 / dt,
-            }))?;
+            });
+            if window.adv_steps > 0 {
+                let k = window.adv_steps as f64;
+                line["disc_loss"] = (window.disc_loss / k).into();
+                line["gen_adv"] = (window.gen_adv / k).into();
+                line["feat"] = (window.feat / k).into();
+                line["disc_grad_norm"] = (window.disc_grad_norm / k).into();
+            }
+            log.write(&line)?;
             window = Window::default();
             t_window = Instant::now();
         }

@@ -7,6 +7,7 @@ mod audio;
 mod bench;
 mod cascade;
 mod codec;
+mod data;
 mod info;
 
 use anyhow::Result;
@@ -49,6 +50,9 @@ enum Command {
     /// Benchmarks: print a table, write JSON, and compare against a peer in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Dataset tools: a seeded synthetic speech corpus (`data synth`).
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 fn main() -> Result<()> {
@@ -60,6 +64,7 @@ fn main() -> Result<()> {
         Command::Cascade(args) => cascade::run(*args),
         Command::Codec(cmd) => codec::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
     }
 }
 

@@ -7,6 +7,7 @@ mod audio;
 mod bench;
 mod cascade;
 mod codec;
+mod data;
 mod info;
 mod train;
 
@@ -53,6 +54,9 @@ enum Command {
     /// Training: `vaak train codec` trains vaak's streaming codec.
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Dataset tools: a seeded synthetic speech corpus (`data synth`).
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 fn main() -> Result<()> {
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
         Command::Codec(cmd) => codec::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(cmd) => train::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
     }
 }
 

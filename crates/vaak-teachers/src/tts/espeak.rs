@@ -218,12 +218,40 @@ impl EspeakTts {
     }
 
     fn synthesize_one(&self, text: &str, lang: Lang) -> ItemResult<Speech> {
+        self.synthesize_voice(
+            text,
+            self.cfg.voices.get(lang),
+            self.cfg.rate_wpm,
+            self.cfg.pitch,
+        )
+    }
+
+    /// One sentence with an explicit voice (e.g. `ru+f3`), rate and pitch instead of the
+    /// configured ones; otherwise as [`Tts::synthesize`] for one item (same text handling,
+    /// timeout, silence check and output rate). For data generation that varies the voice per
+    /// utterance.
+    pub fn synthesize_voice(
+        &self,
+        text: &str,
+        voice: &str,
+        rate_wpm: u32,
+        pitch: u32,
+    ) -> ItemResult<Speech> {
+        if voice.trim().is_empty() || voice.chars().any(char::is_whitespace) {
+            return Err(TeacherError::BadInput(format!(
+                "'{voice}' is not a voice name"
+            )));
+        }
+        if !(80..=450).contains(&rate_wpm) || pitch > 99 {
+            return Err(TeacherError::BadInput(format!(
+                "rate {rate_wpm} wpm (80..=450) or pitch {pitch} (0..=99) out of range"
+            )));
+        }
         let Some(text) = prepare_text(text) else {
             return Err(TeacherError::BadInput(
                 "empty text, nothing to synthesise".into(),
             ));
         };
-        let voice = self.cfg.voices.get(lang);
         let program = &self.cfg.program;
         let fail = |what: String| {
             TeacherError::Msg(format!("{} (voice {voice}): {what}", program.display()))
@@ -231,9 +259,9 @@ impl EspeakTts {
         let mut child = Command::new(program)
             .args(["--stdin", "--stdout", "-b", "1", "-v", voice])
             .arg("-s")
-            .arg(self.cfg.rate_wpm.to_string())
+            .arg(rate_wpm.to_string())
             .arg("-p")
-            .arg(self.cfg.pitch.to_string())
+            .arg(pitch.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

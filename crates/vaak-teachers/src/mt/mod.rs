@@ -11,6 +11,8 @@ pub mod generate;
 pub mod loopback;
 pub mod m2m100;
 pub mod openai;
+pub mod spm;
+pub mod tokenizer;
 
 pub use openai::{
     prompt_hash, system_prompt, BackoffConfig, OpenAiConfig, OpenAiTranslator, PROMPT_VERSION,

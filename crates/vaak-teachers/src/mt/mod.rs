@@ -7,7 +7,9 @@
 //! - [`loopback::LoopbackChatServer`]: a tagging chat-completions server on 127.0.0.1 for tests
 //!   and `vaak bench cascade` (not a translator).
 
+pub mod generate;
 pub mod loopback;
+pub mod m2m100;
 pub mod openai;
 pub mod spm;
 pub mod tokenizer;

@@ -6,6 +6,7 @@ mod audio;
 mod cascade;
 pub mod peer;
 pub mod report;
+mod vc;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -19,11 +20,16 @@ pub enum BenchCommand {
     /// fixture teachers by default): samples/s, audio hours per hour, time per stage, the share
     /// inside model calls against orchestration, and peak memory.
     Cascade(cascade::CascadeBenchArgs),
+    /// OpenVoice V2 tone-colour conversion: real-time factor at 1, 8 and 32 clips for the tiny
+    /// fixture and a random full-size converter, against openvoice-cli (PyTorch) on the same
+    /// weights.
+    Vc(vc::VcBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Audio(args) => audio::run(args),
         BenchCommand::Cascade(args) => cascade::run(args),
+        BenchCommand::Vc(args) => vc::run(args),
     }
 }

@@ -252,3 +252,35 @@ fn seeded_convert_is_deterministic_and_batches_keep_going() {
         .unwrap_err();
     assert!(err.to_string().contains("noise"), "{err}");
 }
+
+#[test]
+fn loads_from_an_offline_hub_cache_as_published() {
+    // The published layout: hf://myshell-ai/OpenVoiceV2/converter/{config.json,checkpoint.pth}.
+    let cache = tempfile::tempdir().unwrap();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.path().join("models--myshell-ai--OpenVoiceV2");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), sha).unwrap();
+    let snap = repo.join("snapshots").join(sha).join("converter");
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in [CONFIG_FILE, vaak_teachers::vc::CHECKPOINT_FILE] {
+        std::fs::copy(Path::new(DIR).join("converter").join(f), snap.join(f)).unwrap();
+    }
+    let opts = ConverterOptions {
+        device: Device::Cpu,
+        hub: vaak_nn::weights::HubOptions {
+            offline: true,
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..Default::default()
+        },
+    };
+    let conv = ToneColorConverter::load("hf://myshell-ai/OpenVoiceV2/converter", &opts).unwrap();
+    assert_eq!(conv.id().revision.as_deref(), Some("main"));
+    let fx = Fixture::load();
+    let src = fx.clip("src");
+    let se = conv.extract_se(&[AudioRef::new(&src, SR)]).unwrap();
+    assert!(max_abs_diff(&se, &fx.f32s("se_src")) < SE_TOL);
+    // A file missing from the cache is an error naming it, not a download.
+    let err = ToneColorConverter::load("hf://myshell-ai/OpenVoiceV2/other", &opts).unwrap_err();
+    assert!(err.to_string().contains("other/config.json"), "{err}");
+}

@@ -7,6 +7,7 @@ mod cascade;
 mod codec;
 pub mod peer;
 pub mod report;
+mod vc;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -24,6 +25,10 @@ pub enum BenchCommand {
     /// threads: vaak's mimi and vaak-16k against candle-transformers' Mimi and transformers'
     /// MimiModel on the same random full-size weights; code agreement; vaak-16k frame rates.
     Codec(codec::CodecBenchArgs),
+    /// OpenVoice V2 tone-colour conversion: real-time factor at 1, 8 and 32 clips for the tiny
+    /// fixture and a random full-size converter, against openvoice-cli (PyTorch) on the same
+    /// weights.
+    Vc(vc::VcBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -31,5 +36,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Audio(args) => audio::run(args),
         BenchCommand::Cascade(args) => cascade::run(args),
         BenchCommand::Codec(args) => codec::run(args),
+        BenchCommand::Vc(args) => vc::run(args),
     }
 }

@@ -67,3 +67,63 @@ fn conv_timings() {
         );
     }
 }
+
+/// Steps/s of the default config and the frame-rate comparison (hop 320 vs 640) on real
+/// audio: `A2_DATA=<dir of wavs> A2_STEPS=300 cargo test --release --test train_speed_probe
+/// frame_rate -- --ignored --nocapture`. Prints timings and held-out quality per kbps.
+#[test]
+#[ignore]
+fn frame_rate_experiment() {
+    let dir = std::env::var("A2_DATA").expect("A2_DATA");
+    let steps: u64 = std::env::var("A2_STEPS")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(300);
+    let only: Option<String> = std::env::var("A2_ONLY").ok();
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wav"))
+        .collect();
+    paths.sort();
+    let dev = Device::Cpu;
+    for (name, ratios) in [("hop320", vec![8, 5, 4, 2]), ("hop640", vec![8, 5, 4, 4])] {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let mut cfg = CodecTrainConfig::default();
+        cfg.model.seanet.ratios = ratios;
+        cfg.steps = steps;
+        cfg.intervals.val_every = 0;
+        cfg.intervals.ckpt_every = 0;
+        cfg.intervals.log_every = 25;
+        let data = vaak_codec::train::TrainData::load(
+            &paths,
+            16_000,
+            cfg.segment_samples(),
+            cfg.data.val_clips,
+        )
+        .unwrap();
+        let out = std::env::temp_dir().join(format!("a2_fr_{name}"));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut t = vaak_codec::train::CodecTrainer::new(cfg, &dev).unwrap();
+        let opts = vaak_codec::train::RunOptions {
+            out_dir: out.clone(),
+            stop: None,
+            val_codebooks: vec![2, 4, 8],
+        };
+        let t0 = Instant::now();
+        let s = vaak_codec::train::run_training(&mut t, &data, &opts, &mut |m| {
+            if m.step % 25 == 0 {
+                eprintln!("{name} step {} loss {:.3} mel {:.3}", m.step, m.loss, m.mel);
+            }
+        })
+        .unwrap();
+        eprintln!(
+            "RESULT {name}: {} steps in {:.1} s ({:.3} steps/s); val {}",
+            s.steps,
+            t0.elapsed().as_secs_f64(),
+            s.steps_per_s,
+            serde_json::to_string(&s.final_val).unwrap()
+        );
+    }
+}

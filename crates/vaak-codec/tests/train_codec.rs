@@ -412,3 +412,22 @@ fn bf16_compute_path_steps_with_f32_master_weights() {
         "weights did not move"
     );
 }
+
+/// vaak's `config.json` is read when present; a bad one is an error naming the field.
+#[test]
+fn vaak_config_json_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&tiny_model().to_vaak_json().unwrap()).unwrap();
+    v["seanet"]["n_filterz"] = 4.into();
+    std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+    let e = Codec::load(
+        dir.path().to_str().unwrap(),
+        Preset::Vaak16k,
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("n_filterz"), "{e}");
+    let back = CodecConfig::from_vaak_json(&tiny_model().to_vaak_json().unwrap(), "x").unwrap();
+    assert_eq!(back, tiny_model());
+}

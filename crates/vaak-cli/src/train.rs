@@ -46,14 +46,14 @@ pub struct CodecTrainArgs {
     /// Training audio: a directory (searched recursively for .wav, .flac, .mp3, .ogg) or a
     /// manifest CSV (columns id, lang, audio_path, duration_s; audio_path relative to
     /// --data-root). Files are decoded, resampled to the codec rate and kept in memory.
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "print_config")]
+    data: Option<PathBuf>,
     /// Root of a manifest's audio_path entries (default: the manifest's directory).
     #[arg(long)]
     data_root: Option<PathBuf>,
     /// Run directory (created; must hold no checkpoints unless --resume).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "print_config")]
+    out: Option<PathBuf>,
     /// Training config YAML (every field optional; see --print-config for all of them).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -134,7 +134,6 @@ fn read_config(path: &Path) -> Result<CodecTrainConfig> {
 }
 
 fn train_codec(a: CodecTrainArgs) -> Result<()> {
-    let ckpt_dir = a.out.join("checkpoints");
     let mut cfg = match &a.config {
         Some(p) => read_config(p)?,
         None => CodecTrainConfig::default(),
@@ -144,6 +143,10 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
         print!("{}", cfg.to_yaml()?);
         return Ok(());
     }
+    let (Some(data_arg), Some(out)) = (a.data.clone(), a.out.clone()) else {
+        bail!("--data and --out are required");
+    };
+    let ckpt_dir = out.join("checkpoints");
     let device = vaak_cascade::builtin::parse_device(&a.device).map_err(anyhow::Error::msg)?;
     let existing = if ckpt_dir.is_dir() {
         CheckpointManager::new(&ckpt_dir, 0)?.load_latest(&device)?
@@ -184,8 +187,8 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
     };
     let cfg = trainer.config().clone();
 
-    let paths = collect_audio(&a.data, a.data_root.as_deref())?;
-    tracing::info!("{} audio file(s) from {}", paths.len(), a.data.display());
+    let paths = collect_audio(&data_arg, a.data_root.as_deref())?;
+    tracing::info!("{} audio file(s) from {}", paths.len(), data_arg.display());
     let sr = cfg.model.sample_rate as u32;
     let data = TrainData::load(&paths, sr, cfg.segment_samples(), cfg.data.val_clips)?;
     tracing::info!(
@@ -216,7 +219,7 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
         b
     };
     let opts = RunOptions {
-        out_dir: a.out.clone(),
+        out_dir: out.clone(),
         stop: Some(stop),
         val_codebooks: a.val_codebooks.clone(),
     };

@@ -134,22 +134,22 @@ impl CodecConfig {
         ((kbps * 1000.0 / bw_per_q).floor() as usize).max(1)
     }
 
-    /// vaak's own 16 kHz codec: 8 codebooks of 1024 x 64, hop 320 (50 Hz, 4 kbps at 8
-    /// codebooks), an EnCodec-style SEANet without LSTM or conv shortcuts, plain weights (no
-    /// weight norm), zero padding.
+    /// vaak's own 16 kHz codec: 8 codebooks of 1024 x 48, hop 320 (50 Hz, 4 kbps at 8
+    /// codebooks), an EnCodec-style SEANet (ratios 8-5-4-2) without LSTM or conv shortcuts,
+    /// plain weights (no weight norm), zero padding.
     ///
-    /// Sized to train on a few CPU cores and to ship in the repository: 16 base filters
-    /// (16-32-64-128-256 channels), latent and codebook width 64, last conv kernel 3 (as Mimi;
-    /// the 256 x 64 x 7 convs would be a fifth of the weights). About 0.64 M conv parameters
-    /// plus 0.5 M codebook entries: ~4.7 MB in f32. No LSTM: it is sequential over frames
-    /// (slow to train on a CPU) and the causal convs already see ~1.3 s of context at the
-    /// latent. Nothing here is tied to weights: a trained checkpoint's `config.json` overrides
-    /// every field.
+    /// Sized to train on a few CPU cores and to ship in the repository: 12 base filters
+    /// (12-24-48-96-192 channels), latent and codebook width 48, last conv kernel 3 (as Mimi).
+    /// 0.85 M conv parameters plus 0.39 M codebook entries: 4.95 MB in f32. Most of the
+    /// training cost sits in the 16 kHz layers, which is what the small base width buys down.
+    /// No LSTM: it is sequential over frames (slow to train on a CPU) and the causal convs
+    /// already see ~1.3 s of context at the latent. A trained checkpoint's `config.json`
+    /// overrides every field.
     pub fn vaak_16k() -> Self {
         let seanet = SeanetConfig {
             channels: 1,
-            dimension: 64,
-            n_filters: 16,
+            dimension: 48,
+            n_filters: 12,
             n_residual_layers: 1,
             ratios: vec![8, 5, 4, 2],
             kernel_size: 7,

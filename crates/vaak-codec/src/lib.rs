@@ -10,7 +10,8 @@
 //!   encoder transformer (RoPE, layer scale, sliding-window context, GELU FFN), stride-2
 //!   downsample, split RVQ (semantic + acoustic, 1x1 projections, `embed_sum /
 //!   cluster_usage.clamp(1e-5)` codebooks), depthwise upsample, decoder transformer, SEANet.
-//! - `vaak-16k`: vaak's own 16 kHz, 8 x 1024 codec (config only; trained later).
+//! - `vaak-16k`: vaak's own 16 kHz, 8 x 1024 codec, trained by [`train`] (`vaak train codec`);
+//!   its checkpoints are `config.json` + `model.safetensors` ([`save_vaak_checkpoint`]).
 //!
 //! # Streaming and the clip edges
 //!

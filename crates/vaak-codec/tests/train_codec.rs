@@ -387,3 +387,47 @@ fn gan_straight_runs_are_deterministic() {
         assert_eq!(max_abs_diff(t, &b[n]).unwrap(), 0.0, "{n} differs");
     }
 }
+
+/// The bf16 compute path (meant for CUDA) runs and trains on f32 master weights; checked on
+/// the CPU with the tiny config.
+#[test]
+fn bf16_compute_path_steps_with_f32_master_weights() {
+    let dev = Device::Cpu;
+    let d = data();
+    let mut cfg = tiny_config();
+    cfg.dtype = vaak_codec::train::TrainDtype::Bf16;
+    let mut t = CodecTrainer::new(cfg, &dev).unwrap();
+    let b = t.sample_batch(&d).unwrap();
+    t.init_codebooks(&[b]).unwrap();
+    let before = t.params()[0].1.as_tensor().copy().unwrap();
+    for _ in 0..2 {
+        let x = t.sample_batch(&d).unwrap();
+        let m = t.train_step(&x).unwrap();
+        assert!(m.loss.is_finite() && !m.skipped, "{m:?}");
+    }
+    let p = t.params()[0].1.as_tensor();
+    assert_eq!(p.dtype(), DType::F32);
+    assert!(
+        max_abs_diff(p, &before).unwrap() > 0.0,
+        "weights did not move"
+    );
+}
+
+/// vaak's `config.json` is read when present; a bad one is an error naming the field.
+#[test]
+fn vaak_config_json_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&tiny_model().to_vaak_json().unwrap()).unwrap();
+    v["seanet"]["n_filterz"] = 4.into();
+    std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+    let e = Codec::load(
+        dir.path().to_str().unwrap(),
+        Preset::Vaak16k,
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("n_filterz"), "{e}");
+    let back = CodecConfig::from_vaak_json(&tiny_model().to_vaak_json().unwrap(), "x").unwrap();
+    assert_eq!(back, tiny_model());
+}

@@ -8,6 +8,7 @@
 //!   and `vaak bench cascade` (not a translator).
 
 pub mod loopback;
+pub mod marian;
 pub mod openai;
 pub mod spm;
 pub mod tokenizer;

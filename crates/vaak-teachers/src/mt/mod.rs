@@ -10,6 +10,7 @@
 pub mod generate;
 pub mod loopback;
 pub mod m2m100;
+pub mod marian;
 pub mod openai;
 pub mod spm;
 pub mod tokenizer;

@@ -68,6 +68,7 @@ struct TokenizerConfig {
     clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output: Option<bool>,
     separate_vocabs: Option<bool>,
     source_lang: Option<String>,
+    target_lang: Option<String>,
     bos_token: Option<serde_json::Value>,
     eos_token: Option<serde_json::Value>,
     unk_token: Option<serde_json::Value>,
@@ -101,8 +102,10 @@ struct SpmTok {
     split_tokens: Vec<(String, u32)>,
     special_ids: HashSet<u32>,
     unk_token: String,
-    /// `source_lang` from the config when it parses as a vaak [`Lang`] (Marian).
+    /// `source_lang` / `target_lang` from the config when they parse as a vaak [`Lang`]
+    /// (Marian).
     source_lang: Option<Lang>,
+    target_lang: Option<Lang>,
 }
 
 enum Backend {
@@ -327,6 +330,7 @@ impl MtTokenizer {
                 special_ids,
                 unk_token: names[2].clone(),
                 source_lang: None,
+                target_lang: None,
             })),
             location: String::new(),
             pad,
@@ -377,6 +381,7 @@ impl MtTokenizer {
                 special_ids,
                 unk_token: names[1].clone(),
                 source_lang: cfg.source_lang.as_deref().and_then(|s| s.parse().ok()),
+                target_lang: cfg.target_lang.as_deref().and_then(|s| s.parse().ok()),
             })),
             location: String::new(),
             pad,
@@ -402,6 +407,15 @@ impl MtTokenizer {
             } else {
                 supported.join(", ")
             },
+        }
+    }
+
+    /// Marian's `(source_lang, target_lang)` from `tokenizer_config.json`, where they name a
+    /// vaak language; `(None, None)` for the multilingual families.
+    pub fn config_languages(&self) -> (Option<Lang>, Option<Lang>) {
+        match &self.backend {
+            Backend::Spm(s) => (s.source_lang, s.target_lang),
+            Backend::Hf { .. } => (None, None),
         }
     }
 

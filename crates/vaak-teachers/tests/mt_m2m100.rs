@@ -65,7 +65,13 @@ fn sources(t: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
     let mask = ids2(&t["attention_mask"]);
     ids.into_iter()
         .zip(mask)
-        .map(|(r, m)| r.into_iter().zip(m).filter(|&(_, m)| m == 1).map(|(x, _)| x).collect())
+        .map(|(r, m)| {
+            r.into_iter()
+                .zip(m)
+                .filter(|&(_, m)| m == 1)
+                .map(|(x, _)| x)
+                .collect()
+        })
         .collect()
 }
 
@@ -121,7 +127,11 @@ fn encoder_matches_transformers_on_a_padded_batch() {
         // Each item alone gives its own rows.
         for (i, s) in src.iter().enumerate() {
             let one = model.encode(&[s.as_slice()]).unwrap().hidden;
-            let exp = expected.narrow(0, i, 1).unwrap().narrow(1, 0, s.len()).unwrap();
+            let exp = expected
+                .narrow(0, i, 1)
+                .unwrap()
+                .narrow(1, 0, s.len())
+                .unwrap();
             let err = max_abs_diff(&one, &exp);
             assert!(err < ENCODER_TOL, "{name} item {i}: alone vs batched {err}");
         }
@@ -183,7 +193,10 @@ fn generate_matches_transformers_token_for_token() {
             assert_eq!(distinct_rows.len(), expected.len(), "{name}/{sname}");
             assert!(lens.iter().collect::<std::collections::HashSet<_>>().len() >= 2);
             let max_len = setting["max_length"].as_u64().unwrap() as usize;
-            assert!(lens.iter().any(|&n| n < max_len), "{name}/{sname}: none ended");
+            assert!(
+                lens.iter().any(|&n| n < max_len),
+                "{name}/{sname}: none ended"
+            );
 
             let p = params(&model, setting);
             let got = generate(&model, &refs, &p).unwrap();
@@ -194,9 +207,15 @@ fn generate_matches_transformers_token_for_token() {
             // Item by item: the same rows.
             for (i, s) in src.iter().enumerate() {
                 let one = generate(&model, &[s.as_slice()], &p).unwrap();
-                assert_eq!(one[0].tokens, got[i].tokens, "{name}/{sname} item {i} alone");
+                assert_eq!(
+                    one[0].tokens, got[i].tokens,
+                    "{name}/{sname} item {i} alone"
+                );
                 let d = (one[0].score - got[i].score).abs();
-                assert!(d < SCORE_TOL, "{name}/{sname} item {i} score differs by {d}");
+                assert!(
+                    d < SCORE_TOL,
+                    "{name}/{sname} item {i} score differs by {d}"
+                );
             }
             println!("{name}/{sname}: {} rows equal, lengths {lens:?}", got.len());
         }

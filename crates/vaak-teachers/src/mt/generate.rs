@@ -253,13 +253,7 @@ fn banned_ngram_tokens(seq: &[u32], n: usize) -> Vec<u32> {
 }
 
 /// Applies the logits processors to one row in place; `cur_len` is the sequence length so far.
-fn process_row(
-    row: &mut [f32],
-    seq: &[u32],
-    cur_len: usize,
-    max_len: usize,
-    p: &GenerationParams,
-) {
+fn process_row(row: &mut [f32], seq: &[u32], cur_len: usize, max_len: usize, p: &GenerationParams) {
     for t in banned_ngram_tokens(seq, p.no_repeat_ngram_size) {
         row[t as usize] = f32::NEG_INFINITY;
     }
@@ -468,7 +462,12 @@ fn beam_search<M: Seq2Seq>(
     while !active.is_empty() {
         let last: Vec<u32> = active
             .iter()
-            .flat_map(|&i| items[i].running.iter().map(|r| *r.tokens.last().unwrap_or(&start)))
+            .flat_map(|&i| {
+                items[i]
+                    .running
+                    .iter()
+                    .map(|r| *r.tokens.last().unwrap_or(&start))
+            })
             .collect();
         let logits = model.step(&last, &mut cache)?.to_vec2::<f32>()?;
         let mut rows_next: Vec<usize> = Vec::with_capacity(last.len());
@@ -569,8 +568,7 @@ fn beam_search<M: Seq2Seq>(
             item.running = new_running;
             // d. The early-stop heuristic, at the new length.
             let new_len = cur_len + 1;
-            let best_len = if p.early_stopping == EarlyStopping::Never && p.length_penalty > 0.0
-            {
+            let best_len = if p.early_stopping == EarlyStopping::Never && p.length_penalty > 0.0 {
                 item.max_len - prompt_len
             } else {
                 new_len - prompt_len
@@ -623,7 +621,7 @@ fn beam_search<M: Seq2Seq>(
 /// Top `k` of `(value, index)` pairs by value descending, lower index first on ties.
 fn top_k_sorted(mut v: Vec<(f32, usize)>, k: usize) -> Vec<(f32, usize)> {
     v.sort_by_key(|&(_, i)| i);
-    top_k(v.into_iter().map(|(a, i)| (a, i)), k)
+    top_k(v.into_iter(), k)
 }
 
 #[cfg(test)]
@@ -636,7 +634,10 @@ mod tests {
         let t = top_k(v.iter().copied().zip(0..), 3);
         assert_eq!(t, vec![(3.0, 1), (3.0, 2), (3.0, 5)]);
         let t = top_k(v.iter().copied().zip(0..), 5);
-        assert_eq!(t.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1, 2, 5, 4, 0]);
+        assert_eq!(
+            t.iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![1, 2, 5, 4, 0]
+        );
     }
 
     #[test]

@@ -135,8 +135,11 @@ impl M2m100Config {
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
         ] {
-            if self.d_model % h != 0 {
-                return bad(format!("d_model {} is not divisible by {name} {h}", self.d_model));
+            if !self.d_model.is_multiple_of(h) {
+                return bad(format!(
+                    "d_model {} is not divisible by {name} {h}",
+                    self.d_model
+                ));
             }
         }
         if Activation::parse(&self.activation_function).is_none() {
@@ -149,12 +152,17 @@ impl M2m100Config {
             ("pad_token_id", self.pad_token_id),
             ("decoder_start_token_id", self.decoder_start_token_id),
         ];
-        for (name, id) in ids
-            .into_iter()
-            .chain(self.eos_token_id.to_vec().into_iter().map(|i| ("eos_token_id", i)))
-        {
+        for (name, id) in ids.into_iter().chain(
+            self.eos_token_id
+                .to_vec()
+                .into_iter()
+                .map(|i| ("eos_token_id", i)),
+        ) {
             if id as usize >= self.vocab_size {
-                return bad(format!("{name} {id} is outside vocab_size {}", self.vocab_size));
+                return bad(format!(
+                    "{name} {id} is outside vocab_size {}",
+                    self.vocab_size
+                ));
             }
         }
         Ok(())
@@ -429,7 +437,7 @@ impl M2m100Cache {
     pub fn select(&mut self, rows: &[usize]) -> Result<()> {
         let g = self.group;
         let old_rows = self.rows();
-        if rows.is_empty() || rows.len() % g != 0 {
+        if rows.is_empty() || !rows.len().is_multiple_of(g) {
             return Err(TeacherError::BadInput(format!(
                 "cache select: {} rows is not a positive multiple of the group size {g}",
                 rows.len()
@@ -461,8 +469,7 @@ impl M2m100Cache {
             }
             self.cross_mask = self.cross_mask.index_select(&idx, 0)?;
         }
-        let identity_rows =
-            rows.len() == old_rows && rows.iter().enumerate().all(|(i, &r)| i == r);
+        let identity_rows = rows.len() == old_rows && rows.iter().enumerate().all(|(i, &r)| i == r);
         if !identity_rows {
             let ridx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
             let ridx = Tensor::new(ridx.as_slice(), &dev)?;
@@ -726,7 +733,9 @@ impl M2m100Model {
     /// identical). Cross-attention keys/values are computed here, once per item.
     pub fn start(&self, enc: &M2m100Encoded, group: usize) -> Result<M2m100Cache> {
         if group == 0 {
-            return Err(TeacherError::BadInput("decoder group size must be > 0".into()));
+            return Err(TeacherError::BadInput(
+                "decoder group size must be > 0".into(),
+            ));
         }
         let cross = self
             .dec_layers

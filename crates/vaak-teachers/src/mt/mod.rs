@@ -8,6 +8,7 @@
 //!   and `vaak bench cascade` (not a translator).
 
 pub mod generate;
+pub mod local;
 pub mod loopback;
 pub mod m2m100;
 pub mod marian;

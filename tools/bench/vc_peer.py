@@ -121,7 +121,6 @@ def main():
                     "seconds": median_time(lambda: run(n), args.min_time, min_iters),
                     "threads": args.threads,
                 }]
-    import openvoice_cli  # noqa: F401
     meta = {"torch": torch.__version__, "openvoice-cli": "0.0.5"}
     with open(args.json, "w") as fh:
         json.dump({"cases": cases, "versions": meta}, fh)

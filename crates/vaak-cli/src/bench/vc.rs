@@ -43,7 +43,9 @@ pub struct VcBenchArgs {
     /// Minimum measuring time per case, in seconds (after one warm-up pass).
     #[arg(long, default_value_t = 0.5)]
     min_time: f64,
-    /// Thread count for the PyTorch peer (default: all logical CPUs, as candle uses).
+    /// Thread count for the PyTorch peer (default: as many as candle uses, which is
+    /// $RAYON_NUM_THREADS or all logical CPUs). On a busy machine prefer 1 for both
+    /// (RAYON_NUM_THREADS=1 --peer-threads 1): OpenMP spin-waits collapse under oversubscription.
     #[arg(long)]
     peer_threads: Option<usize>,
     /// Python interpreter with torch and openvoice-cli (default: $VAAK_PYTHON, then
@@ -116,9 +118,8 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
         min_iters: if n == 1 { 3 } else { 1 },
         max_iters: 1000,
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // candle's CPU kernels use this many threads ($RAYON_NUM_THREADS, else all CPUs).
+    let threads = candle_core::utils::get_num_threads();
     let mut cases = Vec::new();
     for (name, dir) in &converters {
         let conv =
@@ -141,6 +142,10 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
                 Ok(())
             })?;
             let audio_s = n as f64 * args.clip_seconds;
+            eprintln!(
+                "bench vc: vaak, {name} x{n}: {t:.3} s/pass, {:.2} x RT",
+                audio_s / t
+            );
             cases.push(CaseResult {
                 case: format!("{name} x{n}"),
                 unit: "x RT".into(),

@@ -263,21 +263,13 @@ fn stream_vaak(codec: &Codec, audio: &[f32]) -> Result<Timed> {
                 s.decode_step(c, &StreamMask::All)?;
                 out = frame_codes(c)?;
             }
-            Ok((
-                (t1 - t0).as_secs_f64(),
-                t1.elapsed().as_secs_f64(),
-                out,
-            ))
+            Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64(), out))
         },
     )
 }
 
 /// candle-transformers' Mimi (`models::mimi::encodec`), its own `encode_step`/`decode_step`.
-fn stream_candle(
-    weights: &Path,
-    codebooks: usize,
-    audio: &[f32],
-) -> Result<(Timed, usize)> {
+fn stream_candle(weights: &Path, codebooks: usize, audio: &[f32]) -> Result<(Timed, usize)> {
     use candle_transformers::models::mimi::encodec::{Config, Encodec};
     let file = weights.join("model.safetensors");
     let cfg = Config::v0_1(Some(codebooks));
@@ -304,11 +296,7 @@ fn stream_candle(
                 m.decode_step(&codes)?;
                 out = frame_codes(c)?;
             }
-            Ok((
-                (t1 - t0).as_secs_f64(),
-                t1.elapsed().as_secs_f64(),
-                out,
-            ))
+            Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64(), out))
         },
     )?;
     Ok((t, hop))
@@ -392,7 +380,10 @@ fn child(args: &CodecBenchArgs, out: &Path) -> Result<()> {
             .with_context(|| format!("vaak-16k from {}", p.display()))?,
             format!("vaak-16k ({})", p.display()),
         ),
-        None => (random_vaak16k(None)?, "vaak-16k (random weights)".to_string()),
+        None => (
+            random_vaak16k(None)?,
+            "vaak-16k (random weights)".to_string(),
+        ),
     };
     eprintln!("bench codec [{threads} thread(s)]: {label}...");
     let t = stream_vaak(&v16, &audio16)?;
@@ -454,7 +445,9 @@ fn rust_weights(dir: &Path) -> Result<()> {
             ("acoustic", q - n_sem)
         };
         tensors.insert(
-            format!("quantizer.{group}_residual_vector_quantizer.layers.{idx}.codebook.initialized"),
+            format!(
+                "quantizer.{group}_residual_vector_quantizer.layers.{idx}.codebook.initialized"
+            ),
             Tensor::ones(1, DType::F32, &Device::Cpu)?,
         );
     }
@@ -733,9 +726,9 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
         let mut in_case: Vec<&Row> = rows.iter().filter(|r| r.case == case).collect();
         in_case.sort_by_key(|r| (r.threads, !r.implementation.starts_with("vaak")));
         for r in &in_case {
-            let vaak = in_case.iter().find(|v| {
-                v.threads == r.threads && v.implementation.starts_with("vaak")
-            });
+            let vaak = in_case
+                .iter()
+                .find(|v| v.threads == r.threads && v.implementation.starts_with("vaak"));
             let peer = vaak.filter(|_| !r.implementation.starts_with("vaak"));
             let ratio = peer.map_or(String::new(), |v| {
                 format!("{:.2}", v.total.mean_ms / r.total.mean_ms)
@@ -745,7 +738,11 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
                 _ => String::new(),
             };
             cells.push(vec![
-                if first { case.to_string() } else { String::new() },
+                if first {
+                    case.to_string()
+                } else {
+                    String::new()
+                },
                 r.implementation.clone(),
                 r.threads.to_string(),
                 format!("{:.2} ms", r.encode.p50_ms),
@@ -764,7 +761,13 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
         }
     }
     let widths: Vec<usize> = (0..head.len())
-        .map(|i| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (n, r) in cells.iter().enumerate() {

@@ -406,6 +406,9 @@ struct EvalReport {
     clips: Vec<ClipRow>,
 }
 
+/// Picks one score out of a clip's results.
+type Metric = fn(&ClipEval) -> f64;
+
 fn eval(args: EvalArgs) -> Result<()> {
     let codec = load(&args.model, Some(&args.rate))?;
     let evaluator = Evaluator::new(&codec)?;
@@ -441,7 +444,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let ok: Vec<&ClipEval> = rows.iter().filter_map(|r| r.result.as_ref()).collect();
-    let metrics: [(&'static str, fn(&ClipEval) -> f64); 5] = [
+    let metrics: [(&'static str, Metric); 5] = [
         ("snr_db", |c| c.snr_db),
         ("si_sdr_db", |c| c.si_sdr_db),
         ("mel_distance", |c| c.mel_distance),

@@ -166,8 +166,8 @@ fn read_audio(codec: &Codec, path: &Path, strict: bool) -> Result<Vec<f32>> {
         }
         tracing::info!("{what}: downmixing and resampling");
     }
-    let audio = decode_file(path, Some(want_sr))
-        .with_context(|| format!("reading {}", path.display()))?;
+    let audio =
+        decode_file(path, Some(want_sr)).with_context(|| format!("reading {}", path.display()))?;
     if audio.samples.is_empty() {
         bail!("{}: no audio samples (zero-length audio)", path.display());
     }
@@ -303,10 +303,11 @@ struct ClipSource {
 }
 
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for e in entries {
-        let path = e.with_context(|| format!("listing {}", dir.display()))?.path();
+        let path = e
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
         if path.is_dir() {
             collect_dir(&path, out)?;
         } else if path
@@ -405,6 +406,9 @@ struct EvalReport {
     clips: Vec<ClipRow>,
 }
 
+/// Picks one score out of a clip's results.
+type Metric = fn(&ClipEval) -> f64;
+
 fn eval(args: EvalArgs) -> Result<()> {
     let codec = load(&args.model, Some(&args.rate))?;
     let evaluator = Evaluator::new(&codec)?;
@@ -440,7 +444,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let ok: Vec<&ClipEval> = rows.iter().filter_map(|r| r.result.as_ref()).collect();
-    let metrics: [(&'static str, fn(&ClipEval) -> f64); 5] = [
+    let metrics: [(&'static str, Metric); 5] = [
         ("snr_db", |c| c.snr_db),
         ("si_sdr_db", |c| c.si_sdr_db),
         ("mel_distance", |c| c.mel_distance),

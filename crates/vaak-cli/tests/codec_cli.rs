@@ -146,7 +146,10 @@ fn eval_over_a_manifest_carries_on_past_bad_rows() {
     );
     let notes = v["notes"].to_string();
     assert!(notes.contains("..") && notes.contains("line"), "{notes}");
-    assert!(notes.contains("not-a-number") || notes.contains("duration"), "{notes}");
+    assert!(
+        notes.contains("not-a-number") || notes.contains("duration"),
+        "{notes}"
+    );
     assert_eq!(v["preset"], "mimi");
 }
 
@@ -191,7 +194,10 @@ fn strict_refuses_a_wrong_rate_or_channel_count_naming_both() {
         ]);
         assert!(!o.status.success());
         let t = text(&o);
-        assert!(t.contains(file) && t.contains(what) && t.contains("24000 Hz"), "{t}");
+        assert!(
+            t.contains(file) && t.contains(what) && t.contains("24000 Hz"),
+            "{t}"
+        );
         assert!(!out.exists());
         // Without --strict the same file is converted and encoded.
         let o = vaak(&[

@@ -137,6 +137,10 @@ pub struct Row {
     pub encode: LatStats,
     pub decode: LatStats,
     pub total: LatStats,
+    /// CPU time of the whole process per frame (all threads): robust to other load on the
+    /// machine; with 1 thread it is the uncontended latency.
+    #[serde(default)]
+    pub cpu: Option<LatStats>,
     /// Mean (encode + decode) time per frame over the frame's duration.
     pub rtf: f64,
 }
@@ -152,13 +156,32 @@ struct ChildOut {
     codes: HashMap<String, Vec<Vec<u32>>>,
 }
 
+/// CPU seconds used so far by every thread of this process (Linux `schedstat`, ns resolution);
+/// `None` where /proc is not there.
+fn process_cpu_s() -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
+}
+
+/// Per-frame encode and decode wall times, process CPU times and codes of one stream.
+struct Timed {
+    enc: Vec<f64>,
+    dec: Vec<f64>,
+    cpu: Option<Vec<f64>>,
+    codes: Vec<Vec<u32>>,
+}
+
 /// Times `frames` steps of `step` (after a warm-up on a separate state made by `fresh`).
 fn stream<S>(
     audio: &[f32],
     hop: usize,
     mut fresh: impl FnMut() -> Result<S>,
     mut step: impl FnMut(&mut S, &[f32]) -> Result<(f64, f64, Vec<u32>)>,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<u32>>)> {
+) -> Result<Timed> {
     let n = audio.len() / hop;
     let mut warm = fresh()?;
     for i in 0..WARMUP_FRAMES.min(n) {
@@ -166,15 +189,26 @@ fn stream<S>(
     }
     let mut s = fresh()?;
     let (mut enc, mut dec, mut codes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu = Some(Vec::new());
     for i in 0..n {
+        let c0 = process_cpu_s();
         let (e, d, c) = step(&mut s, &audio[i * hop..(i + 1) * hop])?;
+        match (c0, process_cpu_s(), cpu.as_mut()) {
+            (Some(a), Some(b), Some(v)) => v.push(b - a),
+            _ => cpu = None,
+        }
         enc.push(e);
         dec.push(d);
         if !c.is_empty() {
             codes.push(c);
         }
     }
-    Ok((enc, dec, codes))
+    Ok(Timed {
+        enc,
+        dec,
+        cpu,
+        codes,
+    })
 }
 
 fn make_row(
@@ -183,9 +217,9 @@ fn make_row(
     threads: usize,
     hop: usize,
     sr: usize,
-    enc: &[f64],
-    dec: &[f64],
+    t: &Timed,
 ) -> Row {
+    let (enc, dec) = (&t.enc, &t.dec);
     let total: Vec<f64> = enc.iter().zip(dec).map(|(a, b)| a + b).collect();
     let mean = total.iter().sum::<f64>() / total.len().max(1) as f64;
     Row {
@@ -198,6 +232,7 @@ fn make_row(
         encode: LatStats::of(enc),
         decode: LatStats::of(dec),
         total: LatStats::of(&total),
+        cpu: t.cpu.as_deref().map(LatStats::of),
         rtf: mean / (hop as f64 / sr as f64),
     }
 }
@@ -212,7 +247,7 @@ fn frame_codes(codes: &Tensor) -> Result<Vec<u32>> {
 }
 
 /// vaak's `CodecStreamer`, one frame per step, batch 1.
-fn stream_vaak(codec: &Codec, audio: &[f32]) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<u32>>)> {
+fn stream_vaak(codec: &Codec, audio: &[f32]) -> Result<Timed> {
     let hop = codec.hop_length();
     stream(
         audio,
@@ -228,21 +263,13 @@ fn stream_vaak(codec: &Codec, audio: &[f32]) -> Result<(Vec<f64>, Vec<f64>, Vec<
                 s.decode_step(c, &StreamMask::All)?;
                 out = frame_codes(c)?;
             }
-            Ok((
-                (t1 - t0).as_secs_f64(),
-                t1.elapsed().as_secs_f64(),
-                out,
-            ))
+            Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64(), out))
         },
     )
 }
 
 /// candle-transformers' Mimi (`models::mimi::encodec`), its own `encode_step`/`decode_step`.
-fn stream_candle(
-    weights: &Path,
-    codebooks: usize,
-    audio: &[f32],
-) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<u32>>, usize)> {
+fn stream_candle(weights: &Path, codebooks: usize, audio: &[f32]) -> Result<(Timed, usize)> {
     use candle_transformers::models::mimi::encodec::{Config, Encodec};
     let file = weights.join("model.safetensors");
     let cfg = Config::v0_1(Some(codebooks));
@@ -251,7 +278,7 @@ fn stream_candle(
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&file], DType::F32, &Device::Cpu)? };
     let model = Encodec::new(cfg, vb)
         .with_context(|| format!("candle-transformers Mimi from {}", file.display()))?;
-    let (e, d, c) = stream(
+    let t = stream(
         audio,
         hop,
         || {
@@ -269,14 +296,10 @@ fn stream_candle(
                 m.decode_step(&codes)?;
                 out = frame_codes(c)?;
             }
-            Ok((
-                (t1 - t0).as_secs_f64(),
-                t1.elapsed().as_secs_f64(),
-                out,
-            ))
+            Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64(), out))
         },
     )?;
-    Ok((e, d, c, hop))
+    Ok((t, hop))
 }
 
 /// vaak-16k with the given SEANet ratios and random weights.
@@ -319,31 +342,29 @@ fn child(args: &CodecBenchArgs, out: &Path) -> Result<()> {
     mimi.set_num_codebooks(args.codebooks)?;
     let case = format!("mimi 24 kHz, {} codebooks", args.codebooks);
     eprintln!("bench codec [{threads} thread(s)]: vaak mimi...");
-    let (e, d, c) = stream_vaak(&mimi, &audio24)?;
+    let t = stream_vaak(&mimi, &audio24)?;
     rows.push(make_row(
         &case,
         "vaak mimi",
         threads,
         mimi.hop_length(),
         24_000,
-        &e,
-        &d,
+        &t,
     ));
-    codes.insert("vaak mimi".to_string(), c);
+    codes.insert("vaak mimi".to_string(), t.codes);
     drop(mimi);
 
     eprintln!("bench codec [{threads} thread(s)]: candle-transformers mimi...");
-    let (e, d, c, hop) = stream_candle(weights, args.codebooks, &audio24)?;
+    let (t, hop) = stream_candle(weights, args.codebooks, &audio24)?;
     rows.push(make_row(
         &case,
         "candle-transformers mimi",
         threads,
         hop,
         24_000,
-        &e,
-        &d,
+        &t,
     ));
-    codes.insert("candle-transformers mimi".to_string(), c);
+    codes.insert("candle-transformers mimi".to_string(), t.codes);
 
     let bundled = args
         .vaak16k
@@ -359,10 +380,13 @@ fn child(args: &CodecBenchArgs, out: &Path) -> Result<()> {
             .with_context(|| format!("vaak-16k from {}", p.display()))?,
             format!("vaak-16k ({})", p.display()),
         ),
-        None => (random_vaak16k(None)?, "vaak-16k (random weights)".to_string()),
+        None => (
+            random_vaak16k(None)?,
+            "vaak-16k (random weights)".to_string(),
+        ),
     };
     eprintln!("bench codec [{threads} thread(s)]: {label}...");
-    let (e, d, _) = stream_vaak(&v16, &audio16)?;
+    let t = stream_vaak(&v16, &audio16)?;
     rows.push(make_row(
         &format!(
             "vaak-16k {} Hz, {} codebooks",
@@ -373,23 +397,21 @@ fn child(args: &CodecBenchArgs, out: &Path) -> Result<()> {
         threads,
         v16.hop_length(),
         16_000,
-        &e,
-        &d,
+        &t,
     ));
 
     if args.frame_rates {
         for (name, ratios) in FRAME_RATE_RATIOS {
             eprintln!("bench codec [{threads} thread(s)]: vaak-16k {name}...");
             let codec = random_vaak16k(Some(ratios.to_vec()))?;
-            let (e, d, _) = stream_vaak(&codec, &audio16)?;
+            let t = stream_vaak(&codec, &audio16)?;
             rows.push(make_row(
                 &format!("vaak-16k candidate {name}"),
                 "vaak-16k (random weights)",
                 threads,
                 codec.hop_length(),
                 16_000,
-                &e,
-        &d,
+                &t,
             ));
         }
     }
@@ -423,7 +445,9 @@ fn rust_weights(dir: &Path) -> Result<()> {
             ("acoustic", q - n_sem)
         };
         tensors.insert(
-            format!("quantizer.{group}_residual_vector_quantizer.layers.{idx}.codebook.initialized"),
+            format!(
+                "quantizer.{group}_residual_vector_quantizer.layers.{idx}.codebook.initialized"
+            ),
             Tensor::ones(1, DType::F32, &Device::Cpu)?,
         );
     }
@@ -448,19 +472,40 @@ fn published_mimi_name(name: &str) -> String {
         .replace(".ffn.linear2.", ".mlp.fc2.")
 }
 
-/// Fraction of equal codes over the frames and codebooks both have; the distinct codes of `a`.
-fn agreement(a: &[Vec<u32>], b: &[Vec<u32>]) -> (f64, usize, usize) {
+/// Code agreement of two streams over the frames both have.
+#[derive(Debug, PartialEq)]
+struct Agreement {
+    /// Equal (frame, codebook) pairs over all compared.
+    equal_fraction: f64,
+    compared: usize,
+    /// Distinct code values in `a`: many, or the comparison is vacuous.
+    distinct_in_a: usize,
+    /// Frames with at least one differing code.
+    differing_frames: Vec<usize>,
+}
+
+fn agreement(a: &[Vec<u32>], b: &[Vec<u32>]) -> Agreement {
     let (mut same, mut total) = (0usize, 0usize);
-    for (x, y) in a.iter().zip(b) {
+    let mut differing_frames = Vec::new();
+    for (f, (x, y)) in a.iter().zip(b).enumerate() {
+        let before = same;
         for (p, q) in x.iter().zip(y) {
             total += 1;
             same += usize::from(p == q);
+        }
+        if same - before < x.len().min(y.len()) {
+            differing_frames.push(f);
         }
     }
     let mut all: Vec<u32> = a.iter().flatten().copied().collect();
     all.sort_unstable();
     all.dedup();
-    (same as f64 / total.max(1) as f64, total, all.len())
+    Agreement {
+        equal_fraction: same as f64 / total.max(1) as f64,
+        compared: total,
+        distinct_in_a: all.len(),
+        differing_frames,
+    }
 }
 
 pub fn run(args: CodecBenchArgs) -> Result<()> {
@@ -623,10 +668,11 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
     for (i, a) in names.iter().enumerate() {
         for b in &names[i + 1..] {
             if let (Some(x), Some(y)) = (codes.get(*a), codes.get(*b)) {
-                let (frac, n, distinct) = agreement(x, y);
+                let g = agreement(x, y);
                 agree.push(serde_json::json!({
-                    "a": a, "b": b, "equal_fraction": frac, "compared": n,
-                    "distinct_codes_in_a": distinct,
+                    "a": a, "b": b, "equal_fraction": g.equal_fraction, "compared": g.compared,
+                    "distinct_codes_in_a": g.distinct_in_a,
+                    "differing_frames": g.differing_frames,
                 }));
             }
         }
@@ -664,7 +710,9 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
         "p50",
         "p95",
         "RTF",
-        "vaak/peer",
+        "cpu/frame",
+        "vaak/peer wall",
+        "vaak/peer cpu",
     ];
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     let mut cases: Vec<&str> = Vec::new();
@@ -678,17 +726,23 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
         let mut in_case: Vec<&Row> = rows.iter().filter(|r| r.case == case).collect();
         in_case.sort_by_key(|r| (r.threads, !r.implementation.starts_with("vaak")));
         for r in &in_case {
-            let vaak = in_case.iter().find(|v| {
-                v.threads == r.threads && v.implementation.starts_with("vaak")
+            let vaak = in_case
+                .iter()
+                .find(|v| v.threads == r.threads && v.implementation.starts_with("vaak"));
+            let peer = vaak.filter(|_| !r.implementation.starts_with("vaak"));
+            let ratio = peer.map_or(String::new(), |v| {
+                format!("{:.2}", v.total.mean_ms / r.total.mean_ms)
             });
-            let ratio = match vaak {
-                Some(v) if !r.implementation.starts_with("vaak") => {
-                    format!("{:.2}", v.total.mean_ms / r.total.mean_ms)
-                }
+            let cpu_ratio = match (peer.and_then(|v| v.cpu.as_ref()), &r.cpu) {
+                (Some(a), Some(b)) => format!("{:.2}", a.mean_ms / b.mean_ms),
                 _ => String::new(),
             };
             cells.push(vec![
-                if first { case.to_string() } else { String::new() },
+                if first {
+                    case.to_string()
+                } else {
+                    String::new()
+                },
                 r.implementation.clone(),
                 r.threads.to_string(),
                 format!("{:.2} ms", r.encode.p50_ms),
@@ -697,13 +751,23 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
                 format!("{:.2} ms", r.total.p50_ms),
                 format!("{:.2} ms", r.total.p95_ms),
                 format!("{:.3}", r.rtf),
+                r.cpu
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.2} ms", c.mean_ms)),
                 ratio,
+                cpu_ratio,
             ]);
             first = false;
         }
     }
     let widths: Vec<usize> = (0..head.len())
-        .map(|i| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (n, r) in cells.iter().enumerate() {
@@ -721,18 +785,23 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
     }
     for a in agree {
         out.push_str(&format!(
-            "codes: {} vs {}: {:.1}% equal over {} (frame, codebook) pairs; {} distinct codes\n",
+            "codes: {} vs {}: {:.1}% equal over {} (frame, codebook) pairs; {} distinct codes; \
+             frames differing: {}\n",
             a["a"].as_str().unwrap_or("?"),
             a["b"].as_str().unwrap_or("?"),
             100.0 * a["equal_fraction"].as_f64().unwrap_or(f64::NAN),
             a["compared"],
-            a["distinct_codes_in_a"]
+            a["distinct_codes_in_a"],
+            a["differing_frames"]
         ));
     }
     for n in notes {
         out.push_str(&format!("note: {n}\n"));
     }
-    out.push_str("RTF = mean (encode + decode) time per frame / frame duration; vaak/peer < 1: vaak is faster\n");
+    out.push_str(
+        "RTF = mean (encode + decode) wall time per frame / frame duration; cpu/frame = mean \
+         process CPU time per frame (all threads); vaak/peer < 1: vaak is faster\n",
+    );
     out
 }
 
@@ -753,10 +822,11 @@ mod tests {
     fn agreement_counts_common_frames_only() {
         let a = vec![vec![1, 2], vec![3, 4], vec![5, 6]];
         let b = vec![vec![1, 0], vec![3, 4]];
-        let (f, n, d) = agreement(&a, &b);
-        assert_eq!(n, 4);
-        assert!((f - 0.75).abs() < 1e-12);
-        assert_eq!(d, 6);
+        let g = agreement(&a, &b);
+        assert_eq!(g.compared, 4);
+        assert!((g.equal_fraction - 0.75).abs() < 1e-12);
+        assert_eq!(g.distinct_in_a, 6);
+        assert_eq!(g.differing_frames, vec![0]);
     }
 
     #[test]

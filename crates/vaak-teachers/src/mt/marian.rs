@@ -183,7 +183,7 @@ impl MarianConfig {
             ("encoder_attention_heads", cfg.encoder_attention_heads),
             ("decoder_attention_heads", cfg.decoder_attention_heads),
         ] {
-            if heads == 0 || cfg.d_model % heads != 0 {
+            if heads == 0 || !cfg.d_model.is_multiple_of(heads) {
                 return Err(bad(format!(
                     "d_model {} is not divisible by {what} {heads}",
                     cfg.d_model

@@ -80,7 +80,7 @@ impl Normalizer {
             return Err("precompiled_charsmap is truncated".into());
         }
         let trie_len = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
-        if trie_len >= blob.len() - 4 + 1 || trie_len % 4 != 0 {
+        if trie_len > blob.len() - 4 || !trie_len.is_multiple_of(4) {
             return Err(format!(
                 "precompiled_charsmap: trie size {trie_len} does not fit the {}-byte blob",
                 blob.len()
@@ -411,11 +411,10 @@ impl SentencePiece {
                     max_score = max_score.max(p.score);
                 }
                 PieceType::UserDefined => user_defined.push(p.text.clone()),
-                PieceType::Unknown => {
-                    if unk_id.replace(id).is_some() {
-                        return Err("more than one unknown piece".into());
-                    }
+                PieceType::Unknown if unk_id.is_some() => {
+                    return Err("more than one unknown piece".into());
                 }
+                PieceType::Unknown => unk_id = Some(id),
                 _ => {}
             }
             max_piece_len = max_piece_len.max(p.text.len());

@@ -217,9 +217,7 @@ impl MtTokenizer {
             TokenizerKind::Nllb
         } else if class.starts_with("m2m100") {
             TokenizerKind::M2m100
-        } else if class.starts_with("marian") {
-            TokenizerKind::Marian
-        } else if optional(loc, "source.spm", hub)?.is_some() {
+        } else if class.starts_with("marian") || optional(loc, "source.spm", hub)?.is_some() {
             TokenizerKind::Marian
         } else if optional(loc, "sentencepiece.bpe.model", hub)?.is_some()
             && optional(loc, "vocab.json", hub)?.is_some()

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand, ValueEnum};
 use vaak_audio::io::{decode_file, probe_info, write_wav, WavFormat};
+use vaak_codec::bundled::BUNDLED_VAAK_16K;
 use vaak_codec::eval::{bitrate_bps, ClipEval, Evaluator, Stats};
 use vaak_codec::{Codec, Preset};
 use vaak_nn::weights::LoadOptions;
@@ -96,11 +97,22 @@ pub struct EvalArgs {
 #[derive(Args)]
 pub struct ModelArgs {
     /// Which codec.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, default_value = "vaak-16k")]
     preset: PresetArg,
     /// Checkpoint: a local directory with config.json + weights, or hf://org/repo[@rev].
+    /// Optional for vaak-16k: without it the codec bundled in the binary (models/vaak-16k)
+    /// is used; required for encodec_24khz and mimi.
     #[arg(long, visible_alias = "model")]
-    weights: String,
+    weights: Option<String>,
+}
+
+impl ModelArgs {
+    /// The checkpoint named in reports.
+    fn label(&self) -> String {
+        self.weights
+            .clone()
+            .unwrap_or_else(|| format!("{BUNDLED_VAAK_16K} (bundled)"))
+    }
 }
 
 #[derive(Args)]
@@ -136,8 +148,19 @@ impl From<PresetArg> for Preset {
 }
 
 fn load(model: &ModelArgs, rate: Option<&RateArgs>) -> Result<Codec> {
-    let mut codec = Codec::load(&model.weights, model.preset.into(), &LoadOptions::default())
-        .with_context(|| format!("loading codec from {}", model.weights))?;
+    let preset: Preset = model.preset.into();
+    let mut codec = match (&model.weights, preset) {
+        (Some(w), _) => Codec::load(w, preset, &LoadOptions::default())
+            .with_context(|| format!("loading codec from {w}"))?,
+        (None, Preset::Vaak16k) => {
+            Codec::bundled_vaak_16k(&Device::Cpu).context("loading the bundled vaak-16k codec")?
+        }
+        (None, p) => bail!(
+            "--weights is required for --preset {} (a local directory or hf://org/repo); \
+             only vaak-16k has a bundled checkpoint",
+            p.name()
+        ),
+    };
     if let Some(r) = rate {
         if let Some(bw) = r.bandwidth {
             codec.set_bandwidth(bw)?;
@@ -464,7 +487,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let report = EvalReport {
         input: args.input.display().to_string(),
         preset: Preset::from(args.model.preset).name(),
-        weights: args.model.weights.clone(),
+        weights: args.model.label(),
         sample_rate: codec.sample_rate(),
         frame_rate: codec.frame_rate(),
         num_codebooks: codec.num_codebooks(),

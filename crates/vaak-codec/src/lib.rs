@@ -50,6 +50,7 @@
 //! `self_attn_layer_scale` -> `layer_scale_1`, `mlp_layer_scale` -> `layer_scale_2`,
 //! `mlp.fc1/fc2` -> `ffn.linear1/2`); its per-slot KV cache gives the batched streaming.
 
+pub mod bundled;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -4,6 +4,7 @@
 
 mod audio;
 mod cascade;
+mod mt;
 pub mod peer;
 pub mod report;
 
@@ -19,11 +20,15 @@ pub enum BenchCommand {
     /// fixture teachers by default): samples/s, audio hours per hour, time per stage, the share
     /// inside model calls against orchestration, and peak memory.
     Cascade(cascade::CascadeBenchArgs),
+    /// M2M-100 generation (sentences/s, tokens/s) at batch 1/8/32 on the tiny fixture and a
+    /// random mid-size model, against transformers' generate() on the same weights.
+    Mt(mt::MtBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Audio(args) => audio::run(args),
         BenchCommand::Cascade(args) => cascade::run(args),
+        BenchCommand::Mt(args) => mt::run(args),
     }
 }

@@ -5,6 +5,7 @@
 mod audio;
 mod cascade;
 mod codec;
+mod mt;
 pub mod peer;
 pub mod report;
 mod vc;
@@ -29,6 +30,9 @@ pub enum BenchCommand {
     /// fixture and a random full-size converter, against openvoice-cli (PyTorch) on the same
     /// weights.
     Vc(vc::VcBenchArgs),
+    /// M2M-100 generation (sentences/s, tokens/s) at batch 1/8/32 on the tiny fixture and a
+    /// random mid-size model, against transformers' generate() on the same weights.
+    Mt(mt::MtBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -37,5 +41,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Cascade(args) => cascade::run(args),
         BenchCommand::Codec(args) => codec::run(args),
         BenchCommand::Vc(args) => vc::run(args),
+        BenchCommand::Mt(args) => mt::run(args),
     }
 }

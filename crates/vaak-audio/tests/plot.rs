@@ -1,0 +1,162 @@
+//! PNG plots: valid files of the requested size, content that depends on the input, atomic
+//! writes, typed errors for unusable input.
+
+use vaak_audio::plot::{
+    curves_png, curves_png_sized, spectrogram_compare_png, spectrogram_compare_png_sized,
+    DEFAULT_SIZE,
+};
+
+/// Decodes a PNG; returns (width, height, RGB(A) bytes).
+fn read_png(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+fn differing_pixels(a: &[u8], b: &[u8]) -> usize {
+    a.chunks(3).zip(b.chunks(3)).filter(|(x, y)| x != y).count()
+}
+
+fn tone(sr: u32, secs: f32, hz: f32) -> Vec<f32> {
+    (0..(sr as f32 * secs) as usize)
+        .map(|i| 0.5 * (2.0 * std::f32::consts::PI * hz * i as f32 / sr as f32).sin())
+        .collect()
+}
+
+#[test]
+fn curves_are_pngs_of_the_requested_size_and_follow_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let loss: Vec<(f64, f64)> = (0..200)
+        .map(|s| (s as f64, 5.0 * (-(s as f64) / 50.0).exp() + 0.1))
+        .collect();
+    let val: Vec<(f64, f64)> = (0..20)
+        .map(|k| ((k * 10) as f64, 4.0 / (1.0 + k as f64)))
+        .collect();
+    let a = d.path().join("a.png");
+    curves_png(
+        &a,
+        "codec training",
+        &[("train loss", &loss), ("val loss", &val)],
+        true,
+    )
+    .unwrap();
+    let (w, h, pa) = read_png(&a);
+    assert_eq!((w, h), DEFAULT_SIZE);
+
+    let b = d.path().join("b.png");
+    let flat: Vec<(f64, f64)> = loss.iter().map(|&(x, _)| (x, 1.0)).collect();
+    curves_png(
+        &b,
+        "codec training",
+        &[("train loss", &flat), ("val loss", &val)],
+        true,
+    )
+    .unwrap();
+    let (_, _, pb) = read_png(&b);
+    assert!(
+        differing_pixels(&pa, &pb) > 500,
+        "different data, different picture"
+    );
+
+    // Text is drawn (the embedded font works): a different title changes pixels in the top band.
+    let c = d.path().join("c.png");
+    curves_png(
+        &c,
+        "something else entirely",
+        &[("train loss", &loss), ("val loss", &val)],
+        true,
+    )
+    .unwrap();
+    let (_, _, pc) = read_png(&c);
+    let top = (w * 40 * 3) as usize;
+    assert!(differing_pixels(&pa[..top], &pc[..top]) > 50);
+
+    let s = d.path().join("small.png");
+    curves_png_sized(&s, "lin", &[("x", &loss)], false, (640, 360)).unwrap();
+    assert_eq!(read_png(&s).0, 640);
+    assert_eq!(read_png(&s).1, 360);
+    let leftovers = std::fs::read_dir(d.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(leftovers, 0, "no temporary files left");
+}
+
+#[test]
+fn curves_skip_unplottable_points_and_reject_nothing_to_plot() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.png");
+    let pts = [(0.0, 1.0), (1.0, f64::NAN), (2.0, -3.0), (3.0, 0.5)];
+    curves_png(&p, "t", &[("a", &pts)], true).unwrap();
+    let e = curves_png(&p, "t", &[("a", &[(0.0, -1.0), (1.0, 0.0)])], true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("x.png") && e.contains("log y"), "{e}");
+    assert!(curves_png(&p, "t", &[], false).is_err());
+    assert!(curves_png_sized(&p, "t", &[("a", &pts)], false, (10, 10)).is_err());
+    // A single point still plots (degenerate ranges are padded).
+    curves_png(&p, "t", &[("a", &[(5.0, 2.0)])], false).unwrap();
+}
+
+#[test]
+fn spectrogram_pairs_are_pngs_and_show_the_difference() {
+    let d = tempfile::tempdir().unwrap();
+    let sr = 16_000;
+    let orig = tone(sr, 1.0, 500.0);
+    let same = d.path().join("same.png");
+    spectrogram_compare_png(&same, &orig, &orig, sr, "val clip 0").unwrap();
+    let (w, h, ps) = read_png(&same);
+    assert_eq!((w, h), DEFAULT_SIZE);
+    let row = (w * 3) as usize;
+    assert!(
+        ps[..(h as usize / 2) * row].iter().any(|&v| v < 100),
+        "the panel is drawn"
+    );
+
+    let other = d.path().join("other.png");
+    spectrogram_compare_png(&other, &orig, &tone(sr, 1.0, 3000.0), sr, "val clip 0").unwrap();
+    let (_, _, po) = read_png(&other);
+    let lower_a = &ps[(h as usize / 2 + 20) * row..];
+    let lower_b = &po[(h as usize / 2 + 20) * row..];
+    assert!(
+        differing_pixels(lower_a, lower_b) > 1000,
+        "decoded panel follows its input"
+    );
+    let upper_a = &ps[..(h as usize / 2 - 20) * row];
+    let upper_b = &po[..(h as usize / 2 - 20) * row];
+    // The original panel only changes where the shared colour scale moves (not at all here:
+    // both tones peak at the same level).
+    assert!(differing_pixels(upper_a, upper_b) < differing_pixels(lower_a, lower_b) / 10);
+
+    let quiet: Vec<f32> = orig.iter().map(|v| v * 0.01).collect();
+    let q = d.path().join("quiet.png");
+    spectrogram_compare_png_sized(&q, &orig, &quiet, sr, "quiet", (800, 600)).unwrap();
+    let (w2, h2, _) = read_png(&q);
+    assert_eq!((w2, h2), (800, 600));
+}
+
+#[test]
+fn spectrogram_rejects_bad_audio_naming_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("s.png");
+    let ok = tone(16_000, 0.2, 440.0);
+    let e = spectrogram_compare_png(&p, &ok, &[], 16_000, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s.png") && e.contains("decoded"), "{e}");
+    let e = spectrogram_compare_png(&p, &[f32::NAN], &ok, 16_000, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("original sample 0"), "{e}");
+    assert!(spectrogram_compare_png(&p, &ok, &ok, 0, "t").is_err());
+    assert!(!p.exists());
+}

@@ -1,8 +1,8 @@
 //! PNG plots for training runs: loss curves ([`curves_png`]) and an original-vs-decoded
 //! spectrogram pair ([`spectrogram_compare_png`]).
 //!
-//! Drawing is plotters' (bitmap backend into an RGB buffer); the PNG is encoded with the `png`
-//! crate and written atomically (temporary file, sync, rename), so a reader never sees half a
+//! Drawing is plotters' (bitmap backend into an RGB buffer); the PNG is encoded here (zlib via
+//! `flate2`) and written atomically (temporary file, sync, rename), so a reader never sees half a
 //! plot. Text uses DejaVu Sans, embedded in the binary (`assets/fonts/`, Bitstream Vera /
 //! DejaVu licence, see `LICENSE-DejaVu.txt` there), registered with plotters' `ab_glyph` font
 //! table, so plots look the same on machines without any system font.
@@ -378,23 +378,62 @@ where
     Ok(())
 }
 
+/// CRC-32 (ISO-HDLC, as PNG chunks use).
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for part in parts {
+        for &byte in *part {
+            c ^= u32::from(byte);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+    }
+    !c
+}
+
+/// An 8-bit RGB PNG: signature, IHDR, one zlib IDAT (every row with filter 0), IEND. Written
+/// here on the workspace's `flate2` rather than with an image crate, which would pull in a second
+/// deflate configuration and rebuild candle's dependency tree.
+fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut raw = Vec::with_capacity(rgb.len() + h as usize);
+    for row in rgb.chunks(w as usize * 3) {
+        raw.push(0);
+        raw.extend_from_slice(row);
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+    z.write_all(&raw)?;
+    let idat = z.finish()?;
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // depth 8, RGB, deflate, filter 0, no interlace
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [
+        (b"IHDR", &ihdr[..]),
+        (b"IDAT", &idat[..]),
+        (b"IEND", &[][..]),
+    ] {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc32(&[kind, data]).to_be_bytes());
+    }
+    Ok(out)
+}
+
 /// Encodes an RGB8 buffer as PNG and writes it atomically.
 fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
     let write_err = |reason: String| AudioError::Write {
         path: path.to_path_buf(),
         reason,
     };
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc
-            .write_header()
-            .map_err(|e| write_err(format!("PNG header: {e}")))?;
-        wr.write_image_data(rgb)
-            .map_err(|e| write_err(format!("PNG data: {e}")))?;
-    }
+    let bytes = encode_png(rgb, w, h).map_err(|e| write_err(format!("PNG encoding: {e}")))?;
     let name = path
         .file_name()
         .ok_or_else(|| write_err("path has no file name".into()))?;
@@ -420,6 +459,13 @@ fn write_png(path: &Path, rgb: &[u8], (w, h): (u32, u32)) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc_matches_the_png_check_value() {
+        // CRC-32 of "123456789" is the standard check value; IEND's CRC is fixed by the spec.
+        assert_eq!(crc32(&[b"123456789"]), 0xcbf4_3926);
+        assert_eq!(crc32(&[b"IEND"]), 0xae42_6082);
+    }
 
     #[test]
     fn colormap_runs_dark_to_bright() {

@@ -6,14 +6,63 @@ use vaak_audio::plot::{
     DEFAULT_SIZE,
 };
 
-/// Decodes a PNG; returns (width, height, RGB(A) bytes).
+/// Reads back a PNG as written by the plot module, checking what any viewer checks: the
+/// signature, chunk order, every chunk's CRC-32, the IHDR fields, and that the zlib stream
+/// inflates to exactly `height` rows of `1 + 3 * width` bytes. Returns (width, height, RGB).
 fn read_png(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut r = dec.read_info().unwrap();
-    let mut buf = vec![0; r.output_buffer_size()];
-    let info = r.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
+    use std::io::Read;
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    let crc = |data: &[u8]| {
+        let mut c = 0xffff_ffffu32;
+        for &x in data {
+            c ^= u32::from(x);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    };
+    let be = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+    let (mut at, mut kinds, mut idat, mut wh) = (8, Vec::new(), Vec::new(), (0, 0));
+    while at < b.len() {
+        let len = be(&b[at..]) as usize;
+        let kind = &b[at + 4..at + 8];
+        let data = &b[at + 8..at + 8 + len];
+        assert_eq!(
+            be(&b[at + 8 + len..]),
+            crc(&b[at + 4..at + 8 + len]),
+            "CRC of {kind:?}"
+        );
+        match kind {
+            b"IHDR" => {
+                wh = (be(data), be(&data[4..]));
+                assert_eq!(&data[8..], [8, 2, 0, 0, 0], "8-bit RGB, no interlace");
+            }
+            b"IDAT" => idat.extend_from_slice(data),
+            _ => {}
+        }
+        kinds.push(String::from_utf8_lossy(kind).into_owned());
+        at += 12 + len;
+    }
+    assert_eq!(kinds.first().map(String::as_str), Some("IHDR"));
+    assert_eq!(kinds.last().map(String::as_str), Some("IEND"));
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&idat[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let stride = 1 + 3 * wh.0 as usize;
+    assert_eq!(raw.len(), stride * wh.1 as usize);
+    let mut rgb = Vec::with_capacity(raw.len());
+    for row in raw.chunks(stride) {
+        assert_eq!(row[0], 0, "filter type None");
+        rgb.extend_from_slice(&row[1..]);
+    }
+    (wh.0, wh.1, rgb)
 }
 
 fn differing_pixels(a: &[u8], b: &[u8]) -> usize {

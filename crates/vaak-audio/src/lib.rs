@@ -2,13 +2,14 @@
 //!
 //! Decoding (symphonia) and writing (hound), resampling (rubato), features that match their
 //! reference implementations (Whisper log-mel, Kaldi fbank, speechbrain Fbank), seeded
-//! augmentation, and quality metrics.
+//! augmentation, quality metrics, and PNG plots of training curves and spectrograms.
 
 pub mod augment;
 pub mod error;
 pub mod features;
 pub mod io;
 pub mod metrics;
+pub mod plot;
 pub mod resample;
 
 pub use error::{AudioError, Result};

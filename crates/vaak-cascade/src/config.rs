@@ -33,6 +33,7 @@ pub struct Config {
     pub compute: ComputeConfig,
     pub batch: BatchConfig,
     pub models: ModelsConfig,
+    pub quality: QualityConfig,
 }
 
 impl Default for Config {
@@ -45,6 +46,34 @@ impl Default for Config {
             compute: ComputeConfig::default(),
             batch: BatchConfig::default(),
             models: ModelsConfig::default(),
+            quality: QualityConfig::default(),
+        }
+    }
+}
+
+/// Per-sample checks that mark a sample `bad` (with a reason in `meta.json`) and never stop the
+/// run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualityConfig {
+    /// Cosine similarity of the speaker embeddings of `src.wav` and `tgt.wav` below this marks
+    /// the sample `bad` (`low_speaker_similarity`); `null` only records it
+    /// (`speaker_similarity` in `meta.json`).
+    pub min_speaker_similarity: Option<f32>,
+    /// A source clip shorter than this (seconds) is too short a voice reference
+    /// (`short_reference`).
+    pub min_reference_s: f64,
+    /// A source clip whose RMS level is below this (dBFS) is a silent voice reference
+    /// (`silent_reference`).
+    pub min_reference_rms_dbfs: f64,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        Self {
+            min_speaker_similarity: None,
+            min_reference_s: 1.0,
+            min_reference_rms_dbfs: -60.0,
         }
     }
 }
@@ -388,6 +417,26 @@ impl Config {
                 p.min_duration_ratio, p.max_duration_ratio
             ));
         }
+        let q = &self.quality;
+        if let Some(t) = q.min_speaker_similarity {
+            if !(-1.0..=1.0).contains(&t) {
+                return bad(format!(
+                    "quality.min_speaker_similarity ({t}) must be in -1..=1 (a cosine) or null"
+                ));
+            }
+        }
+        if !(q.min_reference_s.is_finite() && q.min_reference_s >= 0.0) {
+            return bad(format!(
+                "quality.min_reference_s ({}) must be >= 0",
+                q.min_reference_s
+            ));
+        }
+        if !q.min_reference_rms_dbfs.is_finite() {
+            return bad(format!(
+                "quality.min_reference_rms_dbfs ({}) must be a finite number",
+                q.min_reference_rms_dbfs
+            ));
+        }
         let b = &self.batch;
         for (name, v) in [
             ("asr", b.asr),
@@ -541,6 +590,28 @@ mod tests {
     fn embedded_default_yaml_is_exactly_the_default_impls() {
         let parsed = Config::from_yaml_str(DEFAULT_CONFIG_YAML, "embedded").unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn quality_section_parses_and_is_validated() {
+        let c = Config::from_yaml_str("quality:\n  min_speaker_similarity: 0.4\n", "t").unwrap();
+        assert_eq!(c.quality.min_speaker_similarity, Some(0.4));
+        assert_eq!(c.quality.min_reference_s, 1.0);
+        for (y, field) in [
+            (
+                "quality:\n  min_speaker_similarity: 1.5\n",
+                "min_speaker_similarity",
+            ),
+            ("quality:\n  min_reference_s: -1\n", "min_reference_s"),
+            (
+                "quality:\n  min_reference_rms_dbfs: .nan\n",
+                "min_reference_rms_dbfs",
+            ),
+            ("quality:\n  min_speaker_sim: 0.4\n", "min_speaker_sim"),
+        ] {
+            let e = Config::from_yaml_str(y, "t").unwrap_err().to_string();
+            assert!(e.contains(field), "{y}: {e}");
+        }
     }
 
     #[test]

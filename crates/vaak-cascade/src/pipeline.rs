@@ -40,6 +40,8 @@ pub mod stage {
     pub const TRANSLATE: &str = "translate";
     pub const SPEAKER: &str = "speaker";
     pub const TTS: &str = "tts";
+    /// Speaker embedding of the TTS output, for the speaker-similarity gate.
+    pub const SPEAKER_TGT: &str = "speaker_tgt";
     pub const CODEC: &str = "codec";
     pub const WRITE: &str = "write";
 }
@@ -54,6 +56,70 @@ pub mod flag {
     pub const ASR_NO_SPEECH: &str = "asr_no_speech";
     /// Prefix for the ASR's own flags (`asr:hallucination`, ...).
     pub const ASR_PREFIX: &str = "asr:";
+    /// The source, used as the TTS voice reference, is shorter than `quality.min_reference_s`.
+    pub const SHORT_REFERENCE: &str = "short_reference";
+    /// The source's RMS level is below `quality.min_reference_rms_dbfs`.
+    pub const SILENT_REFERENCE: &str = "silent_reference";
+    /// Speaker similarity of source and target is below `quality.min_speaker_similarity`.
+    pub const LOW_SPEAKER_SIMILARITY: &str = "low_speaker_similarity";
+    /// The similarity could not be computed although a threshold is set.
+    pub const NO_SPEAKER_SIMILARITY: &str = "speaker_similarity_unavailable";
+}
+
+/// Cosine similarity of two embeddings; `None` when the lengths differ, either is all zeros or
+/// a value is not finite.
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> Option<f32> {
+    if a.len() != b.len() || a.is_empty() {
+        return None;
+    }
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    let c = dot / (na.sqrt() * nb.sqrt());
+    c.is_finite().then_some(c.clamp(-1.0, 1.0) as f32)
+}
+
+/// RMS level of a clip in dBFS (`-inf` for digital silence or an empty clip).
+pub fn rms_dbfs(samples: &[f32]) -> f64 {
+    if samples.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let ms = samples.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / samples.len() as f64;
+    10.0 * ms.log10()
+}
+
+/// Why a source clip is unfit as a voice reference: `(flag, reason)` pairs, empty if it is fine.
+pub fn reference_problems(
+    q: &crate::config::QualityConfig,
+    samples: &[f32],
+    rate: u32,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let dur = samples.len() as f64 / f64::from(rate);
+    if dur < q.min_reference_s {
+        out.push((
+            flag::SHORT_REFERENCE,
+            format!(
+                "source is {dur:.3} s, shorter than quality.min_reference_s = {} s",
+                q.min_reference_s
+            ),
+        ));
+    }
+    let level = rms_dbfs(samples);
+    if level < q.min_reference_rms_dbfs {
+        out.push((
+            flag::SILENT_REFERENCE,
+            format!(
+                "source RMS is {level:.1} dBFS, below quality.min_reference_rms_dbfs = {} dBFS",
+                q.min_reference_rms_dbfs
+            ),
+        ));
+    }
+    out
 }
 
 /// One row this shard must process.
@@ -393,6 +459,10 @@ struct Slot {
     tgt_audio: Vec<f32>,
     tokens: Vec<Vec<u32>>,
     timings: BTreeMap<&'static str, f64>,
+    /// Problems of the source as a voice reference (see [`reference_problems`]).
+    ref_problems: Vec<(&'static str, String)>,
+    /// Cosine of the source and target speaker embeddings, or why there is none.
+    similarity: Option<std::result::Result<f32, String>>,
 }
 
 /// Runs `call` over `idxs` in sub-batches of `batch`; per-item results go to `ok`, failures
@@ -477,7 +547,10 @@ fn process_chunk(
         .map(|l| {
             let mut timings = BTreeMap::new();
             timings.insert(stage::LOAD, l.load_s);
+            let ref_problems = reference_problems(&cfg.quality, &l.src.decoded, SRC_SAMPLE_RATE);
             Slot {
+                ref_problems,
+                similarity: None,
                 l,
                 failed: false,
                 transcript: None,
@@ -579,7 +652,9 @@ fn process_chunk(
                 .map(|&i| TtsRequest {
                     text: &s[i].tgt_text,
                     lang: tgt,
-                    reference: Some(audio(&s[i])),
+                    // A clip unfit as a reference would only mislead a voice-cloning TTS; the
+                    // sample is flagged either way.
+                    reference: s[i].ref_problems.is_empty().then(|| audio(&s[i])),
                 })
                 .collect();
             t.tts.synthesize(&reqs)
@@ -600,6 +675,8 @@ fn process_chunk(
             Ok(())
         },
     );
+
+    speaker_similarity(t, &mut slots, b.speaker, ev_tx);
 
     let ncb = t.codec.num_codebooks();
     let crate_rate = t.codec.sample_rate();
@@ -652,32 +729,103 @@ fn process_chunk(
     }
 }
 
+/// Embeds each target clip with the speaker encoder and records its cosine with the source's
+/// embedding. A failure here never fails the sample: it is recorded as the reason there is no
+/// similarity (and flags the sample only when a threshold is set).
+fn speaker_similarity(t: &Teachers, slots: &mut [Slot], batch: usize, ev_tx: &SyncSender<Event>) {
+    let idx = alive(slots, |s| !s.tgt_audio.is_empty() && !s.speaker.is_empty());
+    for part in idx.chunks(batch.max(1)) {
+        let t0 = Instant::now();
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            let refs: Vec<AudioRef> = part
+                .iter()
+                .map(|&i| AudioRef::new(&slots[i].tgt_audio, TGT_SAMPLE_RATE))
+                .collect();
+            t.speaker.embed(&refs)
+        }));
+        let dt = t0.elapsed().as_secs_f64();
+        let _ = ev_tx.send(Event::Stage(stage::SPEAKER_TGT, dt));
+        let results: std::result::Result<Vec<ItemResult<Vec<f32>>>, String> = match res {
+            Ok(Ok(v)) if v.len() == part.len() => Ok(v),
+            Ok(Ok(v)) => Err(format!(
+                "speaker encoder returned {} results for a batch of {}",
+                v.len(),
+                part.len()
+            )),
+            Ok(Err(e)) => Err(format!("target embedding batch failed: {e}")),
+            Err(p) => Err(format!("speaker encoder panicked: {}", panic_text(&p))),
+        };
+        for (k, &i) in part.iter().enumerate() {
+            let s = &mut slots[i];
+            s.timings.insert(stage::SPEAKER_TGT, dt / part.len() as f64);
+            s.similarity = Some(match &results {
+                Err(e) => Err(e.clone()),
+                Ok(v) => match &v[k] {
+                    Err(e) => Err(format!("target embedding failed: {e}")),
+                    Ok(e) => cosine_similarity(&s.speaker, e).ok_or_else(|| {
+                        "embeddings differ in length, are all zero or not finite".to_string()
+                    }),
+                },
+            });
+        }
+    }
+}
+
 fn audio(s: &Slot) -> AudioRef<'_> {
     AudioRef::new(&s.l.src.decoded, SRC_SAMPLE_RATE)
 }
 
-fn quality_flags(cfg: &Config, s: &Slot, src_dur: f64, tgt_dur: f64) -> Vec<String> {
+/// The quality flags of a finished sample, each with a human-readable reason.
+fn quality_flags(cfg: &Config, s: &Slot, src_dur: f64, tgt_dur: f64) -> Vec<(String, String)> {
     let p = &cfg.pipeline;
-    let mut flags = Vec::new();
+    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut push = |f: &str, why: String| flags.push((f.to_string(), why));
     let tr = s.transcript.as_ref();
     if tr.is_none_or(|t| t.text.trim().is_empty()) {
-        flags.push(flag::EMPTY_SRC_TEXT.to_string());
+        push(
+            flag::EMPTY_SRC_TEXT,
+            "the transcript is empty or whitespace only; nothing to translate".into(),
+        );
     }
     if let Some(t) = tr {
         if t.no_speech_prob > p.max_no_speech_prob {
-            flags.push(flag::ASR_NO_SPEECH.to_string());
+            push(
+                flag::ASR_NO_SPEECH,
+                format!(
+                    "ASR no-speech probability {:.3} > pipeline.max_no_speech_prob = {}",
+                    t.no_speech_prob, p.max_no_speech_prob
+                ),
+            );
         }
-        flags.extend(t.flags.iter().map(|f| format!("{}{f}", flag::ASR_PREFIX)));
+        for f in &t.flags {
+            push(
+                &format!("{}{f}", flag::ASR_PREFIX),
+                format!("the ASR flagged its transcript: {f}"),
+            );
+        }
     }
     if s.tgt_text.is_empty() {
-        flags.push(flag::EMPTY_TGT_TEXT.to_string());
+        push(
+            flag::EMPTY_TGT_TEXT,
+            if tr.is_some_and(|t| !t.text.trim().is_empty()) {
+                "the translation is empty or whitespace only".into()
+            } else {
+                "no translation (empty transcript)".into()
+            },
+        );
     } else if s.tgt_audio.is_empty() {
-        flags.push(flag::EMPTY_TGT_AUDIO.to_string());
+        push(flag::EMPTY_TGT_AUDIO, "the TTS returned no samples".into());
     }
     if !s.tgt_audio.is_empty() {
         let frames = s.tokens.first().map_or(0, Vec::len);
         if frames < p.min_token_frames {
-            flags.push(flag::TOKENS_TOO_SHORT.to_string());
+            push(
+                flag::TOKENS_TOO_SHORT,
+                format!(
+                    "{frames} codec frames < pipeline.min_token_frames = {}",
+                    p.min_token_frames
+                ),
+            );
         }
         let ratio = if src_dur > 0.0 {
             tgt_dur / src_dur
@@ -685,7 +833,32 @@ fn quality_flags(cfg: &Config, s: &Slot, src_dur: f64, tgt_dur: f64) -> Vec<Stri
             f64::INFINITY
         };
         if !(p.min_duration_ratio..=p.max_duration_ratio).contains(&ratio) {
-            flags.push(flag::DURATION_RATIO.to_string());
+            push(
+                flag::DURATION_RATIO,
+                format!(
+                    "tgt/src duration ratio {ratio:.3} outside [{}, {}]",
+                    p.min_duration_ratio, p.max_duration_ratio
+                ),
+            );
+        }
+    }
+    for (f, why) in &s.ref_problems {
+        push(f, why.clone());
+    }
+    if let Some(min) = cfg.quality.min_speaker_similarity {
+        match &s.similarity {
+            Some(Ok(c)) if *c < min => push(
+                flag::LOW_SPEAKER_SIMILARITY,
+                format!("speaker similarity {c:.4} < quality.min_speaker_similarity = {min}"),
+            ),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => push(flag::NO_SPEAKER_SIMILARITY, e.clone()),
+            // No target audio: already flagged above for its own reason.
+            None if s.tgt_audio.is_empty() => {}
+            None => push(
+                flag::NO_SPEAKER_SIMILARITY,
+                "no source speaker embedding".into(),
+            ),
         }
     }
     flags
@@ -701,8 +874,13 @@ fn finish(
 ) -> (SampleOutput, f64, bool) {
     let src_dur = s.l.src.decoded.len() as f64 / f64::from(SRC_SAMPLE_RATE);
     let tgt_dur = s.tgt_audio.len() as f64 / f64::from(TGT_SAMPLE_RATE);
-    let flags = quality_flags(cfg, &s, src_dur, tgt_dur);
-    let ok = flags.is_empty();
+    let flagged = quality_flags(cfg, &s, src_dur, tgt_dur);
+    let ok = flagged.is_empty();
+    let flags: Vec<&str> = flagged.iter().map(|(f, _)| f.as_str()).collect();
+    let reasons: Map<String, Value> = flagged
+        .iter()
+        .map(|(f, why)| (f.clone(), json!(why)))
+        .collect();
     let src_text = s
         .transcript
         .as_ref()
@@ -712,6 +890,22 @@ fn finish(
     let mut extra = Map::new();
     extra.insert("status".into(), json!(if ok { "ok" } else { "bad" }));
     extra.insert("quality_flags".into(), json!(flags));
+    extra.insert("quality_reasons".into(), Value::Object(reasons));
+    extra.insert(
+        "speaker_similarity".into(),
+        match &s.similarity {
+            Some(Ok(c)) => json!(c),
+            _ => Value::Null,
+        },
+    );
+    if let Some(Err(e)) = &s.similarity {
+        extra.insert("speaker_similarity_error".into(), json!(e));
+    }
+    extra.insert(
+        "src_rms_dbfs".into(),
+        // JSON has no -inf; digital silence is null.
+        json!(Some(rms_dbfs(&s.l.src.decoded)).filter(|v| v.is_finite())),
+    );
     extra.insert("manifest_duration_s".into(), json!(s.l.item.row.duration_s));
     extra.insert("src_duration_s".into(), json!(src_dur));
     extra.insert("tgt_duration_s".into(), json!(tgt_dur));
@@ -893,4 +1087,43 @@ fn writer_loop(
         }
     }
     bar.finish_and_clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QualityConfig;
+
+    #[test]
+    fn cosine_is_bounded_and_undefined_for_degenerate_inputs() {
+        let c = |a: &[f32], b: &[f32]| cosine_similarity(a, b);
+        assert!((c(&[1.0, 2.0], &[2.0, 4.0]).unwrap() - 1.0).abs() < 1e-6);
+        assert!((c(&[1.0, 0.0], &[0.0, 3.0]).unwrap()).abs() < 1e-6);
+        assert!((c(&[1.0, 1.0], &[-1.0, -1.0]).unwrap() + 1.0).abs() < 1e-6);
+        assert_eq!(c(&[0.0, 0.0], &[1.0, 1.0]), None);
+        assert_eq!(c(&[1.0], &[1.0, 1.0]), None);
+        assert_eq!(c(&[f32::NAN, 1.0], &[1.0, 1.0]), None);
+        assert_eq!(c(&[], &[]), None);
+    }
+
+    #[test]
+    fn reference_problems_flag_short_and_silent_clips() {
+        let q = QualityConfig::default();
+        let tone = |n: usize, amp: f32| -> Vec<f32> {
+            (0..n).map(|i| amp * (i as f32 * 0.1).sin()).collect()
+        };
+        assert!(reference_problems(&q, &tone(16_000, 0.5), 16_000).is_empty());
+        let flags = |v: &[f32]| -> Vec<&str> {
+            reference_problems(&q, v, 16_000)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()
+        };
+        assert_eq!(flags(&tone(15_999, 0.5)), [flag::SHORT_REFERENCE]);
+        assert_eq!(flags(&tone(32_000, 0.0)), [flag::SILENT_REFERENCE]);
+        assert_eq!(flags(&tone(32_000, 1e-4)), [flag::SILENT_REFERENCE]);
+        assert_eq!(flags(&[]), [flag::SHORT_REFERENCE, flag::SILENT_REFERENCE]);
+        assert_eq!(rms_dbfs(&[]), f64::NEG_INFINITY);
+        assert!((rms_dbfs(&[0.5, -0.5]) - 20.0 * 0.5f64.log10()).abs() < 1e-9);
+    }
 }

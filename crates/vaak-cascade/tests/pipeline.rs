@@ -406,9 +406,15 @@ fn bad_inputs_are_logged_counted_and_the_run_continues() {
             "empty_src_text",
             "asr_no_speech",
             "asr:no_speech",
-            "empty_tgt_text"
+            "empty_tgt_text",
+            "silent_reference"
         ]
     );
+    assert!(m["quality_reasons"]["silent_reference"]
+        .as_str()
+        .unwrap()
+        .contains("dBFS"));
+    assert!(m["speaker_similarity"].is_null(), "no target audio: {m}");
     let tok = parse_npy(&std::fs::read(dir.join("silent/tokens.npy")).unwrap()).unwrap();
     assert_eq!(tok.shape, vec![2, 0]);
     assert_eq!(
@@ -518,4 +524,188 @@ fn shards_partition_the_work_and_their_counts_add_up() {
     }
     assert_eq!(total, (23, 2, 25));
     assert_eq!(entries(&samples_dir(&cfg)).len(), 23);
+}
+
+fn flags_of(m: &Value) -> Vec<String> {
+    m["quality_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum();
+    let n = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+/// PCM16 rounding of `tgt.wav` moves the stats embedding by ~1e-5.
+const SIMILARITY_TOL: f64 = 1e-3;
+
+#[test]
+fn speaker_similarity_is_recorded_and_gates_only_when_a_threshold_is_set() {
+    let mut sims = Vec::new();
+    for threshold in [None, Some(0.9999f32), Some(-1.0)] {
+        let env = Env::new();
+        write_clip(&env.data(), "a.wav", 2.0, 0.5);
+        write_clip(&env.data(), "b.wav", 3.0, 0.8);
+        env.manifest(&[ru_line("a", "a.wav", 2.0), ru_line("b", "b.wav", 3.0)]);
+        let mut cfg = env.config("");
+        cfg.quality.min_speaker_similarity = threshold;
+        let s = env.run(&cfg);
+        for id in ["a", "b"] {
+            let d = samples_dir(&cfg).join(id);
+            let m = meta(&d);
+            let sim = m["speaker_similarity"].as_f64().unwrap();
+            let src = decode_file(d.join("src.wav"), None).unwrap();
+            let tgt = decode_file(d.join("tgt.wav"), None).unwrap();
+            let want = cosine(
+                &clip_stats(&src.samples, src.sample_rate),
+                &clip_stats(&tgt.samples, tgt.sample_rate),
+            );
+            assert!((sim - want).abs() < SIMILARITY_TOL, "{id}: {sim} vs {want}");
+            assert!(sim < 0.9999, "the doubles' voices differ: {sim}");
+            sims.push(sim);
+            let flags = flags_of(&m);
+            match threshold {
+                Some(t) if t > -1.0 => {
+                    assert_eq!(flags, ["low_speaker_similarity"], "{m}");
+                    assert_eq!(m["status"], "bad");
+                    assert!(m["quality_reasons"]["low_speaker_similarity"]
+                        .as_str()
+                        .unwrap()
+                        .contains("quality.min_speaker_similarity"));
+                }
+                _ => assert_eq!((m["status"].as_str(), flags.len()), (Some("ok"), 0), "{m}"),
+            }
+        }
+        let bad = usize::from(threshold.is_some_and(|t| t > -1.0)) * 2;
+        assert_eq!((s.ok, s.bad, s.errored), (2 - bad, bad, 0), "{s:?}");
+        assert!(s.stage_s.contains_key("speaker_tgt"), "{s:?}");
+    }
+    // The same samples give the same similarity whatever the threshold.
+    assert_eq!(sims[0..2], sims[2..4]);
+    assert_eq!(sims[0..2], sims[4..6]);
+}
+
+#[test]
+fn a_failing_target_embedding_is_recorded_and_flags_only_when_gated() {
+    for gated in [false, true] {
+        let env = Env::new();
+        write_clip(&env.data(), "a.wav", 2.0, 0.5);
+        env.manifest(&[ru_line("a", "a.wav", 2.0)]);
+        let extra = if gated {
+            "quality:\n  min_speaker_similarity: 0.5\n"
+        } else {
+            ""
+        };
+        // The speaker double embeds the 16 kHz source but fails on the 24 kHz target.
+        let yaml = config_yaml(&env.root, "", extra).replace(
+            "speaker: {kind: test-stats}",
+            "speaker: {kind: test-stats, options: {fail_rate: 24000}}",
+        );
+        let cfg = Config::from_yaml_str(&yaml, "test").unwrap();
+        let s = env.run(&cfg);
+        assert_eq!((s.ok + s.bad, s.errored), (1, 0), "{s:?}");
+        let m = meta(&samples_dir(&cfg).join("a"));
+        assert!(m["speaker_similarity"].is_null(), "{m}");
+        assert!(m["speaker_similarity_error"]
+            .as_str()
+            .unwrap()
+            .contains("24000 Hz"));
+        if gated {
+            assert_eq!(flags_of(&m), ["speaker_similarity_unavailable"], "{m}");
+        } else {
+            assert_eq!(m["status"], "ok", "{m}");
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_flagged_per_sample_and_the_run_goes_on() {
+    let env = Env::new();
+    let data = env.data();
+    write_clip(&data, "fine.wav", 2.0, 0.5);
+    // Peak in [0.3, 0.35): the doubles translate it to whitespace only.
+    write_clip(&data, "blank.wav", 2.0, 0.32);
+    // Shorter than quality.min_reference_s = 1 s.
+    write_clip(&data, "short.wav", 0.6, 0.5);
+    // Audible to the ASR double, but about -73 dBFS RMS.
+    write_clip(&data, "quiet.wav", 2.0, 3e-4);
+    // Digital silence: whitespace-only transcript.
+    write_clip(&data, "silent.wav", 2.0, 0.0);
+    env.manifest(&[
+        ru_line("fine", "fine.wav", 2.0),
+        ru_line("blank", "blank.wav", 2.0),
+        ru_line("short", "short.wav", 0.6),
+        ru_line("quiet", "quiet.wav", 2.0),
+        ru_line("silent", "silent.wav", 2.0),
+    ]);
+    let mut cfg = env.config("");
+    cfg.pipeline.min_duration = 0.1;
+    let s = env.run(&cfg);
+    assert_eq!((s.ok, s.bad, s.errored, s.filtered), (1, 4, 0, 0), "{s:?}");
+    let dir = samples_dir(&cfg);
+    let m = |id: &str| meta(&dir.join(id));
+    assert_eq!(m("fine")["status"], "ok");
+
+    let blank = m("blank");
+    assert_eq!(flags_of(&blank), ["empty_tgt_text"], "{blank}");
+    assert!(blank["quality_reasons"]["empty_tgt_text"]
+        .as_str()
+        .unwrap()
+        .contains("whitespace"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("blank/tgt.txt")).unwrap(),
+        ""
+    );
+    assert!(!std::fs::read_to_string(dir.join("blank/src.txt"))
+        .unwrap()
+        .is_empty());
+
+    let short = m("short");
+    assert_eq!(flags_of(&short), ["short_reference"], "{short}");
+    assert!(short["quality_reasons"]["short_reference"]
+        .as_str()
+        .unwrap()
+        .contains("0.600 s"));
+    let quiet = m("quiet");
+    assert_eq!(flags_of(&quiet), ["silent_reference"], "{quiet}");
+    assert!(quiet["src_rms_dbfs"].as_f64().unwrap() < -60.0);
+    // Both still got a target voice, synthesised without their unfit reference.
+    for id in ["short", "quiet"] {
+        assert!(!decode_file(dir.join(id).join("tgt.wav"), None)
+            .unwrap()
+            .samples
+            .is_empty());
+    }
+    assert_eq!(
+        env.factory
+            .calls
+            .tts_without_reference
+            .load(Ordering::SeqCst),
+        2
+    );
+
+    let silent = m("silent");
+    assert_eq!(
+        flags_of(&silent),
+        [
+            "empty_src_text",
+            "asr_no_speech",
+            "asr:no_speech",
+            "empty_tgt_text",
+            "silent_reference"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("silent/src.txt")).unwrap(),
+        ""
+    );
+    assert!(silent["quality_reasons"]["empty_src_text"]
+        .as_str()
+        .unwrap()
+        .contains("whitespace"));
 }

@@ -3,15 +3,18 @@
 //! These are deliberately trivial, deterministic stand-ins so the tests exercise the cascade's
 //! ORCHESTRATION (batching, error routing, layout, resume), never model quality:
 //! - [`DoubleAsr`]: "transcribes" a clip as `round(2 * seconds)` words `w0 w1 ...`; a silent
-//!   clip gives an empty transcript flagged `no_speech`; a clip whose peak is in (0.05, 0.3)
-//!   gets the extra word `poison`, which [`ReverseTranslator`] refuses.
-//! - [`ReverseTranslator`]: reverses the word order.
+//!   clip gives a whitespace-only transcript flagged `no_speech`; a clip whose peak is in
+//!   (0.05, 0.3) gets the extra word `poison`, which [`ReverseTranslator`] refuses, and one whose
+//!   peak is in [0.3, 0.35) gets the word `blank`.
+//! - [`ReverseTranslator`]: reverses the word order; a text with `blank` translates to
+//!   whitespace only.
 //! - [`StatsSpeaker`]: embedding = [mean, rms, peak, seconds] of the clip.
 //! - [`SineTts`]: a 220 Hz sine at 24 kHz, `TTS_SECONDS_PER_CHAR` per character.
 //! - [`FrameCodec`]: 2 "codebooks" over 320-sample frames (quantised rms, zero crossings).
 //!
 //! Options (in `models.<stage>.options`): `delay_ms` (sleep per call, for the crash test),
-//! `fail_batch` (the whole call returns `Err`), `panic` (the call panics).
+//! `fail_batch` (the whole call returns `Err`), `panic` (the call panics), `fail_rate` (speaker
+//! only: clips at this sample rate fail, e.g. 24000 for the TTS output).
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -36,6 +39,8 @@ pub struct Calls {
     pub asr_calls: AtomicUsize,
     pub asr_max_batch: AtomicUsize,
     pub tts_max_batch: AtomicUsize,
+    /// TTS requests that came without a voice reference.
+    pub tts_without_reference: AtomicUsize,
 }
 
 impl Calls {
@@ -51,6 +56,8 @@ struct Behaviour {
     delay_ms: u64,
     fail_batch: bool,
     panic: bool,
+    /// Items at this sample rate fail (per item); the speaker double uses it.
+    fail_rate: Option<u32>,
 }
 
 impl Behaviour {
@@ -60,6 +67,7 @@ impl Behaviour {
             delay_ms: get("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0),
             fail_batch: get("fail_batch").and_then(|v| v.as_bool()).unwrap_or(false),
             panic: get("panic").and_then(|v| v.as_bool()).unwrap_or(false),
+            fail_rate: get("fail_rate").and_then(|v| v.as_u64()).map(|r| r as u32),
         }
     }
     fn act(&self, what: &str) -> vaak_teachers::Result<()> {
@@ -116,9 +124,12 @@ impl Asr for DoubleAsr {
                 if p > 0.05 && p < 0.3 {
                     words.push("poison".into());
                 }
+                if (0.3..0.35).contains(&p) {
+                    words.push("blank".into());
+                }
                 Ok(Transcript {
                     text: if silent {
-                        String::new()
+                        " \t ".into()
                     } else {
                         words.join(" ")
                     },
@@ -162,6 +173,8 @@ impl Translator for ReverseTranslator {
                     Err(TeacherError::BadInput(format!(
                         "refusing to translate '{t}'"
                     )))
+                } else if t.split_whitespace().any(|w| w == "blank") {
+                    Ok(" \n  ".into())
                 } else {
                     Ok(t.split_whitespace().rev().collect::<Vec<_>>().join(" "))
                 }
@@ -193,7 +206,15 @@ impl SpeakerEncoder for StatsSpeaker {
         self.b.act("speaker")?;
         Ok(batch
             .iter()
-            .map(|a| Ok(clip_stats(a.samples, a.sample_rate)))
+            .map(|a| {
+                if self.b.fail_rate == Some(a.sample_rate) {
+                    return Err(TeacherError::BadInput(format!(
+                        "speaker double told to fail {} Hz clips",
+                        a.sample_rate
+                    )));
+                }
+                Ok(clip_stats(a.samples, a.sample_rate))
+            })
             .collect())
     }
 }
@@ -224,6 +245,10 @@ impl Tts for SineTts {
         self.calls
             .tts_max_batch
             .fetch_max(batch.len(), Ordering::SeqCst);
+        self.calls.tts_without_reference.fetch_add(
+            batch.iter().filter(|r| r.reference.is_none()).count(),
+            Ordering::SeqCst,
+        );
         self.b.act("tts")?;
         Ok(batch
             .iter()

@@ -26,11 +26,16 @@ pub enum TrainCommand {
     /// terms, grad norm, lr, codebook perplexity/usage, steps/s; validation mel distance, SNR
     /// and SI-SDR on held-out clips), `checkpoints/step_*` (atomic, with a `latest` pointer;
     /// `--resume` continues exactly) and `export/` (config.json + model.safetensors, updated at
-    /// every checkpoint), usable at once as
+    /// every checkpoint) and `plots/` (PNG loss curves and an original-vs-decoded validation
+    /// spectrogram, redrawn at every validation), usable at once as
     /// `vaak codec roundtrip --preset vaak-16k --weights <out>/export in.wav out.wav`.
     /// Ctrl-C stops after the current step and writes a checkpoint (a second Ctrl-C exits at
     /// once). Print the defaults with `--print-config`.
     Codec(Box<CodecTrainArgs>),
+    /// Redraw a codec run's pictures: `plots/curves.png` and `plots/val_*.png` from its
+    /// `metrics.jsonl`, and, with `--clip`, an original-vs-decoded spectrogram of that audio
+    /// through the run's `export/` checkpoint.
+    Plot(PlotArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,7 +101,42 @@ pub struct CodecTrainArgs {
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Codec(args) => train_codec(*args),
+        TrainCommand::Plot(args) => plot(args),
     }
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// The run directory of `vaak train codec --out`.
+    run: PathBuf,
+    /// An audio file to encode and decode with the run's export for the spectrogram picture.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+}
+
+fn plot(args: PlotArgs) -> Result<()> {
+    let files = vaak_codec::train::plots::plot_curves(&args.run)
+        .with_context(|| format!("plotting {}", args.run.display()))?;
+    for f in &files {
+        println!("{}", f.display());
+    }
+    if let Some(clip) = &args.clip {
+        let export = args.run.join("export");
+        let codec = vaak_codec::Codec::load(
+            &export.display().to_string(),
+            vaak_codec::Preset::Vaak16k,
+            &vaak_nn::weights::LoadOptions::default(),
+        )
+        .with_context(|| format!("loading {}", export.display()))?;
+        let audio = vaak_audio::io::decode_file(clip, Some(codec.sample_rate() as u32))
+            .with_context(|| format!("reading {}", clip.display()))?;
+        let stem = clip.file_stem().and_then(|s| s.to_str()).unwrap_or("clip");
+        let path = args.run.join("plots").join(format!("recon_{stem}.png"));
+        let title = format!("{stem}: original (top) vs decoded (bottom)");
+        vaak_codec::train::plots::plot_reconstruction(&codec, &audio.samples, &path, &title)?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 fn apply_flags(cfg: &mut CodecTrainConfig, a: &CodecTrainArgs) {

@@ -23,6 +23,7 @@ pub mod data;
 pub mod disc;
 pub mod fastconv;
 pub mod loss;
+pub mod plots;
 pub mod stft;
 pub mod trainer;
 

@@ -930,6 +930,30 @@ impl Window {
     }
 }
 
+/// `plots/curves.png`, `plots/val_*.png` and `plots/val_step_<step>.png` (the first validation
+/// clip, original against decoded with all codebooks).
+fn draw_pictures(
+    trainer: &CodecTrainer,
+    data: &TrainData,
+    out: &Path,
+    val_max: usize,
+) -> Result<(), TrainError> {
+    super::plots::plot_curves(out)?;
+    if let Some(clip) = data.val_clips().first() {
+        let codec = trainer.inference_codec()?;
+        let n = clip.samples.len().min(val_max);
+        let path = out
+            .join("plots")
+            .join(format!("val_step_{:08}.png", trainer.step()));
+        let title = format!(
+            "step {}: original (top) vs decoded (bottom)",
+            trainer.step()
+        );
+        super::plots::plot_reconstruction(&codec, &clip.samples[..n], &path, &title)?;
+    }
+    Ok(())
+}
+
 /// Trains until `trainer.config().steps` (or `stop`), logging, validating, checkpointing and
 /// exporting into `opts.out_dir`; `on_step` sees every step (progress bars).
 ///
@@ -937,7 +961,8 @@ impl Window {
 /// grad norm, lr, perplexity and usage per codebook, restarts, steps/s; a `"val"` line per
 /// validation), `train_config.yaml` (the resolved config), `checkpoints/step_*/` with a
 /// `latest` pointer, and `export/` (`config.json` + `model.safetensors`, rewritten at every
-/// checkpoint and at the end). A stop request ends with a checkpoint.
+/// checkpoint and at the end), `plots/` (PNG curves and a validation spectrogram, redrawn at
+/// every validation). A stop request ends with a checkpoint.
 pub fn run_training(
     trainer: &mut CodecTrainer,
     data: &TrainData,
@@ -1006,6 +1031,10 @@ pub fn run_training(
                     m.snr_db,
                     m.si_sdr_db
                 );
+            }
+            // Pictures are a convenience: a failure to draw is logged, never fatal.
+            if let Err(e) = draw_pictures(trainer, data, out, val_max) {
+                tracing::warn!("step {}: plots not written: {e}", trainer.step());
             }
             Ok(v)
         };

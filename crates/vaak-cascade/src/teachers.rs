@@ -107,14 +107,12 @@ impl Teachers {
 
     /// Fails when the translator or TTS cannot serve `src -> tgt`.
     pub fn check_direction(&self, src: Lang, tgt: Lang) -> Result<()> {
-        let tr = |l: Lang| self.translator.supports(l);
-        let tts = |l: Lang| self.tts.supports(l);
-        let checks: [(&str, &dyn Fn(Lang) -> bool, Lang); 3] = [
-            ("translator", &tr, src),
-            ("translator", &tr, tgt),
-            ("tts", &tts, tgt),
-        ];
-        for (stage, supports, lang) in checks {
+        let supports = |stage: &str, l: Lang| match stage {
+            "tts" => self.tts.supports(l),
+            _ => self.translator.supports(l),
+        };
+        for (stage, lang) in [("translator", src), ("translator", tgt), ("tts", tgt)] {
+            let supports = |l: Lang| supports(stage, l);
             if !supports(lang) {
                 let ok: Vec<&str> = Lang::ALL
                     .into_iter()

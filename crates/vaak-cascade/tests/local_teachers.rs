@@ -275,10 +275,10 @@ fn a_direction_the_translator_cannot_serve_fails_before_any_audio() {
             lang: Some(lang),
             ..Default::default()
         };
-        let e = run_invocation(&inv, &BuiltinTeachers, |_| None)
-            .err()
-            .expect("the run must be refused")
-            .to_string();
+        let e = match run_invocation(&inv, &BuiltinTeachers, |_| None) {
+            Ok(_) => panic!("{direction}: the run must be refused"),
+            Err(e) => e.to_string(),
+        };
         assert!(e.contains("translator"), "{e}");
         for n in needles {
             assert!(e.contains(n), "{direction}: '{n}' not in: {e}");

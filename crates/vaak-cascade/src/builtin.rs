@@ -1,15 +1,25 @@
 //! The teachers compiled into vaak, built from `models.<stage>` specs.
 //!
-//! | stage      | kind      | weights                                         | options                      |
-//! |------------|-----------|-------------------------------------------------|------------------------------|
-//! | asr        | `whisper` | Whisper in the transformers layout (dir/hf://)  | `dtype`, `*_threshold`s      |
-//! | translator | `openai`  | none                                            | `OpenAiConfig` keys          |
-//! | speaker    | `ecapa`   | `speechbrain/spkrec-ecapa-voxceleb` layout      | `max_batch_frames`           |
-//! | tts        | `espeak`  | none                                            | `EspeakConfig` keys          |
-//! | codec      | `encodec` | `facebook/encodec_24khz` layout                 | `bandwidth` (kbps, default 6)|
+//! | stage      | kind               | weights                                        | options                                    |
+//! |------------|--------------------|------------------------------------------------|--------------------------------------------|
+//! | asr        | `whisper`          | Whisper in the transformers layout (dir/hf://) | `dtype`, `*_threshold`s                    |
+//! | translator | `openai`           | none                                           | `OpenAiConfig` keys                        |
+//! | translator | `m2m100`           | `facebook/m2m100_418M` layout (+ tokenizer)    | `num_beams`, `length_penalty`, `max_length`, `batch_size`, `allow_truncated`, `dtype` |
+//! | translator | `nllb`             | `facebook/nllb-200-distilled-600M` layout      | as `m2m100`                                |
+//! | translator | `marian`           | `Helsinki-NLP/opus-mt-xx-yy` layout            | `max_length`, `batch_size`, `dtype`, `pair`|
+//! | speaker    | `ecapa`            | `speechbrain/spkrec-ecapa-voxceleb` layout     | `max_batch_frames`                         |
+//! | tts        | `espeak`           | none                                           | `EspeakConfig` keys                        |
+//! | tts        | `espeak+openvoice` | OpenVoice V2 converter (`config.json` + `checkpoint.pth`) | `tau`, `seed`, `output_rate`, `min_reference_s`, `silence_rms`, `calibration_texts`, `base` (`EspeakConfig`) |
+//! | codec      | `encodec`          | `facebook/encodec_24khz` layout                | `bandwidth` (kbps, default 6)              |
 //!
 //! Each spec's `revision` pins an `hf://` location that names none (`hf://org/repo` becomes
-//! `hf://org/repo@revision`).
+//! `hf://org/repo@revision`). Unknown option keys are refused by name.
+//!
+//! Languages: the config's short codes (`en`, `ru`, `hi`, `te`) map to each model's own
+//! spelling (M2M-100 `__ru__`, NLLB `rus_Cyrl`); a Marian checkpoint serves the one pair its
+//! `tokenizer_config.json` (or `opus-mt-xx-yy` name, or the `pair` option) names. A run whose
+//! direction the translator cannot serve fails while the teachers are built
+//! ([`TeacherFactory::translator_for`]), naming the codes it does support.
 
 use std::sync::Arc;
 
@@ -18,16 +28,25 @@ use serde::de::DeserializeOwned;
 use vaak_codec::{Codec, Preset};
 use vaak_nn::weights::LoadOptions;
 use vaak_teachers::asr::{WhisperAsr, WhisperLoadOptions};
+use vaak_teachers::mt::generate::MaxLength;
+use vaak_teachers::mt::local::{M2m100Translator, M2m100TranslatorOptions};
+use vaak_teachers::mt::m2m100::M2m100LoadOptions;
+use vaak_teachers::mt::marian::{MarianLoadOptions, MarianTranslator};
+use vaak_teachers::mt::tokenizer::TokenizerKind;
 use vaak_teachers::mt::{OpenAiConfig, OpenAiTranslator};
 use vaak_teachers::speaker::{EcapaOptions, EcapaSpeakerEncoder};
-use vaak_teachers::tts::{EspeakConfig, EspeakTts};
-use vaak_teachers::{AudioRef, ItemResult, ModelId, TeacherError};
+use vaak_teachers::tts::{EspeakConfig, EspeakTts, VoiceConvertingTts, VoiceConvertingTtsConfig};
+use vaak_teachers::vc::{ConverterOptions, ToneColorConverter};
+use vaak_teachers::{AudioRef, ItemResult, Lang, ModelId, TeacherError};
 
 use crate::config::ModelSpec;
 use crate::teachers::{Asr, SpeakerEncoder, TeacherFactory, TokenCodec, Translator, Tts};
 
 /// The factory the `vaak cascade` command uses.
 pub struct BuiltinTeachers;
+
+/// The translator kinds built in, for error messages.
+const TRANSLATOR_KINDS: &str = "openai, m2m100, nllb, marian";
 
 /// EnCodec's default rate for the dataset: 6 kbps, 8 codebooks.
 pub const DEFAULT_ENCODEC_KBPS: f64 = 6.0;
@@ -122,6 +141,199 @@ struct EncodecSpecOptions {
     bandwidth: Option<f64>,
 }
 
+/// Options of the `m2m100` and `nllb` translator kinds; unset ones come from the checkpoint's
+/// `generation_config.json`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct M2m100SpecOptions {
+    num_beams: Option<usize>,
+    length_penalty: Option<f32>,
+    /// A fixed decoder length limit (tokens, with the start token).
+    max_length: Option<usize>,
+    batch_size: Option<usize>,
+    allow_truncated: Option<bool>,
+    dtype: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MarianSpecOptions {
+    max_length: Option<usize>,
+    batch_size: Option<usize>,
+    dtype: Option<String>,
+    /// `ru-en` or `ruen`, for checkpoints whose tokenizer config and name say no pair.
+    pair: Option<String>,
+}
+
+/// Options of `espeak+openvoice`: the converter's settings plus the base voice (`base`).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OpenVoiceSpecOptions {
+    tau: Option<f32>,
+    seed: Option<u64>,
+    output_rate: Option<u32>,
+    min_reference_s: Option<f64>,
+    silence_rms: Option<f32>,
+    /// Per-language sentence the base voice speaks to measure its own tone colour.
+    calibration_texts: Option<std::collections::HashMap<Lang, String>>,
+    base: Option<EspeakConfig>,
+}
+
+fn parse_dtype(stage: &str, d: Option<&str>) -> Result<DType, String> {
+    match d {
+        None | Some("f32") => Ok(DType::F32),
+        Some("f16") => Ok(DType::F16),
+        Some("bf16") => Ok(DType::BF16),
+        Some(d) => Err(format!(
+            "models.{stage}.options.dtype '{d}': use f32, f16 or bf16"
+        )),
+    }
+}
+
+fn at_least(stage: &str, key: &str, v: Option<usize>, min: usize) -> Result<(), String> {
+    match v {
+        Some(n) if n < min => Err(format!(
+            "models.{stage}.options.{key} is {n}; it must be at least {min}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `ru-en` / `ruen` / `ru_en` as a language pair.
+fn parse_pair(s: &str) -> Result<(Lang, Lang), String> {
+    let t = s.trim();
+    let (a, b) = match t.split_once(['-', '_']) {
+        Some(p) => p,
+        None if t.len() == 4 && t.is_ascii() => t.split_at(2),
+        None => ("", ""),
+    };
+    let bad = || {
+        format!(
+            "models.translator.options.pair '{s}': expected e.g. 'ru-en' (languages: {})",
+            Lang::supported_list()
+        )
+    };
+    let a: Lang = a.parse().map_err(|_| bad())?;
+    let b: Lang = b.parse().map_err(|_| bad())?;
+    Ok((a, b))
+}
+
+/// How the `m2m100` / `nllb` kind spells `lang`.
+fn model_code(kind: &str, lang: Lang) -> String {
+    match kind {
+        "nllb" => lang.nllb_code().to_string(),
+        _ => format!("__{}__", lang.code()),
+    }
+}
+
+fn load_m2m100(spec: &ModelSpec, device: &str) -> Result<M2m100Translator, String> {
+    let o: M2m100SpecOptions = options("translator", spec)?;
+    at_least("translator", "num_beams", o.num_beams, 1)?;
+    at_least("translator", "batch_size", o.batch_size, 1)?;
+    at_least("translator", "max_length", o.max_length, 2)?;
+    if let Some(lp) = o.length_penalty.filter(|v| !v.is_finite()) {
+        return Err(format!(
+            "models.translator.options.length_penalty {lp} must be finite"
+        ));
+    }
+    let defaults = M2m100TranslatorOptions::default();
+    let opts = M2m100TranslatorOptions {
+        load: M2m100LoadOptions {
+            device: parse_device(device)?,
+            dtype: parse_dtype("translator", o.dtype.as_deref())?,
+            ..M2m100LoadOptions::default()
+        },
+        num_beams: o.num_beams,
+        length_penalty: o.length_penalty,
+        max_length: o.max_length.map(MaxLength::Fixed),
+        batch_size: o.batch_size.unwrap_or(defaults.batch_size),
+        allow_truncated: o.allow_truncated.unwrap_or(defaults.allow_truncated),
+    };
+    let loc = location("translator", spec)?;
+    let t = M2m100Translator::load(&loc, &opts).map_err(|e| e.to_string())?;
+    let want = if spec.kind == "nllb" {
+        TokenizerKind::Nllb
+    } else {
+        TokenizerKind::M2m100
+    };
+    let got = t.tokenizer().kind();
+    if got != want {
+        let other = if got == TokenizerKind::Nllb {
+            "nllb"
+        } else {
+            "m2m100"
+        };
+        return Err(format!(
+            "{loc} holds a {} tokenizer; use kind '{other}'",
+            got.name()
+        ));
+    }
+    Ok(t)
+}
+
+fn load_marian(spec: &ModelSpec, device: &str) -> Result<MarianTranslator, String> {
+    let o: MarianSpecOptions = options("translator", spec)?;
+    at_least("translator", "batch_size", o.batch_size, 1)?;
+    at_least("translator", "max_length", o.max_length, 2)?;
+    let defaults = MarianLoadOptions::default();
+    let opts = MarianLoadOptions {
+        device: parse_device(device)?,
+        dtype: parse_dtype("translator", o.dtype.as_deref())?,
+        pair: o.pair.as_deref().map(parse_pair).transpose()?,
+        max_length: o.max_length,
+        max_batch: o.batch_size.unwrap_or(defaults.max_batch),
+        ..defaults
+    };
+    MarianTranslator::load(&location("translator", spec)?, &opts).map_err(|e| e.to_string())
+}
+
+/// Refuses `lang` when `t` cannot translate it, naming what it can in both spellings.
+fn require_lang(kind: &str, t: &dyn Translator, lang: Lang) -> Result<(), String> {
+    if t.supports(lang) {
+        return Ok(());
+    }
+    let ok: Vec<String> = Lang::ALL
+        .into_iter()
+        .filter(|&l| t.supports(l))
+        .map(|l| format!("{} ({})", l.code(), model_code(kind, l)))
+        .collect();
+    Err(format!(
+        "{} has no language token for '{lang}' ({}); supported: {}",
+        t.model_id().name,
+        model_code(kind, lang),
+        if ok.is_empty() {
+            "none of vaak's languages".to_string()
+        } else {
+            ok.join(", ")
+        }
+    ))
+}
+
+fn espeak_openvoice(spec: &ModelSpec, device: &str) -> Result<Arc<dyn Tts>, String> {
+    let o: OpenVoiceSpecOptions = options("tts", spec)?;
+    let base = EspeakTts::new(o.base.unwrap_or_default())
+        .map_err(|e| format!("models.tts.options.base: {e}"))?;
+    let converter = ToneColorConverter::load(
+        &location("tts", spec)?,
+        &ConverterOptions {
+            device: parse_device(device)?,
+            ..ConverterOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let mut cfg = VoiceConvertingTtsConfig::default();
+    cfg.tau = o.tau.unwrap_or(cfg.tau);
+    cfg.seed = o.seed.unwrap_or(cfg.seed);
+    cfg.output_rate = o.output_rate.unwrap_or(cfg.output_rate);
+    cfg.min_reference_s = o.min_reference_s.unwrap_or(cfg.min_reference_s);
+    cfg.silence_rms = o.silence_rms.unwrap_or(cfg.silence_rms);
+    cfg.calibration_texts
+        .extend(o.calibration_texts.unwrap_or_default());
+    let t = VoiceConvertingTts::new(base, Arc::new(converter), cfg)
+        .map_err(|e| format!("models.tts.options: {e}"))?;
+    Ok(Arc::new(t))
+}
+
 impl TeacherFactory for BuiltinTeachers {
     fn asr(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn Asr>, String> {
         match spec.kind.as_str() {
@@ -157,7 +369,7 @@ impl TeacherFactory for BuiltinTeachers {
         }
     }
 
-    fn translator(&self, spec: &ModelSpec, _device: &str) -> Result<Arc<dyn Translator>, String> {
+    fn translator(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn Translator>, String> {
         match spec.kind.as_str() {
             "openai" => {
                 no_weights("translator", spec)?;
@@ -165,7 +377,41 @@ impl TeacherFactory for BuiltinTeachers {
                 let t = OpenAiTranslator::new(cfg).map_err(|e| e.to_string())?;
                 Ok(Arc::new(t))
             }
-            _ => unknown("translator", spec, "openai"),
+            "m2m100" | "nllb" => Ok(Arc::new(load_m2m100(spec, device)?)),
+            "marian" => Ok(Arc::new(load_marian(spec, device)?)),
+            _ => unknown("translator", spec, TRANSLATOR_KINDS),
+        }
+    }
+
+    fn translator_for(
+        &self,
+        spec: &ModelSpec,
+        device: &str,
+        src: Lang,
+        tgt: Lang,
+    ) -> Result<Arc<dyn Translator>, String> {
+        match spec.kind.as_str() {
+            "m2m100" | "nllb" => {
+                let t = load_m2m100(spec, device)?;
+                for lang in [src, tgt] {
+                    require_lang(&spec.kind, &t, lang)?;
+                }
+                Ok(Arc::new(t))
+            }
+            "marian" => {
+                let t = load_marian(spec, device)?;
+                let (a, b) = t.pair();
+                if (a, b) != (src, tgt) {
+                    return Err(format!(
+                        "the Marian checkpoint {} translates {a}->{b} only (one direction per \
+                         checkpoint), but the run's direction is {src}->{tgt}; use an \
+                         opus-mt-{src}-{tgt} checkpoint",
+                        t.model_id().name
+                    ));
+                }
+                Ok(Arc::new(t))
+            }
+            _ => self.translator(spec, device),
         }
     }
 
@@ -188,14 +434,15 @@ impl TeacherFactory for BuiltinTeachers {
         }
     }
 
-    fn tts(&self, spec: &ModelSpec, _device: &str) -> Result<Arc<dyn Tts>, String> {
+    fn tts(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn Tts>, String> {
         match spec.kind.as_str() {
             "espeak" => {
                 no_weights("tts", spec)?;
                 let cfg: EspeakConfig = options("tts", spec)?;
                 Ok(Arc::new(EspeakTts::new(cfg).map_err(|e| e.to_string())?))
             }
-            _ => unknown("tts", spec, "espeak"),
+            "espeak+openvoice" => espeak_openvoice(spec, device),
+            _ => unknown("tts", spec, "espeak, espeak+openvoice"),
         }
     }
 

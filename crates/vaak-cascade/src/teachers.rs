@@ -51,6 +51,19 @@ pub trait TeacherFactory {
         spec: &ModelSpec,
         device: &str,
     ) -> std::result::Result<Arc<dyn SpeakerEncoder>, String>;
+    /// The translator of a run in `src -> tgt`. Factories whose models serve fixed pairs
+    /// (a Marian checkpoint translates one direction) override this to refuse a wrong
+    /// direction while building; the default is [`TeacherFactory::translator`].
+    fn translator_for(
+        &self,
+        spec: &ModelSpec,
+        device: &str,
+        src: Lang,
+        tgt: Lang,
+    ) -> std::result::Result<Arc<dyn Translator>, String> {
+        let _ = (src, tgt);
+        self.translator(spec, device)
+    }
     fn tts(&self, spec: &ModelSpec, device: &str) -> std::result::Result<Arc<dyn Tts>, String>;
     fn codec(
         &self,
@@ -74,10 +87,11 @@ impl Teachers {
             }
         };
         let tr_spec = cfg.translator_spec();
+        let (src, tgt) = (cfg.pipeline.direction.src, cfg.pipeline.direction.tgt);
         let t = Self {
             asr: factory.asr(&m.asr, dev).map_err(err("asr", &m.asr))?,
             translator: factory
-                .translator(&tr_spec, dev)
+                .translator_for(&tr_spec, dev, src, tgt)
                 .map_err(err("translator", &tr_spec))?,
             speaker: factory
                 .speaker(&m.speaker, dev)
@@ -87,21 +101,34 @@ impl Teachers {
                 .codec(&m.codec, dev)
                 .map_err(err("codec", &m.codec))?,
         };
-        t.check_direction(cfg.pipeline.direction.src, cfg.pipeline.direction.tgt)?;
+        t.check_direction(src, tgt)?;
         Ok(t)
     }
 
     /// Fails when the translator or TTS cannot serve `src -> tgt`.
     pub fn check_direction(&self, src: Lang, tgt: Lang) -> Result<()> {
-        for (stage, ok, lang) in [
-            ("translator", self.translator.supports(src), src),
-            ("translator", self.translator.supports(tgt), tgt),
-            ("tts", self.tts.supports(tgt), tgt),
-        ] {
-            if !ok {
+        let supports = |stage: &str, l: Lang| match stage {
+            "tts" => self.tts.supports(l),
+            _ => self.translator.supports(l),
+        };
+        for (stage, lang) in [("translator", src), ("translator", tgt), ("tts", tgt)] {
+            let supports = |l: Lang| supports(stage, l);
+            if !supports(lang) {
+                let ok: Vec<&str> = Lang::ALL
+                    .into_iter()
+                    .filter(|&l| supports(l))
+                    .map(Lang::code)
+                    .collect();
                 return Err(CascadeError::Teacher {
                     stage: stage.into(),
-                    reason: format!("does not support language '{lang}'"),
+                    reason: format!(
+                        "does not support language '{lang}' (supported: {})",
+                        if ok.is_empty() {
+                            "none".into()
+                        } else {
+                            ok.join(", ")
+                        }
+                    ),
                 });
             }
         }

@@ -60,30 +60,6 @@ pub struct M2m100Translator {
     allow_truncated: bool,
     id: ModelId,
 }
-
-/// Splits after sentence-final punctuation (Latin, Devanagari danda) followed by whitespace,
-/// and at line breaks.
-fn sentences(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut prev_end = false;
-    for (i, c) in text.char_indices() {
-        if c == '\n' || (prev_end && c.is_whitespace()) {
-            let s = text[start..i].trim();
-            if !s.is_empty() {
-                out.push(s);
-            }
-            start = i + c.len_utf8();
-        }
-        prev_end = matches!(c, '.' | '!' | '?' | '।' | '॥' | '…');
-    }
-    let s = text[start..].trim();
-    if !s.is_empty() {
-        out.push(s);
-    }
-    out
-}
-
 impl M2m100Translator {
     /// Loads from a local directory or `hf://org/repo[@revision]`.
     pub fn load(location: &str, opts: &M2m100TranslatorOptions) -> Result<Self> {
@@ -203,41 +179,7 @@ impl M2m100Translator {
     /// pieces that fit the model's positions.
     fn segments(&self, text: &str, src: Lang) -> Result<Vec<Vec<u32>>> {
         let max = self.model.config().max_position_embeddings;
-        let whole = self.tokenizer.encode_source(text, src)?;
-        if whole.len() <= max {
-            return Ok(vec![whole]);
-        }
-        let mut out: Vec<Vec<u32>> = Vec::new();
-        let mut cur = String::new();
-        let mut cur_ids: Option<Vec<u32>> = None;
-        for s in sentences(text) {
-            let joined = if cur.is_empty() {
-                s.to_string()
-            } else {
-                format!("{cur} {s}")
-            };
-            let ids = self.tokenizer.encode_source(&joined, src)?;
-            if ids.len() <= max {
-                cur = joined;
-                cur_ids = Some(ids);
-                continue;
-            }
-            if let Some(prev) = cur_ids.take() {
-                out.push(prev);
-            }
-            let alone = self.tokenizer.encode_source(s, src)?;
-            if alone.len() > max {
-                let head: String = s.chars().take(40).collect();
-                return Err(TeacherError::BadInput(format!(
-                    "a sentence of {} tokens exceeds the model's {max} positions: {head:?}...",
-                    alone.len()
-                )));
-            }
-            cur = s.to_string();
-            cur_ids = Some(alone);
-        }
-        out.extend(cur_ids);
-        Ok(out)
+        self.tokenizer.encode_source_packed(text, src, max)
     }
 
     /// Translates token-id sources already made by [`Self::tokenizer`]; one [`Generated`]
@@ -328,20 +270,5 @@ impl Translator for M2m100Translator {
                 },
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sentences;
-
-    #[test]
-    fn sentence_split_keeps_punctuation_and_skips_blanks() {
-        assert_eq!(
-            sentences("Hi there. How are you?  Fine!\nNext line"),
-            vec!["Hi there.", "How are you?", "Fine!", "Next line"]
-        );
-        assert_eq!(sentences("नमस्ते। ठीक है"), vec!["नमस्ते।", "ठीक है"]);
-        assert_eq!(sentences("3.14 is pi"), vec!["3.14 is pi"]);
     }
 }

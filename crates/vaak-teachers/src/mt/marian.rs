@@ -275,30 +275,6 @@ fn optional_file(
     }
 }
 
-/// Splits text after sentence-ending punctuation followed by whitespace, and at newlines;
-/// the pieces keep their text (trimmed).
-fn split_sentences(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        let next_ws = chars.peek().is_none_or(|&(_, n)| n.is_whitespace());
-        let end = i + c.len_utf8();
-        if c == '\n' || (matches!(c, '.' | '!' | '?' | '।' | '…') && next_ws) {
-            let s = text[start..end].trim();
-            if !s.is_empty() {
-                out.push(s);
-            }
-            start = end;
-        }
-    }
-    let s = text[start..].trim();
-    if !s.is_empty() {
-        out.push(s);
-    }
-    out
-}
-
 impl MarianTranslator {
     /// Loads from a local directory or `hf://org/repo[@revision]`.
     pub fn load(location: &str, opts: &MarianLoadOptions) -> Result<Self> {
@@ -556,41 +532,12 @@ impl MarianTranslator {
             return Err(TeacherError::BadInput(format!("item {i}: empty text")));
         }
         let limit = self.cfg.max_position_embeddings;
-        let ids = self.tokenizer.encode_source(text, src)?;
-        if ids.len() <= limit {
-            return Ok(vec![ids]);
-        }
-        let mut chunks = Vec::new();
-        let mut current = String::new();
-        let mut current_ids: Option<Vec<u32>> = None;
-        for sentence in split_sentences(text) {
-            let candidate = if current.is_empty() {
-                sentence.to_string()
-            } else {
-                format!("{current} {sentence}")
-            };
-            let cand_ids = self.tokenizer.encode_source(&candidate, src)?;
-            if cand_ids.len() <= limit {
-                current = candidate;
-                current_ids = Some(cand_ids);
-                continue;
-            }
-            if let Some(done) = current_ids.take() {
-                chunks.push(done);
-            }
-            let alone = self.tokenizer.encode_source(sentence, src)?;
-            if alone.len() > limit {
-                return Err(TeacherError::BadInput(format!(
-                    "item {i}: a sentence of {} tokens exceeds max_position_embeddings {limit} \
-                     and has no sentence boundary to split at",
-                    alone.len()
-                )));
-            }
-            current = sentence.to_string();
-            current_ids = Some(alone);
-        }
-        chunks.extend(current_ids);
-        Ok(chunks)
+        self.tokenizer
+            .encode_source_packed(text, src, limit)
+            .map_err(|e| match e {
+                TeacherError::BadInput(m) => TeacherError::BadInput(format!("item {i}: {m}")),
+                other => other,
+            })
     }
 }
 

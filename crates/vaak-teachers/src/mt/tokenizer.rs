@@ -199,6 +199,29 @@ fn clean_up_tokenization(s: &str) -> String {
         .replace(" 're", "'re")
 }
 
+/// Splits text after sentence-ending punctuation (`. ! ? । ॥ …`) followed by whitespace, and
+/// at newlines; pieces are trimmed and blanks dropped (`3.14` stays whole).
+pub fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut prev_end = false;
+    for (i, c) in text.char_indices() {
+        if c == '\n' || (prev_end && c.is_whitespace()) {
+            let s = text[start..i].trim();
+            if !s.is_empty() {
+                out.push(s);
+            }
+            start = i + c.len_utf8();
+        }
+        prev_end = matches!(c, '.' | '!' | '?' | '।' | '॥' | '…');
+    }
+    let s = text[start..].trim();
+    if !s.is_empty() {
+        out.push(s);
+    }
+    out
+}
+
 impl MtTokenizer {
     /// Loads from a model directory or `hf://org/repo[@rev]`, detecting the family from
     /// `tokenizer_config.json`'s `tokenizer_class`, else from the files present.
@@ -454,6 +477,45 @@ impl MtTokenizer {
             ))),
         }
     }
+    /// The source ids of `text`; when they exceed `max` tokens, its sentences (see
+    /// [`sentences`]) packed greedily into pieces of at most `max` tokens, each translated on
+    /// its own. A single sentence longer than `max` is a [`TeacherError::BadInput`].
+    pub fn encode_source_packed(&self, text: &str, src: Lang, max: usize) -> Result<Vec<Vec<u32>>> {
+        let whole = self.encode_source(text, src)?;
+        if whole.len() <= max {
+            return Ok(vec![whole]);
+        }
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut cur_ids: Option<Vec<u32>> = None;
+        for s in sentences(text) {
+            let joined = if cur.is_empty() {
+                s.to_string()
+            } else {
+                format!("{cur} {s}")
+            };
+            let ids = self.encode_source(&joined, src)?;
+            if ids.len() <= max {
+                cur = joined;
+                cur_ids = Some(ids);
+                continue;
+            }
+            out.extend(cur_ids.take());
+            let alone = self.encode_source(s, src)?;
+            if alone.len() > max {
+                let head: String = s.chars().take(40).collect();
+                return Err(TeacherError::BadInput(format!(
+                    "a sentence of {} tokens exceeds the model's {max} positions and has no \
+                     sentence boundary to split at: {head:?}...",
+                    alone.len()
+                )));
+            }
+            cur = s.to_string();
+            cur_ids = Some(alone);
+        }
+        out.extend(cur_ids);
+        Ok(out)
+    }
 
     /// The model's `input_ids` for `text` in `src`, as transformers builds them.
     pub fn encode_source(&self, text: &str, src: Lang) -> Result<Vec<u32>> {
@@ -598,5 +660,21 @@ impl MtTokenizer {
     /// embedding tables can be larger (M2M-100's made-up words).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sentences;
+
+    #[test]
+    fn sentence_split_keeps_punctuation_and_skips_blanks() {
+        assert_eq!(
+            sentences("Hi there. How are you?  Fine!\nNext line"),
+            vec!["Hi there.", "How are you?", "Fine!", "Next line"]
+        );
+        assert_eq!(sentences("नमस्ते। ठीक है"), vec!["नमस्ते।", "ठीक है"]);
+        assert_eq!(sentences("3.14 is pi"), vec!["3.14 is pi"]);
+        assert!(sentences(" \n ").is_empty());
     }
 }

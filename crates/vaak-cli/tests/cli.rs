@@ -42,7 +42,9 @@ fn help_lists_only_implemented_commands() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
         .collect();
-    for cmd in ["info", "audio", "cascade", "codec", "bench"] {
+    for cmd in [
+        "info", "audio", "cascade", "codec", "data", "train", "bench",
+    ] {
         assert!(
             listed.contains(&cmd),
             "--help misses {cmd}: {listed:?}\n{t}"
@@ -50,7 +52,7 @@ fn help_lists_only_implemented_commands() {
     }
     for l in &listed {
         assert!(
-            ["info", "audio", "cascade", "codec", "bench", "help"].contains(l),
+            ["info", "audio", "cascade", "codec", "data", "train", "bench", "help"].contains(l),
             "--help lists {l}, which this build does not implement"
         );
     }

@@ -505,8 +505,9 @@ impl MtTokenizer {
             if alone.len() > max {
                 let head: String = s.chars().take(40).collect();
                 return Err(TeacherError::BadInput(format!(
-                    "a sentence of {} tokens exceeds the model's {max} positions and has no \
-                     sentence boundary to split at: {head:?}...",
+                    "a sentence of {} tokens exceeds the model's {max} positions \
+                     (max_position_embeddings) and has no sentence boundary to split at: \
+                     {head:?}...",
                     alone.len()
                 )));
             }

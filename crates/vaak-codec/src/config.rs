@@ -134,13 +134,13 @@ impl CodecConfig {
         ((kbps * 1000.0 / bw_per_q).floor() as usize).max(1)
     }
 
-    /// vaak's own 16 kHz codec: 8 codebooks of 1024 x 48, hop 320 (50 Hz, 4 kbps at 8
-    /// codebooks), an EnCodec-style SEANet (ratios 8-5-4-2) without LSTM or conv shortcuts,
-    /// plain weights (no weight norm), zero padding.
+    /// vaak's own 16 kHz codec: 8 codebooks of 1024 x 48, hop 640 (25 Hz, 2 kbps at 8
+    /// codebooks; why 25 Hz: docs/codec.md), an EnCodec-style SEANet (ratios 8-5-4-4) without
+    /// LSTM or conv shortcuts, plain weights (no weight norm), zero padding.
     ///
     /// Sized to train on a few CPU cores and to ship in the repository: 12 base filters
     /// (12-24-48-96-192 channels), latent and codebook width 48, last conv kernel 3 (as Mimi).
-    /// 0.85 M conv parameters plus 0.39 M codebook entries: 4.95 MB in f32. Most of the
+    /// About 0.85 M conv parameters plus 0.39 M codebook entries: ~5 MB in f32. Most of the
     /// training cost sits in the 16 kHz layers, which is what the small base width buys down.
     /// No LSTM: it is sequential over frames (slow to train on a CPU) and the causal convs
     /// already see ~1.3 s of context at the latent. A trained checkpoint's `config.json`
@@ -151,7 +151,7 @@ impl CodecConfig {
             dimension: 48,
             n_filters: 12,
             n_residual_layers: 1,
-            ratios: vec![8, 5, 4, 2],
+            ratios: vec![8, 5, 4, 4],
             kernel_size: 7,
             last_kernel_size: 3,
             residual_kernel_size: 3,

@@ -256,7 +256,7 @@ fn vaak_16k_builds_from_random_init_and_streams_like_whole_clip() {
     let codec = Codec::new(cfg, Preset::Vaak16k, vb).unwrap();
     assert_eq!(codec.edge_mode(), EdgeMode::Causal);
     assert_eq!(codec.num_codebooks(), 8);
-    assert_eq!(codec.frame_rate(), 50.0);
+    assert_eq!(codec.frame_rate(), 25.0);
     assert!(!vm.all_vars().is_empty());
     let hop = codec.hop_length();
     let t = hop * 6;

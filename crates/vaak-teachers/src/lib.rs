@@ -47,6 +47,31 @@ pub struct ModelId {
     pub revision: Option<String>,
 }
 
+impl ModelId {
+    /// The id of weights at `loc`: the local path, or `org/repo[/path]` with its revision.
+    pub fn of_location(loc: &vaak_nn::weights::WeightLocation) -> Self {
+        use vaak_nn::weights::WeightLocation;
+        match loc {
+            WeightLocation::Local(p) => Self {
+                name: p.display().to_string(),
+                revision: None,
+            },
+            WeightLocation::Hub {
+                repo,
+                revision,
+                path,
+            } => Self {
+                name: if path.is_empty() {
+                    repo.clone()
+                } else {
+                    format!("{repo}/{path}")
+                },
+                revision: Some(revision.clone()),
+            },
+        }
+    }
+}
+
 /// Per-item outcome of a batched call.
 pub type ItemResult<T> = std::result::Result<T, TeacherError>;
 

@@ -170,28 +170,13 @@ impl WhisperAsr {
         };
         let model = WhisperModel::load(&cfg, weights.into_var_builder(Some(opts.dtype)))?;
         let mel = WhisperMel::new(cfg.num_mel_bins)?;
-        let (name, revision) = match &loc {
-            WeightLocation::Local(p) => (p.display().to_string(), None),
-            WeightLocation::Hub {
-                repo,
-                revision,
-                path,
-            } => (
-                if path.is_empty() {
-                    repo.clone()
-                } else {
-                    format!("{repo}/{path}")
-                },
-                Some(revision.clone()),
-            ),
-        };
         Ok(Self {
             model,
             tokenizer,
             suppress,
             mel,
             thresholds: opts.thresholds,
-            id: ModelId { name, revision },
+            id: ModelId::of_location(&loc),
         })
     }
 

@@ -85,28 +85,13 @@ impl M2m100Translator {
             Err(_) => GenerationConfigFile::default(),
         };
         let base = Self::params(&cfg, &gen, opts)?;
-        let (name, revision) = match &loc {
-            WeightLocation::Local(p) => (p.display().to_string(), None),
-            WeightLocation::Hub {
-                repo,
-                revision,
-                path,
-            } => (
-                if path.is_empty() {
-                    repo.clone()
-                } else {
-                    format!("{repo}/{path}")
-                },
-                Some(revision.clone()),
-            ),
-        };
         Ok(Self {
             model,
             tokenizer,
             base,
             batch_size: opts.batch_size.max(1),
             allow_truncated: opts.allow_truncated,
-            id: ModelId { name, revision },
+            id: ModelId::of_location(&loc),
         })
     }
 

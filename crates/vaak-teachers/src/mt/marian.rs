@@ -401,21 +401,6 @@ impl MarianTranslator {
                 Weights::from_tensors(all, location, &load_opts)
             };
         let model = MTModel::new(&cfg.to_candle(), weights.into_var_builder(Some(opts.dtype)))?;
-        let (name, revision) = match &loc {
-            WeightLocation::Local(p) => (p.display().to_string(), None),
-            WeightLocation::Hub {
-                repo,
-                revision,
-                path,
-            } => (
-                if path.is_empty() {
-                    repo.clone()
-                } else {
-                    format!("{repo}/{path}")
-                },
-                Some(revision.clone()),
-            ),
-        };
         Ok(Self {
             model,
             cfg,
@@ -424,7 +409,7 @@ impl MarianTranslator {
             pair,
             device: opts.device.clone(),
             max_batch: opts.max_batch.max(1),
-            id: ModelId { name, revision },
+            id: ModelId::of_location(&loc),
         })
     }
 

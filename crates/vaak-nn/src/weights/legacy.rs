@@ -130,9 +130,12 @@ impl LegacyPth {
             });
         }
         let next = |what: &str, r: &mut BufReader<std::fs::File>| -> Result<Object> {
+            // Checked first: candle's reader wraps over-wide ints silently in release builds.
+            let bytes = super::pickle_scan::read_checked_pickle(r)
+                .map_err(|e| corrupt(format!("{what} pickle: {e}")))?;
             super::store::guard_pickle(|| {
                 let mut st = Stack::empty();
-                st.read_loop(r)?;
+                st.read_loop(&mut std::io::Cursor::new(bytes))?;
                 st.finalize()
             })
             .map_err(|e| corrupt(format!("{what} pickle: {e}")))

@@ -11,6 +11,7 @@ mod hub;
 mod legacy;
 mod location;
 mod norm;
+mod pickle_scan;
 mod store;
 
 pub use hub::{Hub, HubOptions};

@@ -29,6 +29,7 @@ use candle_nn::VarBuilder;
 
 use super::hub::{Hub, HubOptions};
 use super::location::WeightLocation;
+use super::pickle_scan;
 use crate::error::{Error, Result};
 
 /// The on-disk format of one weight file.
@@ -391,6 +392,8 @@ pub(crate) fn guard_pickle<T>(
 fn open_pth(path: &Path, key: Option<&str>) -> Result<candle_core::pickle::PthTensors> {
     use candle_core::pickle::PthTensors;
     let fmt = WeightFormat::PyTorchZip;
+    // candle's reader wraps over-wide ints silently in release builds: refuse them first.
+    pickle_scan::check_zip_pickle(path).map_err(|e| corrupt(path, fmt, e))?;
     let open = |key: Option<&str>| guard_pickle(|| PthTensors::new(path, key));
     if let Some(key) = key {
         let pth = open(Some(key)).map_err(|e| corrupt(path, fmt, e))?;

@@ -17,7 +17,8 @@ impl StreamTensor {
         Self(None)
     }
 
-    /// Wraps a tensor; a tensor whose time axis (`dim`) has length zero becomes empty.
+    /// Wraps a tensor as it is (a zero-length tensor stays a non-empty chunk of no frames;
+    /// use [`StreamTensor::empty`] for "nothing this step").
     pub fn from_tensor(t: Tensor) -> Self {
         Self(Some(t))
     }

@@ -58,7 +58,9 @@ pub mod eval;
 pub mod seanet;
 pub mod train;
 
-pub use codec::{save_vaak_checkpoint, Codec, CodecStreamer, CodecTrainOutput, Preset};
+pub use codec::{
+    save_vaak_checkpoint, Codec, CodecStreamer, CodecTrainOutput, Preset, UnknownPreset,
+};
 pub use config::{
     CodecConfig, HfEncodecConfig, HfMimiConfig, LatentTransformerConfig, PadMode, SeanetConfig,
 };

@@ -58,6 +58,15 @@ const MIMI_CONFIG: &str = r#"{"architectures": ["MimiModel"], "attention_bias": 
 const WARMUP_FRAMES: usize = 3;
 
 #[derive(Args)]
+#[command(
+    mut_arg("python", |a| a.help(
+        "Python interpreter with torch + transformers (default: $VAAK_PYTHON, then \
+         tools/fixtures/.venv/bin/python)"
+    )),
+    mut_arg("no_peer", |a| a.help(
+        "Skip the Python peer (the weights are then made in Rust if not cached)"
+    ))
+)]
 pub struct CodecBenchArgs {
     /// Seconds of (seeded, speech-like) input audio; 4 s = 50 Mimi frames.
     #[arg(long, default_value_t = 4.0)]
@@ -86,8 +95,6 @@ pub struct CodecBenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-codec.json")]
     json: PathBuf,
-    // The peer (torch + transformers) also makes the random weights; without it they are
-    // made in Rust (when not cached).
     #[command(flatten)]
     peer: PeerArgs,
     /// Internal: measure in this process and write the rows here (set by the parent).

@@ -8,7 +8,7 @@
 //! length limit (`min_length = max_length`), so every row generates exactly
 //! `--new-tokens` tokens in both implementations; the notes say whether the ids agree.
 
-use crate::peer::{self, PeerArgs};
+use crate::peer::{self, PeerArgs, PeerTimingArgs};
 use crate::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -36,12 +36,8 @@ pub struct MtBenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-mt.json")]
     json: PathBuf,
-    /// Minimum measuring time per case, in seconds (after one warm-up pass).
-    #[arg(long, default_value_t = 0.5)]
-    min_time: f64,
-    /// Thread count for the PyTorch peer (default: all logical CPUs, as candle uses).
-    #[arg(long)]
-    peer_threads: Option<usize>,
+    #[command(flatten)]
+    timing: PeerTimingArgs,
     #[command(flatten)]
     peer: PeerArgs,
 }
@@ -78,7 +74,7 @@ struct Case {
 
 pub fn run(args: MtBenchArgs) -> Result<()> {
     let timing = Timing {
-        min_time: Duration::from_secs_f64(args.min_time),
+        min_time: Duration::from_secs_f64(args.timing.min_time),
         min_iters: 3,
         max_iters: 100,
     };
@@ -169,7 +165,10 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
                     &cases_path,
                     serde_json::to_vec(&serde_json::json!({"cases": list}))?,
                 )?;
-                let threads = args.peer_threads.unwrap_or(Machine::here().logical_cpus);
+                let threads = args
+                    .timing
+                    .peer_threads
+                    .unwrap_or(Machine::here().logical_cpus);
                 eprintln!("bench mt: measuring transformers on {label} ...");
                 let a = vec![
                     "--model".to_string(),
@@ -179,7 +178,7 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
                     "--threads".to_string(),
                     threads.to_string(),
                     "--min-time".to_string(),
-                    args.min_time.to_string(),
+                    args.timing.min_time.to_string(),
                 ];
                 match peer::run_script(py, "mt_peer.py", PEER_SCRIPT, &a) {
                     Ok(v) => {
@@ -193,7 +192,9 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
             }
             Some((
                 out,
-                args.peer_threads.unwrap_or(Machine::here().logical_cpus),
+                args.timing
+                    .peer_threads
+                    .unwrap_or(Machine::here().logical_cpus),
             ))
         }
         _ => None,

@@ -18,13 +18,24 @@ const COMMON_SCRIPT: &str = include_str!("../peers/bench_common.py");
 /// The flags of a benchmark's Python peer.
 #[derive(Args)]
 pub struct PeerArgs {
-    /// Python interpreter with the peer's libraries (default: $VAAK_PYTHON, then
+    /// Python interpreter with the peer libraries (default: $VAAK_PYTHON, then
     /// tools/fixtures/.venv/bin/python).
     #[arg(long)]
     pub python: Option<PathBuf>,
     /// Skip the Python peer.
     #[arg(long)]
     pub no_peer: bool,
+}
+
+/// Measuring time and the peer's thread count, for benchmarks whose cases take long.
+#[derive(Args)]
+pub struct PeerTimingArgs {
+    /// Minimum measuring time per case, in seconds (after one warm-up pass).
+    #[arg(long, default_value_t = 0.5)]
+    pub min_time: f64,
+    /// Thread count for the PyTorch peer (default: all logical CPUs, as candle uses).
+    #[arg(long)]
+    pub peer_threads: Option<usize>,
 }
 
 impl PeerArgs {

@@ -8,7 +8,7 @@
 //! target embedding; the time covers the spectrogram and the network, not resampling.
 
 use crate::audio::speechlike;
-use crate::peer::{self, PeerArgs};
+use crate::peer::{self, PeerArgs, PeerTimingArgs};
 use crate::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -22,6 +22,19 @@ const PEER_SCRIPT: &str = include_str!("../peers/vc_peer.py");
 const RATE: u32 = 22_050;
 
 #[derive(Args)]
+#[command(
+    mut_arg("python", |a| a.help(
+        "Python interpreter with torch and openvoice-cli (default: $VAAK_PYTHON, then \
+         tools/fixtures/.venv/bin/python)"
+    )),
+    mut_arg("no_peer", |a| a.help("Skip the Python peer (and so the full-size converter)")),
+    mut_arg("peer_threads", |a| a.help(
+        "Thread count for the PyTorch peer (default: as many as candle uses, which is \
+         $RAYON_NUM_THREADS or all logical CPUs). On a busy machine prefer 1 for both \
+         (RAYON_NUM_THREADS=1 --peer-threads 1): OpenMP spin-waits collapse under \
+         oversubscription"
+    ))
+)]
 pub struct VcBenchArgs {
     /// The tiny fixture converter directory.
     #[arg(long, default_value = "tools/fixtures/data/openvoice/converter")]
@@ -41,16 +54,8 @@ pub struct VcBenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-vc.json")]
     json: PathBuf,
-    /// Minimum measuring time per case, in seconds (after one warm-up pass).
-    #[arg(long, default_value_t = 0.5)]
-    min_time: f64,
-    /// Thread count for the PyTorch peer (default: as many as candle uses, which is
-    /// $RAYON_NUM_THREADS or all logical CPUs). On a busy machine prefer 1 for both
-    /// (RAYON_NUM_THREADS=1 --peer-threads 1): OpenMP spin-waits collapse under oversubscription.
-    #[arg(long)]
-    peer_threads: Option<usize>,
-    // The peer (torch and openvoice-cli) also writes the full-size converter: without it,
-    // that one is skipped.
+    #[command(flatten)]
+    timing: PeerTimingArgs,
     #[command(flatten)]
     peer: PeerArgs,
 }
@@ -101,7 +106,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
     }
 
     let timing = |n: usize| Timing {
-        min_time: Duration::from_secs_f64(args.min_time),
+        min_time: Duration::from_secs_f64(args.timing.min_time),
         min_iters: if n == 1 { 3 } else { 1 },
         max_iters: 1000,
     };
@@ -149,7 +154,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
 
     if let Some(py) = &python {
         eprintln!("bench vc: measuring the PyTorch peer...");
-        let peer_threads = args.peer_threads.unwrap_or(threads);
+        let peer_threads = args.timing.peer_threads.unwrap_or(threads);
         let mut pa: Vec<String> = Vec::new();
         for (name, dir) in &converters {
             pa.extend(["--converter".into(), format!("{name}={}", dir.display())]);
@@ -163,7 +168,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
             "--threads".into(),
             peer_threads.to_string(),
             "--min-time".into(),
-            args.min_time.to_string(),
+            args.timing.min_time.to_string(),
         ]);
         match peer::run_script(py, "vc_peer.py", PEER_SCRIPT, &pa) {
             Err(e) => notes.push(format!("Python peer failed: {e:#}")),

@@ -190,6 +190,17 @@ fn read_audio(codec: &Codec, path: &Path, strict: bool) -> Result<Vec<f32>> {
     Ok(audio.samples)
 }
 
+impl EncodeArgs {
+    /// Loads the codec, reads the input at its rate and encodes it: the codec, the samples and
+    /// the tokens `[num_codebooks, frames]`.
+    fn encode(&self, input_opts: &InputArgs) -> Result<(Codec, Vec<f32>, Tensor)> {
+        let codec = load(&self.model, Some(&self.rate))?;
+        let samples = read_audio(&codec, &self.input, input_opts.strict)?;
+        let tokens = encode(&codec, &samples).with_context(|| self.input.display().to_string())?;
+        Ok((codec, samples, tokens))
+    }
+}
+
 fn encode(codec: &Codec, samples: &[f32]) -> Result<Tensor> {
     let x = Tensor::from_slice(samples, (1, 1, samples.len()), &Device::Cpu)?;
     Ok(codec.encode(&x)?.squeeze(0)?)
@@ -243,24 +254,13 @@ fn write_audio(codec: &Codec, path: &Path, samples: &[f32], float: bool) -> Resu
 
 pub fn run(cmd: CodecCommand) -> Result<()> {
     match cmd {
-        CodecCommand::Encode {
-            io:
-                EncodeArgs {
-                    input,
-                    output,
-                    model,
-                    rate,
-                },
-            input_opts,
-        } => {
-            let codec = load(&model, Some(&rate))?;
-            let samples = read_audio(&codec, &input, input_opts.strict)?;
-            let tokens = encode(&codec, &samples).with_context(|| input.display().to_string())?;
-            write_tokens(&output, &tokens)?;
+        CodecCommand::Encode { io, input_opts } => {
+            let (codec, _, tokens) = io.encode(&input_opts)?;
+            write_tokens(&io.output, &tokens)?;
             let (nq, frames) = tokens.dims2()?;
             eprintln!(
                 "wrote {}: {nq} codebooks x {frames} frames ({} Hz frames)",
-                output.display(),
+                io.output.display(),
                 codec.frame_rate()
             );
         }
@@ -282,19 +282,11 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
             );
         }
         CodecCommand::Roundtrip {
-            io:
-                EncodeArgs {
-                    input,
-                    output,
-                    model,
-                    rate,
-                },
+            io,
             tokens: tokens_out,
             input_opts,
         } => {
-            let codec = load(&model, Some(&rate))?;
-            let samples = read_audio(&codec, &input, input_opts.strict)?;
-            let tokens = encode(&codec, &samples).with_context(|| input.display().to_string())?;
+            let (codec, samples, tokens) = io.encode(&input_opts)?;
             if let Some(p) = &tokens_out {
                 write_tokens(p, &tokens)?;
             }
@@ -302,10 +294,10 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
             let n = samples.len().min(recon.len());
             let snr = vaak_audio::metrics::snr_db(&samples[..n], &recon[..n])?;
             let si_sdr = vaak_audio::metrics::si_sdr_db(&samples[..n], &recon[..n])?;
-            write_audio(&codec, &output, &recon[..n], false)?;
+            write_audio(&codec, &io.output, &recon[..n], false)?;
             println!(
                 "{}: {} codebooks x {} frames, SNR {snr:.2} dB, SI-SDR {si_sdr:.2} dB",
-                input.display(),
+                io.input.display(),
                 tokens.dim(0)?,
                 tokens.dim(1)?
             );

@@ -49,36 +49,18 @@ impl std::fmt::Display for Preset {
     }
 }
 
-/// A name that is no [`Preset`]; its message lists the valid ones.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown codec preset {got:?}: expected one of {}",
-    Preset::ALL.map(Preset::name).join(", ")
-)]
-pub struct UnknownPreset {
-    pub got: String,
-}
-
-impl From<UnknownPreset> for CodecError {
-    fn from(e: UnknownPreset) -> Self {
-        CodecError::BadInput {
-            what: "preset",
-            expected: format!("one of {}", Preset::ALL.map(Preset::name).join(", ")),
-            got: e.got,
-        }
-    }
-}
-
 /// Reads [`Preset::name`] (and the spellings `encodec-24khz`, `encodec`, `vaak_16k`).
 impl FromStr for Preset {
-    type Err = UnknownPreset;
-    fn from_str(s: &str) -> std::result::Result<Self, UnknownPreset> {
+    type Err = crate::error::UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s {
             "encodec_24khz" | "encodec-24khz" | "encodec" => Ok(Self::Encodec24khz),
             "mimi" => Ok(Self::Mimi),
             "vaak-16k" | "vaak_16k" => Ok(Self::Vaak16k),
-            other => Err(UnknownPreset {
+            other => Err(crate::error::UnknownName {
+                what: "codec preset",
                 got: other.to_string(),
+                valid: Self::ALL.map(Self::name).to_vec(),
             }),
         }
     }

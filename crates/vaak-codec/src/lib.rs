@@ -58,11 +58,9 @@ pub mod eval;
 pub mod seanet;
 pub mod train;
 
-pub use codec::{
-    save_vaak_checkpoint, Codec, CodecStreamer, CodecTrainOutput, Preset, UnknownPreset,
-};
+pub use codec::{save_vaak_checkpoint, Codec, CodecStreamer, CodecTrainOutput, Preset};
 pub use config::{
     CodecConfig, HfEncodecConfig, HfMimiConfig, LatentTransformerConfig, PadMode, SeanetConfig,
 };
-pub use error::{CodecError, Result};
+pub use error::{CodecError, Result, UnknownName};
 pub use seanet::{EdgeMode, Seanet};

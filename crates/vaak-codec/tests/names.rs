@@ -2,7 +2,7 @@
 
 use vaak_codec::codec::{mimi_name, published_mimi_name};
 use vaak_codec::train::TrainDtype;
-use vaak_codec::{CodecError, Preset, UnknownPreset};
+use vaak_codec::{CodecError, Preset, UnknownName};
 
 #[test]
 fn every_preset_reads_back_its_display_name() {
@@ -16,7 +16,14 @@ fn every_preset_reads_back_its_display_name() {
 #[test]
 fn an_unknown_preset_names_the_valid_ones() {
     let e = "opus".parse::<Preset>().unwrap_err();
-    assert_eq!(e, UnknownPreset { got: "opus".into() });
+    assert_eq!(
+        e,
+        UnknownName {
+            what: "codec preset",
+            got: "opus".into(),
+            valid: vec!["encodec_24khz", "mimi", "vaak-16k"],
+        }
+    );
     let msg = e.to_string();
     for p in Preset::ALL {
         assert!(msg.contains(p.name()), "{msg}");

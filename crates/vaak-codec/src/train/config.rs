@@ -50,23 +50,17 @@ impl std::fmt::Display for TrainDtype {
     }
 }
 
-/// A name that is no [`TrainDtype`]; its message lists the valid ones.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown training dtype {got:?}: expected one of {}",
-    TrainDtype::ALL.map(TrainDtype::name).join(", ")
-)]
-pub struct UnknownTrainDtype {
-    pub got: String,
-}
-
 impl std::str::FromStr for TrainDtype {
-    type Err = UnknownTrainDtype;
-    fn from_str(s: &str) -> Result<Self, UnknownTrainDtype> {
+    type Err = crate::error::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| UnknownTrainDtype { got: s.to_string() })
+            .ok_or_else(|| crate::error::UnknownName {
+                what: "training dtype",
+                got: s.to_string(),
+                valid: Self::ALL.map(Self::name).to_vec(),
+            })
     }
 }
 

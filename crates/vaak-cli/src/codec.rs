@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
 use vaak_audio::io::{decode_file, probe_info, write_wav, WavFormat};
 use vaak_codec::bundled::BUNDLED_VAAK_16K;
 use vaak_codec::eval::{bitrate_bps, ClipEval, Evaluator, Stats};
@@ -21,12 +22,8 @@ pub enum CodecCommand {
     /// Encode an audio file (any supported format; resampled to the codec's rate, mono) to
     /// tokens `[num_codebooks, frames]` in a .npy file.
     Encode {
-        input: PathBuf,
-        output: PathBuf,
         #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        rate: RateArgs,
+        io: EncodeArgs,
         #[command(flatten)]
         input_opts: InputArgs,
     },
@@ -43,12 +40,8 @@ pub enum CodecCommand {
     /// Encode then decode an audio file; writes the reconstruction and prints its SNR and
     /// SI-SDR against the (resampled) input.
     Roundtrip {
-        input: PathBuf,
-        output: PathBuf,
         #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        rate: RateArgs,
+        io: EncodeArgs,
         /// Also save the tokens here.
         #[arg(long)]
         tokens: Option<PathBuf>,
@@ -59,6 +52,17 @@ pub enum CodecCommand {
     /// multi-resolution mel distance, bitrate and encode/decode real-time factors; prints
     /// mean/median (and each clip with --per-clip) and writes JSON with --json.
     Eval(EvalArgs),
+}
+
+/// What `encode` and `roundtrip` share: the audio in, the file out, the codec and its rate.
+#[derive(Args)]
+pub struct EncodeArgs {
+    input: PathBuf,
+    output: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    rate: RateArgs,
 }
 
 #[derive(Args)]
@@ -97,8 +101,8 @@ pub struct EvalArgs {
 #[derive(Args)]
 pub struct ModelArgs {
     /// Which codec.
-    #[arg(long, value_enum, default_value = "vaak-16k")]
-    preset: PresetArg,
+    #[arg(long, default_value = "vaak-16k", value_parser = preset_parser())]
+    preset: Preset,
     /// Checkpoint: a local directory with config.json + weights, or hf://org/repo[@rev].
     /// Optional for vaak-16k: without it the codec bundled in the binary (models/vaak-16k)
     /// is used; required for encodec_24khz and mimi.
@@ -125,30 +129,19 @@ pub struct RateArgs {
     num_codebooks: Option<usize>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum PresetArg {
-    /// facebook/encodec_24khz (transformers layout).
-    #[value(name = "encodec_24khz")]
-    Encodec24khz,
-    /// kyutai/mimi (transformers layout).
-    Mimi,
-    /// vaak's own 16 kHz codec.
-    #[value(name = "vaak-16k")]
-    Vaak16k,
-}
-
-impl From<PresetArg> for Preset {
-    fn from(p: PresetArg) -> Self {
-        match p {
-            PresetArg::Encodec24khz => Preset::Encodec24khz,
-            PresetArg::Mimi => Preset::Mimi,
-            PresetArg::Vaak16k => Preset::Vaak16k,
-        }
-    }
+/// `--preset`: [`Preset`]'s names, listed in `--help`, read through its `FromStr`.
+fn preset_parser() -> impl TypedValueParser<Value = Preset> {
+    let about = |p: Preset| match p {
+        Preset::Encodec24khz => "facebook/encodec_24khz (transformers layout)",
+        Preset::Mimi => "kyutai/mimi (transformers layout)",
+        Preset::Vaak16k => "vaak's own 16 kHz codec",
+    };
+    PossibleValuesParser::new(Preset::ALL.map(|p| PossibleValue::new(p.name()).help(about(p))))
+        .try_map(|name| name.parse::<Preset>())
 }
 
 fn load(model: &ModelArgs, rate: Option<&RateArgs>) -> Result<Codec> {
-    let preset: Preset = model.preset.into();
+    let preset = model.preset;
     let mut codec = match (&model.weights, preset) {
         (Some(w), _) => Codec::load(w, preset, &LoadOptions::default())
             .with_context(|| format!("loading codec from {w}"))?,
@@ -195,6 +188,17 @@ fn read_audio(codec: &Codec, path: &Path, strict: bool) -> Result<Vec<f32>> {
         bail!("{}: no audio samples (zero-length audio)", path.display());
     }
     Ok(audio.samples)
+}
+
+impl EncodeArgs {
+    /// Loads the codec, reads the input at its rate and encodes it: the codec, the samples and
+    /// the tokens `[num_codebooks, frames]`.
+    fn encode(&self, input_opts: &InputArgs) -> Result<(Codec, Vec<f32>, Tensor)> {
+        let codec = load(&self.model, Some(&self.rate))?;
+        let samples = read_audio(&codec, &self.input, input_opts.strict)?;
+        let tokens = encode(&codec, &samples).with_context(|| self.input.display().to_string())?;
+        Ok((codec, samples, tokens))
+    }
 }
 
 fn encode(codec: &Codec, samples: &[f32]) -> Result<Tensor> {
@@ -250,21 +254,13 @@ fn write_audio(codec: &Codec, path: &Path, samples: &[f32], float: bool) -> Resu
 
 pub fn run(cmd: CodecCommand) -> Result<()> {
     match cmd {
-        CodecCommand::Encode {
-            input,
-            output,
-            model,
-            rate,
-            input_opts,
-        } => {
-            let codec = load(&model, Some(&rate))?;
-            let samples = read_audio(&codec, &input, input_opts.strict)?;
-            let tokens = encode(&codec, &samples).with_context(|| input.display().to_string())?;
-            write_tokens(&output, &tokens)?;
+        CodecCommand::Encode { io, input_opts } => {
+            let (codec, _, tokens) = io.encode(&input_opts)?;
+            write_tokens(&io.output, &tokens)?;
             let (nq, frames) = tokens.dims2()?;
             eprintln!(
                 "wrote {}: {nq} codebooks x {frames} frames ({} Hz frames)",
-                output.display(),
+                io.output.display(),
                 codec.frame_rate()
             );
         }
@@ -286,16 +282,11 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
             );
         }
         CodecCommand::Roundtrip {
-            input,
-            output,
-            model,
-            rate,
+            io,
             tokens: tokens_out,
             input_opts,
         } => {
-            let codec = load(&model, Some(&rate))?;
-            let samples = read_audio(&codec, &input, input_opts.strict)?;
-            let tokens = encode(&codec, &samples).with_context(|| input.display().to_string())?;
+            let (codec, samples, tokens) = io.encode(&input_opts)?;
             if let Some(p) = &tokens_out {
                 write_tokens(p, &tokens)?;
             }
@@ -303,10 +294,10 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
             let n = samples.len().min(recon.len());
             let snr = vaak_audio::metrics::snr_db(&samples[..n], &recon[..n])?;
             let si_sdr = vaak_audio::metrics::si_sdr_db(&samples[..n], &recon[..n])?;
-            write_audio(&codec, &output, &recon[..n], false)?;
+            write_audio(&codec, &io.output, &recon[..n], false)?;
             println!(
                 "{}: {} codebooks x {} frames, SNR {snr:.2} dB, SI-SDR {si_sdr:.2} dB",
-                input.display(),
+                io.input.display(),
                 tokens.dim(0)?,
                 tokens.dim(1)?
             );
@@ -486,7 +477,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     let report = EvalReport {
         input: args.input.display().to_string(),
-        preset: Preset::from(args.model.preset).name(),
+        preset: args.model.preset.name(),
         weights: args.model.label(),
         sample_rate: codec.sample_rate(),
         frame_rate: codec.frame_rate(),

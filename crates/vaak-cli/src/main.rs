@@ -1,10 +1,10 @@
 //! `vaak`: the command line of the vaak speech-to-speech system.
 //!
 //! Thin by design: parse flags, load config, call the libraries. Every subcommand listed here
-//! is implemented; later subsystems (train, serve) add theirs as they land.
+//! is implemented; later subsystems (train, serve) add theirs as they land. The benchmarks
+//! live in `vaak-bench`; `vaak bench` mounts its subcommands.
 
 mod audio;
-mod bench;
 mod cascade;
 mod codec;
 mod data;
@@ -50,7 +50,7 @@ enum Command {
     Codec(codec::CodecCommand),
     /// Benchmarks: print a table, write JSON, and compare against a peer in the same run.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(vaak_bench::BenchCommand),
     /// Training: `vaak train codec` trains vaak's streaming codec.
     #[command(subcommand)]
     Train(train::TrainCommand),
@@ -59,7 +59,13 @@ enum Command {
     Data(data::DataCommand),
 }
 
+/// An error prints as `Error: ...` and its `Caused by:` lines, with exit status 1.
 fn main() -> Result<()> {
+    // A user error (a missing file, a bad value) is reported by its message and causes, never
+    // with a stack backtrace: RUST_LIB_BACKTRACE=0 stops errors (anyhow's, candle's) capturing
+    // one whatever RUST_BACKTRACE says, while a panic still prints one under RUST_BACKTRACE=1
+    // (the panic hook reads only RUST_BACKTRACE). Set before any thread starts.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     match cli.command {
@@ -67,7 +73,7 @@ fn main() -> Result<()> {
         Command::Audio(cmd) => audio::run(cmd),
         Command::Cascade(args) => cascade::run(*args),
         Command::Codec(cmd) => codec::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => vaak_bench::run(cmd),
         Command::Train(cmd) => train::run(cmd),
         Command::Data(cmd) => data::run(cmd),
     }

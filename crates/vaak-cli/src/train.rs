@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use vaak_codec::train::{
     run_training, CodecTrainConfig, CodecTrainer, RunOptions, TrainData, TrainDtype,
@@ -38,12 +39,16 @@ pub enum TrainCommand {
     Plot(PlotArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum DtypeArg {
-    /// f32 everywhere (the only choice on the CPU).
-    F32,
-    /// bf16 forward/backward with f32 master weights and optimizer state (CUDA only).
-    Bf16,
+/// `--dtype`: [`TrainDtype`]'s names, listed in `--help`, read through its `FromStr`.
+fn dtype_parser() -> impl TypedValueParser<Value = TrainDtype> {
+    let about = |d: TrainDtype| match d {
+        TrainDtype::F32 => "f32 everywhere (the only choice on the CPU)",
+        TrainDtype::Bf16 => {
+            "bf16 forward/backward with f32 master weights and optimizer state (CUDA only)"
+        }
+    };
+    PossibleValuesParser::new(TrainDtype::ALL.map(|d| PossibleValue::new(d.name()).help(about(d))))
+        .try_map(|name| name.parse::<TrainDtype>())
 }
 
 #[derive(Args)]
@@ -81,8 +86,8 @@ pub struct CodecTrainArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Compute precision; bf16 needs CUDA (CPU training stays f32).
-    #[arg(long, value_enum)]
-    dtype: Option<DtypeArg>,
+    #[arg(long, value_parser = dtype_parser())]
+    dtype: Option<TrainDtype>,
     /// Continue from the newest checkpoint in <out>/checkpoints (its config, unless --config
     /// is given; --steps may extend the run).
     #[arg(long)]
@@ -157,10 +162,7 @@ fn apply_flags(cfg: &mut CodecTrainConfig, a: &CodecTrainArgs) {
         cfg.seed = s;
     }
     if let Some(d) = a.dtype {
-        cfg.dtype = match d {
-            DtypeArg::F32 => TrainDtype::F32,
-            DtypeArg::Bf16 => TrainDtype::Bf16,
-        };
+        cfg.dtype = d;
     }
 }
 

@@ -242,3 +242,28 @@ fn bench_cascade_runs_the_real_pipeline_and_reports_stage_shares() {
         assert!(v["stage_s"][stage].as_f64().unwrap() > 0.0, "{stage}: {v}");
     }
 }
+
+#[test]
+fn a_user_error_prints_its_causes_but_no_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.wav");
+    let out = dir.path().join("out.wav");
+    for var in ["RUST_BACKTRACE", "RUST_LIB_BACKTRACE"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_vaak"))
+            .args(["audio", "convert", missing.to_str().unwrap()])
+            .arg(&out)
+            .env("RUST_LOG", "warn")
+            .env(var, "1")
+            .output()
+            .expect("the vaak binary starts");
+        let t = text(&o);
+        assert!(!o.status.success(), "{var}=1: {t}");
+        assert!(t.contains("Error: "), "{var}=1: {t}");
+        assert!(t.contains("missing.wav"), "{var}=1: {t}");
+        assert!(t.contains("Caused by:"), "{var}=1: {t}");
+        assert!(
+            !t.to_lowercase().contains("backtrace"),
+            "{var}=1 printed a backtrace: {t}"
+        );
+    }
+}

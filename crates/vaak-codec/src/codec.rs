@@ -29,6 +29,9 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// Every preset, in the order `--help` lists them.
+    pub const ALL: [Preset; 3] = [Self::Encodec24khz, Self::Mimi, Self::Vaak16k];
+
     /// The preset's CLI name.
     pub fn name(self) -> &'static str {
         match self {
@@ -39,17 +42,25 @@ impl Preset {
     }
 }
 
+/// Writes [`Preset::name`], which [`FromStr`] reads back.
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Reads [`Preset::name`] (and the spellings `encodec-24khz`, `encodec`, `vaak_16k`).
 impl FromStr for Preset {
-    type Err = CodecError;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = crate::error::UnknownName;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s {
             "encodec_24khz" | "encodec-24khz" | "encodec" => Ok(Self::Encodec24khz),
             "mimi" => Ok(Self::Mimi),
             "vaak-16k" | "vaak_16k" => Ok(Self::Vaak16k),
-            other => Err(CodecError::BadInput {
-                what: "preset",
-                expected: "encodec_24khz, mimi or vaak-16k".into(),
+            other => Err(crate::error::UnknownName {
+                what: "codec preset",
                 got: other.to_string(),
+                valid: Self::ALL.map(Self::name).to_vec(),
             }),
         }
     }
@@ -877,15 +888,40 @@ impl CodecStreamer {
     }
 }
 
-/// Maps a transformers Mimi tensor name onto vaak's transformer names; other names pass.
-fn mimi_name(name: &str) -> String {
+/// Mimi's transformer tensor names as (transformers' published spelling, vaak's): the one
+/// table behind [`mimi_name`] and [`published_mimi_name`].
+const MIMI_TRANSFORMER_NAMES: [(&str, &str); 6] = [
+    (".input_layernorm.", ".norm1."),
+    (".post_attention_layernorm.", ".norm2."),
+    (".self_attn_layer_scale.", ".layer_scale_1."),
+    (".mlp_layer_scale.", ".layer_scale_2."),
+    (".mlp.fc1.", ".ffn.linear1."),
+    (".mlp.fc2.", ".ffn.linear2."),
+];
+
+/// Renames the transformer tensors of a Mimi name through [`MIMI_TRANSFORMER_NAMES`], from
+/// the published spelling to vaak's or (`to_published`) back; other names pass.
+fn rename_mimi(name: &str, to_published: bool) -> String {
     if !(name.starts_with("encoder_transformer.") || name.starts_with("decoder_transformer.")) {
         return name.to_string();
     }
-    name.replace(".input_layernorm.", ".norm1.")
-        .replace(".post_attention_layernorm.", ".norm2.")
-        .replace(".self_attn_layer_scale.", ".layer_scale_1.")
-        .replace(".mlp_layer_scale.", ".layer_scale_2.")
-        .replace(".mlp.fc1.", ".ffn.linear1.")
-        .replace(".mlp.fc2.", ".ffn.linear2.")
+    MIMI_TRANSFORMER_NAMES
+        .iter()
+        .fold(name.to_string(), |n, &(published, ours)| {
+            if to_published {
+                n.replace(ours, published)
+            } else {
+                n.replace(published, ours)
+            }
+        })
+}
+
+/// Maps a transformers Mimi tensor name onto vaak's transformer names; other names pass.
+pub fn mimi_name(name: &str) -> String {
+    rename_mimi(name, false)
+}
+
+/// The inverse of [`mimi_name`]: vaak's Mimi transformer names back to transformers'.
+pub fn published_mimi_name(name: &str) -> String {
+    rename_mimi(name, true)
 }

@@ -269,6 +269,35 @@ fn unsupported<T>(path: &str, field: &'static str, value: String, reason: &str) 
     })
 }
 
+/// The checks every transformers codec config shares: its `model_type`, when given, is the
+/// expected one (`model` = (model_type, name in messages)), and its SEANet convs can stream
+/// (causal, all trimming on the right).
+fn check_streamable(
+    path: &str,
+    (model_type, name): (&str, &str),
+    got_model_type: Option<&str>,
+    use_causal_conv: bool,
+    trim_right_ratio: f64,
+) -> Result<()> {
+    if let Some(mt) = got_model_type.filter(|mt| *mt != model_type) {
+        let expected = format!("expected \"{model_type}\"");
+        return unsupported(path, "model_type", mt.to_string(), &expected);
+    }
+    if !use_causal_conv {
+        let reason = format!("only causal {name} streams");
+        return unsupported(path, "use_causal_conv", "false".into(), &reason);
+    }
+    if trim_right_ratio != 1.0 {
+        return unsupported(
+            path,
+            "trim_right_ratio",
+            trim_right_ratio.to_string(),
+            "only 1.0 (all trimming on the right) is causal",
+        );
+    }
+    Ok(())
+}
+
 fn d_target_bandwidths() -> Vec<f64> {
     vec![1.5, 3.0, 6.0, 12.0, 24.0]
 }
@@ -374,25 +403,13 @@ impl HfEncodecConfig {
     /// Our config, or an error naming the first field vaak cannot stream.
     pub fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
         let unsupported = |field, value, reason| unsupported(path, field, value, reason);
-        if let Some(mt) = &self.model_type {
-            if mt != "encodec" {
-                return unsupported("model_type", mt.clone(), "expected \"encodec\"");
-            }
-        }
-        if !self.use_causal_conv {
-            return unsupported(
-                "use_causal_conv",
-                "false".into(),
-                "only causal EnCodec streams",
-            );
-        }
-        if self.trim_right_ratio != 1.0 {
-            return unsupported(
-                "trim_right_ratio",
-                self.trim_right_ratio.to_string(),
-                "only 1.0 (all trimming on the right) is causal",
-            );
-        }
+        check_streamable(
+            path,
+            ("encodec", "EnCodec"),
+            self.model_type.as_deref(),
+            self.use_causal_conv,
+            self.trim_right_ratio,
+        )?;
         if self.norm_type != "weight_norm" {
             return unsupported(
                 "norm_type",
@@ -636,25 +653,13 @@ impl HfMimiConfig {
     /// Our config, or an error naming the first field vaak cannot run.
     pub fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
         let unsupported = |field, value, reason| unsupported(path, field, value, reason);
-        if let Some(mt) = &self.model_type {
-            if mt != "mimi" {
-                return unsupported("model_type", mt.clone(), "expected \"mimi\"");
-            }
-        }
-        if !self.use_causal_conv {
-            return unsupported(
-                "use_causal_conv",
-                "false".into(),
-                "only causal Mimi streams",
-            );
-        }
-        if self.trim_right_ratio != 1.0 {
-            return unsupported(
-                "trim_right_ratio",
-                self.trim_right_ratio.to_string(),
-                "only 1.0 is causal",
-            );
-        }
+        check_streamable(
+            path,
+            ("mimi", "Mimi"),
+            self.model_type.as_deref(),
+            self.use_causal_conv,
+            self.trim_right_ratio,
+        )?;
         if self.attention_bias {
             return unsupported(
                 "attention_bias",

@@ -54,3 +54,24 @@ pub enum CodecError {
 }
 
 pub type Result<T> = std::result::Result<T, CodecError>;
+
+/// A name that is none of the valid ones (of a [`Preset`](crate::Preset), a
+/// [`TrainDtype`](crate::train::TrainDtype)): what `FromStr` says, listing the valid names.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {got:?}: expected one of {}", .valid.join(", "))]
+pub struct UnknownName {
+    /// What was named, e.g. "codec preset".
+    pub what: &'static str,
+    pub got: String,
+    pub valid: Vec<&'static str>,
+}
+
+impl From<UnknownName> for CodecError {
+    fn from(e: UnknownName) -> Self {
+        CodecError::BadInput {
+            what: e.what,
+            expected: format!("one of {}", e.valid.join(", ")),
+            got: e.got,
+        }
+    }
+}

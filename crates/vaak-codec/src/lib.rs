@@ -62,5 +62,5 @@ pub use codec::{save_vaak_checkpoint, Codec, CodecStreamer, CodecTrainOutput, Pr
 pub use config::{
     CodecConfig, HfEncodecConfig, HfMimiConfig, LatentTransformerConfig, PadMode, SeanetConfig,
 };
-pub use error::{CodecError, Result};
+pub use error::{CodecError, Result, UnknownName};
 pub use seanet::{EdgeMode, Seanet};

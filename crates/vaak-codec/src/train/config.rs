@@ -30,6 +30,40 @@ pub enum TrainDtype {
     Bf16,
 }
 
+impl TrainDtype {
+    /// Every precision, in the order `--help` lists them.
+    pub const ALL: [TrainDtype; 2] = [Self::F32, Self::Bf16];
+
+    /// The name in the YAML config and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Writes [`TrainDtype::name`], which [`std::str::FromStr`] reads back.
+impl std::fmt::Display for TrainDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TrainDtype {
+    type Err = crate::error::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| crate::error::UnknownName {
+                what: "training dtype",
+                got: s.to_string(),
+                valid: Self::ALL.map(Self::name).to_vec(),
+            })
+    }
+}
+
 /// Everything a codec training run needs besides the data and the output directory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -99,15 +99,17 @@ impl Report {
     /// The text table: one line per implementation, with vaak's speed-up over each peer.
     pub fn table(&self) -> String {
         let mut rows = vec![[
-            "case".to_string(),
-            "implementation".to_string(),
-            "threads".to_string(),
-            "time/pass".to_string(),
-            "throughput".to_string(),
-            "vaak speed-up".to_string(),
-        ]];
+            "case",
+            "implementation",
+            "threads",
+            "time/pass",
+            "throughput",
+            "vaak speed-up",
+        ]
+        .map(String::from)
+        .to_vec()];
         for c in &self.cases {
-            rows.push([
+            rows.push(vec![
                 c.case.clone(),
                 c.vaak.implementation.clone(),
                 c.vaak.threads.to_string(),
@@ -116,7 +118,7 @@ impl Report {
                 String::new(),
             ]);
             for p in &c.peers {
-                rows.push([
+                rows.push(vec![
                     String::new(),
                     p.implementation.clone(),
                     p.threads.to_string(),
@@ -126,24 +128,7 @@ impl Report {
                 ]);
             }
         }
-        let widths: Vec<usize> = (0..6)
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for (n, r) in rows.iter().enumerate() {
-            let line: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-            if n == 0 {
-                let total = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-                out.push_str(&"-".repeat(total));
-                out.push('\n');
-            }
-        }
+        let mut out = columns(&rows);
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
@@ -151,15 +136,59 @@ impl Report {
     }
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        write_json(path, self)
     }
+
+    /// Prints the table on stdout and writes the JSON to `path`.
+    pub fn emit(&self, path: &Path) -> Result<()> {
+        print!("{}", self.table());
+        self.write_json(path)
+    }
+}
+
+/// Writes `value` as pretty JSON to `path` (creating its directory; atomically, through a
+/// `.json.tmp` beside it) and says so on stderr.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Rows as left-aligned columns two spaces apart, with a dashed rule under the first (the
+/// header); trailing blanks trimmed.
+pub fn columns(rows: &[Vec<String>]) -> String {
+    let n_cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n_cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (n, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if n == 0 {
+            let total = widths.iter().sum::<usize>() + 2 * n_cols.saturating_sub(1);
+            out.push_str(&"-".repeat(total));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn fmt_secs(s: f64) -> String {

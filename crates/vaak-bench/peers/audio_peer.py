@@ -2,29 +2,18 @@
 libraries (soundfile, torchaudio, librosa, transformers, speechbrain).
 
 Run by `vaak bench audio` (embedded in the binary); by hand:
-    python tools/bench/audio_peer.py --files a.wav b.wav --threads 1 --json out.json
+    python crates/vaak-bench/peers/audio_peer.py --files a.wav b.wav --threads 1 --json out.json
 Prints nothing on success; writes {"cases": {case: [{"implementation", "seconds", "threads"}]}}.
 A library that is missing is skipped and named under "skipped".
 """
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import soundfile as sf
 
-
-def median_time(fn, min_time, min_iters=3, max_iters=1000):
-    fn()
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() - start < min_time):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+from bench_common import median_time
 
 
 def main():
@@ -42,7 +31,7 @@ def main():
 
     def add(case, impl, fn):
         cases.setdefault(case, []).append(
-            {"implementation": impl, "seconds": median_time(fn, args.min_time), "threads": args.threads}
+            {"implementation": impl, "seconds": median_time(fn, args.min_time)[0], "threads": args.threads}
         )
 
     def read_mono(path):

@@ -8,8 +8,8 @@
 //! length limit (`min_length = max_length`), so every row generates exactly
 //! `--new-tokens` tokens in both implementations; the notes say whether the ids agree.
 
-use super::peer;
-use super::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
+use crate::peer::{self, PeerArgs, PeerTimingArgs};
+use crate::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use vaak_nn::weights::WeightLocation;
 use vaak_teachers::mt::generate::{generate, EarlyStopping, GenerationParams, MaxLength};
 use vaak_teachers::mt::m2m100::{M2m100LoadOptions, M2m100Model};
 
-const PEER_SCRIPT: &str = include_str!("../../../../tools/bench/mt_peer.py");
+const PEER_SCRIPT: &str = include_str!("../peers/mt_peer.py");
 const TINY: &str = "tools/fixtures/data/mt_m2m100/m2m";
 
 #[derive(Args)]
@@ -36,18 +36,10 @@ pub struct MtBenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-mt.json")]
     json: PathBuf,
-    /// Minimum measuring time per case, in seconds (after one warm-up pass).
-    #[arg(long, default_value_t = 0.5)]
-    min_time: f64,
-    /// Thread count for the PyTorch peer (default: all logical CPUs, as candle uses).
-    #[arg(long)]
-    peer_threads: Option<usize>,
-    /// Python interpreter with the peer libraries.
-    #[arg(long)]
-    python: Option<PathBuf>,
-    /// Skip the Python peer.
-    #[arg(long)]
-    no_peer: bool,
+    #[command(flatten)]
+    timing: PeerTimingArgs,
+    #[command(flatten)]
+    peer: PeerArgs,
 }
 
 /// Seeded source rows: `[lang] tokens... </s>`, 8 to 24 ids, tokens drawn below `lang`.
@@ -82,23 +74,12 @@ struct Case {
 
 pub fn run(args: MtBenchArgs) -> Result<()> {
     let timing = Timing {
-        min_time: Duration::from_secs_f64(args.min_time),
+        min_time: Duration::from_secs_f64(args.timing.min_time),
         min_iters: 3,
         max_iters: 100,
     };
     let mut notes = Vec::new();
-    let python = if args.no_peer {
-        notes.push("peer skipped (--no-peer)".to_string());
-        None
-    } else {
-        match peer::find_python(args.python.as_deref()) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                notes.push(e);
-                None
-            }
-        }
-    };
+    let python = args.peer.interpreter("peer", &mut notes);
     let tmp = tempfile::tempdir().context("creating a temp dir")?;
     let mut models: Vec<(String, PathBuf)> = args
         .models
@@ -184,7 +165,10 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
                     &cases_path,
                     serde_json::to_vec(&serde_json::json!({"cases": list}))?,
                 )?;
-                let threads = args.peer_threads.unwrap_or(Machine::here().logical_cpus);
+                let threads = args
+                    .timing
+                    .peer_threads
+                    .unwrap_or(Machine::here().logical_cpus);
                 eprintln!("bench mt: measuring transformers on {label} ...");
                 let a = vec![
                     "--model".to_string(),
@@ -194,23 +178,23 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
                     "--threads".to_string(),
                     threads.to_string(),
                     "--min-time".to_string(),
-                    args.min_time.to_string(),
+                    args.timing.min_time.to_string(),
                 ];
                 match peer::run_script(py, "mt_peer.py", PEER_SCRIPT, &a) {
                     Ok(v) => {
                         if let Some(o) = v["cases"].as_object() {
                             out.extend(o.clone());
                         }
-                        if let Some(vs) = v["versions"].as_object() {
-                            notes.push(format!("peer versions: {vs:?}"));
-                        }
+                        notes.extend(peer::versions_note(&v));
                     }
                     Err(e) => notes.push(format!("Python peer failed on {label}: {e:#}")),
                 }
             }
             Some((
                 out,
-                args.peer_threads.unwrap_or(Machine::here().logical_cpus),
+                args.timing
+                    .peer_threads
+                    .unwrap_or(Machine::here().logical_cpus),
             ))
         }
         _ => None,
@@ -280,8 +264,5 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
         cases,
         notes,
     };
-    print!("{}", report.table());
-    report.write_json(&args.json)?;
-    eprintln!("wrote {}", args.json.display());
-    Ok(())
+    report.emit(&args.json)
 }

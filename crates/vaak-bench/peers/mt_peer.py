@@ -12,19 +12,8 @@ Two modes (run by `vaak bench mt`, embedded in the binary):
 
 import argparse
 import json
-import statistics
-import time
 
-
-def median_time(fn, min_time, min_iters=3, max_iters=100):
-    out = fn()
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() - start < min_time):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples), out
+from bench_common import median_time
 
 
 def make_mid(path):
@@ -82,7 +71,7 @@ def main():
                                       min_length=c["max_length"],
                                       forced_bos_token_id=c["forced_bos"])
 
-        seconds, res = median_time(run, args.min_time)
+        seconds, res = median_time(run, args.min_time, max_iters=100)
         out[c["name"]] = {"seconds": seconds, "ids": res.tolist()}
     with open(args.json, "w") as f:
         json.dump({"cases": out, "versions": {"torch": torch.__version__,

@@ -2,10 +2,10 @@
 (PyTorch, CPU) on the same converter checkpoints and the same clips as vaak.
 
 Two modes, both run by `vaak bench vc` (embedded in the binary):
-    python tools/bench/vc_peer.py --make-full DIR --json out.json
+    python crates/vaak-bench/peers/vc_peer.py --make-full DIR --json out.json
         writes a seeded random full-size converter (the published V2 config.json sizes) as
         DIR/config.json + DIR/checkpoint.pth ({'model': state_dict}, weight_g/weight_v).
-    python tools/bench/vc_peer.py --converter NAME=DIR ... --clips a.wav b.wav ... \
+    python crates/vaak-bench/peers/vc_peer.py --converter NAME=DIR ... --clips a.wav b.wav ... \
             --reference ref.wav --counts 1 8 32 --threads N --min-time 0.5 --json out.json
         times `spectrogram_torch` + `SynthesizerTrn.voice_conversion` (tau 0.3) over the first
         `count` clips, one clip per call as ToneColorConverter.convert does; writes
@@ -15,12 +15,12 @@ Needs: pip install --no-deps openvoice-cli==0.0.5.
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import soundfile as sf
 import torch
+
+from bench_common import median_time
 
 FULL_CONFIG = {
     "_version_": "v2",
@@ -33,17 +33,6 @@ FULL_CONFIG = {
               "upsample_rates": [8, 8, 2, 2], "upsample_initial_channel": 512,
               "upsample_kernel_sizes": [16, 16, 4, 4], "gin_channels": 256},
 }
-
-
-def median_time(fn, min_time, min_iters, max_iters=1000):
-    fn()
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() - start < min_time):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def make_full(out_dir):
@@ -118,7 +107,7 @@ def main():
                 min_iters = 3 if n == 1 else 1
                 cases[f"{name} x{n}"] = [{
                     "implementation": "PyTorch openvoice-cli",
-                    "seconds": median_time(lambda: run(n), args.min_time, min_iters),
+                    "seconds": median_time(lambda: run(n), args.min_time, min_iters)[0],
                     "threads": args.threads,
                 }]
     meta = {"torch": torch.__version__, "openvoice-cli": "0.0.5"}

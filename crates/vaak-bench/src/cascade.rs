@@ -21,7 +21,7 @@ use vaak_teachers::mt::loopback::LoopbackChatServer;
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
 use vaak_teachers::{Lang, Tts, TtsRequest};
 
-use super::report::Machine;
+use crate::report::{write_json, Machine};
 
 #[derive(Args)]
 pub struct CascadeBenchArgs {
@@ -127,10 +127,7 @@ pub fn run(args: CascadeBenchArgs) -> Result<()> {
         peak_rss_mib: peak_rss_mib(),
     };
     print!("{}", table(&report));
-    let text = serde_json::to_vec_pretty(&report)?;
-    std::fs::write(&args.json, text).with_context(|| format!("writing {}", args.json.display()))?;
-    eprintln!("wrote {}", args.json.display());
-    Ok(())
+    write_json(&args.json, &report)
 }
 
 fn table(r: &CascadeReport) -> String {

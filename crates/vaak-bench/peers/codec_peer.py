@@ -14,7 +14,7 @@ Two modes:
   and keeps the newest frame's samples; the JSON says so.
 
 Run by `vaak bench codec` (embedded in the binary); by hand:
-  /work/fxvenv/bin/python tools/bench/codec_peer.py --make-weights /tmp/mimi-random
+  /work/fxvenv/bin/python crates/vaak-bench/peers/codec_peer.py --make-weights /tmp/mimi-random
 """
 
 import argparse

@@ -1,6 +1,15 @@
-//! `vaak bench ...`: measured, not asserted. Each benchmark prints a table, writes JSON, and
-//! runs a peer implementation (PyTorch and friends from the fixture venv) on the same inputs in
-//! the same run, so that the reported ratio compares like with like on this machine.
+//! vaak-bench: `vaak bench ...`, measured, not asserted. Each benchmark prints a table, writes
+//! JSON, and runs a peer implementation (PyTorch and friends from the fixture venv, or
+//! candle-transformers) on the same inputs in the same run, so that the reported ratio compares
+//! like with like on this machine.
+//!
+//! The `vaak` binary mounts [`BenchCommand`] as its `bench` subcommand and calls [`run`]. The
+//! Python peers live in `crates/vaak-bench/peers/` and are embedded in the binary, so the
+//! benchmarks work from any directory; only the interpreter is looked up (see [`peer`]).
+//!
+//! `bench codec` measures each thread count in a child process: it re-runs the current
+//! executable as `<exe> bench codec --child-out ...` ([`CODEC_CHILD_COMMAND`]), so a binary
+//! that embeds this crate must route that command line back to [`run`].
 
 mod audio;
 mod cascade;
@@ -10,31 +19,39 @@ pub mod peer;
 pub mod report;
 mod vc;
 
+pub use audio::{speechlike, AudioBenchArgs};
+pub use cascade::CascadeBenchArgs;
+pub use codec::{CodecBenchArgs, CODEC_CHILD_COMMAND};
+pub use mt::MtBenchArgs;
+pub use vc::VcBenchArgs;
+
 use anyhow::Result;
 use clap::Subcommand;
 
+/// The benchmarks, as clap subcommands (`vaak bench <name> --help` documents each).
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Decode+resample, Whisper log-mel, Kaldi fbank and speechbrain Fbank throughput, against
     /// soundfile/torchaudio/librosa/transformers/speechbrain when the fixture venv is present.
-    Audio(audio::AudioBenchArgs),
+    Audio(AudioBenchArgs),
     /// The whole teacher cascade over a sample manifest (espeak-ng speech + broken rows, tiny
     /// fixture teachers by default): samples/s, audio hours per hour, time per stage, the share
     /// inside model calls against orchestration, and peak memory.
-    Cascade(cascade::CascadeBenchArgs),
+    Cascade(CascadeBenchArgs),
     /// Codec streaming latency per frame (mean/p50/p95) and real-time factor at 1 and 2
     /// threads: vaak's mimi and vaak-16k against candle-transformers' Mimi and transformers'
     /// MimiModel on the same random full-size weights; code agreement; vaak-16k frame rates.
-    Codec(codec::CodecBenchArgs),
+    Codec(CodecBenchArgs),
     /// OpenVoice V2 tone-colour conversion: real-time factor at 1, 8 and 32 clips for the tiny
     /// fixture and a random full-size converter, against openvoice-cli (PyTorch) on the same
     /// weights.
-    Vc(vc::VcBenchArgs),
+    Vc(VcBenchArgs),
     /// M2M-100 generation (sentences/s, tokens/s) at batch 1/8/32 on the tiny fixture and a
     /// random mid-size model, against transformers' generate() on the same weights.
-    Mt(mt::MtBenchArgs),
+    Mt(MtBenchArgs),
 }
 
+/// Runs one benchmark: prints its table on stdout, progress on stderr, and writes its JSON.
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Audio(args) => audio::run(args),

@@ -3,9 +3,9 @@
 //! transformers' `MimiModel`, on the same audio and the same random full-size Mimi weights.
 //!
 //! - Weights: a full-size kyutai/mimi architecture with seeded random weights and data-fitted
-//!   codebooks, made once by the Python peer (`tools/bench/codec_peer.py --make-weights`) when
-//!   the fixture venv exists, else here from a `VarMap` (random, non-zero codebooks) and saved
-//!   under the published names. Either way: `config.json` + `model.safetensors` in a cache dir.
+//!   codebooks, made once by the Python peer (`crates/vaak-bench/peers/codec_peer.py
+//!   --make-weights`) when the fixture venv exists, else here from a `VarMap` (random, non-zero
+//!   codebooks) and saved under the published names. Either way: `config.json` + `model.safetensors` in a cache dir.
 //! - Threads: candle sizes its gemm and rayon pools from `RAYON_NUM_THREADS`, read once per
 //!   process for rayon; so each thread count runs in a child process of this binary with the
 //!   variable set, and the child reports `candle_core::utils::get_num_threads()` to show it took
@@ -15,8 +15,9 @@
 //! - Codes: the streamed codes of the three Mimi implementations are compared (sanity check that
 //!   they run the same model).
 
-use super::peer;
-use super::report::Machine;
+use crate::audio::speechlike;
+use crate::peer::{self, PeerArgs};
+use crate::report::{columns, write_json, Machine};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -27,11 +28,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
+use vaak_codec::codec::published_mimi_name;
 use vaak_codec::{Codec, CodecConfig, HfMimiConfig, Preset};
 use vaak_nn::streaming::StreamMask;
 use vaak_nn::weights::LoadOptions;
 
-const PEER_SCRIPT: &str = include_str!("../../../../tools/bench/codec_peer.py");
+const PEER_SCRIPT: &str = include_str!("../peers/codec_peer.py");
+
+/// How `bench codec` re-runs the current executable to measure one thread count in a child
+/// process: `<exe> bench codec --child-out ... --input-wav ... --weights-dir ...`.
+pub const CODEC_CHILD_COMMAND: [&str; 2] = ["bench", "codec"];
 
 /// Full-size kyutai/mimi architecture (transformers' `MimiConfig()` defaults, frame rate 12.5).
 const MIMI_CONFIG: &str = r#"{"architectures": ["MimiModel"], "attention_bias": false,
@@ -52,6 +58,15 @@ const MIMI_CONFIG: &str = r#"{"architectures": ["MimiModel"], "attention_bias": 
 const WARMUP_FRAMES: usize = 3;
 
 #[derive(Args)]
+#[command(
+    mut_arg("python", |a| a.help(
+        "Python interpreter with torch + transformers (default: $VAAK_PYTHON, then \
+         tools/fixtures/.venv/bin/python)"
+    )),
+    mut_arg("no_peer", |a| a.help(
+        "Skip the Python peer (the weights are then made in Rust if not cached)"
+    ))
+)]
 pub struct CodecBenchArgs {
     /// Seconds of (seeded, speech-like) input audio; 4 s = 50 Mimi frames.
     #[arg(long, default_value_t = 4.0)]
@@ -80,13 +95,8 @@ pub struct CodecBenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-codec.json")]
     json: PathBuf,
-    /// Python interpreter with torch + transformers (default: $VAAK_PYTHON, then
-    /// tools/fixtures/.venv/bin/python).
-    #[arg(long)]
-    python: Option<PathBuf>,
-    /// Skip the Python peer (the weights are then made in Rust if not cached).
-    #[arg(long)]
-    no_peer: bool,
+    #[command(flatten)]
+    peer: PeerArgs,
     /// Internal: measure in this process and write the rows here (set by the parent).
     #[arg(long, hide = true)]
     child_out: Option<PathBuf>,
@@ -459,19 +469,6 @@ fn rust_weights(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Inverse of vaak-codec's loader renaming: vaak's transformer names back to transformers'.
-fn published_mimi_name(name: &str) -> String {
-    if !(name.starts_with("encoder_transformer.") || name.starts_with("decoder_transformer.")) {
-        return name.to_string();
-    }
-    name.replace(".norm1.", ".input_layernorm.")
-        .replace(".norm2.", ".post_attention_layernorm.")
-        .replace(".layer_scale_1.", ".self_attn_layer_scale.")
-        .replace(".layer_scale_2.", ".mlp_layer_scale.")
-        .replace(".ffn.linear1.", ".mlp.fc1.")
-        .replace(".ffn.linear2.", ".mlp.fc2.")
-}
-
 /// Code agreement of two streams over the frames both have.
 #[derive(Debug, PartialEq)]
 struct Agreement {
@@ -513,18 +510,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
         return child(&args, &out);
     }
     let mut notes = Vec::new();
-    let python = if args.no_peer {
-        notes.push("transformers peer skipped (--no-peer)".to_string());
-        None
-    } else {
-        match peer::find_python(args.python.as_deref()) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                notes.push(format!("transformers peer skipped: {why}"));
-                None
-            }
-        }
-    };
+    let python = args.peer.interpreter("transformers peer", &mut notes);
 
     let weights = args.weights_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("vaak-bench-mimi-random-seed{}", args.seed))
@@ -564,7 +550,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
 
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let wav = dir.path().join("input_24k.wav");
-    let audio = super::audio::speechlike(args.seconds, 24_000, args.seed);
+    let audio = speechlike(args.seconds, 24_000, args.seed);
     write_wav(&wav, &audio, 24_000, WavFormat::Float32)?;
 
     let exe = std::env::current_exe().context("locating the vaak binary")?;
@@ -574,7 +560,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
         let out = dir.path().join(format!("child_{t}.json"));
         let mut cmd = Command::new(&exe);
         cmd.env("RAYON_NUM_THREADS", t.to_string())
-            .args(["bench", "codec"])
+            .args(CODEC_CHILD_COMMAND)
             .arg("--child-out")
             .arg(&out)
             .arg("--input-wav")
@@ -641,13 +627,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
                 for n in v["notes"].as_array().into_iter().flatten() {
                     notes.extend(n.as_str().map(str::to_string));
                 }
-                if let Some(vs) = v["versions"].as_object() {
-                    let list: Vec<String> = vs
-                        .iter()
-                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
-                        .collect();
-                    notes.push(format!("peer versions: {}", list.join(", ")));
-                }
+                notes.extend(peer::versions_note(&v));
             }
         }
     }
@@ -689,13 +669,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
         "code_agreement": agree,
         "notes": notes,
     });
-    if let Some(d) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    eprintln!("wrote {}", args.json.display());
-    Ok(())
+    write_json(&args.json, &report)
 }
 
 /// One line per (case, implementation, threads); peers carry `vaak / peer` of mean latency.
@@ -760,29 +734,7 @@ fn table(rows: &[Row], agree: &[serde_json::Value], notes: &[String]) -> String 
             first = false;
         }
     }
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (n, r) in cells.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-        if n == 0 {
-            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-            out.push('\n');
-        }
-    }
+    let mut out = columns(&cells);
     for a in agree {
         out.push_str(&format!(
             "codes: {} vs {}: {:.1}% equal over {} (frame, codebook) pairs; {} distinct codes; \

@@ -7,8 +7,9 @@
 //! first 1, 8 or 32 clips, one clip per call as upstream does, from a precomputed source and
 //! target embedding; the time covers the spectrogram and the network, not resampling.
 
-use super::peer;
-use super::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
+use crate::audio::speechlike;
+use crate::peer::{self, PeerArgs, PeerTimingArgs};
+use crate::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -17,10 +18,23 @@ use vaak_audio::io::{write_wav, WavFormat};
 use vaak_teachers::vc::{ConverterOptions, ToneColorConverter, DEFAULT_TAU};
 use vaak_teachers::AudioRef;
 
-const PEER_SCRIPT: &str = include_str!("../../../../tools/bench/vc_peer.py");
+const PEER_SCRIPT: &str = include_str!("../peers/vc_peer.py");
 const RATE: u32 = 22_050;
 
 #[derive(Args)]
+#[command(
+    mut_arg("python", |a| a.help(
+        "Python interpreter with torch and openvoice-cli (default: $VAAK_PYTHON, then \
+         tools/fixtures/.venv/bin/python)"
+    )),
+    mut_arg("no_peer", |a| a.help("Skip the Python peer (and so the full-size converter)")),
+    mut_arg("peer_threads", |a| a.help(
+        "Thread count for the PyTorch peer (default: as many as candle uses, which is \
+         $RAYON_NUM_THREADS or all logical CPUs). On a busy machine prefer 1 for both \
+         (RAYON_NUM_THREADS=1 --peer-threads 1): OpenMP spin-waits collapse under \
+         oversubscription"
+    ))
+)]
 pub struct VcBenchArgs {
     /// The tiny fixture converter directory.
     #[arg(long, default_value = "tools/fixtures/data/openvoice/converter")]
@@ -40,30 +54,19 @@ pub struct VcBenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-vc.json")]
     json: PathBuf,
-    /// Minimum measuring time per case, in seconds (after one warm-up pass).
-    #[arg(long, default_value_t = 0.5)]
-    min_time: f64,
-    /// Thread count for the PyTorch peer (default: as many as candle uses, which is
-    /// $RAYON_NUM_THREADS or all logical CPUs). On a busy machine prefer 1 for both
-    /// (RAYON_NUM_THREADS=1 --peer-threads 1): OpenMP spin-waits collapse under oversubscription.
-    #[arg(long)]
-    peer_threads: Option<usize>,
-    /// Python interpreter with torch and openvoice-cli (default: $VAAK_PYTHON, then
-    /// tools/fixtures/.venv/bin/python).
-    #[arg(long)]
-    python: Option<PathBuf>,
-    /// Skip the Python peer (and so the full-size converter).
-    #[arg(long)]
-    no_peer: bool,
+    #[command(flatten)]
+    timing: PeerTimingArgs,
+    #[command(flatten)]
+    peer: PeerArgs,
 }
 
 pub fn run(args: VcBenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir().context("creating a temp dir")?;
     let n_clips = args.counts.iter().copied().max().unwrap_or(1).max(1);
     let clips: Vec<Vec<f32>> = (0..n_clips)
-        .map(|i| super::audio::speechlike(args.clip_seconds, RATE, i as u64))
+        .map(|i| speechlike(args.clip_seconds, RATE, i as u64))
         .collect();
-    let reference = super::audio::speechlike(3.0, RATE, 1000);
+    let reference = speechlike(3.0, RATE, 1000);
     let mut clip_files = Vec::new();
     for (i, c) in clips.iter().enumerate() {
         let p = tmp.path().join(format!("clip_{i}.wav"));
@@ -74,18 +77,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
     write_wav(&ref_file, &reference, RATE, WavFormat::Float32)?;
 
     let mut notes = Vec::new();
-    let python = if args.no_peer {
-        notes.push("peer skipped (--no-peer)".to_string());
-        None
-    } else {
-        match peer::find_python(args.python.as_deref()) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                notes.push(why);
-                None
-            }
-        }
-    };
+    let python = args.peer.interpreter("peer", &mut notes);
 
     let mut converters: Vec<(String, PathBuf)> = vec![("tiny".into(), args.tiny.clone())];
     for spec in &args.converters {
@@ -114,7 +106,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
     }
 
     let timing = |n: usize| Timing {
-        min_time: Duration::from_secs_f64(args.min_time),
+        min_time: Duration::from_secs_f64(args.timing.min_time),
         min_iters: if n == 1 { 3 } else { 1 },
         max_iters: 1000,
     };
@@ -162,7 +154,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
 
     if let Some(py) = &python {
         eprintln!("bench vc: measuring the PyTorch peer...");
-        let peer_threads = args.peer_threads.unwrap_or(threads);
+        let peer_threads = args.timing.peer_threads.unwrap_or(threads);
         let mut pa: Vec<String> = Vec::new();
         for (name, dir) in &converters {
             pa.extend(["--converter".into(), format!("{name}={}", dir.display())]);
@@ -176,7 +168,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
             "--threads".into(),
             peer_threads.to_string(),
             "--min-time".into(),
-            args.min_time.to_string(),
+            args.timing.min_time.to_string(),
         ]);
         match peer::run_script(py, "vc_peer.py", PEER_SCRIPT, &pa) {
             Err(e) => notes.push(format!("Python peer failed: {e:#}")),
@@ -189,26 +181,10 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(1.0);
                     let audio_s = n * args.clip_seconds;
-                    for p in v["cases"][&c.case].as_array().into_iter().flatten() {
-                        if let (Some(name), Some(seconds)) =
-                            (p["implementation"].as_str(), p["seconds"].as_f64())
-                        {
-                            c.peers.push(Measurement {
-                                implementation: name.into(),
-                                seconds,
-                                throughput: audio_s / seconds,
-                                threads: p["threads"].as_u64().unwrap_or(1) as usize,
-                            });
-                        }
-                    }
+                    c.peers
+                        .extend(peer::measurements(&v["cases"][&c.case], audio_s));
                 }
-                if let Some(vs) = v["versions"].as_object() {
-                    let list: Vec<String> = vs
-                        .iter()
-                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
-                        .collect();
-                    notes.push(format!("peer versions: {}", list.join(", ")));
-                }
+                notes.extend(peer::versions_note(&v));
             }
         }
     }
@@ -226,8 +202,5 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
         cases,
         notes,
     };
-    print!("{}", report.table());
-    report.write_json(&args.json)?;
-    eprintln!("wrote {}", args.json.display());
-    Ok(())
+    report.emit(&args.json)
 }

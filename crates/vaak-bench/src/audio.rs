@@ -1,14 +1,14 @@
 //! `vaak bench audio`: decode+resample and feature throughput, vaak against its Python peers.
 
-use super::peer;
-use super::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
+use crate::peer::{self, PeerArgs};
+use crate::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
 
-const PEER_SCRIPT: &str = include_str!("../../../../tools/bench/audio_peer.py");
+const PEER_SCRIPT: &str = include_str!("../peers/audio_peer.py");
 
 #[derive(Args)]
 pub struct AudioBenchArgs {
@@ -31,13 +31,8 @@ pub struct AudioBenchArgs {
     /// Thread count for the PyTorch peer (vaak's audio path is single-threaded).
     #[arg(long, default_value_t = 1)]
     peer_threads: usize,
-    /// Python interpreter with the peer libraries (default: $VAAK_PYTHON, then
-    /// tools/fixtures/.venv/bin/python).
-    #[arg(long)]
-    python: Option<PathBuf>,
-    /// Skip the Python peer.
-    #[arg(long)]
-    no_peer: bool,
+    #[command(flatten)]
+    peer: PeerArgs,
 }
 
 pub fn run(args: AudioBenchArgs) -> Result<()> {
@@ -123,29 +118,22 @@ pub fn run(args: AudioBenchArgs) -> Result<()> {
     push("speechbrain Fbank 80", vaak("vaak SpeechbrainFbank", t));
 
     let mut notes = Vec::new();
-    if args.no_peer {
-        notes.push("peer skipped (--no-peer)".to_string());
-    } else {
-        match peer::find_python(args.python.as_deref()) {
-            Err(why) => notes.push(why),
-            Ok(python) => {
-                eprintln!(
-                    "bench audio: measuring the Python peer ({})...",
-                    python.display()
-                );
-                let mut peer_args = vec!["--files".to_string()];
-                peer_args.extend(files.iter().map(|f| f.display().to_string()));
-                peer_args.extend([
-                    "--threads".into(),
-                    args.peer_threads.to_string(),
-                    "--min-time".into(),
-                    args.min_time.to_string(),
-                ]);
-                match peer::run_script(&python, "audio_peer.py", PEER_SCRIPT, &peer_args) {
-                    Err(e) => notes.push(format!("Python peer failed: {e:#}")),
-                    Ok(v) => attach_peers(&mut cases, &v, audio_s, &mut notes),
-                }
-            }
+    if let Some(python) = args.peer.interpreter("peer", &mut notes) {
+        eprintln!(
+            "bench audio: measuring the Python peer ({})...",
+            python.display()
+        );
+        let mut peer_args = vec!["--files".to_string()];
+        peer_args.extend(files.iter().map(|f| f.display().to_string()));
+        peer_args.extend([
+            "--threads".into(),
+            args.peer_threads.to_string(),
+            "--min-time".into(),
+            args.min_time.to_string(),
+        ]);
+        match peer::run_script(&python, "audio_peer.py", PEER_SCRIPT, &peer_args) {
+            Err(e) => notes.push(format!("Python peer failed: {e:#}")),
+            Ok(v) => attach_peers(&mut cases, &v, audio_s, &mut notes),
         }
     }
 
@@ -160,10 +148,7 @@ pub fn run(args: AudioBenchArgs) -> Result<()> {
         cases,
         notes,
     };
-    print!("{}", report.table());
-    report.write_json(&args.json)?;
-    eprintln!("wrote {}", args.json.display());
-    Ok(())
+    report.emit(&args.json)
 }
 
 fn attach_peers(
@@ -173,22 +158,12 @@ fn attach_peers(
     notes: &mut Vec<String>,
 ) {
     for c in cases.iter_mut() {
-        let Some(list) = v["cases"][&c.case].as_array() else {
+        let rows = &v["cases"][&c.case];
+        if !rows.is_array() {
             notes.push(format!("peer has no result for '{}'", c.case));
             continue;
-        };
-        for p in list {
-            let (Some(name), Some(seconds)) = (p["implementation"].as_str(), p["seconds"].as_f64())
-            else {
-                continue;
-            };
-            c.peers.push(Measurement {
-                implementation: name.to_string(),
-                seconds,
-                throughput: audio_s / seconds,
-                threads: p["threads"].as_u64().unwrap_or(1) as usize,
-            });
         }
+        c.peers.extend(peer::measurements(rows, audio_s));
     }
     if let Some(skipped) = v["skipped"].as_array() {
         for s in skipped.iter().filter_map(|s| s.as_str()) {
@@ -197,13 +172,7 @@ fn attach_peers(
             ));
         }
     }
-    if let Some(versions) = v["versions"].as_object() {
-        let list: Vec<String> = versions
-            .iter()
-            .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
-            .collect();
-        notes.push(format!("peer versions: {}", list.join(", ")));
-    }
+    notes.extend(peer::versions_note(v));
 }
 
 /// A seeded speech-like corpus: a glottal-ish harmonic source with a gliding pitch, syllable

@@ -1,7 +1,6 @@
 //! Training vaak's own codec (`vaak train codec`).
 //!
 //! - [`stft`]: a differentiable STFT (framing, then a real FFT on the CPU or one matmul).
-//! - [`fastconv`]: im2col/col2im custom ops for the codec's convs in training (CPU f32).
 //! - [`loss`]: multi-resolution STFT and multi-scale mel losses.
 //! - [`data`]: audio clips in memory, seeded random crops with augmentation, a held-out split.
 //! - [`config`]: the YAML training config with embedded defaults.
@@ -21,7 +20,6 @@ pub mod config;
 pub mod conv2d;
 pub mod data;
 pub mod disc;
-pub mod fastconv;
 pub mod loss;
 pub mod plots;
 pub mod stft;

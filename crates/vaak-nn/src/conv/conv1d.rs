@@ -1,6 +1,6 @@
 //! [`CausalConv1d`]: a causal, optionally strided / dilated / grouped conv that streams.
 
-use candle_core::{bail, Module, Result, Tensor};
+use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{add_bias, check_input, check_mask, check_params, load_params, CausalConvConfig};
@@ -8,10 +8,13 @@ use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 
 const NAME: &str = "CausalConv1d";
 
-/// `conv1d` (PyTorch semantics, symmetric zero `padding`) written as an explicit im2col and
-/// one rank-2 matmul per group, so that its gradients come from candle's matmul / narrow / cat
-/// backward passes, which are right, rather than from candle 0.11.1's conv1d backward, which
-/// is wrong for batch > 1 on the CPU.
+/// `conv1d` (PyTorch semantics, symmetric zero `padding`) with correct gradients: an explicit
+/// im2col and one rank-2 matmul per group, so that its gradients never come from candle
+/// 0.11.1's conv1d backward, which is wrong for batch > 1 on the CPU.
+///
+/// On the CPU with f32 input and weight the im2col is one custom op whose backward is its
+/// exact adjoint (col2im), much cheaper to differentiate; elsewhere (CUDA, Metal, other
+/// dtypes) it is [`conv1d_composed`]. Both compute the same function to float rounding.
 ///
 /// `x` is `[batch, in, L]`, `w` is `[out, in / groups, k]`; the result is
 /// `[batch, out, (L + 2 * padding - dilation * (k - 1) - 1) / stride + 1]`.
@@ -23,22 +26,67 @@ pub fn conv1d_differentiable(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    const F: &str = "conv1d_differentiable";
+    check_conv1d(
+        "conv1d_differentiable",
+        x,
+        w,
+        padding,
+        stride,
+        dilation,
+        groups,
+    )?;
+    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+    if !cpu_f32 {
+        return composed(x, w, padding, stride, dilation, groups);
+    }
+    let x = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+    } else {
+        x.clone()
+    };
+    super::im2col::conv1d_cpu_f32(&x, w, stride, dilation, groups)
+}
+
+/// [`conv1d_differentiable`]'s portable formulation, on any device and dtype: the im2col out
+/// of `k` narrowed slices, a cat and a permute, so that autograd differentiates plain candle
+/// ops. It is also the reference the CPU fast path is tested against.
+pub fn conv1d_composed(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    check_conv1d("conv1d_composed", x, w, padding, stride, dilation, groups)?;
+    composed(x, w, padding, stride, dilation, groups)
+}
+
+/// Rejects zero sizes, weights that do not fit the input and inputs shorter than the kernel.
+fn check_conv1d(
+    f: &str,
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<()> {
     if stride == 0 || dilation == 0 || groups == 0 {
-        bail!("{F}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
+        bail!("{f}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
     }
     if x.rank() != 3 || w.rank() != 3 {
         bail!(
-            "{F}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
+            "{f}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
             x.dims(),
             w.dims()
         );
     }
-    let (b, c_in, l) = x.dims3()?;
+    let (_, c_in, l) = x.dims3()?;
     let (c_out, c_in_g, k) = w.dims3()?;
     if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {
         bail!(
-            "{F}: weight {:?} does not fit input {:?} with {groups} groups",
+            "{f}: weight {:?} does not fit input {:?} with {groups} groups",
             w.dims(),
             x.dims()
         );
@@ -46,9 +94,24 @@ pub fn conv1d_differentiable(
     let k_eff = dilation * (k - 1) + 1;
     let l_pad = l + 2 * padding;
     if l_pad < k_eff {
-        bail!("{F}: input of length {l} (+ 2 x {padding} padding) is shorter than the kernel span {k_eff}");
+        bail!("{f}: input of length {l} (+ 2 x {padding} padding) is shorter than the kernel span {k_eff}");
     }
-    let l_out = (l_pad - k_eff) / stride + 1;
+    Ok(())
+}
+
+/// The slice-and-cat im2col of [`conv1d_composed`] (arguments checked).
+fn composed(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (b, c_in, l) = x.dims3()?;
+    let (c_out, c_in_g, k) = w.dims3()?;
+    let k_eff = dilation * (k - 1) + 1;
+    let l_out = (l + 2 * padding - k_eff) / stride + 1;
     let x = x.pad_with_zeros(2, padding, padding)?;
     let taps = (0..k)
         .map(|j| {

@@ -26,25 +26,23 @@ pub fn conv1d_differentiable(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    check_conv1d(
-        "conv1d_differentiable",
-        x,
-        w,
+    let spec = Spec {
         padding,
         stride,
         dilation,
         groups,
-    )?;
-    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
-    if !cpu_f32 {
-        return composed(x, w, padding, stride, dilation, groups);
+    };
+    spec.check("conv1d_differentiable", x, w)?;
+    if !(x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
+        return spec.composed(x, w);
     }
     let x = if padding > 0 {
         x.pad_with_zeros(2, padding, padding)?
     } else {
         x.clone()
     };
-    super::im2col::conv1d_cpu_f32(&x, w, stride, dilation, groups)
+    let cols = super::im2col::im2col_cpu_f32(&x, w.dim(2)?, stride, dilation)?;
+    cols_times_weight(&cols, w, groups, x.dim(0)?)?.contiguous()
 }
 
 /// [`conv1d_differentiable`]'s portable formulation, on any device and dtype: the im2col out
@@ -58,91 +56,118 @@ pub fn conv1d_composed(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    check_conv1d("conv1d_composed", x, w, padding, stride, dilation, groups)?;
-    composed(x, w, padding, stride, dilation, groups)
+    let spec = Spec {
+        padding,
+        stride,
+        dilation,
+        groups,
+    };
+    spec.check("conv1d_composed", x, w)?;
+    spec.composed(x, w)
 }
 
-/// Rejects zero sizes, weights that do not fit the input and inputs shorter than the kernel.
-fn check_conv1d(
-    f: &str,
-    x: &Tensor,
-    w: &Tensor,
+/// A `conv1d`'s options (PyTorch's).
+#[derive(Clone, Copy, Debug)]
+struct Spec {
     padding: usize,
     stride: usize,
     dilation: usize,
     groups: usize,
-) -> Result<()> {
-    if stride == 0 || dilation == 0 || groups == 0 {
-        bail!("{f}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
-    }
-    if x.rank() != 3 || w.rank() != 3 {
-        bail!(
-            "{f}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
-            x.dims(),
-            w.dims()
-        );
-    }
-    let (_, c_in, l) = x.dims3()?;
-    let (c_out, c_in_g, k) = w.dims3()?;
-    if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {
-        bail!(
-            "{f}: weight {:?} does not fit input {:?} with {groups} groups",
-            w.dims(),
-            x.dims()
-        );
-    }
-    let k_eff = dilation * (k - 1) + 1;
-    let l_pad = l + 2 * padding;
-    if l_pad < k_eff {
-        bail!("{f}: input of length {l} (+ 2 x {padding} padding) is shorter than the kernel span {k_eff}");
-    }
-    Ok(())
 }
 
-/// The slice-and-cat im2col of [`conv1d_composed`] (arguments checked).
-fn composed(
-    x: &Tensor,
-    w: &Tensor,
-    padding: usize,
-    stride: usize,
-    dilation: usize,
-    groups: usize,
-) -> Result<Tensor> {
-    let (b, c_in, l) = x.dims3()?;
+impl Spec {
+    /// Rejects zero sizes, weights that do not fit the input and inputs shorter than the
+    /// kernel; `f` names the function in the error.
+    fn check(&self, f: &str, x: &Tensor, w: &Tensor) -> Result<()> {
+        let Self {
+            padding,
+            stride,
+            dilation,
+            groups,
+        } = *self;
+        if stride == 0 || dilation == 0 || groups == 0 {
+            bail!(
+                "{f}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1"
+            );
+        }
+        if x.rank() != 3 || w.rank() != 3 {
+            bail!(
+                "{f}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
+                x.dims(),
+                w.dims()
+            );
+        }
+        let (_, c_in, l) = x.dims3()?;
+        let (c_out, c_in_g, k) = w.dims3()?;
+        if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {
+            bail!(
+                "{f}: weight {:?} does not fit input {:?} with {groups} groups",
+                w.dims(),
+                x.dims()
+            );
+        }
+        let k_eff = dilation * (k - 1) + 1;
+        if l + 2 * padding < k_eff {
+            bail!("{f}: input of length {l} (+ 2 x {padding} padding) is shorter than the kernel span {k_eff}");
+        }
+        Ok(())
+    }
+
+    /// The slice-and-cat im2col of [`conv1d_composed`] (arguments checked).
+    fn composed(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let Self {
+            padding,
+            stride,
+            dilation,
+            groups,
+        } = *self;
+        let (b, c_in, l) = x.dims3()?;
+        let k = w.dim(2)?;
+        let k_eff = dilation * (k - 1) + 1;
+        let l_out = (l + 2 * padding - k_eff) / stride + 1;
+        let x = x.pad_with_zeros(2, padding, padding)?;
+        let taps = (0..k)
+            .map(|j| {
+                let t = x.narrow(2, j * dilation, (l_out - 1) * stride + 1)?;
+                if stride == 1 {
+                    t.unsqueeze(3)
+                } else {
+                    t.pad_with_zeros(2, 0, stride - 1)?
+                        .reshape((b, c_in, l_out, stride))?
+                        .narrow(3, 0, 1)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // [B, L_out, C_in, k]: one im2col row per output frame.
+        let cols = Tensor::cat(&taps, 3)?
+            .permute((0, 2, 1, 3))?
+            .contiguous()?
+            .reshape((b * l_out, c_in * k))?;
+        cols_times_weight(&cols, w, groups, b)
+    }
+}
+
+/// im2col rows `[B * L_out, C_in * k]` times the weight `[C_out, C_in / groups, k]`, one rank-2
+/// matmul per group: `[B, C_out, L_out]` (a transposed view).
+fn cols_times_weight(cols: &Tensor, w: &Tensor, groups: usize, b: usize) -> Result<Tensor> {
+    let (rows, _) = cols.dims2()?;
     let (c_out, c_in_g, k) = w.dims3()?;
-    let k_eff = dilation * (k - 1) + 1;
-    let l_out = (l + 2 * padding - k_eff) / stride + 1;
-    let x = x.pad_with_zeros(2, padding, padding)?;
-    let taps = (0..k)
-        .map(|j| {
-            let t = x.narrow(2, j * dilation, (l_out - 1) * stride + 1)?;
-            if stride == 1 {
-                t.unsqueeze(3)
-            } else {
-                t.pad_with_zeros(2, 0, stride - 1)?
-                    .reshape((b, c_in, l_out, stride))?
-                    .narrow(3, 0, 1)
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // [B, L_out, C_in, k]: one im2col row per output frame.
-    let cols = Tensor::cat(&taps, 3)?.permute((0, 2, 1, 3))?;
     let c_out_g = c_out / groups;
-    let per_group = (0..groups)
-        .map(|g| {
-            let cols_g = cols
-                .narrow(2, g * c_in_g, c_in_g)?
-                .contiguous()?
-                .reshape((b * l_out, c_in_g * k))?;
-            let w_g = w
-                .narrow(0, g * c_out_g, c_out_g)?
-                .reshape((c_out_g, c_in_g * k))?;
-            cols_g.matmul(&w_g.t()?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&per_group, 1)?
-        .reshape((b, l_out, c_out))?
-        .transpose(1, 2)
+    let y = if groups == 1 {
+        cols.matmul(&w.reshape((c_out, c_in_g * k))?.t()?)?
+    } else {
+        let parts = (0..groups)
+            .map(|g| {
+                let cg = cols.narrow(1, g * c_in_g * k, c_in_g * k)?.contiguous()?;
+                let wg = w
+                    .narrow(0, g * c_out_g, c_out_g)?
+                    .reshape((c_out_g, c_in_g * k))?;
+                cg.matmul(&wg.t()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)?
+    };
+    y.reshape((b, rows / b, c_out))?.transpose(1, 2)
 }
 
 /// Per-slot streaming state: the input not yet consumed by an emitted frame, left padding

@@ -133,43 +133,24 @@ impl CustomOp1 for Col2im {
     }
 }
 
-/// `conv1d` without padding on contiguous-able CPU f32 tensors whose shapes the caller has
-/// checked: `x` `[B, C_in, L]`, `w` `[C_out, C_in / groups, k]`, `L >= dilation (k - 1) + 1`.
-pub(super) fn conv1d_cpu_f32(
+/// The im2col rows `[B * L_out, C * k]` of a CPU f32 input `[B, C, L]` for a `k`-tap kernel
+/// (`L >= dilation (k - 1) + 1`, checked by the caller), differentiable through [`Col2im`].
+pub(super) fn im2col_cpu_f32(
     x: &Tensor,
-    w: &Tensor,
+    k: usize,
     stride: usize,
     dilation: usize,
-    groups: usize,
 ) -> Result<Tensor> {
-    let (b, c_in, l) = x.dims3()?;
-    let (c_out, c_in_g, k) = w.dims3()?;
-    let span = dilation * (k - 1) + 1;
-    let l_out = (l - span) / stride + 1;
+    let (b, c, l) = x.dims3()?;
+    let l_out = (l - (dilation * (k - 1) + 1)) / stride + 1;
     let op = Im2col(Geometry {
         k,
         stride,
         dilation,
         b,
-        c: c_in,
+        c,
         l,
         l_out,
     });
-    let cols = x.contiguous()?.apply_op1(op)?; // [B * L_out, C_in * k]
-    let c_out_g = c_out / groups;
-    let y = if groups == 1 {
-        cols.matmul(&w.reshape((c_out, c_in * k))?.t()?)?
-    } else {
-        let parts = (0..groups)
-            .map(|g| {
-                let cg = cols.narrow(1, g * c_in_g * k, c_in_g * k)?.contiguous()?;
-                let wg = w
-                    .narrow(0, g * c_out_g, c_out_g)?
-                    .reshape((c_out_g, c_in_g * k))?;
-                cg.matmul(&wg.t()?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 1)?
-    };
-    y.reshape((b, l_out, c_out))?.transpose(1, 2)?.contiguous()
+    x.contiguous()?.apply_op1(op)
 }

@@ -11,7 +11,9 @@
 //! | `input_proj.weight`           | `[codebook_dim, dim]` (or `[.., .., 1]`, a 1x1 conv) |
 //! | `output_proj.weight`          | `[dim, codebook_dim]` (or `[.., .., 1]`) |
 //!
-//! The projections exist when [`RvqConfig::codebook_dim`] is set.
+//! The projections exist when [`RvqConfig::codebook_dim`] is set. [`ResidualVq::load_codec`]
+//! reads the layouts codecs publish: projections as 1x1 convs only, and codebooks as `embed` or
+//! as Mimi's `embed_sum` / `cluster_usage` pair ([`CodebookStorage`]).
 //!
 //! Nearest neighbours use `argmin_k (‖e_k‖² − 2 x·e_k)`: the `‖x‖²` term of the squared L2
 //! distance is the same for every code, so it is dropped, and the rest is one matmul.

@@ -7,11 +7,14 @@
 //! - [`disc`], [`conv2d`]: MPD + MS-STFT discriminators and the adversarial losses.
 //! - [`trainer`]: the generator step (EMA RVQ with k-means init, dead-code restarts and
 //!   quantizer dropout; AdamW, warm-up + cosine, grad clipping), the discriminator step after
-//!   a warm-up, validation, exact-resume checkpoints, the inference export, and the run loop
-//!   with JSONL metrics.
+//!   a warm-up, validation, exact-resume checkpoints, the inference export, and
+//!   [`CodecRun`], the codec's side of the training run every model shares
+//!   (`vaak_nn::train::run`: run directory, JSONL metrics, stop flag, cadence).
+//! - [`plots`]: PNG curves and spectrograms of a run (`vaak_audio`'s `plot` feature).
 //!
 //! All of it is ours: candle ships no training losses, schedulers or checkpointing. It reuses
-//! `vaak_nn::{conv, rvq, train}` (differentiable convs, EMA codebooks, AdamW, checkpoints) and
+//! `vaak_nn::{conv, rvq, train}` (differentiable convs with a fast CPU path, EMA codebooks,
+//! AdamW, checkpoints, the training run, data shards) and
 //! `vaak_audio` (decoding, resampling, augmentation, metrics, mel filterbanks). The losses
 //! follow Parallel WaveGAN (STFT loss), EnCodec (optimizer, EMA RVQ) and DAC (mel loss,
 //! quantizer dropout) in their definitions only.
@@ -32,7 +35,9 @@ pub use config::{
 pub use data::{Clip, TrainData};
 pub use loss::{MelLoss, MelResolution, MultiResStftLoss, StftResolution};
 pub use stft::{Stft, Window};
-pub use trainer::{run_training, CodecTrainer, RunOptions, RunSummary, StepMetrics, ValMetrics};
+pub use trainer::{
+    run_training, CodecRun, CodecTrainer, RunOptions, RunSummary, StepMetrics, ValMetrics,
+};
 
 use std::path::PathBuf;
 

@@ -136,7 +136,7 @@ impl RunModel for LinReg {
             ("odd", Metric::Count(self.step % 2)),
             ("both", Metric::MeanVec(vec![s.loss, 2.0 * s.loss])),
         ];
-        if self.step % 3 == 0 {
+        if self.step.is_multiple_of(3) {
             m.push(("every_third", Metric::Mean(self.step as f64)));
         }
         m

@@ -389,7 +389,7 @@ where
         window.add(model.metrics(&m));
         on_step(&m);
         let s = model.step();
-        if iv.log_every > 0 && (s % iv.log_every == 0 || s == total) {
+        if iv.log_every > 0 && (s.is_multiple_of(iv.log_every) || s == total) {
             let dt = t_window.elapsed().as_secs_f64().max(1e-9);
             let mut line = serde_json::json!({ "step": s });
             window.fields(&mut line);
@@ -401,13 +401,13 @@ where
             window = Window::default();
             t_window = Instant::now();
         }
-        if iv.val_every > 0 && s % iv.val_every == 0 {
+        if iv.val_every > 0 && s.is_multiple_of(iv.val_every) {
             if let Some(v) = val.validate(model)? {
                 last_val = v;
                 last_val_step = Some(s);
             }
         }
-        if iv.ckpt_every > 0 && s % iv.ckpt_every == 0 {
+        if iv.ckpt_every > 0 && s.is_multiple_of(iv.ckpt_every) {
             last_ckpt = Some(save_checkpoint(model, &mgr)?);
             last_ckpt_step = Some(s);
             model.export(&export_dir)?;

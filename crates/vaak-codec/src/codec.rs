@@ -6,9 +6,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 use vaak_nn::conv::CausalConvConfig;
-use vaak_nn::rvq::{Codebook, ResidualVq};
+use vaak_nn::rvq::{Codebook, CodebookStorage, ResidualVq, RvqConfig};
 use vaak_nn::streaming::{StreamMask, StreamTensor, StreamingModule};
 use vaak_nn::transformer::{StreamingTransformer, Transformer};
 use vaak_nn::weights::{LoadOptions, WeightLocation, Weights};
@@ -66,111 +66,6 @@ impl FromStr for Preset {
     }
 }
 
-/// One residual VQ over its own (optionally projected) view of the latent.
-#[derive(Clone, Debug)]
-struct RvqGroup {
-    /// 1x1 conv `[vq_dim, latent_dim]` applied before quantizing.
-    input_proj: Option<Tensor>,
-    /// 1x1 conv `[latent_dim, vq_dim]` applied to the summed entries.
-    output_proj: Option<Tensor>,
-    codebooks: Vec<Codebook>,
-}
-
-/// `[B, C, T]` times a `[O, C]` 1x1 conv weight, as rank-2 matmuls on contiguous rows.
-fn pointwise(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, t) = x.dims3()?;
-    let o = w.dim(0)?;
-    x.transpose(1, 2)?
-        .contiguous()?
-        .reshape((b * t, c))?
-        .matmul(&w.t()?)?
-        .reshape((b, t, o))?
-        .transpose(1, 2)?
-        .contiguous()
-}
-
-impl RvqGroup {
-    fn load(
-        n: usize,
-        size: usize,
-        dim: usize,
-        latent_dim: usize,
-        mimi: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let (input_proj, output_proj) = if mimi && dim != latent_dim {
-            let init = Init::Randn {
-                mean: 0.0,
-                stdev: (1.0 / latent_dim as f64).sqrt(),
-            };
-            let i = vb.get_with_hints((dim, latent_dim, 1), "input_proj.weight", init)?;
-            let o = vb.get_with_hints((latent_dim, dim, 1), "output_proj.weight", init)?;
-            (Some(i.squeeze(2)?), Some(o.squeeze(2)?))
-        } else {
-            (None, None)
-        };
-        let mut codebooks = Vec::with_capacity(n);
-        for q in 0..n {
-            let cvb = vb.pp("layers").pp(q).pp("codebook");
-            let randn = Init::Randn {
-                mean: 0.0,
-                stdev: 1.0,
-            };
-            let embed = if mimi {
-                // transformers: embed = embed_sum / cluster_usage.clamp(min=1e-5).
-                let sum = cvb.get_with_hints((size, dim), "embed_sum", randn)?;
-                let usage = cvb.get_with_hints(size, "cluster_usage", Init::Const(1.0))?;
-                sum.broadcast_div(&usage.clamp(1e-5, f64::INFINITY)?.unsqueeze(1)?)?
-            } else {
-                cvb.get_with_hints((size, dim), "embed", randn)?
-            };
-            codebooks.push(Codebook::new(embed)?);
-        }
-        Ok(Self {
-            input_proj,
-            output_proj,
-            codebooks,
-        })
-    }
-
-    /// Codes `[B, n, F]` of the first `n` stages for latent `[B, D, F]`.
-    fn encode(&self, latent: &Tensor, n: usize) -> Result<Tensor> {
-        let x = match &self.input_proj {
-            Some(w) => pointwise(latent, w)?,
-            None => latent.clone(),
-        };
-        let (b, d, f) = x.dims3()?;
-        let mut residual = x.transpose(1, 2)?.contiguous()?.reshape((b * f, d))?;
-        let mut all = Vec::with_capacity(n);
-        for cb in &self.codebooks[..n] {
-            let idx = cb.encode(&residual)?;
-            let q = cb.decode(&idx)?.to_dtype(residual.dtype())?;
-            residual = (residual - q)?;
-            all.push(idx.reshape((b, f))?);
-        }
-        Ok(Tensor::stack(&all, 1)?)
-    }
-
-    /// Latent `[B, D, F]` for codes `[B, n, F]` (checked, `n <= len`).
-    fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        let (_, nq, _) = codes.dims3()?;
-        let mut sum: Option<Tensor> = None;
-        for (q, cb) in self.codebooks[..nq].iter().enumerate() {
-            let e = cb.decode(&codes.narrow(1, q, 1)?.squeeze(1)?)?; // [B, F, D]
-            sum = Some(match sum {
-                None => e,
-                Some(s) => (s + e)?,
-            });
-        }
-        let sum = sum.expect("at least one codebook (checked)");
-        let x = sum.transpose(1, 2)?.contiguous()?;
-        Ok(match &self.output_proj {
-            Some(w) => pointwise(&x, &w.to_dtype(x.dtype())?)?,
-            None => x,
-        })
-    }
-}
-
 /// Mimi's latent path: transformer + downsample after the SEANet encoder, upsample +
 /// transformer before the SEANet decoder.
 #[derive(Clone, Debug)]
@@ -195,7 +90,8 @@ pub struct Codec {
     encoder: Seanet,
     decoder: Seanet,
     latent: Option<LatentStage>,
-    quantizer: Vec<RvqGroup>,
+    /// One residual VQ (EnCodec, vaak), or Mimi's semantic and acoustic ones.
+    quantizer: Vec<ResidualVq>,
     n_q: usize,
     edge: EdgeMode,
     device: Device,
@@ -271,12 +167,14 @@ impl Codec {
         let d = cfg.seanet.dimension;
         let (latent, quantizer) = match &cfg.latent {
             None => {
-                let g = RvqGroup::load(
-                    cfg.num_quantizers,
-                    cfg.codebook_size,
-                    d,
-                    d,
-                    false,
+                let g = ResidualVq::load_codec(
+                    &RvqConfig {
+                        dim: d,
+                        codebook_dim: None,
+                        n_q: cfg.num_quantizers,
+                        codebook_size: cfg.codebook_size,
+                    },
+                    CodebookStorage::Embed,
                     vb.pp("quantizer"),
                 )?;
                 (None, vec![g])
@@ -308,20 +206,21 @@ impl Codec {
                     )?,
                 };
                 let qvb = vb.pp("quantizer");
-                let sem = RvqGroup::load(
-                    l.num_semantic,
-                    cfg.codebook_size,
-                    l.vq_dim,
-                    d,
-                    true,
+                // Mimi: 1x1 projections around each group when its width differs.
+                let group = |n_q: usize| RvqConfig {
+                    dim: d,
+                    codebook_dim: (l.vq_dim != d).then_some(l.vq_dim),
+                    n_q,
+                    codebook_size: cfg.codebook_size,
+                };
+                let sem = ResidualVq::load_codec(
+                    &group(l.num_semantic),
+                    CodebookStorage::EmbedSum,
                     qvb.pp("semantic_residual_vector_quantizer"),
                 )?;
-                let aco = RvqGroup::load(
-                    cfg.num_quantizers - l.num_semantic,
-                    cfg.codebook_size,
-                    l.vq_dim,
-                    d,
-                    true,
+                let aco = ResidualVq::load_codec(
+                    &group(cfg.num_quantizers - l.num_semantic),
+                    CodebookStorage::EmbedSum,
                     qvb.pp("acoustic_residual_vector_quantizer"),
                 )?;
                 (Some(stage), vec![sem, aco])
@@ -495,11 +394,11 @@ impl Codec {
         let mut left = self.n_q;
         let mut parts = Vec::new();
         for g in &self.quantizer {
-            let n = left.min(g.codebooks.len());
+            let n = left.min(g.n_q());
             if n == 0 {
                 break;
             }
-            parts.push(g.encode(latent, n)?);
+            parts.push(g.encode_n(latent, n)?);
             left -= n;
         }
         Ok(Tensor::cat(&parts, 1)?)
@@ -511,7 +410,7 @@ impl Codec {
         let mut start = 0;
         let mut sum: Option<Tensor> = None;
         for g in &self.quantizer {
-            let n = (nq - start).min(g.codebooks.len());
+            let n = (nq - start).min(g.n_q());
             if n == 0 {
                 break;
             }
@@ -576,9 +475,7 @@ impl Codec {
     /// quantizer is not trainable here.
     pub fn residual_vq(&self) -> Result<ResidualVq> {
         match self.quantizer.as_slice() {
-            [g] if g.input_proj.is_none() => {
-                Ok(ResidualVq::from_parts(g.codebooks.clone(), None, None)?)
-            }
+            [g] if !g.has_projections() => Ok(g.clone()),
             _ => Err(CodecError::Unsupported {
                 path: self.cfg.sample_rate.to_string() + " Hz codec",
                 field: "latent",
@@ -601,7 +498,7 @@ impl Codec {
                 })
             }
         };
-        let old = g.codebooks.get(q).ok_or_else(|| CodecError::BadInput {
+        let old = g.codebooks().get(q).ok_or_else(|| CodecError::BadInput {
             what: "Codec::set_codebook",
             expected: format!("codebook index < {n}"),
             got: q.to_string(),
@@ -613,7 +510,7 @@ impl Codec {
                 got: format!("[{}, {}]", cb.size(), cb.dim()),
             });
         }
-        g.codebooks[q] = cb;
+        g.set_codebook(q, cb)?;
         Ok(())
     }
 

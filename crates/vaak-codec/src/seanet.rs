@@ -136,15 +136,8 @@ impl SConv {
 
     pub(crate) fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
         match edge {
-            // Training (autograd on) on the CPU: the same conv through im2col custom ops, much
-            // cheaper to differentiate than `vaak_nn::conv`'s slice-and-cat im2col.
-            EdgeMode::Causal
-                if x.device().is_cpu()
-                    && x.dtype() == DType::F32
-                    && (x.track_op() || self.conv.weight().track_op()) =>
-            {
-                crate::train::fastconv::causal_conv1d_train(&self.conv, x)
-            }
+            // In training (autograd on) this is `vaak_nn::conv::conv1d_differentiable`, with its
+            // im2col custom ops on the CPU in f32.
             EdgeMode::Causal => self.conv.forward(x),
             EdgeMode::Reference => {
                 let cfg = self.conv.config();

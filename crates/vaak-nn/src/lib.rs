@@ -2,7 +2,8 @@
 //!
 //! Streaming modules with per-slot state, causal convolutions (with a differentiable
 //! conv-transpose for training), a transformer with rotating and per-slot KV caches, residual
-//! vector quantization, weight loading from local paths or `hf://`, and a training kit.
+//! vector quantization, weight loading from local paths or `hf://`, and a training kit with the
+//! training run every model shares (`train::run`).
 
 pub mod conv;
 pub mod error;

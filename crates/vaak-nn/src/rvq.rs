@@ -11,13 +11,15 @@
 //! | `input_proj.weight`           | `[codebook_dim, dim]` (or `[.., .., 1]`, a 1x1 conv) |
 //! | `output_proj.weight`          | `[dim, codebook_dim]` (or `[.., .., 1]`) |
 //!
-//! The projections exist when [`RvqConfig::codebook_dim`] is set.
+//! The projections exist when [`RvqConfig::codebook_dim`] is set. [`ResidualVq::load_codec`]
+//! reads the layouts codecs publish: projections as 1x1 convs only, and codebooks as `embed` or
+//! as Mimi's `embed_sum` / `cluster_usage` pair ([`CodebookStorage`]).
 //!
 //! Nearest neighbours use `argmin_k (‖e_k‖² − 2 x·e_k)`: the `‖x‖²` term of the squared L2
 //! distance is the same for every code, so it is dropped, and the rest is one matmul.
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 use serde::Deserialize;
 
@@ -94,6 +96,42 @@ impl Codebook {
         let mut shape = codes.dims().to_vec();
         shape.push(self.dim());
         self.embed.index_select(&flat, 0)?.reshape(shape)
+    }
+}
+
+/// How a checkpoint stores each codebook of a [`ResidualVq`] (see [`ResidualVq::load_codec`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CodebookStorage {
+    /// `embed` `[K, D]` (EnCodec, vaak).
+    #[default]
+    Embed,
+    /// `embed_sum` `[K, D]` and `cluster_usage` `[K]`; the entries are
+    /// `embed_sum / cluster_usage.clamp(min = 1e-5)` (Mimi as transformers publishes it).
+    EmbedSum,
+}
+
+impl Codebook {
+    /// Loads a `[size, dim]` codebook stored as `storage` says. A `VarMap` behind `vb` creates
+    /// missing tensors as N(0, 1) entries (and usage 1).
+    pub fn load_stored(
+        size: usize,
+        dim: usize,
+        storage: CodebookStorage,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        };
+        let embed = match storage {
+            CodebookStorage::Embed => vb.get_with_hints((size, dim), "embed", randn)?,
+            CodebookStorage::EmbedSum => {
+                let sum = vb.get_with_hints((size, dim), "embed_sum", randn)?;
+                let usage = vb.get_with_hints(size, "cluster_usage", Init::Const(1.0))?;
+                sum.broadcast_div(&usage.clamp(1e-5, f64::INFINITY)?.unsqueeze(1)?)?
+            }
+        };
+        Self::new(embed)
     }
 }
 
@@ -188,6 +226,34 @@ impl ResidualVq {
         Self::from_parts(codebooks, ip, op)
     }
 
+    /// Loads a codec's quantizer as EnCodec and Mimi publish it: `layers.{i}.codebook.*` stored
+    /// as `storage`, and with `cfg.codebook_dim` the projections as 1x1 conv weights,
+    /// `input_proj.weight` `[codebook_dim, dim, 1]` and `output_proj.weight`
+    /// `[dim, codebook_dim, 1]`. A `VarMap` behind `vb` creates missing tensors in exactly
+    /// these shapes (codebooks as [`Codebook::load_stored`], projections N(0, 1 / dim)).
+    pub fn load_codec(cfg: &RvqConfig, storage: CodebookStorage, vb: VarBuilder) -> Result<Self> {
+        let (input_proj, output_proj) = match cfg.codebook_dim {
+            Some(c) => {
+                let init = Init::Randn {
+                    mean: 0.0,
+                    stdev: (1.0 / cfg.dim as f64).sqrt(),
+                };
+                let i = vb.get_with_hints((c, cfg.dim, 1), "input_proj.weight", init)?;
+                let o = vb.get_with_hints((cfg.dim, c, 1), "output_proj.weight", init)?;
+                (Some(i.squeeze(2)?), Some(o.squeeze(2)?))
+            }
+            None => (None, None),
+        };
+        let cb_dim = cfg.codebook_dim.unwrap_or(cfg.dim);
+        let codebooks = (0..cfg.n_q)
+            .map(|q| {
+                let cvb = vb.pp("layers").pp(q).pp("codebook");
+                Codebook::load_stored(cfg.codebook_size, cb_dim, storage, cvb)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_parts(codebooks, input_proj, output_proj)
+    }
+
     /// Assembles a stack; projections are `[codebook_dim, dim]` and `[dim, codebook_dim]`.
     pub fn from_parts(
         codebooks: Vec<Codebook>,
@@ -240,6 +306,11 @@ impl ResidualVq {
 
     pub fn codebooks(&self) -> &[Codebook] {
         &self.codebooks
+    }
+
+    /// Whether input/output projections surround the codebooks.
+    pub fn has_projections(&self) -> bool {
+        self.input_proj.is_some()
     }
 
     /// Replaces codebook `i` (e.g. after an EMA update); size and width must match.

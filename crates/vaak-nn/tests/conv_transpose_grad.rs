@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use vaak_nn::conv::{
-    conv1d_differentiable, conv_transpose1d_differentiable, CausalConv1d, CausalConvConfig,
-    CausalConvTranspose1d,
+    conv1d_composed, conv1d_differentiable, conv_transpose1d_differentiable, CausalConv1d,
+    CausalConvConfig, CausalConvTranspose1d,
 };
 use vaak_nn::streaming::max_abs_diff;
 
@@ -305,4 +305,56 @@ fn causal_conv_training_path_equals_inference_path() -> Result<()> {
     assert!(yt.track_op() && !yp.track_op());
     assert!(max_abs_diff(&yt, &yp)? <= NATIVE_TOL);
     Ok(())
+}
+
+/// The CPU f32 fast path of `conv1d_differentiable` (im2col custom ops) vs the composed
+/// formulation (itself checked against PyTorch): values and both gradients, batch 2.
+const FASTCONV_TOL: f32 = 1e-5;
+
+#[test]
+fn fast_conv_matches_the_reference_conv_and_its_gradients() {
+    let dev = Device::Cpu;
+    for (c_in, c_out, k, stride, dilation, groups, l) in [
+        (3, 4, 5, 1, 1, 1, 40),
+        (4, 6, 4, 2, 1, 1, 41),
+        (4, 4, 3, 1, 3, 2, 30),
+        (6, 3, 16, 8, 1, 1, 97),
+        (2, 2, 1, 1, 1, 1, 9),
+    ] {
+        let x0 = Tensor::randn(0f32, 1.0, (2, c_in, l), &dev).unwrap();
+        let w0 = Tensor::randn(0f32, 0.5, (c_out, c_in / groups, k), &dev).unwrap();
+        let run = |fast: bool| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let w = Var::from_tensor(&w0).unwrap();
+            let y = if fast {
+                conv1d_differentiable(x.as_tensor(), w.as_tensor(), 0, stride, dilation, groups)
+                    .unwrap()
+            } else {
+                conv1d_composed(x.as_tensor(), w.as_tensor(), 0, stride, dilation, groups).unwrap()
+            };
+            // A non-uniform upstream gradient.
+            let g = Tensor::arange(0f32, y.elem_count() as f32, &dev)
+                .unwrap()
+                .reshape(y.dims())
+                .unwrap()
+                .sin()
+                .unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                y,
+                grads.get(&x).unwrap().clone(),
+                grads.get(&w).unwrap().clone(),
+            )
+        };
+        let (y1, gx1, gw1) = run(true);
+        let (y2, gx2, gw2) = run(false);
+        assert_eq!(y1.dims(), y2.dims());
+        let e = [
+            max_abs_diff(&y1, &y2).unwrap(),
+            max_abs_diff(&gx1, &gx2).unwrap(),
+            max_abs_diff(&gw1, &gw2).unwrap(),
+        ];
+        eprintln!("fast conv k{k} s{stride} d{dilation} g{groups}: y/gx/gw err {e:?}");
+        assert!(e.iter().all(|&v| v <= FASTCONV_TOL), "{e:?}");
+    }
 }

@@ -312,31 +312,9 @@ impl Default for AdversarialConfig {
     }
 }
 
-/// How often things happen, in optimizer steps (0: never, except the final checkpoint,
-/// export and validation, which always run).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Intervals {
-    /// A metrics line in `metrics.jsonl` (averaged over the interval).
-    pub log_every: u64,
-    /// Validation on the held-out clips.
-    pub val_every: u64,
-    /// A checkpoint (and the inference export).
-    pub ckpt_every: u64,
-    /// Checkpoints kept (0: all).
-    pub keep_last: usize,
-}
-
-impl Default for Intervals {
-    fn default() -> Self {
-        Self {
-            log_every: 10,
-            val_every: 500,
-            ckpt_every: 500,
-            keep_last: 3,
-        }
-    }
-}
+/// How often things happen, in optimizer steps: the run's cadence, shared by every model
+/// (`vaak_nn::train::run`).
+pub use vaak_nn::train::run::Intervals;
 
 impl CodecTrainConfig {
     /// Parses YAML (every field optional); `path` labels errors.

@@ -3,6 +3,11 @@
 //!
 //! Every random draw (which clip, where, which augmentation) comes from the caller's
 //! [`TrainRng`], so a resumed run continues with exactly the crops it would have seen.
+//!
+//! For data parallelism each process loads its [`Shard`] of the training clips
+//! ([`TrainData::load_shard`], [`TrainData::from_clips_shard`]); the held-out split is made
+//! before sharding, so every rank validates on the same clips. Rank 0 of 1 (what
+//! [`TrainData::load`] and [`TrainData::from_clips`] use) is every clip.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +15,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, RngCore};
 use vaak_audio::augment::{AugmentConfig, Augmenter};
 use vaak_audio::io::{decode_file, Audio};
-use vaak_nn::train::TrainRng;
+use vaak_nn::train::{Shard, TrainRng};
 
 use super::TrainError;
 
@@ -53,6 +58,17 @@ impl TrainData {
         min_samples: usize,
         val_clips: usize,
     ) -> Result<Self, TrainError> {
+        Self::load_shard(paths, sample_rate, min_samples, val_clips, Shard::default())
+    }
+
+    /// [`TrainData::load`] keeping `shard`'s part of the training clips.
+    pub fn load_shard(
+        paths: &[PathBuf],
+        sample_rate: u32,
+        min_samples: usize,
+        val_clips: usize,
+        shard: Shard,
+    ) -> Result<Self, TrainError> {
         let mut clips = Vec::with_capacity(paths.len());
         let mut short = 0usize;
         let mut failed = 0usize;
@@ -83,17 +99,29 @@ impl TrainData {
                 paths.len()
             )));
         }
-        Self::from_clips(clips, sample_rate, min_samples, val_clips)
+        Self::from_clips_shard(clips, sample_rate, min_samples, val_clips, shard)
     }
 
     /// Splits `clips` (at `sample_rate`): the `val_clips` whose path hashes are smallest are
     /// held out for validation, as long as at least one clip is left to train on; otherwise
     /// (too few clips) validation runs on the first training clips and says so.
     pub fn from_clips(
+        clips: Vec<Clip>,
+        sample_rate: u32,
+        min_samples: usize,
+        val_clips: usize,
+    ) -> Result<Self, TrainError> {
+        Self::from_clips_shard(clips, sample_rate, min_samples, val_clips, Shard::default())
+    }
+
+    /// [`TrainData::from_clips`] keeping `shard`'s part of the training clips (in path order,
+    /// after the held-out split); a shard left without a clip is an error.
+    pub fn from_clips_shard(
         mut clips: Vec<Clip>,
         sample_rate: u32,
         min_samples: usize,
         val_clips: usize,
+        shard: Shard,
     ) -> Result<Self, TrainError> {
         clips.retain(|c| c.samples.len() >= min_samples.max(1));
         if clips.is_empty() {
@@ -128,6 +156,14 @@ impl TrainData {
             let val = clips.iter().take(val_clips).cloned().collect();
             (clips, val, false)
         };
+        let n_train = train.len();
+        let train = shard.select(train);
+        if train.is_empty() {
+            return Err(TrainError::NoData(format!(
+                "shard {} of {} has none of the {n_train} training clip(s)",
+                shard.rank, shard.world_size
+            )));
+        }
         let mut cumulative = Vec::with_capacity(train.len());
         let mut total = 0u64;
         for c in &train {
@@ -259,5 +295,28 @@ mod tests {
         let diff = (x1 - x2).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         assert!(TrainData::from_clips(vec![clip("s", 5)], 16000, 100, 0).is_err());
+    }
+
+    #[test]
+    fn shards_split_the_training_clips_and_share_validation() {
+        let clips: Vec<Clip> = (0..10).map(|i| clip(&format!("c{i}.wav"), 2000)).collect();
+        let whole = TrainData::from_clips(clips.clone(), 16000, 1000, 2).unwrap();
+        let names = |c: &[Clip]| c.iter().map(|c| c.path.clone()).collect::<Vec<_>>();
+        let mut seen = Vec::new();
+        for rank in 0..3 {
+            let shard = Shard::new(rank, 3).unwrap();
+            let d = TrainData::from_clips_shard(clips.clone(), 16000, 1000, 2, shard).unwrap();
+            assert_eq!(names(d.val_clips()), names(whole.val_clips()));
+            seen.extend(names(d.train_clips()));
+        }
+        seen.sort();
+        assert_eq!(seen, names(whole.train_clips()));
+        let one = TrainData::from_clips_shard(clips.clone(), 16000, 1000, 2, Shard::default());
+        assert_eq!(
+            names(one.unwrap().train_clips()),
+            names(whole.train_clips())
+        );
+        let far = Shard::new(9, 10).unwrap();
+        assert!(TrainData::from_clips_shard(clips, 16000, 1000, 2, far).is_err());
     }
 }

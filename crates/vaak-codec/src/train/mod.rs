@@ -1,18 +1,20 @@
 //! Training vaak's own codec (`vaak train codec`).
 //!
 //! - [`stft`]: a differentiable STFT (framing, then a real FFT on the CPU or one matmul).
-//! - [`fastconv`]: im2col/col2im custom ops for the codec's convs in training (CPU f32).
 //! - [`loss`]: multi-resolution STFT and multi-scale mel losses.
 //! - [`data`]: audio clips in memory, seeded random crops with augmentation, a held-out split.
 //! - [`config`]: the YAML training config with embedded defaults.
 //! - [`disc`], [`conv2d`]: MPD + MS-STFT discriminators and the adversarial losses.
 //! - [`trainer`]: the generator step (EMA RVQ with k-means init, dead-code restarts and
 //!   quantizer dropout; AdamW, warm-up + cosine, grad clipping), the discriminator step after
-//!   a warm-up, validation, exact-resume checkpoints, the inference export, and the run loop
-//!   with JSONL metrics.
+//!   a warm-up, validation, exact-resume checkpoints, the inference export, and
+//!   [`CodecRun`], the codec's side of the training run every model shares
+//!   (`vaak_nn::train::run`: run directory, JSONL metrics, stop flag, cadence).
+//! - [`plots`]: PNG curves and spectrograms of a run (`vaak_audio`'s `plot` feature).
 //!
 //! All of it is ours: candle ships no training losses, schedulers or checkpointing. It reuses
-//! `vaak_nn::{conv, rvq, train}` (differentiable convs, EMA codebooks, AdamW, checkpoints) and
+//! `vaak_nn::{conv, rvq, train}` (differentiable convs with a fast CPU path, EMA codebooks,
+//! AdamW, checkpoints, the training run, data shards) and
 //! `vaak_audio` (decoding, resampling, augmentation, metrics, mel filterbanks). The losses
 //! follow Parallel WaveGAN (STFT loss), EnCodec (optimizer, EMA RVQ) and DAC (mel loss,
 //! quantizer dropout) in their definitions only.
@@ -21,7 +23,6 @@ pub mod config;
 pub mod conv2d;
 pub mod data;
 pub mod disc;
-pub mod fastconv;
 pub mod loss;
 pub mod plots;
 pub mod stft;
@@ -34,7 +35,9 @@ pub use config::{
 pub use data::{Clip, TrainData};
 pub use loss::{MelLoss, MelResolution, MultiResStftLoss, StftResolution};
 pub use stft::{Stft, Window};
-pub use trainer::{run_training, CodecTrainer, RunOptions, RunSummary, StepMetrics, ValMetrics};
+pub use trainer::{
+    run_training, CodecRun, CodecTrainer, RunOptions, RunSummary, StepMetrics, ValMetrics,
+};
 
 use std::path::PathBuf;
 

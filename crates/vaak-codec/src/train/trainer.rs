@@ -1,5 +1,6 @@
 //! The codec trainer: one generator step, validation, exact-resume checkpoints, the
-//! inference export, and [`run_training`], the loop `vaak train codec` drives.
+//! inference export, and [`run_training`], the run `vaak train codec` drives: the codec's
+//! side of `vaak_nn::train::run` ([`CodecRun`] implements its `RunModel`).
 //!
 //! # What a step does
 //!
@@ -30,11 +31,9 @@
 //! each update, and a restore then reproduces it exactly.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
@@ -43,6 +42,7 @@ use rand::Rng;
 use serde::Serialize;
 use vaak_audio::metrics::{si_sdr_db, snr_db, MelDistance, MelDistanceConfig};
 use vaak_nn::rvq::{kmeans_init, sample_n_q, seeded_randn, Codebook, EmaCodebook};
+use vaak_nn::train::run::{self, Intervals, Metric, RunModel, Validation};
 use vaak_nn::train::{
     assign_vars, clip_grad_norm, grad_norm, AdamW, AdamWConfig, Checkpoint, CheckpointManager,
     LrSchedule, TrainRng, TrainState,
@@ -106,8 +106,20 @@ impl SimpleBackend for MasterCast {
     }
 }
 
-/// Model tensors, optimizer tensors and the train state of a checkpoint.
-pub type CheckpointParts = (HashMap<String, Tensor>, HashMap<String, Tensor>, TrainState);
+pub use vaak_nn::train::run::CheckpointParts;
+
+/// A `VarMap`'s variables, sorted by name.
+fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
+    let mut vars: Vec<(String, Var)> = vm
+        .data()
+        .lock()
+        .expect("VarMap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
 
 /// One step's numbers.
 #[derive(Clone, Debug, Serialize)]
@@ -197,15 +209,10 @@ impl CodecTrainer {
             device.clone(),
         );
         Codec::new(cfg.model.clone(), Preset::Vaak16k, vb)?;
-        let mut all: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .expect("VarMap lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+        let params: Vec<(String, Var)> = sorted_vars(&varmap)
+            .into_iter()
+            .filter(|(n, _)| !is_codebook(n))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        let params: Vec<(String, Var)> = all.into_iter().filter(|(n, _)| !is_codebook(n)).collect();
         let mut rng = TrainRng::new(cfg.seed);
         for (_, v) in &params {
             let dims = v.dims().to_vec();
@@ -670,6 +677,17 @@ impl CodecTrainer {
             None => stored,
         };
         let mut t = Self::new(cfg, device)?;
+        t.load_state(ckpt)?;
+        Ok(t)
+    }
+
+    /// Restores the state [`CodecTrainer::checkpoint_parts`] saved into this trainer (built
+    /// with the checkpoint's model config): weights, EMA codebooks, optimizer moments,
+    /// discriminators, step and RNG.
+    pub fn load_state(&mut self, ckpt: &Checkpoint) -> Result<(), TrainError> {
+        let t = self;
+        let device = t.device.clone();
+        let device = &device;
         let ck_err = |reason: String| TrainError::Checkpoint {
             path: ckpt.path.clone(),
             reason,
@@ -717,7 +735,7 @@ impl CodecTrainer {
             .and_then(|v| v.as_bool())
             .unwrap_or(t.step > 0);
         t.schedule = t.cfg.optim.schedule(t.cfg.steps);
-        Ok(t)
+        Ok(())
     }
 
     /// Changes the total number of steps (e.g. to extend a resumed run); the cosine schedule
@@ -742,14 +760,7 @@ impl Adversary {
             &a.disc,
             VarBuilder::from_varmap(&vm, DType::F32, device).pp("disc"),
         )?;
-        let mut params: Vec<(String, Var)> = vm
-            .data()
-            .lock()
-            .expect("VarMap lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = sorted_vars(&vm);
         let dims_of: HashMap<String, Vec<usize>> = params
             .iter()
             .map(|(n, v)| (n.clone(), v.dims().to_vec()))
@@ -820,7 +831,7 @@ fn perplexity_of(codes: &[u32], k: usize) -> f64 {
 
 /// Where and how [`run_training`] works.
 pub struct RunOptions {
-    /// Run directory: `metrics.jsonl`, `train_config.yaml`, `checkpoints/`, `export/`.
+    /// Run directory: `metrics.jsonl`, `train_config.yaml`, `checkpoints/`, `export/`, `plots/`.
     pub out_dir: PathBuf,
     /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
@@ -828,282 +839,195 @@ pub struct RunOptions {
     pub val_codebooks: Vec<usize>,
 }
 
-/// How a run ended.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunSummary {
-    pub steps: u64,
-    pub stopped_early: bool,
-    pub last_checkpoint: Option<PathBuf>,
-    pub export_dir: PathBuf,
-    pub final_val: Vec<ValMetrics>,
-    pub steps_per_s: f64,
-}
+/// How a run ended (`final_val` empty when nothing was validated).
+pub type RunSummary = run::RunSummary<Vec<ValMetrics>>;
 
-/// Appends JSON lines to `metrics.jsonl`.
-struct MetricsLog {
-    path: PathBuf,
-    file: Mutex<std::fs::File>,
-}
-
-impl MetricsLog {
-    /// Opens the log; lines of steps after `keep_up_to` (from a run that crashed after its
-    /// last checkpoint) are dropped so the resumed run does not log them twice.
-    fn open(path: PathBuf, keep_up_to: u64) -> Result<Self, TrainError> {
-        if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_some_and(|s| s <= keep_up_to)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(&path, kept).map_err(|e| TrainError::io(&path, e))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| TrainError::io(&path, e))?;
-        Ok(Self {
-            path,
-            file: Mutex::new(file),
-        })
-    }
-
-    fn write(&self, v: &serde_json::Value) -> Result<(), TrainError> {
-        let mut f = self.file.lock().expect("metrics lock");
-        writeln!(f, "{v}").map_err(|e| TrainError::io(&self.path, e))?;
-        f.flush().map_err(|e| TrainError::io(&self.path, e))
-    }
-}
-
-/// Running sums of step metrics between log lines.
-#[derive(Default)]
-struct Window {
-    n: usize,
-    loss: f64,
-    time_l1: f64,
-    stft_sc: f64,
-    stft_mag: f64,
-    mel: f64,
-    commit: f64,
-    grad_norm: f64,
-    restarted: usize,
-    skipped: usize,
-    perplexity: Vec<f64>,
-    adv_steps: usize,
-    disc_loss: f64,
-    gen_adv: f64,
-    feat: f64,
-    disc_grad_norm: f64,
-}
-
-impl Window {
-    fn add(&mut self, m: &StepMetrics) {
-        self.n += 1;
-        self.loss += m.loss;
-        self.time_l1 += m.time_l1;
-        self.stft_sc += m.stft_sc;
-        self.stft_mag += m.stft_mag;
-        self.mel += m.mel;
-        self.commit += m.commit;
-        self.grad_norm += m.grad_norm;
-        self.restarted += m.restarted;
-        self.skipped += m.skipped as usize;
-        if m.adversarial {
-            self.adv_steps += 1;
-            self.disc_loss += m.disc_loss;
-            self.gen_adv += m.gen_adv;
-            self.feat += m.feat;
-            self.disc_grad_norm += m.disc_grad_norm;
-        }
-        if self.perplexity.len() < m.perplexity.len() {
-            self.perplexity.resize(m.perplexity.len(), 0.0);
-        }
-        for (a, p) in self.perplexity.iter_mut().zip(&m.perplexity) {
-            *a += p;
-        }
-    }
-}
-
-/// `plots/curves.png`, `plots/val_*.png` and `plots/val_step_<step>.png` (the first validation
-/// clip, original against decoded with all codebooks).
-fn draw_pictures(
-    trainer: &CodecTrainer,
-    data: &TrainData,
-    out: &Path,
+/// A codec run: the trainer with its data and validation settings, as the model side of
+/// `vaak_nn::train::run` (crops from the trainer's RNG, k-means before the first step, the
+/// codec's loss terms in the metrics, validation at several codebook counts, pictures).
+pub struct CodecRun<'a> {
+    trainer: &'a mut CodecTrainer,
+    data: &'a TrainData,
+    /// Codebook counts validated.
+    val_nq: Vec<usize>,
+    /// Samples of each validation clip used.
     val_max: usize,
-) -> Result<(), TrainError> {
-    super::plots::plot_curves(out)?;
-    if let Some(clip) = data.val_clips().first() {
-        let codec = trainer.inference_codec()?;
-        let n = clip.samples.len().min(val_max);
-        let path = out
-            .join("plots")
-            .join(format!("val_step_{:08}.png", trainer.step()));
-        let title = format!(
-            "step {}: original (top) vs decoded (bottom)",
-            trainer.step()
-        );
-        super::plots::plot_reconstruction(&codec, &clip.samples[..n], &path, &title)?;
+}
+
+impl<'a> CodecRun<'a> {
+    /// `val_codebooks` outside `1..=num_quantizers` are dropped; none left means all codebooks.
+    pub fn new(
+        trainer: &'a mut CodecTrainer,
+        data: &'a TrainData,
+        val_codebooks: &[usize],
+    ) -> Self {
+        let nq_max = trainer.config().model.num_quantizers;
+        let mut val_nq: Vec<usize> = val_codebooks
+            .iter()
+            .copied()
+            .filter(|&n| n >= 1 && n <= nq_max)
+            .collect();
+        if val_nq.is_empty() {
+            val_nq.push(nq_max);
+        }
+        let val_max = (trainer.config().data.val_max_s * data.sample_rate() as f64) as usize;
+        Self {
+            trainer,
+            data,
+            val_nq,
+            val_max,
+        }
     }
-    Ok(())
+}
+
+impl RunModel for CodecRun<'_> {
+    type Error = TrainError;
+    type Step = StepMetrics;
+    type Val = Vec<ValMetrics>;
+
+    fn step(&self) -> u64 {
+        self.trainer.step()
+    }
+
+    fn total_steps(&self) -> u64 {
+        self.trainer.config().steps
+    }
+
+    fn intervals(&self) -> Intervals {
+        self.trainer.config().intervals.clone()
+    }
+
+    fn config_yaml(&self) -> Result<String, TrainError> {
+        self.trainer.config().to_yaml()
+    }
+
+    /// k-means initialisation of the codebooks on a fresh run.
+    fn prepare(&mut self) -> Result<(), TrainError> {
+        if !self.trainer.codebooks_ready() {
+            let n = self.trainer.config().quantizer.kmeans_batches;
+            let batches = (0..n)
+                .map(|_| self.trainer.sample_batch(self.data))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.trainer.init_codebooks(&batches)?;
+            tracing::info!("codebooks initialised by k-means on {n} batch(es)");
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self) -> Result<StepMetrics, TrainError> {
+        let batch = self.trainer.sample_batch(self.data)?;
+        self.trainer.train_step(&batch)
+    }
+
+    /// Interval means of the loss terms, grad norm and perplexity per codebook; restarts and
+    /// skipped updates summed; the adversarial terms averaged over the steps that had them.
+    fn metrics(&self, m: &StepMetrics) -> Vec<(&'static str, Metric)> {
+        let mut v = vec![
+            ("lr", Metric::Last(m.lr)),
+            ("loss", Metric::Mean(m.loss)),
+            ("time_l1", Metric::Mean(m.time_l1)),
+            ("stft_sc", Metric::Mean(m.stft_sc)),
+            ("stft_mag", Metric::Mean(m.stft_mag)),
+            ("mel", Metric::Mean(m.mel)),
+            ("commit", Metric::Mean(m.commit)),
+            ("grad_norm", Metric::Mean(m.grad_norm)),
+            ("perplexity", Metric::MeanVec(m.perplexity.clone())),
+            ("restarted", Metric::Count(m.restarted as u64)),
+            ("skipped", Metric::Count(m.skipped as u64)),
+        ];
+        if m.adversarial {
+            v.extend([
+                ("disc_loss", Metric::Mean(m.disc_loss)),
+                ("gen_adv", Metric::Mean(m.gen_adv)),
+                ("feat", Metric::Mean(m.feat)),
+                ("disc_grad_norm", Metric::Mean(m.disc_grad_norm)),
+            ]);
+        }
+        v
+    }
+
+    /// Codebook usage at the log step.
+    fn log_fields(&self) -> Result<Vec<(&'static str, serde_json::Value)>, TrainError> {
+        Ok(vec![("usage", self.trainer.codebook_usage()?.into())])
+    }
+
+    fn validate(&mut self) -> Result<Option<Validation<Vec<ValMetrics>>>, TrainError> {
+        if self.data.val_clips().is_empty() {
+            return Ok(None);
+        }
+        let step = self.trainer.step();
+        let v = self
+            .trainer
+            .validate(self.data.val_clips(), &self.val_nq, self.val_max)?;
+        for m in &v {
+            tracing::info!(
+                "step {step} val n_q {} ({:.2} kbps): mel {:.4}, SNR {:.2} dB, SI-SDR {:.2} dB",
+                m.n_q,
+                m.kbps,
+                m.mel_distance,
+                m.snr_db,
+                m.si_sdr_db
+            );
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert(
+            "val".into(),
+            serde_json::to_value(&v).expect("plain numbers"),
+        );
+        fields.insert("held_out".into(), self.data.val_held_out().into());
+        Ok(Some(Validation { value: v, fields }))
+    }
+
+    /// `plots/curves.png`, `plots/val_*.png` and `plots/val_step_<step>.png` (the first
+    /// validation clip, original against decoded with all codebooks).
+    fn plot(&self, run_dir: &Path) -> Result<(), TrainError> {
+        super::plots::plot_curves(run_dir)?;
+        if let Some(clip) = self.data.val_clips().first() {
+            let step = self.trainer.step();
+            let codec = self.trainer.inference_codec()?;
+            let n = clip.samples.len().min(self.val_max);
+            let path = run_dir
+                .join(run::PLOTS_DIR)
+                .join(format!("val_step_{step:08}.png"));
+            let title = format!("step {step}: original (top) vs decoded (bottom)");
+            super::plots::plot_reconstruction(&codec, &clip.samples[..n], &path, &title)?;
+        }
+        Ok(())
+    }
+
+    fn save_state(&self) -> Result<CheckpointParts, TrainError> {
+        self.trainer.checkpoint_parts()
+    }
+
+    fn load_state(&mut self, ckpt: &Checkpoint) -> Result<(), TrainError> {
+        self.trainer.load_state(ckpt)
+    }
+
+    fn export(&self, dir: &Path) -> Result<(), TrainError> {
+        self.trainer.export(dir)
+    }
 }
 
 /// Trains until `trainer.config().steps` (or `stop`), logging, validating, checkpointing and
 /// exporting into `opts.out_dir`; `on_step` sees every step (progress bars).
 ///
-/// Layout: `metrics.jsonl` (a line per `log_every` steps with the interval's mean losses,
-/// grad norm, lr, perplexity and usage per codebook, restarts, steps/s; a `"val"` line per
-/// validation), `train_config.yaml` (the resolved config), `checkpoints/step_*/` with a
-/// `latest` pointer, and `export/` (`config.json` + `model.safetensors`, rewritten at every
-/// checkpoint and at the end), `plots/` (PNG curves and a validation spectrogram, redrawn at
-/// every validation). A stop request ends with a checkpoint.
+/// Layout (`vaak_nn::train::run`): `metrics.jsonl` (a line per `log_every` steps with the
+/// interval's mean losses, grad norm, lr, perplexity and usage per codebook, restarts,
+/// steps/s; a `"val"` line per validation), `train_config.yaml` (the resolved config),
+/// `checkpoints/step_*/` with a `latest` pointer, and `export/` (`config.json` +
+/// `model.safetensors`, rewritten at every checkpoint and at the end), `plots/` (PNG curves
+/// and a validation spectrogram, redrawn at every validation). A stop request ends with a
+/// checkpoint.
 pub fn run_training(
     trainer: &mut CodecTrainer,
     data: &TrainData,
     opts: &RunOptions,
     on_step: &mut dyn FnMut(&StepMetrics),
 ) -> Result<RunSummary, TrainError> {
-    let out = &opts.out_dir;
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let cfg_path = out.join("train_config.yaml");
-    std::fs::write(&cfg_path, trainer.config().to_yaml()?)
-        .map_err(|e| TrainError::io(&cfg_path, e))?;
-    let mgr = CheckpointManager::new(
-        out.join("checkpoints"),
-        trainer.config().intervals.keep_last,
-    )?;
-    let log = MetricsLog::open(out.join("metrics.jsonl"), trainer.step())?;
-    let export_dir = out.join("export");
-    let nq_max = trainer.config().model.num_quantizers;
-    let mut val_nq: Vec<usize> = opts
-        .val_codebooks
-        .iter()
-        .copied()
-        .filter(|&n| n >= 1 && n <= nq_max)
-        .collect();
-    if val_nq.is_empty() {
-        val_nq.push(nq_max);
-    }
-    let val_max = (trainer.config().data.val_max_s * data.sample_rate() as f64) as usize;
-    let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-
-    if !trainer.codebooks_ready() {
-        let n = trainer.config().quantizer.kmeans_batches;
-        let batches = (0..n)
-            .map(|_| trainer.sample_batch(data))
-            .collect::<Result<Vec<_>, _>>()?;
-        trainer.init_codebooks(&batches)?;
-        tracing::info!("codebooks initialised by k-means on {n} batch(es)");
-    }
-
-    let total = trainer.config().steps;
-    let iv = trainer.config().intervals.clone();
-    let mut window = Window::default();
-    let mut t_window = Instant::now();
-    let t_run = Instant::now();
-    let start_step = trainer.step();
-    let mut last_ckpt = None;
-    let mut last_ckpt_step = None;
-    let mut last_val: Vec<ValMetrics> = Vec::new();
-    let mut last_val_step = None;
-    let mut stopped = false;
-    let validate =
-        |trainer: &CodecTrainer, log: &MetricsLog| -> Result<Vec<ValMetrics>, TrainError> {
-            let v = trainer.validate(data.val_clips(), &val_nq, val_max)?;
-            log.write(&serde_json::json!({
-                "step": trainer.step(),
-                "val": v,
-                "held_out": data.val_held_out(),
-            }))?;
-            for m in &v {
-                tracing::info!(
-                    "step {} val n_q {} ({:.2} kbps): mel {:.4}, SNR {:.2} dB, SI-SDR {:.2} dB",
-                    trainer.step(),
-                    m.n_q,
-                    m.kbps,
-                    m.mel_distance,
-                    m.snr_db,
-                    m.si_sdr_db
-                );
-            }
-            // Pictures are a convenience: a failure to draw is logged, never fatal.
-            if let Err(e) = draw_pictures(trainer, data, out, val_max) {
-                tracing::warn!("step {}: plots not written: {e}", trainer.step());
-            }
-            Ok(v)
-        };
-
-    while trainer.step() < total {
-        if stop_requested() {
-            stopped = true;
-            break;
-        }
-        let batch = trainer.sample_batch(data)?;
-        let m = trainer.train_step(&batch)?;
-        window.add(&m);
-        on_step(&m);
-        let s = m.step;
-        if iv.log_every > 0 && (s % iv.log_every == 0 || s == total) {
-            let n = window.n.max(1) as f64;
-            let dt = t_window.elapsed().as_secs_f64().max(1e-9);
-            let mut line = serde_json::json!({
-                "step": s,
-                "lr": m.lr,
-                "loss": window.loss / n,
-                "time_l1": window.time_l1 / n,
-                "stft_sc": window.stft_sc / n,
-                "stft_mag": window.stft_mag / n,
-                "mel": window.mel / n,
-                "commit": window.commit / n,
-                "grad_norm": window.grad_norm / n,
-                "perplexity": window.perplexity.iter().map(|p| p / n).collect::<Vec<_>>(),
-                "usage": trainer.codebook_usage()?,
-                "restarted": window.restarted,
-                "skipped": window.skipped,
-                "steps_per_s": window.n as f64 / dt,
-            });
-            if window.adv_steps > 0 {
-                let k = window.adv_steps as f64;
-                line["disc_loss"] = (window.disc_loss / k).into();
-                line["gen_adv"] = (window.gen_adv / k).into();
-                line["feat"] = (window.feat / k).into();
-                line["disc_grad_norm"] = (window.disc_grad_norm / k).into();
-            }
-            log.write(&line)?;
-            window = Window::default();
-            t_window = Instant::now();
-        }
-        if iv.val_every > 0 && s % iv.val_every == 0 && !data.val_clips().is_empty() {
-            last_val = validate(trainer, &log)?;
-            last_val_step = Some(s);
-        }
-        if iv.ckpt_every > 0 && s % iv.ckpt_every == 0 {
-            last_ckpt = Some(trainer.save_checkpoint(&mgr)?);
-            last_ckpt_step = Some(s);
-            trainer.export(&export_dir)?;
-        }
-    }
-    let end = trainer.step();
-    if last_ckpt_step != Some(end) {
-        last_ckpt = Some(trainer.save_checkpoint(&mgr)?);
-    }
-    trainer.export(&export_dir)?;
-    if last_val_step != Some(end) && !data.val_clips().is_empty() {
-        last_val = validate(trainer, &log)?;
-    }
-    let done = (end - start_step) as f64;
-    Ok(RunSummary {
-        steps: end,
-        stopped_early: stopped,
-        last_checkpoint: last_ckpt,
-        export_dir,
-        final_val: last_val,
-        steps_per_s: done / t_run.elapsed().as_secs_f64().max(1e-9),
-    })
+    let mut model = CodecRun::new(trainer, data, &opts.val_codebooks);
+    let run_opts = run::RunOptions {
+        out_dir: opts.out_dir.clone(),
+        stop: opts.stop.clone(),
+    };
+    run::run(&mut model, &run_opts, on_step)
 }

@@ -1,6 +1,6 @@
 //! [`CausalConv1d`]: a causal, optionally strided / dilated / grouped conv that streams.
 
-use candle_core::{bail, Module, Result, Tensor};
+use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{add_bias, check_input, check_mask, check_params, load_params, CausalConvConfig};
@@ -8,10 +8,13 @@ use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 
 const NAME: &str = "CausalConv1d";
 
-/// `conv1d` (PyTorch semantics, symmetric zero `padding`) written as an explicit im2col and
-/// one rank-2 matmul per group, so that its gradients come from candle's matmul / narrow / cat
-/// backward passes, which are right, rather than from candle 0.11.1's conv1d backward, which
-/// is wrong for batch > 1 on the CPU.
+/// `conv1d` (PyTorch semantics, symmetric zero `padding`) with correct gradients: an explicit
+/// im2col and one rank-2 matmul per group, so that its gradients never come from candle
+/// 0.11.1's conv1d backward, which is wrong for batch > 1 on the CPU.
+///
+/// On the CPU with f32 input and weight the im2col is one custom op whose backward is its
+/// exact adjoint (col2im), much cheaper to differentiate; elsewhere (CUDA, Metal, other
+/// dtypes) it is [`conv1d_composed`]. Both compute the same function to float rounding.
 ///
 /// `x` is `[batch, in, L]`, `w` is `[out, in / groups, k]`; the result is
 /// `[batch, out, (L + 2 * padding - dilation * (k - 1) - 1) / stride + 1]`.
@@ -23,63 +26,148 @@ pub fn conv1d_differentiable(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    const F: &str = "conv1d_differentiable";
-    if stride == 0 || dilation == 0 || groups == 0 {
-        bail!("{F}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
+    let spec = Spec {
+        padding,
+        stride,
+        dilation,
+        groups,
+    };
+    spec.check("conv1d_differentiable", x, w)?;
+    if !(x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
+        return spec.composed(x, w);
     }
-    if x.rank() != 3 || w.rank() != 3 {
-        bail!(
-            "{F}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
-            x.dims(),
-            w.dims()
-        );
+    let x = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+    } else {
+        x.clone()
+    };
+    let cols = super::im2col::im2col_cpu_f32(&x, w.dim(2)?, stride, dilation)?;
+    cols_times_weight(&cols, w, groups, x.dim(0)?)?.contiguous()
+}
+
+/// [`conv1d_differentiable`]'s portable formulation, on any device and dtype: the im2col out
+/// of `k` narrowed slices, a cat and a permute, so that autograd differentiates plain candle
+/// ops. It is also the reference the CPU fast path is tested against.
+pub fn conv1d_composed(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let spec = Spec {
+        padding,
+        stride,
+        dilation,
+        groups,
+    };
+    spec.check("conv1d_composed", x, w)?;
+    spec.composed(x, w)
+}
+
+/// A `conv1d`'s options (PyTorch's).
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+}
+
+impl Spec {
+    /// Rejects zero sizes, weights that do not fit the input and inputs shorter than the
+    /// kernel; `f` names the function in the error.
+    fn check(&self, f: &str, x: &Tensor, w: &Tensor) -> Result<()> {
+        let Self {
+            padding,
+            stride,
+            dilation,
+            groups,
+        } = *self;
+        if stride == 0 || dilation == 0 || groups == 0 {
+            bail!(
+                "{f}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1"
+            );
+        }
+        if x.rank() != 3 || w.rank() != 3 {
+            bail!(
+                "{f}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
+                x.dims(),
+                w.dims()
+            );
+        }
+        let (_, c_in, l) = x.dims3()?;
+        let (c_out, c_in_g, k) = w.dims3()?;
+        if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {
+            bail!(
+                "{f}: weight {:?} does not fit input {:?} with {groups} groups",
+                w.dims(),
+                x.dims()
+            );
+        }
+        let k_eff = dilation * (k - 1) + 1;
+        if l + 2 * padding < k_eff {
+            bail!("{f}: input of length {l} (+ 2 x {padding} padding) is shorter than the kernel span {k_eff}");
+        }
+        Ok(())
     }
-    let (b, c_in, l) = x.dims3()?;
+
+    /// The slice-and-cat im2col of [`conv1d_composed`] (arguments checked).
+    fn composed(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let Self {
+            padding,
+            stride,
+            dilation,
+            groups,
+        } = *self;
+        let (b, c_in, l) = x.dims3()?;
+        let k = w.dim(2)?;
+        let k_eff = dilation * (k - 1) + 1;
+        let l_out = (l + 2 * padding - k_eff) / stride + 1;
+        let x = x.pad_with_zeros(2, padding, padding)?;
+        let taps = (0..k)
+            .map(|j| {
+                let t = x.narrow(2, j * dilation, (l_out - 1) * stride + 1)?;
+                if stride == 1 {
+                    t.unsqueeze(3)
+                } else {
+                    t.pad_with_zeros(2, 0, stride - 1)?
+                        .reshape((b, c_in, l_out, stride))?
+                        .narrow(3, 0, 1)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // [B, L_out, C_in, k]: one im2col row per output frame.
+        let cols = Tensor::cat(&taps, 3)?
+            .permute((0, 2, 1, 3))?
+            .contiguous()?
+            .reshape((b * l_out, c_in * k))?;
+        cols_times_weight(&cols, w, groups, b)
+    }
+}
+
+/// im2col rows `[B * L_out, C_in * k]` times the weight `[C_out, C_in / groups, k]`, one rank-2
+/// matmul per group: `[B, C_out, L_out]` (a transposed view).
+fn cols_times_weight(cols: &Tensor, w: &Tensor, groups: usize, b: usize) -> Result<Tensor> {
+    let (rows, _) = cols.dims2()?;
     let (c_out, c_in_g, k) = w.dims3()?;
-    if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {
-        bail!(
-            "{F}: weight {:?} does not fit input {:?} with {groups} groups",
-            w.dims(),
-            x.dims()
-        );
-    }
-    let k_eff = dilation * (k - 1) + 1;
-    let l_pad = l + 2 * padding;
-    if l_pad < k_eff {
-        bail!("{F}: input of length {l} (+ 2 x {padding} padding) is shorter than the kernel span {k_eff}");
-    }
-    let l_out = (l_pad - k_eff) / stride + 1;
-    let x = x.pad_with_zeros(2, padding, padding)?;
-    let taps = (0..k)
-        .map(|j| {
-            let t = x.narrow(2, j * dilation, (l_out - 1) * stride + 1)?;
-            if stride == 1 {
-                t.unsqueeze(3)
-            } else {
-                t.pad_with_zeros(2, 0, stride - 1)?
-                    .reshape((b, c_in, l_out, stride))?
-                    .narrow(3, 0, 1)
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // [B, L_out, C_in, k]: one im2col row per output frame.
-    let cols = Tensor::cat(&taps, 3)?.permute((0, 2, 1, 3))?;
     let c_out_g = c_out / groups;
-    let per_group = (0..groups)
-        .map(|g| {
-            let cols_g = cols
-                .narrow(2, g * c_in_g, c_in_g)?
-                .contiguous()?
-                .reshape((b * l_out, c_in_g * k))?;
-            let w_g = w
-                .narrow(0, g * c_out_g, c_out_g)?
-                .reshape((c_out_g, c_in_g * k))?;
-            cols_g.matmul(&w_g.t()?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&per_group, 1)?
-        .reshape((b, l_out, c_out))?
-        .transpose(1, 2)
+    let y = if groups == 1 {
+        cols.matmul(&w.reshape((c_out, c_in_g * k))?.t()?)?
+    } else {
+        let parts = (0..groups)
+            .map(|g| {
+                let cg = cols.narrow(1, g * c_in_g * k, c_in_g * k)?.contiguous()?;
+                let wg = w
+                    .narrow(0, g * c_out_g, c_out_g)?
+                    .reshape((c_out_g, c_in_g * k))?;
+                cg.matmul(&wg.t()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)?
+    };
+    y.reshape((b, rows / b, c_out))?.transpose(1, 2)
 }
 
 /// Per-slot streaming state: the input not yet consumed by an emitted frame, left padding

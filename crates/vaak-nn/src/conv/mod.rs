@@ -46,12 +46,15 @@
 //! mishandled too. Hence the transpose here never calls candle's, and [`CausalConv1d`] runs
 //! [`conv1d_differentiable`] (im2col plus rank-2 matmuls) whenever autograd tracks its input or
 //! weight, keeping candle's fast `conv1d` for inference. The gradient tests against PyTorch use
-//! batch 2 and would catch a regression.
+//! batch 2 and would catch a regression. On the CPU in f32 that im2col is a custom op with its
+//! exact adjoint as backward (the training fast path); [`conv1d_composed`] is the portable
+//! formulation used elsewhere and as its reference.
 
 mod conv1d;
+mod im2col;
 mod transpose;
 
-pub use conv1d::{conv1d_differentiable, CausalConv1d};
+pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d};
 pub use transpose::{conv_transpose1d_differentiable, CausalConvTranspose1d};
 
 use candle_core::{bail, Result, Tensor};

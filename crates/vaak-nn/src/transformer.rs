@@ -702,12 +702,37 @@ impl Transformer {
         train: bool,
         memory: Option<(&Tensor, Option<&Tensor>)>,
     ) -> Result<Tensor> {
+        self.forward_full(x, offset, train, memory, None)
+    }
+
+    /// Whole-sequence forward of a right-padded batch: row `b` holds `lens[b]` frames and no
+    /// query sees a key at or past `lens[b]`, so padding never leaks into valid frames (it
+    /// would through a chunk-causal or non-causal mask). Valid rows equal an unpadded forward.
+    pub fn forward_padded(&self, x: &Tensor, lens: &[usize], train: bool) -> Result<Tensor> {
+        self.forward_full(x, 0, train, None, Some(lens))
+    }
+
+    fn forward_full(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        train: bool,
+        memory: Option<(&Tensor, Option<&Tensor>)>,
+        lens: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let (b, t, _) = self.check_input(x)?;
         if let Some((m, _)) = memory {
             self.check_memory(m, b)?;
         }
         if t == 0 {
             return Ok(x.clone());
+        }
+        if let Some(l) = lens {
+            if l.len() != b || l.iter().any(|&n| n == 0 || n > t) {
+                candle_core::bail!(
+                    "transformer forward_padded: lengths {l:?} must be {b} values in 1..={t}"
+                );
+            }
         }
         let (cos, sin) = self
             .rope
@@ -728,6 +753,27 @@ impl Transformer {
             Some(Tensor::from_vec(m, (1, 1, 1, t, t), &self.device)?)
         } else {
             None
+        };
+        let mask = match lens {
+            Some(l) if l.iter().any(|&n| n < t) => {
+                // Padded queries see only key 0: their rows are garbage but must stay finite,
+                // since a masked key still multiplies its value by zero.
+                let mut m = Vec::with_capacity(b * t * t);
+                for &n in l {
+                    for &q in &pos {
+                        for &k in &pos {
+                            let ok = if q - offset < n {
+                                k - offset < n && (!needs_mask || self.cfg.allowed(q, k))
+                            } else {
+                                k == offset
+                            };
+                            m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                        }
+                    }
+                }
+                Some(Tensor::from_vec(m, (b, 1, 1, t, t), &self.device)?)
+            }
+            _ => mask,
         };
         let inp = AttnInputs { cos, sin, mask };
         let mut x = x.clone();

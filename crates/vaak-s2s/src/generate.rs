@@ -74,7 +74,7 @@ impl GenerationConfig {
                 return bad("top_p", "must be in (0, 1]");
             }
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return bad("repetition_penalty", "must be positive");
         }
         if self.max_frames == 0 {

@@ -109,7 +109,7 @@ struct DepthHead {
 #[derive(Clone, Debug)]
 enum Heads {
     Delay(Vec<Linear>),
-    Depth(DepthHead),
+    Depth(Box<DepthHead>),
 }
 
 /// Incremental decoder state for `B` slots: self-attention KV cache and the cross-attention
@@ -224,7 +224,7 @@ impl S2sModel {
             HeadKind::Depth => {
                 let dd = cfg.depth.d_model;
                 let vb = vb.pp("depth");
-                Heads::Depth(DepthHead {
+                Heads::Depth(Box::new(DepthHead {
                     proj: candle_nn::linear(d, dd, vb.pp("proj"))?,
                     emb: (0..k.saturating_sub(1))
                         .map(|i| candle_nn::embedding(av, dd, vb.pp(format!("emb.{i}"))))
@@ -236,7 +236,7 @@ impl S2sModel {
                     heads: (0..k)
                         .map(|i| candle_nn::linear(dd, av, vb.pp(format!("heads.{i}"))))
                         .collect::<candle_core::Result<Vec<_>>>()?,
-                })
+                }))
             }
         };
         Ok(Self {

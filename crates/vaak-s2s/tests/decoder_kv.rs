@@ -62,8 +62,8 @@ fn check(head: HeadKind, text: bool) {
                 break;
             }
         }
-        for i in 0..2 {
-            visible[i].push(dst.memory_lens()[i]);
+        for (v, &l) in visible.iter_mut().zip(dst.memory_lens()) {
+            v.push(l);
         }
         let codes: Vec<Vec<u32>> = layouts
             .iter()
@@ -120,9 +120,9 @@ fn check(head: HeadKind, text: bool) {
                 if s >= l.inputs.len() {
                     continue;
                 }
-                for c in 0..k {
-                    let full = tf.logits[c].i((row, s)).unwrap();
-                    let inc = stepped[c].i(row).unwrap();
+                for (c, (full, inc)) in tf.logits.iter().zip(stepped).enumerate() {
+                    let full = full.i((row, s)).unwrap();
+                    let inc = inc.i(row).unwrap();
                     let d = common::max_diff(&full, &inc);
                     assert!(
                         d < TOL,

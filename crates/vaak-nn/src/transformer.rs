@@ -14,7 +14,7 @@
 //! x = x + ls2 * ffn(norm2(x))
 //! ```
 //! with an optional final norm after the last layer. A cross-attending stack
-//! (`cross_attention_dim`) inserts `x = x + ls_c * cross_attn(norm_cross(x), memory)` between
+//! ([`TransformerOptions::cross_attention_dim`]) inserts `x = x + ls_c * cross_attn(norm_cross(x), memory)` between
 //! the two: the same attention code, with queries from `x` (no RoPE) and keys/values
 //! projected from the memory, cached per slot in a [`CrossKvCache`] that grows as the memory
 //! streams in.
@@ -119,6 +119,13 @@ pub struct TransformerConfig {
     pub final_norm: bool,
     /// Capacity of streaming caches when `context` is `None` (full context cannot rotate).
     pub max_seq_len: usize,
+}
+
+/// Options of a stack beyond [`TransformerConfig`], for [`Transformer::with_options`]. Kept
+/// apart so that the config's existing struct literals (codec presets) stay valid.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TransformerOptions {
     /// Chunk-causal attention (streaming Conformer encoders): a query sees every key of its
     /// own chunk of `chunk_size` frames and of the earlier chunks, so one chunk's frames can
     /// look at each other while the stream still never waits for a later chunk. With a
@@ -128,6 +135,61 @@ pub struct TransformerConfig {
     /// Width of an external memory (an encoder's output) that every layer cross-attends to
     /// after its self-attention; `None` means no cross-attention.
     pub cross_attention_dim: Option<usize>,
+}
+
+impl TransformerOptions {
+    /// Checks the options against the config they extend.
+    pub fn validate(&self, cfg: &TransformerConfig) -> Result<()> {
+        if let Some(c) = self.chunk_size {
+            if c == 0 || !cfg.causal {
+                candle_core::bail!(
+                    "transformer options: chunk_size must be at least 1 and needs causal = true"
+                );
+            }
+            if let Some(ctx) = cfg.context {
+                if ctx % c != 0 {
+                    candle_core::bail!(
+                        "transformer options: context {ctx} must be a multiple of chunk_size {c}"
+                    );
+                }
+            }
+        }
+        if self.cross_attention_dim == Some(0) {
+            candle_core::bail!("transformer options: cross_attention_dim must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Which keys a query may see: the config's mask, refined by chunks.
+#[derive(Clone, Copy, Debug)]
+struct MaskSpec {
+    causal: bool,
+    context: Option<usize>,
+    chunk: Option<usize>,
+}
+
+impl MaskSpec {
+    fn new(cfg: &TransformerConfig, opts: &TransformerOptions) -> Self {
+        Self {
+            causal: cfg.causal,
+            context: cfg.context,
+            chunk: opts.chunk_size,
+        }
+    }
+
+    /// Whether query `q` may attend to key `k` (absolute positions).
+    fn allowed(&self, q: usize, k: usize) -> bool {
+        if let (true, Some(c)) = (self.causal, self.chunk) {
+            let (qc, kc) = (q / c, k / c);
+            return kc <= qc && self.context.is_none_or(|ctx| qc - kc < ctx / c);
+        }
+        if self.causal {
+            k <= q && self.context.is_none_or(|c| q - k < c)
+        } else {
+            self.context.is_none_or(|c| q.abs_diff(k) < c)
+        }
+    }
 }
 
 impl Default for TransformerConfig {
@@ -149,8 +211,6 @@ impl Default for TransformerConfig {
             layer_scale: None,
             final_norm: false,
             max_seq_len: 4096,
-            chunk_size: None,
-            cross_attention_dim: None,
         }
     }
 }
@@ -200,37 +260,7 @@ impl TransformerConfig {
         if self.max_period.is_nan() || self.max_period <= 0.0 {
             candle_core::bail!("transformer config: max_period must be positive");
         }
-        if let Some(c) = self.chunk_size {
-            if c == 0 || !self.causal {
-                candle_core::bail!(
-                    "transformer config: chunk_size must be at least 1 and needs causal = true"
-                );
-            }
-            if let Some(ctx) = self.context {
-                if ctx % c != 0 {
-                    candle_core::bail!(
-                        "transformer config: context {ctx} must be a multiple of chunk_size {c}"
-                    );
-                }
-            }
-        }
-        if self.cross_attention_dim == Some(0) {
-            candle_core::bail!("transformer config: cross_attention_dim must be at least 1");
-        }
         Ok(())
-    }
-
-    /// Whether query `q` may attend to key `k` (absolute positions).
-    fn allowed(&self, q: usize, k: usize) -> bool {
-        if let (true, Some(c)) = (self.causal, self.chunk_size) {
-            let (qc, kc) = (q / c, k / c);
-            return kc <= qc && self.context.is_none_or(|ctx| qc - kc < ctx / c);
-        }
-        if self.causal {
-            k <= q && self.context.is_none_or(|c| q - k < c)
-        } else {
-            self.context.is_none_or(|c| q.abs_diff(k) < c)
-        }
     }
 }
 
@@ -559,7 +589,7 @@ struct CrossBlock {
 }
 
 impl TransformerLayer {
-    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TransformerConfig, opts: &TransformerOptions, vb: VarBuilder) -> Result<Self> {
         let ls = |name: &str| -> Result<Option<Tensor>> {
             cfg.layer_scale
                 .map(|v| {
@@ -568,7 +598,7 @@ impl TransformerLayer {
                 })
                 .transpose()
         };
-        let cross = match cfg.cross_attention_dim {
+        let cross = match opts.cross_attention_dim {
             Some(dc) => Some(CrossBlock {
                 norm: Norm::new(cfg, vb.pp("norm_cross"))?,
                 attn: Attention::new(cfg, dc, vb.pp("cross_attn"))?,
@@ -624,6 +654,8 @@ impl TransformerLayer {
 #[derive(Clone, Debug)]
 pub struct Transformer {
     cfg: TransformerConfig,
+    opts: TransformerOptions,
+    mask: MaskSpec,
     layers: Vec<TransformerLayer>,
     norm_out: Option<Norm>,
     rope: Rope,
@@ -634,9 +666,20 @@ pub struct Transformer {
 impl Transformer {
     /// Builds the stack from `vb` (see the module doc for tensor names).
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(cfg, &TransformerOptions::default(), vb)
+    }
+
+    /// Builds a stack with chunk-causal attention and/or cross-attention (see
+    /// [`TransformerOptions`]); default options give exactly [`Self::new`].
+    pub fn with_options(
+        cfg: &TransformerConfig,
+        opts: &TransformerOptions,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         cfg.validate()?;
+        opts.validate(cfg)?;
         let layers = (0..cfg.num_layers)
-            .map(|i| TransformerLayer::new(cfg, vb.pp(format!("layers.{i}"))))
+            .map(|i| TransformerLayer::new(cfg, opts, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let norm_out = if cfg.final_norm {
             Some(Norm::new(cfg, vb.pp("norm_out"))?)
@@ -645,6 +688,8 @@ impl Transformer {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            opts: opts.clone(),
+            mask: MaskSpec::new(cfg, opts),
             layers,
             norm_out,
             rope: Rope::new(cfg),
@@ -655,6 +700,10 @@ impl Transformer {
 
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
+    }
+
+    pub fn options(&self) -> &TransformerOptions {
+        &self.opts
     }
 
     pub fn dtype(&self) -> DType {
@@ -743,7 +792,7 @@ impl Transformer {
             let mut m = Vec::with_capacity(t * t);
             for &q in &pos {
                 for &k in &pos {
-                    m.push(if self.cfg.allowed(q, k) {
+                    m.push(if self.mask.allowed(q, k) {
                         0f32
                     } else {
                         f32::NEG_INFINITY
@@ -763,7 +812,7 @@ impl Transformer {
                     for &q in &pos {
                         for &k in &pos {
                             let ok = if q - offset < n {
-                                k - offset < n && (!needs_mask || self.cfg.allowed(q, k))
+                                k - offset < n && (!needs_mask || self.mask.allowed(q, k))
                             } else {
                                 k == offset
                             };
@@ -800,7 +849,7 @@ impl Transformer {
     }
 
     fn check_memory(&self, m: &Tensor, b: usize) -> Result<()> {
-        let Some(dc) = self.cfg.cross_attention_dim else {
+        let Some(dc) = self.opts.cross_attention_dim else {
             candle_core::bail!(
                 "transformer: a memory was given to a stack without cross-attention"
             );
@@ -819,7 +868,7 @@ impl Transformer {
 
     /// An empty cross-attention cache of `capacity` memory frames for `batch_size` slots.
     pub fn cross_cache(&self, batch_size: usize, capacity: usize) -> Result<CrossKvCache> {
-        if self.cfg.cross_attention_dim.is_none() {
+        if self.opts.cross_attention_dim.is_none() {
             candle_core::bail!("transformer: cross_cache on a stack without cross-attention");
         }
         if batch_size == 0 || capacity == 0 {
@@ -1041,7 +1090,7 @@ impl Transformer {
         if t == 0 {
             return Ok(x.clone());
         }
-        let plan = cache.plan(&self.cfg, &self.rope, t, mask)?;
+        let plan = cache.plan(&self.mask, &self.rope, t, mask)?;
         let mut x = x.clone();
         for (li, (layer, ring)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let cross = memory.map(|(mc, mm, s)| {
@@ -1381,13 +1430,7 @@ impl SlotKvCache {
         }
     }
 
-    fn plan(
-        &self,
-        cfg: &TransformerConfig,
-        rope: &Rope,
-        t: usize,
-        mask: &StreamMask,
-    ) -> Result<StepPlan> {
+    fn plan(&self, spec: &MaskSpec, rope: &Rope, t: usize, mask: &StreamMask) -> Result<StepPlan> {
         let b = self.batch_size();
         let cap = self.capacity;
         if !self.rotating {
@@ -1433,7 +1476,7 @@ impl SlotKvCache {
             let keys: Vec<Option<usize>> = (0..s).map(key_pos).collect();
             for q in p..p + t {
                 for kp in &keys {
-                    let ok = kp.is_some_and(|kp| cfg.allowed(q, kp));
+                    let ok = kp.is_some_and(|kp| spec.allowed(q, kp));
                     m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
                 }
             }

@@ -9,6 +9,7 @@ use rand_distr::{Distribution, Normal};
 use vaak_nn::streaming::{max_abs_diff, slot, stream_in_chunks, StreamingModule};
 use vaak_nn::transformer::{
     FfnKind, NormKind, RopeKind, StreamingTransformer, Transformer, TransformerConfig,
+    TransformerOptions,
 };
 use vaak_nn::StreamMask;
 
@@ -50,9 +51,17 @@ fn randn(shape: &[usize], std: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
 
 /// A model whose every parameter (norm gains and biases included) is seeded random.
 fn model(cfg: &TransformerConfig, seed: u64) -> Result<(Transformer, VarMap)> {
+    model_with(cfg, &TransformerOptions::default(), seed)
+}
+
+fn model_with(
+    cfg: &TransformerConfig,
+    opts: &TransformerOptions,
+    seed: u64,
+) -> Result<(Transformer, VarMap)> {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let m = Transformer::new(cfg, vb)?;
+    let m = Transformer::with_options(cfg, opts, vb)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let data = vm.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
@@ -666,9 +675,15 @@ fn bf16_weights_stream_through_per_slot_cache() -> Result<()> {
 
 fn chunked_cfg(chunk: usize, left_chunks: usize) -> TransformerConfig {
     TransformerConfig {
-        chunk_size: Some(chunk),
         context: Some((left_chunks + 1) * chunk),
         ..base_cfg()
+    }
+}
+
+fn chunk_opts(chunk: usize) -> TransformerOptions {
+    TransformerOptions {
+        chunk_size: Some(chunk),
+        ..Default::default()
     }
 }
 
@@ -678,7 +693,7 @@ fn chunk_causal_mask_sees_its_chunk_and_left_chunks_only() -> Result<()> {
         num_layers: 1,
         ..chunked_cfg(3, 1)
     };
-    let (m, _vm) = model(&cfg, 31)?;
+    let (m, _vm) = model_with(&cfg, &chunk_opts(3), 31)?;
     let x = input(1, 12, cfg.d_model, 32)?;
     let y = m.forward(&x)?;
     // Perturb frame 4 (chunk 1): frames of chunks 1 and 2 change, chunk 0 and 3 do not.
@@ -704,7 +719,7 @@ fn chunk_causal_mask_sees_its_chunk_and_left_chunks_only() -> Result<()> {
 fn chunk_causal_streams_in_whole_chunks_equal_recompute() -> Result<()> {
     for (chunk, left) in [(1, 2), (2, 1), (4, 2)] {
         let cfg = chunked_cfg(chunk, left);
-        let (m, _vm) = model(&cfg, 40 + chunk as u64)?;
+        let (m, _vm) = model_with(&cfg, &chunk_opts(chunk), 40 + chunk as u64)?;
         let x = input(2, 6 * chunk + 1, cfg.d_model, 41)?;
         let full = m.forward(&x)?;
         // Whole chunks, then the partial last chunk.
@@ -713,25 +728,32 @@ fn chunk_causal_streams_in_whole_chunks_equal_recompute() -> Result<()> {
         assert!(d <= STREAM_TOL, "chunk {chunk}: {d}");
     }
     let bad = TransformerConfig {
-        chunk_size: Some(2),
         context: Some(3),
         ..base_cfg()
     };
-    assert!(bad.validate().is_err());
+    assert!(chunk_opts(2).validate(&bad).is_err());
+    let non_causal = TransformerConfig {
+        causal: false,
+        ..base_cfg()
+    };
+    assert!(chunk_opts(2).validate(&non_causal).is_err());
     Ok(())
 }
 
 #[test]
 fn padded_forward_equals_unpadded_rows() -> Result<()> {
-    for cfg in [
-        chunked_cfg(3, 1),
-        base_cfg(),
-        TransformerConfig {
-            causal: false,
-            ..base_cfg()
-        },
+    for (cfg, opts) in [
+        (chunked_cfg(3, 1), chunk_opts(3)),
+        (base_cfg(), TransformerOptions::default()),
+        (
+            TransformerConfig {
+                causal: false,
+                ..base_cfg()
+            },
+            TransformerOptions::default(),
+        ),
     ] {
-        let (m, _vm) = model(&cfg, 50)?;
+        let (m, _vm) = model_with(&cfg, &opts, 50)?;
         let x = input(2, 10, cfg.d_model, 51)?;
         let lens = [10, 7];
         let padded = m.forward_padded(&x, &lens, false)?;
@@ -752,9 +774,15 @@ fn padded_forward_equals_unpadded_rows() -> Result<()> {
     Ok(())
 }
 
+fn cross_opts() -> TransformerOptions {
+    TransformerOptions {
+        cross_attention_dim: Some(12),
+        ..Default::default()
+    }
+}
+
 fn cross_cfg() -> TransformerConfig {
     TransformerConfig {
-        cross_attention_dim: Some(12),
         layer_scale: Some(0.7),
         num_kv_heads: Some(2),
         ..base_cfg()
@@ -765,7 +793,7 @@ fn cross_cfg() -> TransformerConfig {
 fn cross_attention_steps_with_growing_memory_equal_full_forward() -> Result<()> {
     use vaak_nn::transformer::cross_attention_mask;
     let cfg = cross_cfg();
-    let (m, _vm) = model(&cfg, 60)?;
+    let (m, _vm) = model_with(&cfg, &cross_opts(), 60)?;
     let (b, t, s) = (2, 9, 11);
     let x = input(b, t, cfg.d_model, 61)?;
     let mem = input(b, s, 12, 62)?;
@@ -783,11 +811,11 @@ fn cross_attention_steps_with_growing_memory_equal_full_forward() -> Result<()> 
     let mut cache = m.slot_cache(b)?;
     let mut cross = m.cross_cache(b, s)?;
     let mut outs = Vec::new();
-    for i in 0..t {
+    for (i, xi) in (0..t).map(|i| (i, x.narrow(1, i, 1))) {
         // Each slot appends its own new frames (one slot at a time under a mask).
-        for slot in 0..b {
+        for (slot, vis) in visible.iter().enumerate() {
             let have = cross.lens()[slot];
-            let need = visible[slot][i];
+            let need = vis[i];
             if need > have {
                 let chunk = Tensor::zeros((b, need - have, 12), DType::F32, &Device::Cpu)?
                     .slice_assign(
@@ -798,12 +826,7 @@ fn cross_attention_steps_with_growing_memory_equal_full_forward() -> Result<()> 
             }
         }
         assert_eq!(cross.lens(), &[visible[0][i], visible[1][i]]);
-        outs.push(m.step_slots_with_memory(
-            &x.narrow(1, i, 1)?,
-            &mut cache,
-            &StreamMask::All,
-            &cross,
-        )?);
+        outs.push(m.step_slots_with_memory(&xi?, &mut cache, &StreamMask::All, &cross)?);
     }
     let streamed = Tensor::cat(&outs, 1)?;
     let d = max_abs_diff(&full, &streamed)?;
@@ -819,7 +842,7 @@ fn cross_attention_steps_with_growing_memory_equal_full_forward() -> Result<()> 
 #[test]
 fn cross_memory_reset_of_one_slot_leaves_the_other_bit_identical() -> Result<()> {
     let cfg = cross_cfg();
-    let (m, _vm) = model(&cfg, 70)?;
+    let (m, _vm) = model_with(&cfg, &cross_opts(), 70)?;
     let mem = input(2, 6, 12, 71)?;
     let mut cross = m.cross_cache(2, 8)?;
     m.append_memory(&mut cross, &mem, &StreamMask::All)?;

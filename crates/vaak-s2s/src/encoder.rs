@@ -20,7 +20,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
 use vaak_nn::conv::{CausalConv1d, CausalConvConfig};
-use vaak_nn::transformer::{SlotKvCache, Transformer, TransformerConfig};
+use vaak_nn::transformer::{SlotKvCache, Transformer, TransformerConfig, TransformerOptions};
 use vaak_nn::{StreamMask, StreamTensor, StreamingModule};
 
 use crate::config::S2sConfig;
@@ -48,13 +48,17 @@ impl ConformerBlock {
         let d = e.stack.d_model;
         let ff = e.stack.dim_feedforward;
         let tcfg = encoder_transformer_config(cfg);
+        let opts = TransformerOptions {
+            chunk_size: Some(e.chunk_size),
+            ..Default::default()
+        };
         let mut conv_cfg = CausalConvConfig::new(d, d, e.conv_kernel);
         conv_cfg.groups = d;
         Ok(Self {
             ffn1_norm: LayerNorm::new(d, vb.pp("ffn1_norm"))?,
             ffn1_in: candle_nn::linear(d, ff, vb.pp("ffn1_in"))?,
             ffn1_out: candle_nn::linear(ff, d, vb.pp("ffn1_out"))?,
-            attn: Transformer::new(&tcfg, vb.pp("attn"))?,
+            attn: Transformer::with_options(&tcfg, &opts, vb.pp("attn"))?,
             conv_norm: LayerNorm::new(d, vb.pp("conv_norm"))?,
             conv_in: candle_nn::linear(d, 2 * d, vb.pp("conv_in"))?,
             conv: CausalConv1d::new(conv_cfg, vb.pp("dwconv"))?,
@@ -116,7 +120,6 @@ fn encoder_transformer_config(cfg: &S2sConfig) -> TransformerConfig {
         num_layers: 1,
         dim_feedforward: e.stack.dim_feedforward,
         causal: true,
-        chunk_size: Some(e.chunk_size),
         context: Some((e.left_chunks + 1) * e.chunk_size),
         max_seq_len: cfg.max_source_frames,
         ..Default::default()

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Embedding, Linear, Module, VarBuilder, VarMap};
 use vaak_nn::transformer::{
     cross_attention_mask, CrossKvCache, SlotKvCache, Transformer, TransformerConfig,
+    TransformerOptions,
 };
 use vaak_nn::StreamMask;
 
@@ -171,7 +172,6 @@ fn decoder_config(cfg: &S2sConfig) -> TransformerConfig {
         causal: true,
         final_norm: true,
         max_seq_len: cfg.decoder_steps(cfg.max_target_frames),
-        cross_attention_dim: Some(cfg.encoder.stack.d_model),
         ..Default::default()
     }
 }
@@ -245,7 +245,14 @@ impl S2sModel {
             emb,
             text_emb,
             cond: CondEncoder::new(cfg.speaker_dim, d, vb.pp("cond"))?,
-            decoder: Transformer::new(&decoder_config(cfg), vb.pp("decoder"))?,
+            decoder: Transformer::with_options(
+                &decoder_config(cfg),
+                &TransformerOptions {
+                    cross_attention_dim: Some(cfg.encoder.stack.d_model),
+                    ..Default::default()
+                },
+                vb.pp("decoder"),
+            )?,
             text_head,
             heads,
             device: vb.device().clone(),

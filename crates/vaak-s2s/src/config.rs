@@ -83,8 +83,8 @@ pub struct S2sConfig {
 }
 
 impl S2sConfig {
-    /// A named preset: `tiny` (tests, < 1M parameters), `small` (~30M) or `base`
-    /// (12 + 12 layers, width 768).
+    /// A named preset: `tiny` (tests, < 1M parameters), `small` (6 + 6 layers, width 320:
+    /// ~32M parameters with an 8 x 1024 codec) or `base` (12 + 12 layers, width 768).
     pub fn preset(name: &str, codec: CodecSpec) -> Result<Self> {
         let stack = |d, h, l, ff| StackConfig {
             d_model: d,
@@ -102,8 +102,8 @@ impl S2sConfig {
                 3,
             ),
             "small" => (
-                stack(384, 6, 6, 1536),
-                stack(384, 6, 6, 1536),
+                stack(320, 5, 6, 1280),
+                stack(320, 5, 6, 1280),
                 stack(256, 4, 2, 1024),
                 4,
                 8,

@@ -61,7 +61,19 @@ impl ConformerBlock {
             attn: Transformer::with_options(&tcfg, &opts, vb.pp("attn"))?,
             conv_norm: LayerNorm::new(d, vb.pp("conv_norm"))?,
             conv_in: candle_nn::linear(d, 2 * d, vb.pp("conv_in"))?,
-            conv: CausalConv1d::new(conv_cfg, vb.pp("dwconv"))?,
+            conv: {
+                // CausalConv1d::new would initialise a fresh weight to zero, which kills the
+                // module's gradient at the start of training; Kaiming init over the taps.
+                let w = vb.pp("dwconv").get_with_hints(
+                    (d, 1, e.conv_kernel),
+                    "weight",
+                    candle_nn::init::DEFAULT_KAIMING_NORMAL,
+                )?;
+                let b = vb
+                    .pp("dwconv")
+                    .get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?;
+                CausalConv1d::from_tensors(conv_cfg, w, Some(b))?
+            },
             conv_out: candle_nn::linear(d, d, vb.pp("conv_out"))?,
         })
     }

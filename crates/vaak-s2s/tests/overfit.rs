@@ -117,3 +117,39 @@ fn tiny_delay_model_with_text_overfits_four_pairs() {
 fn tiny_depth_model_overfits_four_pairs() {
     overfit(HeadKind::Depth, false, 400);
 }
+
+/// Every parameter gets a gradient from the training loss (no fused op without a backward
+/// on the training path, no dead branch), for both heads with text and a speaker-less row.
+#[test]
+fn backward_reaches_every_parameter() {
+    for head in [HeadKind::Delay, HeadKind::Depth] {
+        let cfg = common::tiny(head, true);
+        let (model, vars) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+        let mut b = vec![common::sample(&cfg, 1, 5, 4), common::sample(&cfg, 2, 3, 2)];
+        b[1].cond.speaker = None;
+        let tf = model.forward_batch(&b, true).unwrap();
+        let loss = model
+            .loss(&tf, &LossWeights::uniform(cfg.codec.num_codebooks))
+            .unwrap();
+        let grads = loss.total.backward().unwrap();
+        let data = vars.data().lock().unwrap();
+        let mut missing: Vec<&String> = data
+            .iter()
+            .filter(|(_, v)| match grads.get(v.as_tensor()) {
+                None => true,
+                Some(g) => {
+                    g.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        == 0.0
+                }
+            })
+            .map(|(n, _)| n)
+            .collect();
+        missing.sort();
+        assert!(missing.is_empty(), "{head:?}: no gradient for {missing:?}");
+    }
+}

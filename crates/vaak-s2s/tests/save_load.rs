@@ -199,7 +199,7 @@ fn presets_have_the_advertised_sizes() {
     let n: usize = vars.all_vars().iter().map(|v| v.elem_count()).sum();
     assert!(n < 1_000_000, "tiny has {n} parameters");
     let small = S2sConfig::preset("small", CodecSpec::default()).unwrap();
-    assert_eq!(small.decoder.d_model, 384);
+    assert_eq!(small.decoder.d_model, 320);
     let base = S2sConfig::preset("base", CodecSpec::default()).unwrap();
     assert_eq!(
         (
@@ -208,5 +208,17 @@ fn presets_have_the_advertised_sizes() {
             base.decoder.d_model
         ),
         (12, 12, 768)
+    );
+}
+
+#[test]
+fn small_preset_is_about_thirty_million_parameters() {
+    let cfg = S2sConfig::preset("small", CodecSpec::default()).unwrap();
+    let (_, vars) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let n: usize = vars.all_vars().iter().map(|v| v.elem_count()).sum();
+    println!("small preset: {n} parameters");
+    assert!(
+        (25_000_000..38_000_000).contains(&n),
+        "small has {n} parameters"
     );
 }

@@ -333,7 +333,13 @@ impl S2sStream {
                 None => None,
             };
             let rows = guide(tl, tu)?;
-            for i in (0..b).filter(|&i| run[i]) {
+            // After a delay-pattern end of turn only the delayed codebooks still run; the
+            // text stream is over (its training targets there are ignored).
+            let text_live = |s: &SlotGen| s.eot_frame.is_none_or(|e| s.step <= e);
+            let live: Vec<bool> = (0..b)
+                .map(|i| run[i] && text_live(&self.slots[i]))
+                .collect();
+            for i in (0..b).filter(|&i| live[i]) {
                 let banned = [ts.pad, ts.bos];
                 let t = sample(&rows[i], &banned, &[], &self.gen, &mut self.slots[i].rng);
                 text_tok[i] = Some(t);

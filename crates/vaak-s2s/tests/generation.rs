@@ -88,12 +88,15 @@ fn check_batched_equals_single(head: HeadKind, text: bool, guidance: Option<f64>
     }
     // Not vacuous: replies have frames, varied codes, and differ between slots.
     let mut codes: Vec<u32> = batched.iter().flat_map(|r| r.0.concat()).collect();
-    assert!(batched.iter().all(|r| !r.0.is_empty()));
+    // (A random model may end a turn at once: at least the batch as a whole must speak.)
+    let total: usize = batched.iter().map(|r| r.0.len()).sum();
+    assert!(total >= 6, "only {total} frames generated");
     codes.sort_unstable();
     codes.dedup();
     assert!(codes.len() > 4, "sampled codes are too uniform: {codes:?}");
     assert_ne!(batched[0].0, batched[1].0);
     if text {
+        // Every stepped slot samples text at least at its first step.
         assert!(batched.iter().all(|r| !r.1.is_empty()));
     }
 }

@@ -609,3 +609,62 @@ fn sample(
     }
     idx[idx.len() - 1] as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen(t: f64, k: Option<usize>, p: Option<f64>) -> GenerationConfig {
+        GenerationConfig {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn greedy_skips_banned_ids_and_draws_nothing() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let before = rng.clone();
+        let l = [0.0, 5.0, 3.0, 9.0];
+        assert_eq!(sample(&l, &[3], &[], &gen(0.0, None, None), &mut rng), 1);
+        assert_eq!(rng.random::<u64>(), before.clone().random::<u64>());
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_argmax() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let l = [0.0, 1.0, 2.5, 2.4];
+        for _ in 0..50 {
+            assert_eq!(sample(&l, &[], &[], &gen(1.0, Some(1), None), &mut rng), 2);
+            assert_eq!(
+                sample(&l, &[], &[], &gen(1.0, None, Some(1e-6)), &mut rng),
+                2
+            );
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_softmax_and_never_picks_banned() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let l = [0.0f32, (2.0f32).ln(), 10.0];
+        let mut counts = [0usize; 3];
+        for _ in 0..6000 {
+            counts[sample(&l, &[2], &[], &gen(1.0, None, None), &mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        let ratio = counts[1] as f64 / counts[0] as f64;
+        assert!((ratio - 2.0).abs() < 0.2, "{counts:?}");
+    }
+
+    #[test]
+    fn repetition_penalty_discourages_recent_tokens() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let l = [1.0, 1.1];
+        let mut g = gen(0.0, None, None);
+        assert_eq!(sample(&l, &[], &[1], &g, &mut rng), 1);
+        g.repetition_penalty = 1.5;
+        assert_eq!(sample(&l, &[], &[1], &g, &mut rng), 0);
+    }
+}

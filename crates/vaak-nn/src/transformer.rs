@@ -13,7 +13,11 @@
 //! x = x + ls1 * o_proj(attn(rope(q_proj(norm1(x))), rope(k_proj(..)), v_proj(..)))
 //! x = x + ls2 * ffn(norm2(x))
 //! ```
-//! with an optional final norm after the last layer.
+//! with an optional final norm after the last layer. A cross-attending stack
+//! ([`TransformerOptions::cross_attention_dim`]) inserts `x = x + ls_c * cross_attn(norm_cross(x), memory)` between
+//! the two: the same attention code, with queries from `x` (no RoPE) and keys/values
+//! projected from the memory, cached per slot in a [`CrossKvCache`] that grows as the memory
+//! streams in.
 //!
 //! # Tensor names (relative to the `VarBuilder` handed to [`Transformer::new`])
 //!
@@ -24,6 +28,10 @@
 //! | `layers.{i}.self_attn.{k,v}_proj.weight`     | `[num_kv_heads * head_dim, d_model]` |
 //! | `layers.{i}.self_attn.o_proj.weight`         | `[d_model, num_heads * head_dim]` |
 //! | `layers.{i}.layer_scale_1.scale`, `layer_scale_2.scale` (if `layer_scale`) | `[d_model]` |
+//! | `layers.{i}.norm_cross.weight` (`.bias`) (if `cross_attention_dim`) | `[d_model]` |
+//! | `layers.{i}.cross_attn.q_proj.weight`, `o_proj` | as in `self_attn`           |
+//! | `layers.{i}.cross_attn.{k,v}_proj.weight`    | `[num_kv_heads * head_dim, cross_attention_dim]` |
+//! | `layers.{i}.layer_scale_cross.scale` (if both) | `[d_model]`                  |
 //! | `layers.{i}.norm2.weight` (`.bias`)          | `[d_model]`                    |
 //! | `layers.{i}.ffn.linear1.weight`              | `[dim_feedforward, d_model]` (Gelu), `[2 * dim_feedforward, d_model]` (SwiGlu: gate rows first, then up rows) |
 //! | `layers.{i}.ffn.linear2.weight`              | `[d_model, dim_feedforward]`   |
@@ -113,6 +121,77 @@ pub struct TransformerConfig {
     pub max_seq_len: usize,
 }
 
+/// Options of a stack beyond [`TransformerConfig`], for [`Transformer::with_options`]. Kept
+/// apart so that the config's existing struct literals (codec presets) stay valid.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TransformerOptions {
+    /// Chunk-causal attention (streaming Conformer encoders): a query sees every key of its
+    /// own chunk of `chunk_size` frames and of the earlier chunks, so one chunk's frames can
+    /// look at each other while the stream still never waits for a later chunk. With a
+    /// `context`, that many frames (a multiple of `chunk_size`) bound the window: a query in
+    /// chunk `c` sees chunks `c - context / chunk_size + 1 ..= c`. Requires `causal`.
+    pub chunk_size: Option<usize>,
+    /// Width of an external memory (an encoder's output) that every layer cross-attends to
+    /// after its self-attention; `None` means no cross-attention.
+    pub cross_attention_dim: Option<usize>,
+}
+
+impl TransformerOptions {
+    /// Checks the options against the config they extend.
+    pub fn validate(&self, cfg: &TransformerConfig) -> Result<()> {
+        if let Some(c) = self.chunk_size {
+            if c == 0 || !cfg.causal {
+                candle_core::bail!(
+                    "transformer options: chunk_size must be at least 1 and needs causal = true"
+                );
+            }
+            if let Some(ctx) = cfg.context {
+                if ctx % c != 0 {
+                    candle_core::bail!(
+                        "transformer options: context {ctx} must be a multiple of chunk_size {c}"
+                    );
+                }
+            }
+        }
+        if self.cross_attention_dim == Some(0) {
+            candle_core::bail!("transformer options: cross_attention_dim must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Which keys a query may see: the config's mask, refined by chunks.
+#[derive(Clone, Copy, Debug)]
+struct MaskSpec {
+    causal: bool,
+    context: Option<usize>,
+    chunk: Option<usize>,
+}
+
+impl MaskSpec {
+    fn new(cfg: &TransformerConfig, opts: &TransformerOptions) -> Self {
+        Self {
+            causal: cfg.causal,
+            context: cfg.context,
+            chunk: opts.chunk_size,
+        }
+    }
+
+    /// Whether query `q` may attend to key `k` (absolute positions).
+    fn allowed(&self, q: usize, k: usize) -> bool {
+        if let (true, Some(c)) = (self.causal, self.chunk) {
+            let (qc, kc) = (q / c, k / c);
+            return kc <= qc && self.context.is_none_or(|ctx| qc - kc < ctx / c);
+        }
+        if self.causal {
+            k <= q && self.context.is_none_or(|c| q - k < c)
+        } else {
+            self.context.is_none_or(|c| q.abs_diff(k) < c)
+        }
+    }
+}
+
 impl Default for TransformerConfig {
     fn default() -> Self {
         Self {
@@ -182,15 +261,6 @@ impl TransformerConfig {
             candle_core::bail!("transformer config: max_period must be positive");
         }
         Ok(())
-    }
-
-    /// Whether query `q` may attend to key `k` (absolute positions).
-    fn allowed(&self, q: usize, k: usize) -> bool {
-        if self.causal {
-            k <= q && self.context.is_none_or(|c| q - k < c)
-        } else {
-            self.context.is_none_or(|c| q.abs_diff(k) < c)
-        }
     }
 }
 
@@ -407,13 +477,15 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    /// `kv_dim` is the width keys and values are projected from: `d_model` for
+    /// self-attention, the memory's width for cross-attention.
+    fn new(cfg: &TransformerConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
         let (d, hd) = (cfg.d_model, cfg.head_dim());
         let (h, kv) = (cfg.num_heads, cfg.kv_heads());
         Ok(Self {
             q_proj: candle_nn::linear_b(d, h * hd, cfg.bias, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(d, kv * hd, cfg.bias, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(d, kv * hd, cfg.bias, vb.pp("v_proj"))?,
+            k_proj: candle_nn::linear_b(kv_dim, kv * hd, cfg.bias, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_b(kv_dim, kv * hd, cfg.bias, vb.pp("v_proj"))?,
             o_proj: candle_nn::linear_b(h * hd, d, cfg.bias, vb.pp("o_proj"))?,
             num_heads: h,
             num_kv_heads: kv,
@@ -441,6 +513,30 @@ impl Attention {
         let q = rope.apply(&q, &inp.cos, &inp.sin, train)?;
         let k = rope.apply(&k, &inp.cos, &inp.sin, train)?;
         Ok((q, k, v))
+    }
+
+    /// Cross-attention queries `[B, H, T, hd]`: no rotation, the memory has its own positions.
+    fn cross_q(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        self.q_proj
+            .forward(x)?
+            .reshape((b, t, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Cross-attention keys and values `[B, Hkv, S, hd]` of a memory `[B, S, kv_dim]`.
+    fn cross_kv(&self, m: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, s, _) = m.dims3()?;
+        let heads = |y: Tensor| -> Result<Tensor> {
+            y.reshape((b, s, self.num_kv_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        Ok((
+            heads(self.k_proj.forward(m)?)?,
+            heads(self.v_proj.forward(m)?)?,
+        ))
     }
 
     /// Attention of `q: [B, H, T, hd]` over `k, v: [B, Hkv, S, hd]`, then the output projection.
@@ -478,13 +574,22 @@ struct TransformerLayer {
     norm1: Norm,
     self_attn: Attention,
     layer_scale_1: Option<Tensor>,
+    cross: Option<CrossBlock>,
     norm2: Norm,
     ffn: Ffn,
     layer_scale_2: Option<Tensor>,
 }
 
+/// The cross-attention sub-block of a layer: `x = x + ls * cross_attn(norm_cross(x), memory)`.
+#[derive(Clone, Debug)]
+struct CrossBlock {
+    norm: Norm,
+    attn: Attention,
+    layer_scale: Option<Tensor>,
+}
+
 impl TransformerLayer {
-    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TransformerConfig, opts: &TransformerOptions, vb: VarBuilder) -> Result<Self> {
         let ls = |name: &str| -> Result<Option<Tensor>> {
             cfg.layer_scale
                 .map(|v| {
@@ -493,26 +598,53 @@ impl TransformerLayer {
                 })
                 .transpose()
         };
+        let cross = match opts.cross_attention_dim {
+            Some(dc) => Some(CrossBlock {
+                norm: Norm::new(cfg, vb.pp("norm_cross"))?,
+                attn: Attention::new(cfg, dc, vb.pp("cross_attn"))?,
+                layer_scale: ls("layer_scale_cross")?,
+            }),
+            None => None,
+        };
         Ok(Self {
             norm1: Norm::new(cfg, vb.pp("norm1"))?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, cfg.d_model, vb.pp("self_attn"))?,
             layer_scale_1: ls("layer_scale_1")?,
+            cross,
             norm2: Norm::new(cfg, vb.pp("norm2"))?,
             ffn: Ffn::new(cfg, vb.pp("ffn"))?,
             layer_scale_2: ls("layer_scale_2")?,
         })
     }
 
-    fn block<F>(&self, x: &Tensor, train: bool, attn: F) -> Result<Tensor>
+    /// `cross` computes the cross-attention of the normed input through the layer's
+    /// [`Attention`]; it must be given exactly when the layer has cross-attention.
+    fn block<F, G>(&self, x: &Tensor, train: bool, attn: F, cross: Option<G>) -> Result<Tensor>
     where
         F: FnOnce(&Tensor) -> Result<Tensor>,
+        G: FnOnce(&Attention, &Tensor) -> Result<Tensor>,
     {
         let scale = |y: Tensor, s: &Option<Tensor>| match s {
             Some(s) => y.broadcast_mul(s),
             None => Ok(y),
         };
         let a = attn(&self.norm1.forward(x, train)?)?;
-        let x = (x + scale(a, &self.layer_scale_1)?)?;
+        let mut x = (x + scale(a, &self.layer_scale_1)?)?;
+        match (&self.cross, cross) {
+            (Some(cb), Some(f)) => {
+                let c = f(&cb.attn, &cb.norm.forward(&x, train)?)?;
+                x = (x + scale(c, &cb.layer_scale)?)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                candle_core::bail!("transformer: this stack cross-attends and needs a memory")
+            }
+            (None, Some(_)) => {
+                candle_core::bail!(
+                    "transformer: a memory was given to a stack without cross-attention"
+                )
+            }
+        }
         let f = self.ffn.forward(&self.norm2.forward(&x, train)?)?;
         x + scale(f, &self.layer_scale_2)?
     }
@@ -522,6 +654,8 @@ impl TransformerLayer {
 #[derive(Clone, Debug)]
 pub struct Transformer {
     cfg: TransformerConfig,
+    opts: TransformerOptions,
+    mask: MaskSpec,
     layers: Vec<TransformerLayer>,
     norm_out: Option<Norm>,
     rope: Rope,
@@ -532,9 +666,20 @@ pub struct Transformer {
 impl Transformer {
     /// Builds the stack from `vb` (see the module doc for tensor names).
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_options(cfg, &TransformerOptions::default(), vb)
+    }
+
+    /// Builds a stack with chunk-causal attention and/or cross-attention (see
+    /// [`TransformerOptions`]); default options give exactly [`Self::new`].
+    pub fn with_options(
+        cfg: &TransformerConfig,
+        opts: &TransformerOptions,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         cfg.validate()?;
+        opts.validate(cfg)?;
         let layers = (0..cfg.num_layers)
-            .map(|i| TransformerLayer::new(cfg, vb.pp(format!("layers.{i}"))))
+            .map(|i| TransformerLayer::new(cfg, opts, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let norm_out = if cfg.final_norm {
             Some(Norm::new(cfg, vb.pp("norm_out"))?)
@@ -543,6 +688,8 @@ impl Transformer {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            opts: opts.clone(),
+            mask: MaskSpec::new(cfg, opts),
             layers,
             norm_out,
             rope: Rope::new(cfg),
@@ -553,6 +700,10 @@ impl Transformer {
 
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
+    }
+
+    pub fn options(&self) -> &TransformerOptions {
+        &self.opts
     }
 
     pub fn dtype(&self) -> DType {
@@ -576,9 +727,61 @@ impl Transformer {
 
     /// Whole-sequence forward whose first frame sits at absolute position `offset`.
     pub fn forward_at(&self, x: &Tensor, offset: usize, train: bool) -> Result<Tensor> {
-        let (_, t, _) = self.check_input(x)?;
+        self.forward_impl(x, offset, train, None)
+    }
+
+    /// Whole-sequence forward of a cross-attending stack over `memory: [B, S, cross_dim]`.
+    /// `memory_mask` (additive, `[B or 1, 1, 1, T, S]`, see [`cross_attention_mask`]) says
+    /// which memory frames each query sees; `None` lets every query see all of them.
+    pub fn forward_with_memory(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        train: bool,
+        memory: &Tensor,
+        memory_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.forward_impl(x, offset, train, Some((memory, memory_mask)))
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        train: bool,
+        memory: Option<(&Tensor, Option<&Tensor>)>,
+    ) -> Result<Tensor> {
+        self.forward_full(x, offset, train, memory, None)
+    }
+
+    /// Whole-sequence forward of a right-padded batch: row `b` holds `lens[b]` frames and no
+    /// query sees a key at or past `lens[b]`, so padding never leaks into valid frames (it
+    /// would through a chunk-causal or non-causal mask). Valid rows equal an unpadded forward.
+    pub fn forward_padded(&self, x: &Tensor, lens: &[usize], train: bool) -> Result<Tensor> {
+        self.forward_full(x, 0, train, None, Some(lens))
+    }
+
+    fn forward_full(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        train: bool,
+        memory: Option<(&Tensor, Option<&Tensor>)>,
+        lens: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = self.check_input(x)?;
+        if let Some((m, _)) = memory {
+            self.check_memory(m, b)?;
+        }
         if t == 0 {
             return Ok(x.clone());
+        }
+        if let Some(l) = lens {
+            if l.len() != b || l.iter().any(|&n| n == 0 || n > t) {
+                candle_core::bail!(
+                    "transformer forward_padded: lengths {l:?} must be {b} values in 1..={t}"
+                );
+            }
         }
         let (cos, sin) = self
             .rope
@@ -589,7 +792,7 @@ impl Transformer {
             let mut m = Vec::with_capacity(t * t);
             for &q in &pos {
                 for &k in &pos {
-                    m.push(if self.cfg.allowed(q, k) {
+                    m.push(if self.mask.allowed(q, k) {
                         0f32
                     } else {
                         f32::NEG_INFINITY
@@ -600,16 +803,202 @@ impl Transformer {
         } else {
             None
         };
+        let mask = match lens {
+            Some(l) if l.iter().any(|&n| n < t) => {
+                // Padded queries see only key 0: their rows are garbage but must stay finite,
+                // since a masked key still multiplies its value by zero.
+                let mut m = Vec::with_capacity(b * t * t);
+                for &n in l {
+                    for &q in &pos {
+                        for &k in &pos {
+                            let ok = if q - offset < n {
+                                k - offset < n && (!needs_mask || self.mask.allowed(q, k))
+                            } else {
+                                k == offset
+                            };
+                            m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                        }
+                    }
+                }
+                Some(Tensor::from_vec(m, (b, 1, 1, t, t), &self.device)?)
+            }
+            _ => mask,
+        };
         let inp = AttnInputs { cos, sin, mask };
         let mut x = x.clone();
         for layer in &self.layers {
-            x = layer.block(&x, train, |h| {
-                let attn = &layer.self_attn;
-                let (q, k, v) = attn.qkv(h, &self.rope, &inp, train)?;
-                attn.attend(&q, &k, &v, inp.mask.as_ref(), train)
-            })?;
+            let cross = memory.map(|(m, mm)| {
+                move |attn: &Attention, h: &Tensor| -> Result<Tensor> {
+                    let q = attn.cross_q(h)?;
+                    let (k, v) = attn.cross_kv(m)?;
+                    attn.attend(&q, &k, &v, mm, train)
+                }
+            });
+            x = layer.block(
+                &x,
+                train,
+                |h| {
+                    let attn = &layer.self_attn;
+                    let (q, k, v) = attn.qkv(h, &self.rope, &inp, train)?;
+                    attn.attend(&q, &k, &v, inp.mask.as_ref(), train)
+                },
+                cross,
+            )?;
         }
         self.finish(x, train)
+    }
+
+    fn check_memory(&self, m: &Tensor, b: usize) -> Result<()> {
+        let Some(dc) = self.opts.cross_attention_dim else {
+            candle_core::bail!(
+                "transformer: a memory was given to a stack without cross-attention"
+            );
+        };
+        let dims = m.dims();
+        if dims.len() != 3 || dims[0] != b || dims[2] != dc || m.dtype() != self.dtype {
+            candle_core::bail!(
+                "transformer memory: expected [{b}, frames, {dc}] {:?}, got {:?} {:?}",
+                self.dtype,
+                m.shape(),
+                m.dtype()
+            );
+        }
+        Ok(())
+    }
+
+    /// An empty cross-attention cache of `capacity` memory frames for `batch_size` slots.
+    pub fn cross_cache(&self, batch_size: usize, capacity: usize) -> Result<CrossKvCache> {
+        if self.opts.cross_attention_dim.is_none() {
+            candle_core::bail!("transformer: cross_cache on a stack without cross-attention");
+        }
+        if batch_size == 0 || capacity == 0 {
+            candle_core::bail!("CrossKvCache: batch_size and capacity must be at least 1");
+        }
+        let shape = (
+            batch_size,
+            self.cfg.kv_heads(),
+            capacity,
+            self.cfg.head_dim(),
+        );
+        let layers = (0..self.layers.len())
+            .map(|_| {
+                Ok(KvRing {
+                    k: Tensor::zeros(shape, self.dtype, &self.device)?,
+                    v: Tensor::zeros(shape, self.dtype, &self.device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CrossKvCache {
+            layers,
+            lens: vec![0; batch_size],
+            capacity,
+        })
+    }
+
+    /// Projects new memory frames `[B, n, cross_dim]` once per layer and appends their keys
+    /// and values to the active slots of `cache` (earlier frames are never recomputed).
+    pub fn append_memory(
+        &self,
+        cache: &mut CrossKvCache,
+        memory: &Tensor,
+        mask: &StreamMask,
+    ) -> Result<()> {
+        let b = cache.lens.len();
+        self.check_memory(memory, b)?;
+        if cache.layers.len() != self.layers.len() {
+            candle_core::bail!("append_memory: the cache was built for a different model");
+        }
+        check_slot_mask(mask, b, "append_memory")?;
+        let n = memory.dim(1)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let cap = cache.capacity;
+        for (i, &l) in cache.lens.iter().enumerate() {
+            if mask.is_active(i) && l + n > cap {
+                candle_core::bail!(
+                    "CrossKvCache: slot {i} holds {l} memory frames and cannot take {n} more: \
+                     capacity {cap} exceeded"
+                );
+            }
+        }
+        let all = (0..b).all(|i| mask.is_active(i));
+        let same = cache.lens.iter().all(|&l| l == cache.lens[0]);
+        let hd = self.cfg.head_dim();
+        let kvh = self.cfg.kv_heads();
+        let scatter = if all && same {
+            None
+        } else {
+            // Inactive slots rewrite their own first `n` entries with what they hold.
+            let mut idx = Vec::with_capacity(b * n);
+            for (i, &l) in cache.lens.iter().enumerate() {
+                let base = if mask.is_active(i) { l } else { 0 };
+                idx.extend((0..n).map(|j| (base + j) as u32));
+            }
+            let idx = Tensor::from_vec(idx, (b, 1, n, 1), &self.device)?
+                .broadcast_as((b, kvh, n, hd))?
+                .contiguous()?;
+            let active = mask.to_tensor(b, &self.device)?.reshape((b, 1, 1, 1))?;
+            Some((idx, active))
+        };
+        for (layer, ring) in self.layers.iter().zip(cache.layers.iter()) {
+            let Some(cb) = &layer.cross else {
+                candle_core::bail!("append_memory: layer without cross-attention");
+            };
+            let (k, v) = cb.attn.cross_kv(memory)?;
+            for (dst, src) in [(&ring.k, k), (&ring.v, v)] {
+                match &scatter {
+                    None => dst.slice_set(&src, 2, cache.lens[0])?,
+                    Some((idx, active)) => {
+                        let src = active
+                            .broadcast_as(src.shape())?
+                            .where_cond(&src, &dst.gather(idx, 2)?)?;
+                        dst.scatter_set(idx, &src, 2)?;
+                    }
+                }
+            }
+        }
+        for (i, l) in cache.lens.iter_mut().enumerate() {
+            if mask.is_active(i) {
+                *l += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::step_slots`] for a cross-attending stack: every new frame of a slot sees the
+    /// memory frames that slot has appended to `memory` so far. Active slots need at least
+    /// one memory frame.
+    pub fn step_slots_with_memory(
+        &self,
+        x: &Tensor,
+        cache: &mut SlotKvCache,
+        mask: &StreamMask,
+        memory: &CrossKvCache,
+    ) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if memory.lens.len() != b || memory.layers.len() != self.layers.len() {
+            candle_core::bail!(
+                "transformer step: memory cache has {} slots / {} layers, expected {b} / {}",
+                memory.lens.len(),
+                memory.layers.len(),
+                self.layers.len()
+            );
+        }
+        for (i, &l) in memory.lens.iter().enumerate() {
+            if l == 0 && mask.is_active(i) {
+                candle_core::bail!("transformer step: slot {i} has no memory frames yet");
+            }
+        }
+        let s = memory.lens.iter().copied().max().unwrap_or(0).max(1);
+        let mut m = Vec::with_capacity(b * s);
+        for &l in &memory.lens {
+            // A slot without memory (inactive) sees entry 0 (zeros) to stay finite.
+            let l = l.max(1);
+            m.extend((0..s).map(|j| if j < l { 0f32 } else { f32::NEG_INFINITY }));
+        }
+        let mmask = Tensor::from_vec(m, (b, 1, 1, 1, s), &self.device)?;
+        self.step_impl(x, cache, mask, Some((memory, &mmask, s)))
     }
 
     fn finish(&self, x: Tensor, train: bool) -> Result<Tensor> {
@@ -662,6 +1051,16 @@ impl Transformer {
         cache: &mut SlotKvCache,
         mask: &StreamMask,
     ) -> Result<Tensor> {
+        self.step_impl(x, cache, mask, None)
+    }
+
+    fn step_impl(
+        &self,
+        x: &Tensor,
+        cache: &mut SlotKvCache,
+        mask: &StreamMask,
+        memory: Option<(&CrossKvCache, &Tensor, usize)>,
+    ) -> Result<Tensor> {
         let (b, t, _) = self.check_input(x)?;
         if !self.cfg.causal {
             candle_core::bail!("transformer step: a non-causal stack cannot stream");
@@ -691,37 +1090,133 @@ impl Transformer {
         if t == 0 {
             return Ok(x.clone());
         }
-        let plan = cache.plan(&self.cfg, &self.rope, t, mask)?;
+        let plan = cache.plan(&self.mask, &self.rope, t, mask)?;
         let mut x = x.clone();
-        for (layer, ring) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.block(&x, false, |h| {
-                let attn = &layer.self_attn;
-                let (q, k, v) = attn.qkv(h, &self.rope, &plan.inputs, false)?;
-                match plan.mode {
-                    AttendMode::InPlace { len } => {
-                        ring.write(&k, &v, &plan.write)?;
-                        let kk = ring.k.narrow(2, 0, len)?;
-                        let vv = ring.v.narrow(2, 0, len)?;
-                        attn.attend(&q, &kk, &vv, plan.inputs.mask.as_ref(), false)
-                    }
-                    AttendMode::Concat { ring_len } => {
-                        let (kk, vv) = if ring_len == 0 {
-                            (k.clone(), v.clone())
-                        } else {
-                            (
-                                Tensor::cat(&[&ring.k.narrow(2, 0, ring_len)?, &k], 2)?,
-                                Tensor::cat(&[&ring.v.narrow(2, 0, ring_len)?, &v], 2)?,
-                            )
-                        };
-                        let y = attn.attend(&q, &kk, &vv, plan.inputs.mask.as_ref(), false)?;
-                        ring.write(&k, &v, &plan.write)?;
-                        Ok(y)
-                    }
+        for (li, (layer, ring)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let cross = memory.map(|(mc, mm, s)| {
+                move |attn: &Attention, h: &Tensor| -> Result<Tensor> {
+                    let q = attn.cross_q(h)?;
+                    let r = &mc.layers[li];
+                    let k = r.k.narrow(2, 0, s)?;
+                    let v = r.v.narrow(2, 0, s)?;
+                    attn.attend(&q, &k, &v, Some(mm), false)
                 }
-            })?;
+            });
+            x = layer.block(
+                &x,
+                false,
+                |h| {
+                    let attn = &layer.self_attn;
+                    let (q, k, v) = attn.qkv(h, &self.rope, &plan.inputs, false)?;
+                    match plan.mode {
+                        AttendMode::InPlace { len } => {
+                            ring.write(&k, &v, &plan.write)?;
+                            let kk = ring.k.narrow(2, 0, len)?;
+                            let vv = ring.v.narrow(2, 0, len)?;
+                            attn.attend(&q, &kk, &vv, plan.inputs.mask.as_ref(), false)
+                        }
+                        AttendMode::Concat { ring_len } => {
+                            let (kk, vv) = if ring_len == 0 {
+                                (k.clone(), v.clone())
+                            } else {
+                                (
+                                    Tensor::cat(&[&ring.k.narrow(2, 0, ring_len)?, &k], 2)?,
+                                    Tensor::cat(&[&ring.v.narrow(2, 0, ring_len)?, &v], 2)?,
+                                )
+                            };
+                            let y = attn.attend(&q, &kk, &vv, plan.inputs.mask.as_ref(), false)?;
+                            ring.write(&k, &v, &plan.write)?;
+                            Ok(y)
+                        }
+                    }
+                },
+                cross,
+            )?;
         }
         cache.advance(t, mask);
         self.finish(x, false)
+    }
+}
+
+/// Additive cross-attention mask `[B, 1, 1, T, S]` from `visible[b][t]`, the number of
+/// memory frames query `t` of row `b` sees (its first frames). Each count must be in `1..=S`:
+/// a query that sees nothing has no defined attention.
+pub fn cross_attention_mask(visible: &[Vec<usize>], s: usize, device: &Device) -> Result<Tensor> {
+    let b = visible.len();
+    let t = visible.first().map_or(0, |v| v.len());
+    let mut m = Vec::with_capacity(b * t * s);
+    for (bi, row) in visible.iter().enumerate() {
+        if row.len() != t {
+            candle_core::bail!(
+                "cross_attention_mask: row {bi} has {} queries, row 0 {t}",
+                row.len()
+            );
+        }
+        for (ti, &n) in row.iter().enumerate() {
+            if n == 0 || n > s {
+                candle_core::bail!(
+                    "cross_attention_mask: row {bi} query {ti} sees {n} of {s} memory frames"
+                );
+            }
+            m.extend((0..s).map(|j| if j < n { 0f32 } else { f32::NEG_INFINITY }));
+        }
+    }
+    Tensor::from_vec(m, (b, 1, 1, t, s), device)
+}
+
+fn check_slot_mask(mask: &StreamMask, b: usize, what: &str) -> Result<()> {
+    if let StreamMask::Slots(s) = mask {
+        if s.len() != b {
+            candle_core::bail!("{what}: mask has {} slots, the batch has {b}", s.len());
+        }
+    }
+    Ok(())
+}
+
+/// Cross-attention keys and values of every layer for a memory that grows while the stream
+/// runs (an encoder fed as the user speaks): appended per slot, projected once.
+#[derive(Debug)]
+pub struct CrossKvCache {
+    layers: Vec<KvRing>,
+    lens: Vec<usize>,
+    capacity: usize,
+}
+
+impl CrossKvCache {
+    /// Memory frames held per slot.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Forgets every slot's memory.
+    pub fn reset(&mut self) -> Result<()> {
+        self.reset_slots(&StreamMask::All)
+    }
+
+    /// Forgets the memory of the slots set in `mask`; the others stay bit-identical.
+    pub fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
+        let b = self.lens.len();
+        check_slot_mask(mask, b, "CrossKvCache::reset_slots")?;
+        for i in 0..b {
+            if mask.is_active(i) {
+                self.lens[i] = 0;
+                for r in &self.layers {
+                    let (_, h, c, d) = r.k.dims4()?;
+                    let z = Tensor::zeros((1, h, c, d), r.k.dtype(), r.k.device())?;
+                    r.k.slice_set(&z, 0, i)?;
+                    r.v.slice_set(&z, 0, i)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -935,13 +1430,7 @@ impl SlotKvCache {
         }
     }
 
-    fn plan(
-        &self,
-        cfg: &TransformerConfig,
-        rope: &Rope,
-        t: usize,
-        mask: &StreamMask,
-    ) -> Result<StepPlan> {
+    fn plan(&self, spec: &MaskSpec, rope: &Rope, t: usize, mask: &StreamMask) -> Result<StepPlan> {
         let b = self.batch_size();
         let cap = self.capacity;
         if !self.rotating {
@@ -987,7 +1476,7 @@ impl SlotKvCache {
             let keys: Vec<Option<usize>> = (0..s).map(key_pos).collect();
             for q in p..p + t {
                 for kp in &keys {
-                    let ok = kp.is_some_and(|kp| cfg.allowed(q, kp));
+                    let ok = kp.is_some_and(|kp| spec.allowed(q, kp));
                     m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
                 }
             }

@@ -9,6 +9,7 @@ use rand_distr::{Distribution, Normal};
 use vaak_nn::streaming::{max_abs_diff, slot, stream_in_chunks, StreamingModule};
 use vaak_nn::transformer::{
     FfnKind, NormKind, RopeKind, StreamingTransformer, Transformer, TransformerConfig,
+    TransformerOptions,
 };
 use vaak_nn::StreamMask;
 
@@ -50,9 +51,17 @@ fn randn(shape: &[usize], std: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
 
 /// A model whose every parameter (norm gains and biases included) is seeded random.
 fn model(cfg: &TransformerConfig, seed: u64) -> Result<(Transformer, VarMap)> {
+    model_with(cfg, &TransformerOptions::default(), seed)
+}
+
+fn model_with(
+    cfg: &TransformerConfig,
+    opts: &TransformerOptions,
+    seed: u64,
+) -> Result<(Transformer, VarMap)> {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let m = Transformer::new(cfg, vb)?;
+    let m = Transformer::with_options(cfg, opts, vb)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let data = vm.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
@@ -659,5 +668,202 @@ fn bf16_weights_stream_through_per_slot_cache() -> Result<()> {
     let d = max_abs_diff(&got, &want)?;
     println!("bf16 vs f32: {d:e}");
     assert!(d <= BF16_TOL, "{d}");
+    Ok(())
+}
+
+// ---- chunk-causal attention, padded batches and cross-attention ----
+
+fn chunked_cfg(chunk: usize, left_chunks: usize) -> TransformerConfig {
+    TransformerConfig {
+        context: Some((left_chunks + 1) * chunk),
+        ..base_cfg()
+    }
+}
+
+fn chunk_opts(chunk: usize) -> TransformerOptions {
+    TransformerOptions {
+        chunk_size: Some(chunk),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn chunk_causal_mask_sees_its_chunk_and_left_chunks_only() -> Result<()> {
+    let cfg = TransformerConfig {
+        num_layers: 1,
+        ..chunked_cfg(3, 1)
+    };
+    let (m, _vm) = model_with(&cfg, &chunk_opts(3), 31)?;
+    let x = input(1, 12, cfg.d_model, 32)?;
+    let y = m.forward(&x)?;
+    // Perturb frame 4 (chunk 1): frames of chunks 1 and 2 change, chunk 0 and 3 do not.
+    let bump = Tensor::zeros((1, 12, cfg.d_model), DType::F32, &Device::Cpu)?.slice_assign(
+        &[0..1, 4..5, 0..cfg.d_model],
+        &Tensor::ones((1, 1, cfg.d_model), DType::F32, &Device::Cpu)?,
+    )?;
+    let y2 = m.forward(&(&x + bump)?)?;
+    let changed: Vec<bool> = (0..12)
+        .map(|t| {
+            max_abs_diff(&y.narrow(1, t, 1).unwrap(), &y2.narrow(1, t, 1).unwrap()).unwrap() > 0.0
+        })
+        .collect();
+    let expect: Vec<bool> = (0..12).map(|t| (3..9).contains(&t)).collect();
+    assert_eq!(
+        changed, expect,
+        "frame 3 sees frame 4 of its chunk; chunk 3 is out of the window"
+    );
+    Ok(())
+}
+
+#[test]
+fn chunk_causal_streams_in_whole_chunks_equal_recompute() -> Result<()> {
+    for (chunk, left) in [(1, 2), (2, 1), (4, 2)] {
+        let cfg = chunked_cfg(chunk, left);
+        let (m, _vm) = model_with(&cfg, &chunk_opts(chunk), 40 + chunk as u64)?;
+        let x = input(2, 6 * chunk + 1, cfg.d_model, 41)?;
+        let full = m.forward(&x)?;
+        // Whole chunks, then the partial last chunk.
+        let streamed = stream_rotating(&m, &x, &[chunk, 2 * chunk, chunk])?;
+        let d = max_abs_diff(&full, &streamed)?;
+        assert!(d <= STREAM_TOL, "chunk {chunk}: {d}");
+    }
+    let bad = TransformerConfig {
+        context: Some(3),
+        ..base_cfg()
+    };
+    assert!(chunk_opts(2).validate(&bad).is_err());
+    let non_causal = TransformerConfig {
+        causal: false,
+        ..base_cfg()
+    };
+    assert!(chunk_opts(2).validate(&non_causal).is_err());
+    Ok(())
+}
+
+#[test]
+fn padded_forward_equals_unpadded_rows() -> Result<()> {
+    for (cfg, opts) in [
+        (chunked_cfg(3, 1), chunk_opts(3)),
+        (base_cfg(), TransformerOptions::default()),
+        (
+            TransformerConfig {
+                causal: false,
+                ..base_cfg()
+            },
+            TransformerOptions::default(),
+        ),
+    ] {
+        let (m, _vm) = model_with(&cfg, &opts, 50)?;
+        let x = input(2, 10, cfg.d_model, 51)?;
+        let lens = [10, 7];
+        let padded = m.forward_padded(&x, &lens, false)?;
+        let train = m.forward_padded(&x, &lens, true)?;
+        for (b, &n) in lens.iter().enumerate() {
+            let solo = m.forward(&x.narrow(0, b, 1)?.narrow(1, 0, n)?)?;
+            let got = padded.narrow(0, b, 1)?.narrow(1, 0, n)?;
+            let d = max_abs_diff(&solo, &got)?;
+            assert!(d <= STREAM_TOL, "{cfg:?} row {b}: {d}");
+        }
+        let finite = train
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite());
+        assert!(finite, "padded rows must stay finite");
+    }
+    Ok(())
+}
+
+fn cross_opts() -> TransformerOptions {
+    TransformerOptions {
+        cross_attention_dim: Some(12),
+        ..Default::default()
+    }
+}
+
+fn cross_cfg() -> TransformerConfig {
+    TransformerConfig {
+        layer_scale: Some(0.7),
+        num_kv_heads: Some(2),
+        ..base_cfg()
+    }
+}
+
+#[test]
+fn cross_attention_steps_with_growing_memory_equal_full_forward() -> Result<()> {
+    use vaak_nn::transformer::cross_attention_mask;
+    let cfg = cross_cfg();
+    let (m, _vm) = model_with(&cfg, &cross_opts(), 60)?;
+    let (b, t, s) = (2, 9, 11);
+    let x = input(b, t, cfg.d_model, 61)?;
+    let mem = input(b, s, 12, 62)?;
+    // Slot 0 gains 1 memory frame per step from 3, slot 1 gains 2 from 1 (capped at s).
+    let visible: Vec<Vec<usize>> = vec![
+        (0..t).map(|i| (3 + i).min(s)).collect(),
+        (0..t).map(|i| (1 + 2 * i).min(s)).collect(),
+    ];
+    let mask = cross_attention_mask(&visible, s, &Device::Cpu)?;
+    let full = m.forward_with_memory(&x, 0, false, &mem, Some(&mask))?;
+    let train = m.forward_with_memory(&x, 0, true, &mem, Some(&mask))?;
+    let dt = max_abs_diff(&full, &train)?;
+    assert!(dt <= TRAIN_TOL, "train vs inference: {dt}");
+
+    let mut cache = m.slot_cache(b)?;
+    let mut cross = m.cross_cache(b, s)?;
+    let mut outs = Vec::new();
+    for (i, xi) in (0..t).map(|i| (i, x.narrow(1, i, 1))) {
+        // Each slot appends its own new frames (one slot at a time under a mask).
+        for (slot, vis) in visible.iter().enumerate() {
+            let have = cross.lens()[slot];
+            let need = vis[i];
+            if need > have {
+                let chunk = Tensor::zeros((b, need - have, 12), DType::F32, &Device::Cpu)?
+                    .slice_assign(
+                        &[slot..slot + 1, 0..need - have, 0..12],
+                        &mem.narrow(0, slot, 1)?.narrow(1, have, need - have)?,
+                    )?;
+                m.append_memory(&mut cross, &chunk, &StreamMask::only(slot, b))?;
+            }
+        }
+        assert_eq!(cross.lens(), &[visible[0][i], visible[1][i]]);
+        outs.push(m.step_slots_with_memory(&xi?, &mut cache, &StreamMask::All, &cross)?);
+    }
+    let streamed = Tensor::cat(&outs, 1)?;
+    let d = max_abs_diff(&full, &streamed)?;
+    assert!(d <= STREAM_TOL, "cross-attention streaming: {d}");
+    // The memory is needed, and has to fit.
+    assert!(m.forward(&x).is_err());
+    assert!(m
+        .append_memory(&mut cross, &input(b, 1, 12, 63)?, &StreamMask::All)
+        .is_err());
+    Ok(())
+}
+
+#[test]
+fn cross_memory_reset_of_one_slot_leaves_the_other_bit_identical() -> Result<()> {
+    let cfg = cross_cfg();
+    let (m, _vm) = model_with(&cfg, &cross_opts(), 70)?;
+    let mem = input(2, 6, 12, 71)?;
+    let mut cross = m.cross_cache(2, 8)?;
+    m.append_memory(&mut cross, &mem, &StreamMask::All)?;
+    let before = m.step_slots_with_memory(
+        &input(2, 1, cfg.d_model, 72)?,
+        &mut m.slot_cache(2)?,
+        &StreamMask::All,
+        &cross,
+    )?;
+    cross.reset_slots(&StreamMask::only(1, 2))?;
+    assert_eq!(cross.lens(), &[6, 0]);
+    // Slot 1 has no memory: stepping it is an error, stepping slot 0 alone is fine.
+    let x = input(2, 1, cfg.d_model, 72)?;
+    assert!(m
+        .step_slots_with_memory(&x, &mut m.slot_cache(2)?, &StreamMask::All, &cross)
+        .is_err());
+    let after =
+        m.step_slots_with_memory(&x, &mut m.slot_cache(2)?, &StreamMask::only(0, 2), &cross)?;
+    assert_eq!(
+        bits(&before.narrow(0, 0, 1)?.squeeze(0)?.to_vec2::<f32>()?),
+        bits(&after.narrow(0, 0, 1)?.squeeze(0)?.to_vec2::<f32>()?)
+    );
     Ok(())
 }

@@ -294,9 +294,7 @@ fn padded_batch_logits_match_transformers() {
     assert!(err < LOGITS_TOL, "max |logits diff| {err}");
     // Each row alone gives its batch row.
     for (i, s) in srcs.iter().enumerate() {
-        let one = m
-            .logits(std::slice::from_ref(s), &dec[i..i + 1])
-            .unwrap();
+        let one = m.logits(std::slice::from_ref(s), &dec[i..i + 1]).unwrap();
         let err = max_abs_diff(&one, &got.narrow(0, i, 1).unwrap());
         assert!(err < LOGITS_TOL, "row {i} alone vs batched: {err}");
     }
@@ -346,7 +344,10 @@ fn beam4_ids_and_text_match_generate_item_by_item() {
         differ += (out[0] != ids(&g["output_ids"])) as usize;
         texts.push(row["text"].as_str().unwrap());
     }
-    assert!(differ >= 2, "beam search must differ from greedy on some items");
+    assert!(
+        differ >= 2,
+        "beam search must differ from greedy on some items"
+    );
     // Batched through translate: the same translations.
     let out = m.translate(&texts, Lang::Ru, Lang::En).unwrap();
     for (row, o) in r["beam4"].as_array().unwrap().iter().zip(&out) {

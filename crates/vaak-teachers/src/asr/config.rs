@@ -18,7 +18,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Result, TeacherError};
-use crate::seq2seq::config::{check_dims, parse_json, read_text};
+use crate::seq2seq::config::{check_dims, dims_of, json_config};
 use crate::seq2seq::TokenRules;
 
 /// Whisper's `generation_config.json`: the shared reader (Whisper uses `suppress_tokens` and
@@ -61,41 +61,26 @@ fn default_activation() -> String {
     "gelu".to_string()
 }
 
+json_config!(WhisperConfig);
+
 impl WhisperConfig {
-    /// Parses and validates a config.json's text; `path` names it in errors.
-    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Self = parse_json(text, path)?;
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    pub fn from_file(path: &Path) -> Result<Self> {
-        Self::from_json(&read_text(path)?, path)
-    }
-
     fn validate(&self, path: &Path) -> Result<()> {
         check_dims(
             path,
-            self.d_model,
+            dims_of!(self),
             &[
-                ("vocab_size", self.vocab_size),
                 ("num_mel_bins", self.num_mel_bins),
-                ("d_model", self.d_model),
                 ("encoder_layers", self.encoder_layers),
                 ("decoder_layers", self.decoder_layers),
                 ("max_source_positions", self.max_source_positions),
                 ("max_target_positions", self.max_target_positions),
-            ],
-            &[
-                ("encoder_attention_heads", self.encoder_attention_heads),
-                ("decoder_attention_heads", self.decoder_attention_heads),
             ],
         )?;
         if self.activation_function != "gelu" {
             return Err(TeacherError::Config {
                 path: path.to_path_buf(),
                 reason: format!(
-                "activation_function {:?} is not supported (Whisper uses \"gelu\")",
+                    "activation_function {:?} is not supported (Whisper uses \"gelu\")",
                     self.activation_function
                 ),
             });

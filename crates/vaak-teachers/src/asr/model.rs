@@ -19,8 +19,8 @@ use candle_nn::{Conv1d, Conv1dConfig, Embedding, VarBuilder};
 use super::config::WhisperConfig;
 use crate::error::{Result, TeacherError};
 use crate::seq2seq::{
-    Activation, Decoder, DecoderStack, Encoded, EncoderStack, KvCache, LayerConfig, LmHead,
-    NormPosition, LN_EPS,
+    embed_scale, Activation, Decoder, DecoderStack, Encoded, EncoderStack, KvCache, LayerConfig,
+    LmHead, NormPosition, LN_EPS,
 };
 
 /// Per-batch decoder state: cross-attention keys/values of the encoder output and the growing
@@ -91,11 +91,7 @@ impl WhisperModel {
             dec_positions,
             decoder,
             proj_out: LmHead::new(&proj_out, None)?,
-            embed_scale: if cfg.scale_embedding {
-                (d as f64).sqrt()
-            } else {
-                1.0
-            },
+            embed_scale: embed_scale(cfg.scale_embedding, d),
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })

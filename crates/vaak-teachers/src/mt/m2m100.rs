@@ -27,13 +27,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use vaak_nn::weights::{HubOptions, LoadOptions, WeightLocation, Weights};
+use vaak_nn::weights::{HubOptions, WeightLocation};
 
 use crate::error::{Result, TeacherError};
-use crate::seq2seq::config::{check_dims, parse_json, read_text};
+use crate::seq2seq::config::{check_dims, dims_of, json_config};
+use crate::seq2seq::model::checkpoint;
+pub(crate) use crate::seq2seq::model::required_file;
 use crate::seq2seq::{
-    Activation, Decoder, DecoderStack, Encoded, EncoderStack, KvCache, LayerConfig, LmHead,
-    NormPosition, Seq2Seq, TokenIds, LN_EPS,
+    decode_tokens, embed_scale, encode_tokens, Activation, DecoderStack, Encoded, EncoderStack,
+    KvCache, LayerConfig, LmHead, NormPosition, Stacks, TokenIds, TokenSeq2Seq,
 };
 
 fn d_true() -> bool {
@@ -85,18 +87,9 @@ pub struct M2m100Config {
     pub tie_word_embeddings: bool,
 }
 
+json_config!(M2m100Config);
+
 impl M2m100Config {
-    /// Parses and validates a config.json's text; `path` names it in errors.
-    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Self = parse_json(text, path)?;
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    pub fn from_file(path: &Path) -> Result<Self> {
-        Self::from_json(&read_text(path)?, path)
-    }
-
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| {
             Err(TeacherError::Config {
@@ -112,17 +105,11 @@ impl M2m100Config {
         }
         check_dims(
             path,
-            self.d_model,
+            dims_of!(self),
             &[
-                ("vocab_size", self.vocab_size),
-                ("d_model", self.d_model),
                 ("encoder_ffn_dim", self.encoder_ffn_dim),
                 ("decoder_ffn_dim", self.decoder_ffn_dim),
                 ("max_position_embeddings", self.max_position_embeddings),
-            ],
-            &[
-                ("encoder_attention_heads", self.encoder_attention_heads),
-                ("decoder_attention_heads", self.decoder_attention_heads),
             ],
         )?;
         if Activation::parse(&self.activation_function).is_none() {
@@ -149,24 +136,6 @@ impl M2m100Config {
             }
         }
         Ok(())
-    }
-
-    /// The layer shape of the encoder (`decoder` false) or decoder stack.
-    fn layer_config(&self, decoder: bool, activation: Activation) -> LayerConfig {
-        let (heads, ffn) = if decoder {
-            (self.decoder_attention_heads, self.decoder_ffn_dim)
-        } else {
-            (self.encoder_attention_heads, self.encoder_ffn_dim)
-        };
-        LayerConfig {
-            d_model: self.d_model,
-            heads,
-            ffn,
-            activation,
-            norm: NormPosition::Pre,
-            k_bias: true,
-            ln_eps: LN_EPS,
-        }
     }
 
     pub fn eos_ids(&self) -> Vec<u32> {
@@ -240,46 +209,12 @@ impl Default for M2m100LoadOptions {
     }
 }
 
-/// A required file next to the weights; a missing one is a config error naming it.
-pub(crate) fn required_file(
-    loc: &WeightLocation,
-    name: &str,
-    hub: &HubOptions,
-    who: &str,
-) -> Result<std::path::PathBuf> {
-    loc.join(name).resolve_file(hub).map_err(|e| match e {
-        vaak_nn::Error::MissingFile { path } => TeacherError::Config {
-            path,
-            reason: format!("missing ({who} needs {name})"),
-        },
-        other => other.into(),
-    })
-}
-
-/// The weight files of a checkpoint directory, by the published names first (a directory may
-/// hold other files).
-fn weight_files(loc: &WeightLocation, hub: &HubOptions) -> Result<Vec<std::path::PathBuf>> {
-    for name in [
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "pytorch_model.bin",
-        "pytorch_model.bin.index.json",
-    ] {
-        if let Ok(p) = loc.join(name).resolve_file(hub) {
-            return Ok(vec![p]);
-        }
-    }
-    Ok(vaak_nn::weights::resolve_files(loc, hub)?)
-}
-
 /// A loaded M2M-100 / NLLB model.
 pub struct M2m100Model {
     cfg: M2m100Config,
     enc_embed: Tensor,
     dec_embed: Tensor,
-    encoder: EncoderStack,
-    decoder: DecoderStack,
-    lm_head: LmHead,
+    stacks: Stacks,
     embed_scale: f64,
     dtype: DType,
     device: Device,
@@ -335,20 +270,28 @@ impl M2m100Model {
                 head,
             )
         };
-        let encoder = EncoderStack::load(&cfg.layer_config(false, act), cfg.encoder_layers, enc)?;
-        let decoder = DecoderStack::load(&cfg.layer_config(true, act), cfg.decoder_layers, dec)?;
+        let pre = NormPosition::Pre;
+        let enc_shape = (cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
+        let dec_shape = (cfg.decoder_attention_heads, cfg.decoder_ffn_dim);
+        let stacks = Stacks {
+            encoder: EncoderStack::load(
+                &LayerConfig::bart(d, enc_shape, act, pre),
+                cfg.encoder_layers,
+                enc,
+            )?,
+            decoder: DecoderStack::load(
+                &LayerConfig::bart(d, dec_shape, act, pre),
+                cfg.decoder_layers,
+                dec,
+            )?,
+            lm_head: LmHead::new(&lm_head, None)?,
+        };
         Ok(Self {
             cfg: cfg.clone(),
             enc_embed,
             dec_embed,
-            encoder,
-            decoder,
-            lm_head: LmHead::new(&lm_head, None)?,
-            embed_scale: if cfg.scale_embedding {
-                (d as f64).sqrt()
-            } else {
-                1.0
-            },
+            stacks,
+            embed_scale: embed_scale(cfg.scale_embedding, d),
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
@@ -359,15 +302,7 @@ impl M2m100Model {
     pub fn from_location(loc: &WeightLocation, opts: &M2m100LoadOptions) -> Result<Self> {
         let cfg_path = required_file(loc, "config.json", &opts.hub, "M2M-100")?;
         let cfg = M2m100Config::from_file(&cfg_path)?;
-        let load_opts = LoadOptions {
-            dtype: Some(opts.dtype),
-            device: opts.device.clone(),
-            hub: opts.hub.clone(),
-            state_dict_key: None,
-        };
-        let files = weight_files(loc, &opts.hub)?;
-        let weights = Weights::from_files(&files, &load_opts)?;
-        Self::load(&cfg, weights.into_var_builder(Some(opts.dtype)))
+        Self::load(&cfg, checkpoint(loc, &opts.hub, opts.dtype, &opts.device)?)
     }
 
     pub fn config(&self) -> &M2m100Config {
@@ -384,7 +319,7 @@ impl M2m100Model {
 
     /// Scaled token embeddings plus positions for `tokens` (`[B, L]`, row-major), `past`
     /// tokens already consumed.
-    fn embed(
+    fn embed_table(
         &self,
         table: &Tensor,
         tokens: &[u32],
@@ -405,85 +340,45 @@ impl M2m100Model {
         Ok((tok + pos)?.reshape((b, l, d))?)
     }
 
-    fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
-        if let Some(&t) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(TeacherError::BadInput(format!(
-                "{what}: token id {t} is outside the vocabulary ({})",
-                self.cfg.vocab_size
-            )));
-        }
-        Ok(())
-    }
-
     /// Encodes a batch of token sequences (each `[src_lang] tokens </s>` as the tokenizer
     /// makes them); they are right-padded with `pad_token_id` and masked.
     pub fn encode(&self, sources: &[&[u32]]) -> Result<M2m100Encoded> {
-        if sources.is_empty() {
-            return Err(TeacherError::BadInput("encode: empty batch".into()));
-        }
-        let lengths: Vec<usize> = sources.iter().map(|s| s.len()).collect();
-        if let Some(i) = lengths.iter().position(|&n| n == 0) {
-            return Err(TeacherError::BadInput(format!(
-                "encode: source {i} has no tokens"
-            )));
-        }
-        let s = *lengths.iter().max().unwrap_or(&1);
-        let b = sources.len();
-        let pad = self.cfg.pad_token_id;
-        let mut flat = Vec::with_capacity(b * s);
-        for src in sources {
-            self.check_ids(src, "encode")?;
-            flat.extend_from_slice(src);
-            flat.extend(std::iter::repeat_n(pad, s - src.len()));
-        }
-        let x = self.embed(&self.enc_embed, &flat, b, s, 0)?;
-        Ok(M2m100Encoded {
-            hidden: self.encoder.forward(&x, &lengths)?,
-            lengths,
-        })
+        encode_tokens(self, sources)
     }
 
     /// A fresh decoder cache with `group` rows per encoded item (all rows of a group start
     /// identical). Cross-attention keys/values are computed here, once per item.
     pub fn start(&self, enc: &M2m100Encoded, group: usize) -> Result<M2m100Cache> {
-        self.decoder.start(enc, group)
+        self.stacks.decoder.start(enc, group)
     }
 
     /// Feeds `tokens` (`rows x l`, row-major; `rows` = the cache's rows) after what `cache`
     /// holds and returns f32 logits `[rows, l, vocab]`.
     pub fn decode(&self, tokens: &[u32], l: usize, cache: &mut M2m100Cache) -> Result<Tensor> {
-        let rows = cache.rows();
-        if l == 0 || tokens.len() != rows * l {
-            return Err(TeacherError::BadInput(format!(
-                "decode: {} tokens for {rows} rows of {l}",
-                tokens.len()
-            )));
-        }
-        self.check_ids(tokens, "decode")?;
-        let start = cache.len();
-        let x = self.embed(&self.dec_embed, tokens, rows, l, start)?;
-        let x = self.decoder.forward(&x, cache)?;
-        Ok(self.lm_head.forward(&x)?)
+        decode_tokens(self, tokens, l, cache)
     }
 }
 
-impl Decoder for M2m100Model {
+impl TokenSeq2Seq for M2m100Model {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
 
-    fn decode_step(&self, tokens: &[u32], l: usize, cache: &mut KvCache) -> Result<Tensor> {
-        self.decode(tokens, l, cache)
-    }
-}
-
-impl Seq2Seq for M2m100Model {
-    fn encode_sources(&self, sources: &[&[u32]]) -> Result<Encoded> {
-        self.encode(sources)
+    fn pad_token_id(&self) -> u32 {
+        self.cfg.pad_token_id
     }
 
-    fn start_cache(&self, enc: &Encoded, group: usize) -> Result<KvCache> {
-        self.start(enc, group)
+    fn embed(&self, ids: &[u32], shape: (usize, usize), past: usize, dec: bool) -> Result<Tensor> {
+        let table = if dec {
+            &self.dec_embed
+        } else {
+            &self.enc_embed
+        };
+        self.embed_table(table, ids, shape.0, shape.1, past)
+    }
+
+    fn stacks(&self) -> &Stacks {
+        &self.stacks
     }
 }
 

@@ -31,16 +31,17 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use vaak_nn::weights::{HubOptions, LoadOptions, WeightLocation, Weights};
+use vaak_nn::weights::{HubOptions, WeightLocation};
 
 use super::tokenizer::{MtTokenizer, TokenizerKind};
 use crate::error::{Result, TeacherError};
 use crate::lang::Lang;
-use crate::seq2seq::config::{check_dims, read_json};
+use crate::seq2seq::config::{check_dims, dims_of, json_config};
+use crate::seq2seq::model::{checkpoint, required_file};
 use crate::seq2seq::{
-    generate_with, Activation, Decoder, DecoderStack, EarlyStopping, Encoded, EncoderStack,
-    GenerationConfigFile, GenerationParams, Generated, KvCache, LayerConfig, LmHead, MaxLength,
-    NormPosition, Seq2Seq, TokenRules, LN_EPS,
+    decode_tokens, embed_scale, encode_tokens, generate_with, Activation, DecoderStack,
+    EarlyStopping, Encoded, EncoderStack, Generated, GenerationConfigFile, GenerationParams,
+    KvCache, LayerConfig, LmHead, MaxLength, NormPosition, Stacks, TokenRules, TokenSeq2Seq,
 };
 use crate::{ItemResult, ModelId, Translator};
 
@@ -150,13 +151,15 @@ pub struct MarianConfig {
     pub max_length: Option<usize>,
 }
 
+json_config!(MarianConfig);
+
 impl MarianConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
+    fn validate(&self, path: &Path) -> Result<()> {
+        let cfg = self;
         let bad = |reason: String| TeacherError::Config {
             path: path.to_path_buf(),
             reason,
         };
-        let cfg: Self = read_json(path)?;
         if !cfg.share_encoder_decoder_embeddings {
             return Err(bad(
                 "share_encoder_decoder_embeddings = false (separate source and target \
@@ -172,21 +175,15 @@ impl MarianConfig {
         }
         check_dims(
             path,
-            cfg.d_model,
+            dims_of!(cfg),
             &[
-                ("vocab_size", cfg.vocab_size),
-                ("d_model", cfg.d_model),
                 ("encoder_ffn_dim", cfg.encoder_ffn_dim),
                 ("decoder_ffn_dim", cfg.decoder_ffn_dim),
                 ("max_position_embeddings", cfg.max_position_embeddings),
             ],
-            &[
-                ("encoder_attention_heads", cfg.encoder_attention_heads),
-                ("decoder_attention_heads", cfg.decoder_attention_heads),
-            ],
         )?;
         cfg.activation().map_err(bad)?;
-        Ok(cfg)
+        Ok(())
     }
 
     fn activation(&self) -> std::result::Result<Activation, String> {
@@ -195,24 +192,6 @@ impl MarianConfig {
                 "activation_function {:?} is not supported",
                 self.activation_function
             )
-        })
-    }
-
-    /// The layer shape of the encoder (`decoder` false) or decoder stack.
-    fn layer_config(&self, decoder: bool) -> std::result::Result<LayerConfig, String> {
-        let (heads, ffn) = if decoder {
-            (self.decoder_attention_heads, self.decoder_ffn_dim)
-        } else {
-            (self.encoder_attention_heads, self.encoder_ffn_dim)
-        };
-        Ok(LayerConfig {
-            d_model: self.d_model,
-            heads,
-            ffn,
-            activation: self.activation()?,
-            norm: NormPosition::Post,
-            k_bias: true,
-            ln_eps: LN_EPS,
         })
     }
 }
@@ -251,9 +230,7 @@ pub struct MarianModel {
     embed: Tensor,
     /// `[max_position_embeddings, d_model]`.
     positions: Tensor,
-    encoder: EncoderStack,
-    decoder: DecoderStack,
-    lm_head: LmHead,
+    stacks: Stacks,
     embed_scale: f64,
     device: Device,
 }
@@ -284,22 +261,24 @@ impl MarianModel {
             Tensor::zeros(v, vb.dtype(), vb.device())?
         };
         let n = cfg.max_position_embeddings;
-        let positions = Tensor::from_vec(marian_positions(n, d), (n, d), vb.device())?
-            .to_dtype(vb.dtype())?;
-        let enc_cfg = cfg.layer_config(false).map_err(bad)?;
-        let dec_cfg = cfg.layer_config(true).map_err(bad)?;
+        let positions =
+            Tensor::from_vec(marian_positions(n, d), (n, d), vb.device())?.to_dtype(vb.dtype())?;
+        let act = cfg.activation().map_err(bad)?;
+        let post = NormPosition::Post;
+        let enc_shape = (cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
+        let dec_shape = (cfg.decoder_attention_heads, cfg.decoder_ffn_dim);
+        let enc_cfg = LayerConfig::bart(d, enc_shape, act, post);
+        let dec_cfg = LayerConfig::bart(d, dec_shape, act, post);
         Ok(Self {
             cfg: cfg.clone(),
-            encoder: EncoderStack::load(&enc_cfg, cfg.encoder_layers, vb.pp("model.encoder"))?,
-            decoder: DecoderStack::load(&dec_cfg, cfg.decoder_layers, vb.pp("model.decoder"))?,
-            lm_head: LmHead::new(&embed, Some(bias))?,
+            stacks: Stacks {
+                encoder: EncoderStack::load(&enc_cfg, cfg.encoder_layers, vb.pp("model.encoder"))?,
+                decoder: DecoderStack::load(&dec_cfg, cfg.decoder_layers, vb.pp("model.decoder"))?,
+                lm_head: LmHead::new(&embed, Some(bias))?,
+            },
             embed,
             positions,
-            embed_scale: if cfg.scale_embedding {
-                (d as f64).sqrt()
-            } else {
-                1.0
-            },
+            embed_scale: embed_scale(cfg.scale_embedding, d),
             device: vb.device().clone(),
         })
     }
@@ -308,88 +287,49 @@ impl MarianModel {
         &self.cfg
     }
 
-    /// Scaled embeddings plus positions `start..start + l` for `rows x l` tokens.
-    fn embed(&self, tokens: &[u32], rows: usize, l: usize, start: usize) -> Result<Tensor> {
-        let (v, d) = (self.cfg.vocab_size, self.cfg.d_model);
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= v) {
-            return Err(TeacherError::BadInput(format!(
-                "token id {t} is outside the vocabulary ({v})"
-            )));
-        }
-        if start + l > self.cfg.max_position_embeddings {
-            return Err(TeacherError::BadInput(format!(
-                "input reaches {} tokens; max_position_embeddings is {}",
-                start + l,
-                self.cfg.max_position_embeddings
-            )));
-        }
-        let ids = Tensor::from_slice(tokens, rows * l, &self.device)?;
-        let tok = (self.embed.index_select(&ids, 0)? * self.embed_scale)?.reshape((rows, l, d))?;
-        Ok(tok.broadcast_add(&self.positions.narrow(0, start, l)?)?)
-    }
-
     /// Encodes sources (each `pieces </s>`), right-padded with `pad_token_id` and masked.
     pub fn encode(&self, sources: &[&[u32]]) -> Result<Encoded> {
-        if sources.is_empty() {
-            return Err(TeacherError::BadInput("encode: empty batch".into()));
-        }
-        let lengths: Vec<usize> = sources.iter().map(|s| s.len()).collect();
-        if let Some(i) = lengths.iter().position(|&n| n == 0) {
-            return Err(TeacherError::BadInput(format!(
-                "encode: source {i} has no tokens"
-            )));
-        }
-        let s = lengths.iter().copied().max().unwrap_or(1);
-        let mut flat = Vec::with_capacity(sources.len() * s);
-        for src in sources {
-            flat.extend_from_slice(src);
-            flat.extend(std::iter::repeat_n(self.cfg.pad_token_id, s - src.len()));
-        }
-        let x = self.embed(&flat, sources.len(), s, 0)?;
-        Ok(Encoded {
-            hidden: self.encoder.forward(&x, &lengths)?,
-            lengths,
-        })
+        encode_tokens(self, sources)
     }
 
     /// A fresh decoder cache with `group` rows per encoded item.
     pub fn start(&self, enc: &Encoded, group: usize) -> Result<KvCache> {
-        self.decoder.start(enc, group)
+        self.stacks.decoder.start(enc, group)
     }
 
     /// Feeds `tokens` (`rows x l`, row-major) after what `cache` holds; f32 logits
     /// `[rows, l, vocab]`.
     pub fn decode(&self, tokens: &[u32], l: usize, cache: &mut KvCache) -> Result<Tensor> {
-        let rows = cache.rows();
-        if l == 0 || tokens.len() != rows * l {
-            return Err(TeacherError::BadInput(format!(
-                "decode: {} tokens for {rows} rows of {l}",
-                tokens.len()
-            )));
-        }
-        let x = self.embed(tokens, rows, l, cache.len())?;
-        let x = self.decoder.forward(&x, cache)?;
-        Ok(self.lm_head.forward(&x)?)
+        decode_tokens(self, tokens, l, cache)
     }
 }
 
-impl Decoder for MarianModel {
+impl TokenSeq2Seq for MarianModel {
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
 
-    fn decode_step(&self, tokens: &[u32], l: usize, cache: &mut KvCache) -> Result<Tensor> {
-        self.decode(tokens, l, cache)
-    }
-}
-
-impl Seq2Seq for MarianModel {
-    fn encode_sources(&self, sources: &[&[u32]]) -> Result<Encoded> {
-        self.encode(sources)
+    fn pad_token_id(&self) -> u32 {
+        self.cfg.pad_token_id
     }
 
-    fn start_cache(&self, enc: &Encoded, group: usize) -> Result<KvCache> {
-        self.start(enc, group)
+    /// Scaled embeddings plus positions `past..past + l` (the same table for both stacks).
+    fn embed(&self, ids: &[u32], shape: (usize, usize), past: usize, _: bool) -> Result<Tensor> {
+        let ((rows, l), d) = (shape, self.cfg.d_model);
+        if past + l > self.cfg.max_position_embeddings {
+            return Err(TeacherError::BadInput(format!(
+                "input reaches {} tokens; max_position_embeddings is {}",
+                past + l,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let ids = Tensor::from_slice(ids, rows * l, &self.device)?;
+        let tok = (self.embed.index_select(&ids, 0)? * self.embed_scale)?.reshape((rows, l, d))?;
+        Ok(tok.broadcast_add(&self.positions.narrow(0, past, l)?)?)
+    }
+
+    fn stacks(&self) -> &Stacks {
+        &self.stacks
     }
 }
 
@@ -433,16 +373,7 @@ impl MarianTranslator {
     /// Loads from a local directory or `hf://org/repo[@revision]`.
     pub fn load(location: &str, opts: &MarianLoadOptions) -> Result<Self> {
         let loc = WeightLocation::parse(location)?;
-        let cfg_path = loc
-            .join("config.json")
-            .resolve_file(&opts.hub)
-            .map_err(|e| match e {
-                vaak_nn::Error::MissingFile { path } => TeacherError::Config {
-                    path,
-                    reason: "missing (Marian needs config.json)".into(),
-                },
-                other => other.into(),
-            })?;
+        let cfg_path = required_file(&loc, "config.json", &opts.hub, "Marian")?;
         let cfg = MarianConfig::from_file(&cfg_path)?;
         let tokenizer = MtTokenizer::load(&loc, &opts.hub)?;
         if tokenizer.kind() != TokenizerKind::Marian {
@@ -517,17 +448,7 @@ impl MarianTranslator {
             },
         };
 
-        let load_opts = LoadOptions {
-            dtype: Some(opts.dtype),
-            device: opts.device.clone(),
-            hub: opts.hub.clone(),
-            state_dict_key: None,
-        };
-        let weights = match loc.join("model.safetensors").resolve_file(&opts.hub) {
-            Ok(p) => Weights::from_files(&[p], &load_opts)?,
-            Err(_) => Weights::load_location(&loc, &load_opts)?,
-        };
-        let vb = weights.into_var_builder(Some(opts.dtype));
+        let vb = checkpoint(&loc, &opts.hub, opts.dtype, &opts.device)?;
         let model = MarianModel::load(&cfg, vb, &cfg_path)?;
         Ok(Self {
             model,
@@ -588,7 +509,11 @@ impl MarianTranslator {
     }
 
     /// Decodes sources (any lengths, one batch) with `p`; one [`Generated`] per source.
-    pub fn generate_ids(&self, sources: &[Vec<u32>], p: &GenerationParams) -> Result<Vec<Generated>> {
+    pub fn generate_ids(
+        &self,
+        sources: &[Vec<u32>],
+        p: &GenerationParams,
+    ) -> Result<Vec<Generated>> {
         let refs: Vec<&[u32]> = sources.iter().map(Vec::as_slice).collect();
         generate_with(&self.model, &refs, p, &self.rules)
     }

@@ -68,10 +68,11 @@ pub struct GenerationConfigFile {
 impl GenerationConfigFile {
     pub fn from_file(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        cfg.early_stopping().map_err(|reason| TeacherError::Config {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        cfg.early_stopping()
+            .map_err(|reason| TeacherError::Config {
+                path: path.to_path_buf(),
+                reason,
+            })?;
         Ok(cfg)
     }
 
@@ -110,28 +111,72 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     parse_json(&read_text(path)?, path)
 }
 
-/// The checks every encoder-decoder `config.json` needs: the named sizes are positive and
-/// `d_model` splits into each named head count.
-pub(crate) fn check_dims(
-    path: &Path,
-    d_model: usize,
-    positive: &[(&str, usize)],
-    heads: &[(&str, usize)],
-) -> Result<()> {
+/// The sizes every encoder-decoder `config.json` has (transformers' names).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    /// Encoder and decoder attention heads.
+    pub heads: (usize, usize),
+}
+
+/// The [`Dims`] of a config with transformers' field names.
+macro_rules! dims_of {
+    ($c:expr) => {
+        $crate::seq2seq::config::Dims {
+            vocab_size: $c.vocab_size,
+            d_model: $c.d_model,
+            heads: ($c.encoder_attention_heads, $c.decoder_attention_heads),
+        }
+    };
+}
+pub(crate) use dims_of;
+
+/// `from_json` and `from_file` for a `config.json` type with a `validate(&self, &Path)`.
+macro_rules! json_config {
+    ($t:ty) => {
+        impl $t {
+            /// Parses and validates a config.json's text; `path` names it in errors.
+            pub fn from_json(text: &str, path: &std::path::Path) -> $crate::error::Result<Self> {
+                let cfg: Self = $crate::seq2seq::config::parse_json(text, path)?;
+                cfg.validate(path)?;
+                Ok(cfg)
+            }
+
+            /// Reads, parses and validates a config.json.
+            pub fn from_file(path: &std::path::Path) -> $crate::error::Result<Self> {
+                Self::from_json(&$crate::seq2seq::config::read_text(path)?, path)
+            }
+        }
+    };
+}
+pub(crate) use json_config;
+
+/// The checks every encoder-decoder `config.json` needs: `dims` and the model's `other` sizes
+/// are positive and `d_model` splits into both head counts.
+pub(crate) fn check_dims(path: &Path, dims: Dims, other: &[(&str, usize)]) -> Result<()> {
     let bad = |reason: String| {
         Err(TeacherError::Config {
             path: path.to_path_buf(),
             reason,
         })
     };
-    for &(name, v) in positive.iter().chain(heads) {
+    let heads = [
+        ("encoder_attention_heads", dims.heads.0),
+        ("decoder_attention_heads", dims.heads.1),
+    ];
+    let common = [("vocab_size", dims.vocab_size), ("d_model", dims.d_model)];
+    for &(name, v) in common.iter().chain(&heads).chain(other) {
         if v == 0 {
             return bad(format!("{name} must be positive"));
         }
     }
-    for &(name, h) in heads {
-        if !d_model.is_multiple_of(h) {
-            return bad(format!("d_model {d_model} is not divisible by {name} {h}"));
+    for (name, h) in heads {
+        if !dims.d_model.is_multiple_of(h) {
+            return bad(format!(
+                "d_model {} is not divisible by {name} {h}",
+                dims.d_model
+            ));
         }
     }
     Ok(())

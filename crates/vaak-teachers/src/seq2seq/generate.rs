@@ -372,9 +372,7 @@ pub fn greedy_search<D: Decoder + ?Sized>(
         .collect();
     let mut sum_lp = vec![0f64; n];
     // Items still decoding, in cache row order.
-    let mut active: Vec<usize> = (0..n)
-        .filter(|&i| max_lens[i] > prompt_len)
-        .collect();
+    let mut active: Vec<usize> = (0..n).filter(|&i| max_lens[i] > prompt_len).collect();
     if active.len() < n && !active.is_empty() {
         cache.select(&active)?;
     }

@@ -72,6 +72,26 @@ pub struct LayerConfig {
     pub ln_eps: f64,
 }
 
+impl LayerConfig {
+    /// A Bart-family stack: biases on every projection, LayerNorm eps 1e-5.
+    pub fn bart(
+        d_model: usize,
+        (heads, ffn): (usize, usize),
+        activation: Activation,
+        norm: NormPosition,
+    ) -> Self {
+        Self {
+            d_model,
+            heads,
+            ffn,
+            activation,
+            norm,
+            k_bias: true,
+            ln_eps: LN_EPS,
+        }
+    }
+}
+
 /// transformers' LayerNorm eps for all three models.
 pub const LN_EPS: f64 = 1e-5;
 
@@ -464,4 +484,11 @@ impl LmHead {
         }
         logits.reshape((rows, l, self.vocab))?.to_dtype(DType::F32)
     }
+}
+
+/// The two stacks and the head of an encoder-decoder.
+pub struct Stacks {
+    pub encoder: EncoderStack,
+    pub decoder: DecoderStack,
+    pub lm_head: LmHead,
 }

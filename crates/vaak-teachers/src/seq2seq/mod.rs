@@ -20,13 +20,15 @@ pub mod cache;
 pub mod config;
 pub mod generate;
 pub mod layers;
+pub mod model;
 
 pub use cache::{Encoded, KvCache};
 pub use config::{EarlyStopping, GenerationConfigFile, TokenIds};
 pub use generate::{
-    generate, generate_with, greedy_search, pad_batch, Decoder, GenerationParams, Generated,
+    generate, generate_with, greedy_search, pad_batch, Decoder, Generated, GenerationParams,
     MaxLength, Seq2Seq, TokenRules,
 };
 pub use layers::{
-    Activation, DecoderStack, EncoderStack, LayerConfig, LmHead, NormPosition, LN_EPS,
+    Activation, DecoderStack, EncoderStack, LayerConfig, LmHead, NormPosition, Stacks, LN_EPS,
 };
+pub use model::{decode_tokens, embed_scale, encode_tokens, TokenSeq2Seq};

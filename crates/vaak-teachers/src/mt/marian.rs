@@ -589,3 +589,21 @@ impl Translator for MarianTranslator {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_transformers_layout() {
+        // dim 5: sentinel 3; sin columns use exponents 0, 2/5, 4/5, cos columns 0, 2/5.
+        let t = marian_positions(3, 5);
+        assert!(t[..5] == [0.0, 0.0, 0.0, 1.0, 1.0]);
+        let row = &t[10..15];
+        let w = |i: usize| 2.0 / 10000f64.powf((2 * i) as f64 / 5.0);
+        for (j, &x) in row.iter().enumerate() {
+            let want = if j < 3 { w(j).sin() } else { w(j - 3).cos() };
+            assert!((x as f64 - want).abs() < 1e-7, "column {j}: {x} vs {want}");
+        }
+    }
+}

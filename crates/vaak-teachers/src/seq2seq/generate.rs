@@ -70,7 +70,11 @@ impl TokenRules {
     pub fn with_bad_words(mut self, bad_words: Vec<Vec<u32>>, eos: &[u32]) -> Self {
         self.bad_words = bad_words
             .into_iter()
-            .filter(|w| !w.is_empty() && !(w.len() == 1 && eos.contains(&w[0])))
+            .filter(|w| match w.as_slice() {
+                [] => false,
+                [t] => !eos.contains(t),
+                _ => true,
+            })
             .collect();
         self
     }
@@ -687,6 +691,46 @@ mod tests {
         assert_eq!(banned_ngram_tokens(&[2, 5, 6, 7, 5], 2), vec![6]);
         assert!(banned_ngram_tokens(&[2, 5], 3).is_empty());
         assert_eq!(banned_ngram_tokens(&[2, 5, 6, 2, 5], 3), vec![6]);
+    }
+
+    #[test]
+    fn bad_words_drop_lone_eos_and_ban_after_their_prefix() {
+        let r =
+            TokenRules::default().with_bad_words(vec![vec![], vec![0], vec![7], vec![3, 4]], &[0]);
+        assert_eq!(r.bad_words, vec![vec![7], vec![3, 4]]);
+        let p = GenerationParams {
+            num_beams: 1,
+            max_length: MaxLength::Fixed(10),
+            min_length: 0,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::False,
+            decoder_start_token_id: 1,
+            forced_bos_token_id: None,
+            forced_eos_token_id: None,
+            eos_token_ids: vec![0],
+            pad_token_id: 1,
+            no_repeat_ngram_size: 0,
+        };
+        let banned = |seq: &[u32], rules: &TokenRules| {
+            let mut row = vec![0f32; 8];
+            let st = RowState {
+                seq,
+                max_len: 10,
+                prompt_len: 1,
+            };
+            process_row(&mut row, &st, &p, rules);
+            (0..8).filter(|&i| row[i].is_infinite()).collect::<Vec<_>>()
+        };
+        assert_eq!(banned(&[1, 2], &r), vec![7]);
+        assert_eq!(banned(&[1, 3], &r), vec![4, 7]);
+        // Begin-suppression applies only right after the prompt.
+        let w = TokenRules {
+            suppress: vec![5],
+            begin_suppress: vec![6],
+            bad_words: Vec::new(),
+        };
+        assert_eq!(banned(&[1], &w), vec![5, 6]);
+        assert_eq!(banned(&[1, 2], &w), vec![5]);
     }
 
     #[test]

@@ -55,15 +55,7 @@ fn check_logits(m: &MarianTranslator) -> f32 {
         .unwrap();
     assert_eq!(got.dims(), want.dims());
     assert_eq!(got.dim(0).unwrap(), 2, "the logits batch must have 2 items");
-    let err = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let err = err.to_scalar::<f32>().unwrap();
+    let err = max_abs_diff(&got, want);
     assert!(err < LOGITS_TOL, "max |logits diff| {err}");
     err
 }

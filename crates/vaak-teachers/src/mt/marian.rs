@@ -39,9 +39,9 @@ use crate::lang::Lang;
 use crate::seq2seq::config::{check_dims, dims_of, json_config};
 use crate::seq2seq::model::{checkpoint, required_file};
 use crate::seq2seq::{
-    decode_tokens, embed_scale, encode_tokens, generate_with, Activation, DecoderStack,
-    EarlyStopping, Encoded, EncoderStack, Generated, GenerationConfigFile, GenerationParams,
-    KvCache, LayerConfig, LmHead, MaxLength, NormPosition, Stacks, TokenRules, TokenSeq2Seq,
+    embed_scale, generate_with, Activation, Decoder, DecoderStack, EarlyStopping, EncoderStack,
+    Generated, GenerationConfigFile, GenerationParams, LayerConfig, LmHead, MaxLength,
+    NormPosition, Seq2Seq, Stacks, TokenRules, TokenSeq2Seq,
 };
 use crate::{ItemResult, ModelId, Translator};
 
@@ -223,7 +223,8 @@ const EMBEDDING_NAMES: [&str; 4] = [
     "lm_head.weight",
 ];
 
-/// A loaded Marian network (transformers' `MarianMTModel`).
+/// A loaded Marian network (transformers' `MarianMTModel`); encoding, decoding and search come
+/// from [`TokenSeq2Seq`] ([`Seq2Seq`] and [`Decoder`]).
 pub struct MarianModel {
     cfg: MarianConfig,
     /// The shared token embedding `[vocab, d_model]`.
@@ -285,22 +286,6 @@ impl MarianModel {
 
     pub fn config(&self) -> &MarianConfig {
         &self.cfg
-    }
-
-    /// Encodes sources (each `pieces </s>`), right-padded with `pad_token_id` and masked.
-    pub fn encode(&self, sources: &[&[u32]]) -> Result<Encoded> {
-        encode_tokens(self, sources)
-    }
-
-    /// A fresh decoder cache with `group` rows per encoded item.
-    pub fn start(&self, enc: &Encoded, group: usize) -> Result<KvCache> {
-        self.stacks.decoder.start(enc, group)
-    }
-
-    /// Feeds `tokens` (`rows x l`, row-major) after what `cache` holds; f32 logits
-    /// `[rows, l, vocab]`.
-    pub fn decode(&self, tokens: &[u32], l: usize, cache: &mut KvCache) -> Result<Tensor> {
-        decode_tokens(self, tokens, l, cache)
     }
 }
 
@@ -502,10 +487,10 @@ impl MarianTranslator {
             ));
         }
         let refs: Vec<&[u32]> = input_ids.iter().map(Vec::as_slice).collect();
-        let enc = self.model.encode(&refs)?;
-        let mut cache = self.model.start(&enc, 1)?;
+        let enc = self.model.encode_sources(&refs)?;
+        let mut cache = self.model.start_cache(&enc, 1)?;
         let flat: Vec<u32> = decoder_ids.iter().flatten().copied().collect();
-        self.model.decode(&flat, len, &mut cache)
+        self.model.decode_step(&flat, len, &mut cache)
     }
 
     /// Decodes sources (any lengths, one batch) with `p`; one [`Generated`] per source.

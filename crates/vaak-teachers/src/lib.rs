@@ -11,6 +11,7 @@ pub mod error;
 pub mod lang;
 pub mod mt;
 mod pool;
+pub mod seq2seq;
 pub mod speaker;
 pub mod tts;
 pub mod vc;

@@ -54,7 +54,7 @@ mod conv1d;
 mod im2col;
 mod transpose;
 
-pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d};
+pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d, CausalPad};
 pub use transpose::{conv_transpose1d_differentiable, CausalConvTranspose1d};
 
 use candle_core::{bail, Result, Tensor};

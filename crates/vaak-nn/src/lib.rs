@@ -2,9 +2,11 @@
 //!
 //! Streaming modules with per-slot state, causal convolutions (with a differentiable
 //! conv-transpose for training), a transformer with rotating and per-slot KV caches, residual
-//! vector quantization, weight loading from local paths or `hf://`, and a training kit.
+//! vector quantization, weight loading from local paths or `hf://`, a training kit, and the
+//! one parser of device names ([`parse_device`]).
 
 pub mod conv;
+pub mod device;
 pub mod error;
 pub mod rvq;
 pub mod streaming;
@@ -12,5 +14,6 @@ pub mod train;
 pub mod transformer;
 pub mod weights;
 
+pub use device::{parse_device, DeviceError};
 pub use error::{Error, Result};
 pub use streaming::{StreamMask, StreamTensor, StreamingModule};

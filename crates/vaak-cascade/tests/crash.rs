@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vaak_cascade::output::{DONE_FILE, SAMPLE_FILES, TMP_PREFIX};
+use vaak_data::parallel::{DONE_FILE, SAMPLE_FILES, TMP_PREFIX};
 use vaak_cascade::{run_invocation, Invocation, Outcome, Summary};
 
 const ROOT_ENV: &str = "CASCADE_CRASH_ROOT";

@@ -394,7 +394,11 @@ impl TeacherFactory for BuiltinTeachers {
         }
     }
 
-    fn speaker(&self, spec: &ModelSpec, device: &Device) -> Result<Arc<dyn SpeakerEncoder>, String> {
+    fn speaker(
+        &self,
+        spec: &ModelSpec,
+        device: &Device,
+    ) -> Result<Arc<dyn SpeakerEncoder>, String> {
         match spec.kind.as_str() {
             "ecapa" => {
                 let o: EcapaSpecOptions = options("speaker", spec)?;
@@ -550,7 +554,10 @@ mod tests {
     #[test]
     fn unknown_kinds_and_options_are_refused_with_names() {
         let f = BuiltinTeachers;
-        let e = f.tts(&spec("festival", None, None), &Device::Cpu).err().unwrap();
+        let e = f
+            .tts(&spec("festival", None, None), &Device::Cpu)
+            .err()
+            .unwrap();
         assert!(e.contains("festival") && e.contains("espeak"), "{e}");
         let mut s = spec("openai", None, None);
         s.options.insert("temprature".into(), 0.5.into());

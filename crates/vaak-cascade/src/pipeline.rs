@@ -25,12 +25,14 @@ use vaak_teachers::{AsrOptions, AudioRef, ItemResult, Lang, Transcript, TtsReque
 
 use crate::config::{Config, Shard};
 use crate::error::{CascadeError, Result};
-use vaak_data::manifest::{read_manifest, ManifestRow};
-use vaak_data::parallel::{self as output, SampleOutput, SourceAudio, SRC_SAMPLE_RATE, TGT_SAMPLE_RATE};
-use vaak_data::paths::{check_no_symlink_escape, resolve_audio_path};
-use vaak_data::safe_id::safe_id;
 use crate::select::{self, Filter};
 use crate::teachers::Teachers;
+use vaak_data::manifest::{read_manifest, ManifestRow};
+use vaak_data::parallel::{
+    self as output, SampleOutput, SourceAudio, SRC_SAMPLE_RATE, TGT_SAMPLE_RATE,
+};
+use vaak_data::paths::{check_no_symlink_escape, resolve_audio_path};
+use vaak_data::safe_id::safe_id;
 
 /// Stage names, as used in the error log and timings.
 pub mod stage {

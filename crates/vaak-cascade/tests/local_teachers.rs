@@ -312,7 +312,10 @@ fn each_kind_builds_and_serves_its_languages() {
         .unwrap();
     assert!(Lang::ALL.into_iter().all(|l| nllb.supports(l)));
     let marian = f
-        .translator(&spec("marian", Some(&marian_dir()), "{}"), &candle_core::Device::Cpu)
+        .translator(
+            &spec("marian", Some(&marian_dir()), "{}"),
+            &candle_core::Device::Cpu,
+        )
         .unwrap();
     assert!(marian.supports(Lang::Ru) && marian.supports(Lang::En) && !marian.supports(Lang::Hi));
     let tts = f
@@ -328,9 +331,15 @@ fn each_kind_builds_and_serves_its_languages() {
 #[test]
 fn the_kind_must_match_the_checkpoint() {
     let f = BuiltinTeachers;
-    let e = err_of(f.translator(&spec("m2m100", Some(&nllb_dir()), "{}"), &candle_core::Device::Cpu));
+    let e = err_of(f.translator(
+        &spec("m2m100", Some(&nllb_dir()), "{}"),
+        &candle_core::Device::Cpu,
+    ));
     assert!(e.contains("use kind 'nllb'"), "{e}");
-    let e = err_of(f.translator(&spec("nllb", Some(&m2m_dir()), "{}"), &candle_core::Device::Cpu));
+    let e = err_of(f.translator(
+        &spec("nllb", Some(&m2m_dir()), "{}"),
+        &candle_core::Device::Cpu,
+    ));
     assert!(e.contains("use kind 'm2m100'"), "{e}");
     let e = err_of(f.translator(&spec("marian", None, "{}"), &candle_core::Device::Cpu));
     assert!(e.contains("models.translator.weights is required"), "{e}");
@@ -339,7 +348,10 @@ fn the_kind_must_match_the_checkpoint() {
         e.contains("deepl") && e.contains("m2m100, nllb, marian"),
         "{e}"
     );
-    let e = err_of(f.tts(&spec("espeak+openvoice", None, "{}"), &candle_core::Device::Cpu));
+    let e = err_of(f.tts(
+        &spec("espeak+openvoice", None, "{}"),
+        &candle_core::Device::Cpu,
+    ));
     assert!(e.contains("models.tts.weights is required"), "{e}");
 }
 
@@ -385,7 +397,10 @@ fn bad_options_are_refused_by_name() {
         ("{calibration_texts: {fr: bonjour}}", "fr"),
     ];
     for (opts, needle) in tts_cases {
-        let e = err_of(f.tts(&spec("espeak+openvoice", Some(&conv), opts), &candle_core::Device::Cpu));
+        let e = err_of(f.tts(
+            &spec("espeak+openvoice", Some(&conv), opts),
+            &candle_core::Device::Cpu,
+        ));
         assert!(e.contains("models.tts.options"), "{opts}: {e}");
         assert!(e.contains(needle), "{opts}: '{needle}' not in {e}");
     }
@@ -400,7 +415,9 @@ fn a_marian_pair_option_overrides_the_checkpoint_and_must_match_the_run() {
     // The fixture's tokenizer_config says ru->en; an explicit pair wins (for checkpoints that
     // say nothing), and the run's direction is checked against it.
     let s = spec("marian", Some(&marian_dir()), "{pair: enru}");
-    assert!(f.translator_for(&s, &candle_core::Device::Cpu, Lang::En, Lang::Ru).is_ok());
+    assert!(f
+        .translator_for(&s, &candle_core::Device::Cpu, Lang::En, Lang::Ru)
+        .is_ok());
     let e = err_of(f.translator_for(&s, &candle_core::Device::Cpu, Lang::Ru, Lang::En));
     assert!(e.contains("en->ru only") && e.contains("ru->en"), "{e}");
 }

@@ -11,11 +11,11 @@ use common::*;
 use serde_json::Value;
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
 use vaak_cascade::config::SrcAudioMode;
+use vaak_cascade::pipeline::{logs_dir, samples_dir};
+use vaak_cascade::{plan, run, Config, Shard, Summary, Teachers};
 use vaak_data::npy::read_npy;
 use vaak_data::parallel::{DONE_FILE, SAMPLE_FILES};
-use vaak_cascade::pipeline::{logs_dir, samples_dir};
 use vaak_data::safe_id::safe_id;
-use vaak_cascade::{plan, run, Config, Shard, Summary, Teachers};
 use vaak_data::Lang;
 
 struct Env {

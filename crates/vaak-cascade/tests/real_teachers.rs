@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
 use vaak_cascade::builtin::BuiltinTeachers;
-use vaak_data::npy;
 use vaak_cascade::{run_invocation, Invocation, Outcome, Overrides};
+use vaak_data::npy;
 use vaak_teachers::mt::loopback::{LoopbackChatServer, TAG};
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
 use vaak_teachers::{Lang, Tts, TtsRequest};

@@ -72,11 +72,7 @@ pub fn read_manifest(path: &Path, require_tier: bool) -> Result<Manifest> {
 }
 
 /// Parses a manifest (CSV or JSONL) from a reader; `path` names it in errors and messages.
-pub fn parse_manifest<R: Read>(
-    mut reader: R,
-    path: &Path,
-    require_tier: bool,
-) -> Result<Manifest> {
+pub fn parse_manifest<R: Read>(mut reader: R, path: &Path, require_tier: bool) -> Result<Manifest> {
     let mut bytes = Vec::new();
     reader
         .read_to_end(&mut bytes)
@@ -182,6 +178,9 @@ fn parse_csv(reader: &[u8], path: &Path, require_tier: bool) -> Result<Manifest>
     })
 }
 
+/// A row's `(column, value)` pairs.
+type Fields = Vec<(String, String)>;
+
 /// One JSON object with its keys in file order (serde_json's map would sort them).
 struct OrderedObject(Vec<(String, Value)>);
 
@@ -210,7 +209,7 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
 
 fn parse_jsonl(bytes: &[u8], path: &Path, require_tier: bool) -> Result<Manifest> {
     let mut columns: Vec<String> = Vec::new();
-    let mut parsed: Vec<(u64, std::result::Result<Vec<(String, String)>, String>)> = Vec::new();
+    let mut parsed: Vec<(u64, std::result::Result<Fields, String>)> = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = i as u64 + 1;
         if raw.iter().all(u8::is_ascii_whitespace) {
@@ -262,9 +261,18 @@ fn parse_jsonl(bytes: &[u8], path: &Path, require_tier: bool) -> Result<Manifest
     let mut malformed = Vec::new();
     for (line, fields) in parsed {
         let row = fields.and_then(|fields| {
-            let find = |name: &str| fields.iter().position(|(k, _)| k.eq_ignore_ascii_case(name));
+            let find = |name: &str| {
+                fields
+                    .iter()
+                    .position(|(k, _)| k.eq_ignore_ascii_case(name))
+            };
             let need = |name: &str| find(name).ok_or_else(|| format!("no '{name}' key"));
-            let c_req = [need("id")?, need("lang")?, need("audio_path")?, need("duration_s")?];
+            let c_req = [
+                need("id")?,
+                need("lang")?,
+                need("audio_path")?,
+                need("duration_s")?,
+            ];
             let c_tier = find("tier");
             if require_tier && c_tier.is_none() {
                 return Err("no 'tier' key".into());
@@ -456,7 +464,10 @@ mod tests {
         assert_eq!(r.fields[0].0, "id");
         assert_eq!(r.fields[1].0, "audio_path");
         assert_eq!(m.rows[1].line, 3);
-        assert_eq!(m.columns, ["id", "audio_path", "duration_s", "text", "lang", "pitch"]);
+        assert_eq!(
+            m.columns,
+            ["id", "audio_path", "duration_s", "text", "lang", "pitch"]
+        );
     }
 
     #[test]

@@ -220,11 +220,19 @@ mod tests {
         std::fs::write(&p, npy_f32(&[2], &[1.0, 2.0]).unwrap()).unwrap();
         let e = read_checked(&p, &[DType::I64], 1).unwrap_err();
         assert!(matches!(e, DataError::NpyDtype { .. }));
-        assert!(e.to_string().contains("t.npy") && e.to_string().contains("F32"), "{e}");
+        assert!(
+            e.to_string().contains("t.npy") && e.to_string().contains("F32"),
+            "{e}"
+        );
         let e = read_checked(&p, &[DType::F32], 2).unwrap_err().to_string();
-        assert!(e.contains("t.npy") && e.contains("[2]") && e.contains("rank 2"), "{e}");
+        assert!(
+            e.contains("t.npy") && e.contains("[2]") && e.contains("rank 2"),
+            "{e}"
+        );
         assert_eq!(read_checked(&p, &[DType::F32], 1).unwrap().dims(), [2]);
-        let e = read_npy(&dir.path().join("gone.npy")).unwrap_err().to_string();
+        let e = read_npy(&dir.path().join("gone.npy"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gone.npy"), "{e}");
     }
 }

@@ -189,8 +189,8 @@ fn fill(dir: &Path, s: &SampleOutput, mode: SrcAudioMode) -> Result<()> {
     let tok = npy::npy_i64(&[rows, frames], &flat)?;
     let p = dir.join(TOKENS_NPY);
     ctx(write_synced(&p, &tok), "writing", &p)?;
-    let meta = serde_json::to_vec_pretty(&Value::Object(s.meta.clone()))
-        .expect("a JSON map serialises");
+    let meta =
+        serde_json::to_vec_pretty(&Value::Object(s.meta.clone())).expect("a JSON map serialises");
     let p = dir.join(META_JSON);
     ctx(write_synced(&p, &meta), "writing", &p)
 }
@@ -242,7 +242,6 @@ pub fn meta_json(
     );
     m
 }
-
 
 /// The typed view of a `meta.json`. The keys every sample has are fields; the cascade's
 /// per-stage details (`asr`, `models`, `timings_s`, `quality_reasons`, durations, ...) stay in
@@ -492,11 +491,19 @@ mod tests {
         assert_eq!(a.paths, SamplePaths::new(&parent.join("a")));
         assert!(a.paths.tgt_wav.is_file() && a.paths.tokens_npy.is_file());
         assert_eq!(a.meta.direction, "ruen");
-        assert_eq!((a.meta.src_lang.as_str(), a.meta.tgt_lang.as_str()), ("ru", "en"));
+        assert_eq!(
+            (a.meta.src_lang.as_str(), a.meta.tgt_lang.as_str()),
+            ("ru", "en")
+        );
         assert_eq!(a.meta.manifest_line, 7);
         assert_eq!(a.meta.manifest["extra col"], "v");
         assert!(a.meta.is_ok());
-        assert!(a.meta.created_by.as_deref().unwrap().starts_with("vaak-cascade "));
+        assert!(a
+            .meta
+            .created_by
+            .as_deref()
+            .unwrap()
+            .starts_with("vaak-cascade "));
 
         // A broken meta.json is an error item naming the file; the walk goes on.
         fs::write(parent.join("a/meta.json"), b"{not json").unwrap();

@@ -41,7 +41,11 @@ pub struct AudioSources {
 /// (case-insensitive) is in `exts`, or a manifest (CSV or JSONL) whose `audio_path`s are
 /// resolved inside `data_root` (default: the manifest's directory). Finding nothing is not an
 /// error here; the caller says what it needed.
-pub fn collect_audio(input: &Path, data_root: Option<&Path>, exts: &[&str]) -> Result<AudioSources> {
+pub fn collect_audio(
+    input: &Path,
+    data_root: Option<&Path>,
+    exts: &[&str],
+) -> Result<AudioSources> {
     if input.is_dir() {
         let mut files = Vec::new();
         walk(input, exts, &mut files)?;
@@ -71,11 +75,12 @@ pub fn collect_audio(input: &Path, data_root: Option<&Path>, exts: &[&str]) -> R
         from_manifest: true,
         ..AudioSources::default()
     };
-    out.skipped.extend(m.malformed.into_iter().map(|b| SkippedRow {
-        line: b.line,
-        id: None,
-        reason: b.reason,
-    }));
+    out.skipped
+        .extend(m.malformed.into_iter().map(|b| SkippedRow {
+            line: b.line,
+            id: None,
+            reason: b.reason,
+        }));
     for row in m.rows {
         match resolve_audio_path(&root, &row.audio_path) {
             Ok(path) => out.clips.push(AudioClip { name: row.id, path }),
@@ -124,7 +129,10 @@ mod tests {
         let names: Vec<&str> = s.clips.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["a.ogg", "b/c/a.flac", "z.WAV"]);
         assert!(!s.from_manifest && s.skipped.is_empty());
-        assert!(collect_audio(d.path(), None, &["mp3"]).unwrap().clips.is_empty());
+        assert!(collect_audio(d.path(), None, &["mp3"])
+            .unwrap()
+            .clips
+            .is_empty());
     }
 
     #[test]

@@ -68,10 +68,7 @@ fn dev_allowed(krate: &str, dep: &str) -> bool {
 /// Every violation of the rule in `cargo metadata --format-version 1 --no-deps` output.
 fn violations(metadata: &Value) -> Vec<String> {
     let packages = metadata["packages"].as_array().expect("packages array");
-    let members: Vec<&str> = packages
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
+    let members: Vec<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
     let mut out = Vec::new();
     for p in packages {
         let name = p["name"].as_str().unwrap_or("?");
@@ -140,7 +137,10 @@ fn workspace_crates_depend_only_downwards() {
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    assert!(names.contains(&"vaak-data") && names.contains(&"vaak-cli"), "{names:?}");
+    assert!(
+        names.contains(&"vaak-data") && names.contains(&"vaak-cli"),
+        "{names:?}"
+    );
     let v = violations(&meta);
     assert!(v.is_empty(), "dependency rule broken:\n{}", v.join("\n"));
 }
@@ -183,8 +183,16 @@ fn the_check_catches_upward_edges_unknown_crates_and_dev_cascade() {
     ]});
     let v = violations(&meta);
     assert_eq!(v.len(), 3, "{v:#?}");
-    assert!(v[0].contains("vaak-data must not depend on vaak-teachers"), "{}", v[0]);
-    assert!(v[1].contains("vaak-s2s must not depend on vaak-cascade (dev"), "{}", v[1]);
+    assert!(
+        v[0].contains("vaak-data must not depend on vaak-teachers"),
+        "{}",
+        v[0]
+    );
+    assert!(
+        v[1].contains("vaak-s2s must not depend on vaak-cascade (dev"),
+        "{}",
+        v[1]
+    );
     assert!(
         v[2].contains("vaak-server2") && v[2].contains("add it to the table"),
         "{}",

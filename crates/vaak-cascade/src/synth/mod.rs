@@ -42,7 +42,7 @@ pub mod text;
 pub mod voices;
 pub mod wordlist;
 
-pub use error::{SynthError, Result};
+pub use error::{Result, SynthError};
 use text::Template;
 use wordlist::WordList;
 

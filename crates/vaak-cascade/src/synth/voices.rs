@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use rand::Rng;
 use vaak_data::Lang;
 
-use super::error::{SynthError, Result};
+use super::error::{Result, SynthError};
 
 /// Language voices drawn from for each language (all in espeak-ng 1.51's `--voices`).
 pub fn base_voices(lang: Lang) -> &'static [&'static str] {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use vaak_data::Lang;
 
-use super::error::{SynthError, Result};
+use super::error::{Result, SynthError};
 
 /// Fewer usable words than this is taken as a wrong file.
 pub const MIN_WORDS: usize = 50;

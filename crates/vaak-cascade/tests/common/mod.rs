@@ -327,12 +327,20 @@ impl TeacherFactory for DoubleFactory {
             calls: self.calls.clone(),
         }))
     }
-    fn translator(&self, spec: &ModelSpec, _d: &candle_core::Device) -> Result<Arc<dyn Translator>, String> {
+    fn translator(
+        &self,
+        spec: &ModelSpec,
+        _d: &candle_core::Device,
+    ) -> Result<Arc<dyn Translator>, String> {
         Ok(Arc::new(ReverseTranslator {
             b: want(spec, "test-reverse")?,
         }))
     }
-    fn speaker(&self, spec: &ModelSpec, _d: &candle_core::Device) -> Result<Arc<dyn SpeakerEncoder>, String> {
+    fn speaker(
+        &self,
+        spec: &ModelSpec,
+        _d: &candle_core::Device,
+    ) -> Result<Arc<dyn SpeakerEncoder>, String> {
         Ok(Arc::new(StatsSpeaker {
             b: want(spec, "test-stats")?,
         }))
@@ -343,7 +351,11 @@ impl TeacherFactory for DoubleFactory {
             calls: self.calls.clone(),
         }))
     }
-    fn codec(&self, spec: &ModelSpec, _d: &candle_core::Device) -> Result<Arc<dyn TokenCodec>, String> {
+    fn codec(
+        &self,
+        spec: &ModelSpec,
+        _d: &candle_core::Device,
+    ) -> Result<Arc<dyn TokenCodec>, String> {
         Ok(Arc::new(FrameCodec {
             b: want(spec, "test-frames")?,
         }))

@@ -178,6 +178,9 @@ fn parse_csv(reader: &[u8], path: &Path, require_tier: bool) -> Result<Manifest>
     })
 }
 
+/// A row's `(column, value)` pairs.
+type Fields = Vec<(String, String)>;
+
 /// One JSON object with its keys in file order (serde_json's map would sort them).
 struct OrderedObject(Vec<(String, Value)>);
 
@@ -206,7 +209,7 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
 
 fn parse_jsonl(bytes: &[u8], path: &Path, require_tier: bool) -> Result<Manifest> {
     let mut columns: Vec<String> = Vec::new();
-    let mut parsed: Vec<(u64, std::result::Result<Vec<(String, String)>, String>)> = Vec::new();
+    let mut parsed: Vec<(u64, std::result::Result<Fields, String>)> = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = i as u64 + 1;
         if raw.iter().all(u8::is_ascii_whitespace) {

@@ -15,6 +15,8 @@ fn vaak_s2s_depends_only_on_allowed_crates() {
         "candle-nn",
         "serde",
         "serde_json",
+        // The training config is YAML (as vaak-codec's).
+        "serde_yaml",
         "thiserror",
         "tracing",
         "rand",

@@ -62,8 +62,15 @@ fn builders_cache_codes_and_skip_broken_samples() {
     let mut seen = 0;
     let (ex, rep) = build_clip_examples(&clips, &tok, &mut cache, &mut || seen += 1).unwrap();
     assert_eq!(seen, 4);
-    assert_eq!((ex.len(), rep.used, rep.skipped.len()), (2, 2, 2), "{rep:?}");
-    assert!(rep.skipped.iter().any(|(id, _)| id.ends_with("missing.wav")));
+    assert_eq!(
+        (ex.len(), rep.used, rep.skipped.len()),
+        (2, 2, 2),
+        "{rep:?}"
+    );
+    assert!(rep
+        .skipped
+        .iter()
+        .any(|(id, _)| id.ends_with("missing.wav")));
     assert!(rep.skipped.iter().any(|(id, _)| id.ends_with("junk.wav")));
     // 25 Hz: 0.4 s is 10 frames of 2 codes; unpaired clips have no source.
     assert_eq!(ex[0].target.len(), 10);
@@ -105,7 +112,15 @@ fn builders_cache_codes_and_skip_broken_samples() {
         .write_npy(&tp)
         .unwrap();
     with_tokens.tokens_npy = Some(tp);
-    let pairs = vec![good, no_tgt, junk_src, bad_spk, bad_lang, flagged.clone(), with_tokens];
+    let pairs = vec![
+        good,
+        no_tgt,
+        junk_src,
+        bad_spk,
+        bad_lang,
+        flagged.clone(),
+        with_tokens,
+    ];
     let mut cache = CodeCache::open(&cache_dir, &tok).unwrap();
     let (ex, rep) = build_pair_examples(&pairs, &tok, &mut cache, false, &mut || {}).unwrap();
     let ids: Vec<&str> = ex.iter().map(|e| e.id.as_str()).collect();
@@ -114,14 +129,21 @@ fn builders_cache_codes_and_skip_broken_samples() {
     let skipped: Vec<&str> = rep.skipped.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(skipped, ["no_tgt", "junk_src", "bad_spk", "bad_lang"]);
     let lang_reason = &rep.skipped[3].1;
-    assert!(lang_reason.contains("xx") && lang_reason.contains("en"), "{lang_reason}");
+    assert!(
+        lang_reason.contains("xx") && lang_reason.contains("en"),
+        "{lang_reason}"
+    );
     let g = &ex[0];
     assert_eq!((g.source.len(), g.target.len()), (10, 8));
     assert_eq!(g.language, Language::Ru);
     assert_eq!(g.emotion.name(), "happy");
     assert_eq!(g.speaker.as_deref(), Some(&[0.5f32; 4][..]));
     // A 220 Hz target: pitch about log2(220/150) octaves, fully active.
-    assert!((g.prosody[0] - (220f32 / 150.0).log2()).abs() < 0.1, "{:?}", g.prosody);
+    assert!(
+        (g.prosody[0] - (220f32 / 150.0).log2()).abs() < 0.1,
+        "{:?}",
+        g.prosody
+    );
     assert!(g.prosody[2] > 0.9, "{:?}", g.prosody);
     assert_eq!(ex[1].target[1], vec![7, 63]);
     // Asked for, the flagged pair is used.

@@ -51,27 +51,6 @@ const TRANSLATOR_KINDS: &str = "openai, m2m100, nllb, marian";
 /// EnCodec's default rate for the dataset: 6 kbps, 8 codebooks.
 pub const DEFAULT_ENCODEC_KBPS: f64 = 6.0;
 
-/// Parses `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
-pub fn parse_device(s: &str) -> Result<Device, String> {
-    let s = s.trim();
-    let (kind, idx) = match s.split_once(':') {
-        Some((k, i)) => (
-            k,
-            i.parse::<usize>()
-                .map_err(|_| format!("device '{s}': '{i}' is not a device index"))?,
-        ),
-        None => (s, 0),
-    };
-    match kind {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(idx).map_err(|e| format!("device '{s}': {e}")),
-        "metal" => Device::new_metal(idx).map_err(|e| format!("device '{s}': {e}")),
-        _ => Err(format!(
-            "device '{s}' is not one of cpu, cuda[:N], metal[:N]"
-        )),
-    }
-}
-
 /// The weights location of `spec`, with its revision applied.
 fn location(stage: &str, spec: &ModelSpec) -> Result<String, String> {
     let w = spec.weights.as_deref().ok_or_else(|| {
@@ -226,7 +205,7 @@ fn model_code(kind: &str, lang: Lang) -> String {
     }
 }
 
-fn load_m2m100(spec: &ModelSpec, device: &str) -> Result<M2m100Translator, String> {
+fn load_m2m100(spec: &ModelSpec, device: &Device) -> Result<M2m100Translator, String> {
     let o: M2m100SpecOptions = options("translator", spec)?;
     at_least("translator", "num_beams", o.num_beams, 1)?;
     at_least("translator", "batch_size", o.batch_size, 1)?;
@@ -239,7 +218,7 @@ fn load_m2m100(spec: &ModelSpec, device: &str) -> Result<M2m100Translator, Strin
     let defaults = M2m100TranslatorOptions::default();
     let opts = M2m100TranslatorOptions {
         load: M2m100LoadOptions {
-            device: parse_device(device)?,
+            device: device.clone(),
             dtype: parse_dtype("translator", o.dtype.as_deref())?,
             ..M2m100LoadOptions::default()
         },
@@ -271,13 +250,13 @@ fn load_m2m100(spec: &ModelSpec, device: &str) -> Result<M2m100Translator, Strin
     Ok(t)
 }
 
-fn load_marian(spec: &ModelSpec, device: &str) -> Result<MarianTranslator, String> {
+fn load_marian(spec: &ModelSpec, device: &Device) -> Result<MarianTranslator, String> {
     let o: MarianSpecOptions = options("translator", spec)?;
     at_least("translator", "batch_size", o.batch_size, 1)?;
     at_least("translator", "max_length", o.max_length, 2)?;
     let defaults = MarianLoadOptions::default();
     let opts = MarianLoadOptions {
-        device: parse_device(device)?,
+        device: device.clone(),
         dtype: parse_dtype("translator", o.dtype.as_deref())?,
         pair: o.pair.as_deref().map(parse_pair).transpose()?,
         max_length: o.max_length,
@@ -309,14 +288,14 @@ fn require_lang(kind: &str, t: &dyn Translator, lang: Lang) -> Result<(), String
     ))
 }
 
-fn espeak_openvoice(spec: &ModelSpec, device: &str) -> Result<Arc<dyn Tts>, String> {
+fn espeak_openvoice(spec: &ModelSpec, device: &Device) -> Result<Arc<dyn Tts>, String> {
     let o: OpenVoiceSpecOptions = options("tts", spec)?;
     let base = EspeakTts::new(o.base.unwrap_or_default())
         .map_err(|e| format!("models.tts.options.base: {e}"))?;
     let converter = ToneColorConverter::load(
         &location("tts", spec)?,
         &ConverterOptions {
-            device: parse_device(device)?,
+            device: device.clone(),
             ..ConverterOptions::default()
         },
     )
@@ -335,12 +314,12 @@ fn espeak_openvoice(spec: &ModelSpec, device: &str) -> Result<Arc<dyn Tts>, Stri
 }
 
 impl TeacherFactory for BuiltinTeachers {
-    fn asr(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn Asr>, String> {
+    fn asr(&self, spec: &ModelSpec, device: &Device) -> Result<Arc<dyn Asr>, String> {
         match spec.kind.as_str() {
             "whisper" => {
                 let o: WhisperSpecOptions = options("asr", spec)?;
                 let mut opts = WhisperLoadOptions {
-                    device: parse_device(device)?,
+                    device: device.clone(),
                     ..WhisperLoadOptions::default()
                 };
                 if let Some(d) = o.dtype.as_deref() {
@@ -369,7 +348,7 @@ impl TeacherFactory for BuiltinTeachers {
         }
     }
 
-    fn translator(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn Translator>, String> {
+    fn translator(&self, spec: &ModelSpec, device: &Device) -> Result<Arc<dyn Translator>, String> {
         match spec.kind.as_str() {
             "openai" => {
                 no_weights("translator", spec)?;
@@ -386,7 +365,7 @@ impl TeacherFactory for BuiltinTeachers {
     fn translator_for(
         &self,
         spec: &ModelSpec,
-        device: &str,
+        device: &Device,
         src: Lang,
         tgt: Lang,
     ) -> Result<Arc<dyn Translator>, String> {
@@ -415,12 +394,16 @@ impl TeacherFactory for BuiltinTeachers {
         }
     }
 
-    fn speaker(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn SpeakerEncoder>, String> {
+    fn speaker(
+        &self,
+        spec: &ModelSpec,
+        device: &Device,
+    ) -> Result<Arc<dyn SpeakerEncoder>, String> {
         match spec.kind.as_str() {
             "ecapa" => {
                 let o: EcapaSpecOptions = options("speaker", spec)?;
                 let mut opts = EcapaOptions {
-                    device: parse_device(device)?,
+                    device: device.clone(),
                     ..EcapaOptions::default()
                 };
                 if let Some(n) = o.max_batch_frames {
@@ -434,7 +417,7 @@ impl TeacherFactory for BuiltinTeachers {
         }
     }
 
-    fn tts(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn Tts>, String> {
+    fn tts(&self, spec: &ModelSpec, device: &Device) -> Result<Arc<dyn Tts>, String> {
         match spec.kind.as_str() {
             "espeak" => {
                 no_weights("tts", spec)?;
@@ -446,14 +429,14 @@ impl TeacherFactory for BuiltinTeachers {
         }
     }
 
-    fn codec(&self, spec: &ModelSpec, device: &str) -> Result<Arc<dyn TokenCodec>, String> {
+    fn codec(&self, spec: &ModelSpec, device: &Device) -> Result<Arc<dyn TokenCodec>, String> {
         match spec.kind.as_str() {
             "encodec" => {
                 let o: EncodecSpecOptions = options("codec", spec)?;
                 let loc = location("codec", spec)?;
                 let c = EncodecTokens::load(
                     &loc,
-                    parse_device(device)?,
+                    device.clone(),
                     o.bandwidth.unwrap_or(DEFAULT_ENCODEC_KBPS),
                     spec.revision.clone(),
                 )
@@ -569,28 +552,22 @@ mod tests {
     }
 
     #[test]
-    fn devices_parse_and_bad_ones_are_named() {
-        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
-        let e = parse_device("tpu:0").err().unwrap();
-        assert!(e.contains("tpu:0"), "{e}");
-        let e = parse_device("cuda:x").err().unwrap();
-        assert!(e.contains("'x'"), "{e}");
-    }
-
-    #[test]
     fn unknown_kinds_and_options_are_refused_with_names() {
         let f = BuiltinTeachers;
-        let e = f.tts(&spec("festival", None, None), "cpu").err().unwrap();
+        let e = f
+            .tts(&spec("festival", None, None), &Device::Cpu)
+            .err()
+            .unwrap();
         assert!(e.contains("festival") && e.contains("espeak"), "{e}");
         let mut s = spec("openai", None, None);
         s.options.insert("temprature".into(), 0.5.into());
-        let e = f.translator(&s, "cpu").err().unwrap();
+        let e = f.translator(&s, &Device::Cpu).err().unwrap();
         assert!(
             e.contains("models.translator.options") && e.contains("temprature"),
             "{e}"
         );
         let e = f
-            .translator(&spec("openai", Some("hf://x/y"), None), "cpu")
+            .translator(&spec("openai", Some("hf://x/y"), None), &Device::Cpu)
             .err()
             .unwrap();
         assert!(e.contains("must be null"), "{e}");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use vaak_teachers::Lang;
+use vaak_data::Lang;
 
 use crate::error::{CascadeError, Result};
 
@@ -306,13 +306,8 @@ impl Default for ModelSpec {
     }
 }
 
-/// `src.wav` as a copy of the source file or a symlink to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SrcAudioMode {
-    Copy,
-    Symlink,
-}
+/// `src.wav` as a copy of the source file or a symlink to it (part of the layout).
+pub use vaak_data::parallel::SrcAudioMode;
 
 /// A translation direction, written `ruen` (source then target ISO code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

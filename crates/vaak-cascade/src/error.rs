@@ -10,14 +10,6 @@ pub enum CascadeError {
     ConfigRead { path: PathBuf, reason: String },
     #[error("config {origin}: {reason}")]
     Config { origin: String, reason: String },
-    #[error("manifest {path}: missing required column(s) {missing:?} (header has {found:?})")]
-    MissingColumns {
-        path: PathBuf,
-        missing: Vec<String>,
-        found: Vec<String>,
-    },
-    #[error("manifest {path}: {reason}")]
-    Manifest { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -28,6 +20,10 @@ pub enum CascadeError {
     Teacher { stage: String, reason: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error(transparent)]
+    Data(#[from] vaak_data::DataError),
+    #[error("compute.device: {0}")]
+    Device(#[from] vaak_nn::DeviceError),
 }
 
 impl CascadeError {

@@ -1,21 +1,22 @@
 //! vaak-cascade: the teacher cascade that turns speech manifests into a parallel
 //! speech-to-speech dataset.
 //!
-//! Flow: [`config`] (YAML + flags) -> [`manifest`] (CSV) -> [`select`] (seeded shard, filters,
-//! duplicate ids) -> [`pipeline`] (loader threads, batched teacher stages, writer thread) ->
-//! [`output`] (per-sample directory, `DONE` last) with [`safe_id`] names and [`npy`] arrays.
-//! [`run_invocation`] is what `vaak cascade` calls. See `docs/cascade.md`.
+//! Flow: [`config`] (YAML + flags) -> `vaak_data::manifest` (CSV or JSONL) -> [`select`]
+//! (seeded shard, filters, duplicate ids) -> [`pipeline`] (loader threads, batched teacher
+//! stages, writer thread) -> `vaak_data::parallel` (the per-sample directory layout, `DONE`
+//! last). The formats live in `vaak-data` so readers of the dataset need not depend on the
+//! teachers; this crate is the orchestration. [`run_invocation`] is what `vaak cascade` calls.
+//! See `docs/cascade.md`.
+//!
+//! [`synth`] is `vaak data synth`, a seeded synthetic speech corpus spoken by the teachers'
+//! espeak-ng voice; it lives here because it needs `vaak-teachers`.
 
 pub mod builtin;
 pub mod config;
 pub mod error;
-pub mod manifest;
-pub mod npy;
-pub mod output;
-pub mod paths;
 pub mod pipeline;
-pub mod safe_id;
 pub mod select;
+pub mod synth;
 pub mod teachers;
 
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub use config::{Config, Direction, Overrides, Shard};
 pub use error::{CascadeError, Result};
 pub use pipeline::{plan, run, Plan, Summary};
 pub use teachers::{TeacherFactory, Teachers, TokenCodec};
-pub use vaak_teachers::Lang;
+pub use vaak_data::Lang;
 
 /// Everything `vaak cascade` was asked, before it is resolved against the config and the
 /// environment.

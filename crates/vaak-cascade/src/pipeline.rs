@@ -25,12 +25,14 @@ use vaak_teachers::{AsrOptions, AudioRef, ItemResult, Lang, Transcript, TtsReque
 
 use crate::config::{Config, Shard};
 use crate::error::{CascadeError, Result};
-use crate::manifest::{read_manifest, ManifestRow};
-use crate::output::{self, SampleOutput, SourceAudio, SRC_SAMPLE_RATE, TGT_SAMPLE_RATE};
-use crate::paths::{check_no_symlink_escape, resolve_audio_path};
-use crate::safe_id::safe_id;
 use crate::select::{self, Filter};
 use crate::teachers::Teachers;
+use vaak_data::manifest::{read_manifest, ManifestRow};
+use vaak_data::parallel::{
+    self as output, SampleOutput, SourceAudio, SRC_SAMPLE_RATE, TGT_SAMPLE_RATE,
+};
+use vaak_data::paths::{check_no_symlink_escape, resolve_audio_path};
+use vaak_data::safe_id::safe_id;
 
 /// Stage names, as used in the error log and timings.
 pub mod stage {
@@ -228,10 +230,7 @@ impl Summary {
 
 /// Directory of the samples of a direction.
 pub fn samples_dir(cfg: &Config) -> PathBuf {
-    cfg.output_root
-        .join("data")
-        .join("parallel")
-        .join(cfg.pipeline.direction.to_string())
+    output::direction_dir(&cfg.output_root, &cfg.pipeline.direction.to_string())
 }
 
 /// Directory of the logs and summaries of a direction.
@@ -363,7 +362,7 @@ pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
     }
     let sum_path = logs.join(format!("summary_{}.json", plan.shard.idx));
     let text = serde_json::to_vec_pretty(&summary).expect("summary serialises");
-    crate::npy::write_bytes_synced(&sum_path, &text).map_err(|e| CascadeError::io(&sum_path, e))?;
+    output::write_synced(&sum_path, &text).map_err(|e| CascadeError::io(&sum_path, e))?;
     tracing::info!(
         "cascade done: ok {} bad {} errored {} skipped {} filtered {}; {:.3} h audio in {:.1} s ({:.1} h/h)",
         summary.ok,
@@ -1064,7 +1063,7 @@ fn writer_loop(
                             .get("manifest_line")
                             .and_then(Value::as_u64)
                             .unwrap_or(0);
-                        log_error(id, line, stage::WRITE, &e);
+                        log_error(id, line, stage::WRITE, &e.to_string());
                     }
                 }
             }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::manifest::ManifestRow;
+use vaak_data::manifest::ManifestRow;
 
 /// Why a row was not processed.
 pub mod reason {
@@ -68,20 +68,8 @@ pub fn duration_mismatch(manifest_s: f64, decoded_s: f64, tolerance: f64) -> boo
     (decoded_s - manifest_s).abs() > tolerance * manifest_s
 }
 
-/// A fixed 64-bit hash of `(seed, bytes)`, the same on every platform.
-pub fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.to_le_bytes().iter().chain(bytes) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // SplitMix64 finaliser: FNV alone mixes the last bytes poorly.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+/// The shard key hash; it lives with [`vaak_data::safe_id`], which hashes long ids with it.
+pub use vaak_data::safe_id::stable_hash;
 
 /// Shuffles deterministically by `seed` and returns shard `idx` of `count`.
 ///

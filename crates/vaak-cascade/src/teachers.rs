@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use candle_core::Device;
+
 pub use vaak_teachers::{Asr, SpeakerEncoder, Translator, Tts};
 use vaak_teachers::{AudioRef, ItemResult, Lang, ModelId};
 
@@ -37,19 +39,19 @@ pub struct Teachers {
     pub codec: Arc<dyn TokenCodec>,
 }
 
-/// Builds teachers from `models.<stage>` specs on a device (`cpu`, `cuda:0`, ...). An error
-/// is a message; the caller adds which stage it was.
+/// Builds teachers from `models.<stage>` specs on a device, parsed once from `compute.device`
+/// by [`Teachers::build`]. An error is a message; the caller adds which stage it was.
 pub trait TeacherFactory {
-    fn asr(&self, spec: &ModelSpec, device: &str) -> std::result::Result<Arc<dyn Asr>, String>;
+    fn asr(&self, spec: &ModelSpec, device: &Device) -> std::result::Result<Arc<dyn Asr>, String>;
     fn translator(
         &self,
         spec: &ModelSpec,
-        device: &str,
+        device: &Device,
     ) -> std::result::Result<Arc<dyn Translator>, String>;
     fn speaker(
         &self,
         spec: &ModelSpec,
-        device: &str,
+        device: &Device,
     ) -> std::result::Result<Arc<dyn SpeakerEncoder>, String>;
     /// The translator of a run in `src -> tgt`. Factories whose models serve fixed pairs
     /// (a Marian checkpoint translates one direction) override this to refuse a wrong
@@ -57,18 +59,18 @@ pub trait TeacherFactory {
     fn translator_for(
         &self,
         spec: &ModelSpec,
-        device: &str,
+        device: &Device,
         src: Lang,
         tgt: Lang,
     ) -> std::result::Result<Arc<dyn Translator>, String> {
         let _ = (src, tgt);
         self.translator(spec, device)
     }
-    fn tts(&self, spec: &ModelSpec, device: &str) -> std::result::Result<Arc<dyn Tts>, String>;
+    fn tts(&self, spec: &ModelSpec, device: &Device) -> std::result::Result<Arc<dyn Tts>, String>;
     fn codec(
         &self,
         spec: &ModelSpec,
-        device: &str,
+        device: &Device,
     ) -> std::result::Result<Arc<dyn TokenCodec>, String>;
 }
 
@@ -76,7 +78,10 @@ impl Teachers {
     /// Builds every teacher the config names and checks they cover the direction, so a
     /// misconfigured run fails before it touches any audio.
     pub fn build(cfg: &Config, factory: &dyn TeacherFactory) -> Result<Self> {
-        let dev = cfg.compute.device.as_str();
+        // Parsed here, once, not in the CLI: the device may come from the YAML config, which
+        // only the library resolves, and a dry run must not open a GPU.
+        let device = vaak_nn::parse_device(&cfg.compute.device)?;
+        let dev = &device;
         let m = &cfg.models;
         let err = |stage: &str, spec: &ModelSpec| {
             let stage = stage.to_string();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use common::*;
 use vaak_cascade::{run_invocation, CascadeError, Invocation, Outcome, Overrides};
-use vaak_teachers::Lang;
+use vaak_data::Lang;
 
 fn setup(n: usize) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,35 +90,35 @@ fn dry_run_plans_without_teachers() {
         fn asr(
             &self,
             _: &vaak_cascade::config::ModelSpec,
-            _: &str,
+            _: &candle_core::Device,
         ) -> Result<std::sync::Arc<dyn vaak_teachers::Asr>, String> {
             Err("no".into())
         }
         fn translator(
             &self,
             _: &vaak_cascade::config::ModelSpec,
-            _: &str,
+            _: &candle_core::Device,
         ) -> Result<std::sync::Arc<dyn vaak_teachers::Translator>, String> {
             Err("no".into())
         }
         fn speaker(
             &self,
             _: &vaak_cascade::config::ModelSpec,
-            _: &str,
+            _: &candle_core::Device,
         ) -> Result<std::sync::Arc<dyn vaak_teachers::SpeakerEncoder>, String> {
             Err("no".into())
         }
         fn tts(
             &self,
             _: &vaak_cascade::config::ModelSpec,
-            _: &str,
+            _: &candle_core::Device,
         ) -> Result<std::sync::Arc<dyn vaak_teachers::Tts>, String> {
             Err("no".into())
         }
         fn codec(
             &self,
             _: &vaak_cascade::config::ModelSpec,
-            _: &str,
+            _: &candle_core::Device,
         ) -> Result<std::sync::Arc<dyn vaak_cascade::TokenCodec>, String> {
             Err("no".into())
         }

@@ -296,7 +296,7 @@ fn each_kind_builds_and_serves_its_languages() {
     let m2m = f
         .translator_for(
             &spec("m2m100", Some(&m2m_dir()), "{}"),
-            "cpu",
+            &candle_core::Device::Cpu,
             Lang::Ru,
             Lang::En,
         )
@@ -305,20 +305,23 @@ fn each_kind_builds_and_serves_its_languages() {
     let nllb = f
         .translator_for(
             &spec("nllb", Some(&nllb_dir()), "{}"),
-            "cpu",
+            &candle_core::Device::Cpu,
             Lang::En,
             Lang::Te,
         )
         .unwrap();
     assert!(Lang::ALL.into_iter().all(|l| nllb.supports(l)));
     let marian = f
-        .translator(&spec("marian", Some(&marian_dir()), "{}"), "cpu")
+        .translator(
+            &spec("marian", Some(&marian_dir()), "{}"),
+            &candle_core::Device::Cpu,
+        )
         .unwrap();
     assert!(marian.supports(Lang::Ru) && marian.supports(Lang::En) && !marian.supports(Lang::Hi));
     let tts = f
         .tts(
             &spec("espeak+openvoice", Some(&converter_dir()), "{tau: 0.0}"),
-            "cpu",
+            &candle_core::Device::Cpu,
         )
         .unwrap();
     assert!(Lang::ALL.into_iter().all(|l| tts.supports(l)));
@@ -328,18 +331,27 @@ fn each_kind_builds_and_serves_its_languages() {
 #[test]
 fn the_kind_must_match_the_checkpoint() {
     let f = BuiltinTeachers;
-    let e = err_of(f.translator(&spec("m2m100", Some(&nllb_dir()), "{}"), "cpu"));
+    let e = err_of(f.translator(
+        &spec("m2m100", Some(&nllb_dir()), "{}"),
+        &candle_core::Device::Cpu,
+    ));
     assert!(e.contains("use kind 'nllb'"), "{e}");
-    let e = err_of(f.translator(&spec("nllb", Some(&m2m_dir()), "{}"), "cpu"));
+    let e = err_of(f.translator(
+        &spec("nllb", Some(&m2m_dir()), "{}"),
+        &candle_core::Device::Cpu,
+    ));
     assert!(e.contains("use kind 'm2m100'"), "{e}");
-    let e = err_of(f.translator(&spec("marian", None, "{}"), "cpu"));
+    let e = err_of(f.translator(&spec("marian", None, "{}"), &candle_core::Device::Cpu));
     assert!(e.contains("models.translator.weights is required"), "{e}");
-    let e = err_of(f.translator(&spec("deepl", None, "{}"), "cpu"));
+    let e = err_of(f.translator(&spec("deepl", None, "{}"), &candle_core::Device::Cpu));
     assert!(
         e.contains("deepl") && e.contains("m2m100, nllb, marian"),
         "{e}"
     );
-    let e = err_of(f.tts(&spec("espeak+openvoice", None, "{}"), "cpu"));
+    let e = err_of(f.tts(
+        &spec("espeak+openvoice", None, "{}"),
+        &candle_core::Device::Cpu,
+    ));
     assert!(e.contains("models.tts.weights is required"), "{e}");
 }
 
@@ -371,7 +383,7 @@ fn bad_options_are_refused_by_name() {
         ("marian", &marian, "{pair: ru-xx}", "options.pair 'ru-xx'"),
     ];
     for (kind, w, opts, needle) in tr_cases {
-        let e = err_of(f.translator(&spec(kind, Some(w), opts), "cpu"));
+        let e = err_of(f.translator(&spec(kind, Some(w), opts), &candle_core::Device::Cpu));
         assert!(
             e.contains("models.translator.options"),
             "{kind} {opts}: {e}"
@@ -385,11 +397,15 @@ fn bad_options_are_refused_by_name() {
         ("{calibration_texts: {fr: bonjour}}", "fr"),
     ];
     for (opts, needle) in tts_cases {
-        let e = err_of(f.tts(&spec("espeak+openvoice", Some(&conv), opts), "cpu"));
+        let e = err_of(f.tts(
+            &spec("espeak+openvoice", Some(&conv), opts),
+            &candle_core::Device::Cpu,
+        ));
         assert!(e.contains("models.tts.options"), "{opts}: {e}");
         assert!(e.contains(needle), "{opts}: '{needle}' not in {e}");
     }
-    let e = err_of(f.translator(&spec("m2m100", Some(&m2m), "{}"), "tpu"));
+    // Devices are parsed once, before any factory sees them (vaak_nn::parse_device).
+    let e = vaak_nn::parse_device("tpu").unwrap_err().to_string();
     assert!(e.contains("tpu"), "{e}");
 }
 
@@ -399,7 +415,9 @@ fn a_marian_pair_option_overrides_the_checkpoint_and_must_match_the_run() {
     // The fixture's tokenizer_config says ru->en; an explicit pair wins (for checkpoints that
     // say nothing), and the run's direction is checked against it.
     let s = spec("marian", Some(&marian_dir()), "{pair: enru}");
-    assert!(f.translator_for(&s, "cpu", Lang::En, Lang::Ru).is_ok());
-    let e = err_of(f.translator_for(&s, "cpu", Lang::Ru, Lang::En));
+    assert!(f
+        .translator_for(&s, &candle_core::Device::Cpu, Lang::En, Lang::Ru)
+        .is_ok());
+    let e = err_of(f.translator_for(&s, &candle_core::Device::Cpu, Lang::Ru, Lang::En));
     assert!(e.contains("en->ru only") && e.contains("ru->en"), "{e}");
 }

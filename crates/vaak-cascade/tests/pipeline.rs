@@ -11,12 +11,12 @@ use common::*;
 use serde_json::Value;
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
 use vaak_cascade::config::SrcAudioMode;
-use vaak_cascade::npy::parse_npy;
-use vaak_cascade::output::{DONE_FILE, SAMPLE_FILES};
 use vaak_cascade::pipeline::{logs_dir, samples_dir};
-use vaak_cascade::safe_id::safe_id;
 use vaak_cascade::{plan, run, Config, Shard, Summary, Teachers};
-use vaak_teachers::Lang;
+use vaak_data::npy::read_npy;
+use vaak_data::parallel::{DONE_FILE, SAMPLE_FILES};
+use vaak_data::safe_id::safe_id;
+use vaak_data::Lang;
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -140,7 +140,7 @@ fn writes_the_exact_layout_with_batched_stages() {
     let tgt_secs = tgt_txt.chars().count() as f64 * TTS_SECONDS_PER_CHAR;
     assert_eq!(tgt.samples.len(), (tgt_secs * 24_000.0).round() as usize);
 
-    let spk = parse_npy(&std::fs::read(d.join("spk.npy")).unwrap()).unwrap();
+    let spk = read_npy(&d.join("spk.npy")).unwrap();
     assert_eq!(spk.shape, vec![4]);
     let want_spk = clip_stats(
         &decode_file(&src_path, Some(16_000)).unwrap().samples,
@@ -148,7 +148,7 @@ fn writes_the_exact_layout_with_batched_stages() {
     );
     assert_eq!(spk.to_f32().unwrap(), want_spk);
 
-    let tok = parse_npy(&std::fs::read(d.join("tokens.npy")).unwrap()).unwrap();
+    let tok = read_npy(&d.join("tokens.npy")).unwrap();
     // The codec saw the TTS output itself, before PCM16 quantisation in tgt.wav.
     let want_codes = frame_codes(&sine(tgt_secs, 24_000, 220.0, 0.5));
     let frames = want_codes[0].len();
@@ -415,7 +415,7 @@ fn bad_inputs_are_logged_counted_and_the_run_continues() {
         .unwrap()
         .contains("dBFS"));
     assert!(m["speaker_similarity"].is_null(), "no target audio: {m}");
-    let tok = parse_npy(&std::fs::read(dir.join("silent/tokens.npy")).unwrap()).unwrap();
+    let tok = read_npy(&dir.join("silent/tokens.npy")).unwrap();
     assert_eq!(tok.shape, vec![2, 0]);
     assert_eq!(
         std::fs::read_to_string(dir.join("silent/tgt.txt")).unwrap(),

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
 use vaak_cascade::builtin::BuiltinTeachers;
-use vaak_cascade::npy;
 use vaak_cascade::{run_invocation, Invocation, Outcome, Overrides};
+use vaak_data::npy;
 use vaak_teachers::mt::loopback::{LoopbackChatServer, TAG};
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
 use vaak_teachers::{Lang, Tts, TtsRequest};
@@ -193,7 +193,7 @@ fn run_direction(lang: Lang, direction: &str, texts: &[&str]) {
             meta["manifest"]["speaker"], "s",
             "extra manifest columns are kept"
         );
-        let spk = npy::parse_npy(&std::fs::read(d.join("spk.npy")).unwrap()).unwrap();
+        let spk = npy::read_npy(&d.join("spk.npy")).unwrap();
         assert_eq!(spk.shape, vec![24], "tiny ECAPA's lin_neurons");
         assert!(spk.to_f32().unwrap().iter().all(|v| v.is_finite()));
         // A random tiny Whisper is unsure of every token, so its transcripts carry
@@ -208,7 +208,7 @@ fn run_direction(lang: Lang, direction: &str, texts: &[&str]) {
             let wav = decode_file(d.join("tgt.wav"), None).unwrap();
             assert_eq!(wav.sample_rate, 24_000);
             assert!(wav.samples.len() > 2_400, "espeak-ng speech, not silence");
-            let tokens = npy::parse_npy(&std::fs::read(d.join("tokens.npy")).unwrap()).unwrap();
+            let tokens = npy::read_npy(&d.join("tokens.npy")).unwrap();
             assert_eq!(
                 tokens.shape[0], 1,
                 "the tiny EnCodec's 9 kbps is one codebook"

@@ -316,72 +316,36 @@ struct ClipSource {
     path: PathBuf,
 }
 
-fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
-    for e in entries {
-        let path = e
-            .with_context(|| format!("listing {}", dir.display()))?
-            .path();
-        if path.is_dir() {
-            collect_dir(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|x| x.to_str())
-            .is_some_and(|x| AUDIO_EXTS.contains(&x.to_ascii_lowercase().as_str()))
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// The clips named by a directory or a manifest, plus notes on manifest rows left out.
 fn clip_sources(args: &EvalArgs) -> Result<(Vec<ClipSource>, Vec<String>)> {
-    let mut notes = Vec::new();
-    let mut clips = Vec::new();
-    if args.input.is_dir() {
-        let mut files = Vec::new();
-        collect_dir(&args.input, &mut files)?;
-        files.sort();
-        for path in files {
-            let name = path
-                .strip_prefix(&args.input)
-                .unwrap_or(&path)
-                .display()
-                .to_string();
-            clips.push(ClipSource { name, path });
-        }
-    } else {
-        let manifest = vaak_cascade::manifest::read_manifest(&args.input, false)
-            .with_context(|| format!("reading manifest {}", args.input.display()))?;
-        let root = match &args.data_root {
-            Some(r) => r.clone(),
-            None => args
-                .input
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
-        };
-        for m in &manifest.malformed {
-            notes.push(format!(
+    let found = vaak_data::collect_audio(&args.input, args.data_root.as_deref(), &AUDIO_EXTS)
+        .with_context(|| format!("reading {}", args.input.display()))?;
+    let notes = found
+        .skipped
+        .iter()
+        .map(|r| match &r.id {
+            Some(id) => format!(
+                "{} line {} ({id}): skipped: {}",
+                args.input.display(),
+                r.line,
+                r.reason
+            ),
+            None => format!(
                 "{} line {}: skipped ({})",
                 args.input.display(),
-                m.line,
-                m.reason
-            ));
-        }
-        for row in manifest.rows {
-            match vaak_cascade::paths::resolve_audio_path(&root, &row.audio_path) {
-                Ok(path) => clips.push(ClipSource { name: row.id, path }),
-                Err(why) => notes.push(format!(
-                    "{} line {} ({}): skipped: {why}",
-                    args.input.display(),
-                    row.line,
-                    row.id
-                )),
-            }
-        }
-    }
+                r.line,
+                r.reason
+            ),
+        })
+        .collect();
+    let mut clips: Vec<ClipSource> = found
+        .clips
+        .into_iter()
+        .map(|c| ClipSource {
+            name: c.name,
+            path: c.path,
+        })
+        .collect();
     if let Some(n) = args.limit {
         clips.truncate(n);
     }

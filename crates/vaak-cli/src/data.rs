@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use vaak_data::synth::{parse_langs, parse_wordlist_arg};
-use vaak_data::{SynthConfig, Target};
+use vaak_cascade::synth::{parse_langs, parse_wordlist_arg, SynthConfig, Target};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -86,7 +85,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     }
     cfg.wordlists = lists;
     let t0 = std::time::Instant::now();
-    let summary = vaak_data::synthesize(&cfg)
+    let summary = vaak_cascade::synth::synthesize(&cfg)
         .with_context(|| format!("vaak data synth into {}", a.out.display()))?;
     let mut v = serde_json::to_value(&summary)?;
     v["wall_s"] = serde_json::json!(t0.elapsed().as_secs_f64());

@@ -10,7 +10,6 @@ mod codec;
 mod data;
 mod info;
 mod s2s;
-mod s2s_data;
 mod train;
 mod train_s2s;
 

@@ -132,7 +132,7 @@ fn load(a: &ModelArgs) -> Result<SpeechModel> {
             dir.display()
         );
     }
-    let device = vaak_cascade::builtin::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let device = vaak_nn::parse_device(&a.device)?;
     SpeechModel::load(dir, &device).with_context(|| format!("loading --model {}", dir.display()))
 }
 

@@ -204,7 +204,7 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
         bail!("--data and --out are required");
     };
     let ckpt_dir = out.join("checkpoints");
-    let device = vaak_cascade::builtin::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let device = vaak_nn::parse_device(&a.device)?;
     let existing = if ckpt_dir.is_dir() {
         CheckpointManager::new(&ckpt_dir, 0)?.load_latest(&device)?
     } else {
@@ -356,63 +356,24 @@ pub(crate) fn install_ctrl_c(stop: Arc<AtomicBool>) {
 
 const AUDIO_EXTS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
 
-/// The audio files of a directory (recursive, sorted) or of a manifest CSV.
+/// The audio files of a directory (recursive, sorted) or of a manifest (CSV or JSONL).
 pub(crate) fn collect_audio(data: &Path, data_root: Option<&Path>) -> Result<Vec<PathBuf>> {
-    if data.is_dir() {
-        let mut out = Vec::new();
-        let mut stack = vec![data.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let entries =
-                std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))?;
-            for e in entries {
-                let p = e
-                    .with_context(|| format!("listing {}", d.display()))?
-                    .path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p
-                    .extension()
-                    .and_then(|x| x.to_str())
-                    .is_some_and(|x| AUDIO_EXTS.contains(&x.to_ascii_lowercase().as_str()))
-                {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        if out.is_empty() {
-            bail!(
-                "{}: no .wav/.flac/.mp3/.ogg files (searched recursively)",
-                data.display()
-            );
-        }
-        return Ok(out);
-    }
-    if !data.is_file() {
+    if !data.exists() {
         bail!("--data {}: no such file or directory", data.display());
     }
-    let m = vaak_cascade::manifest::read_manifest(data, false)
-        .with_context(|| format!("reading manifest {}", data.display()))?;
-    if !m.malformed.is_empty() {
-        tracing::warn!(
-            "{}: {} malformed row(s) skipped",
-            data.display(),
-            m.malformed.len()
+    let found = vaak_data::collect_audio(data, data_root, &AUDIO_EXTS)
+        .with_context(|| format!("reading {}", data.display()))?;
+    if !found.from_manifest && found.clips.is_empty() {
+        bail!(
+            "{}: no .wav/.flac/.mp3/.ogg files (searched recursively)",
+            data.display()
         );
     }
-    let root = match data_root {
-        Some(r) => r.to_path_buf(),
-        None => data.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
-    let mut out = Vec::with_capacity(m.rows.len());
-    for row in &m.rows {
-        match vaak_cascade::paths::resolve_audio_path(&root, &row.audio_path) {
-            Ok(p) => out.push(p),
-            Err(e) => tracing::warn!("{} line {}: {e}; skipped", data.display(), row.line),
-        }
+    for r in &found.skipped {
+        tracing::warn!("{} line {}: {}; skipped", data.display(), r.line, r.reason);
     }
-    if out.is_empty() {
+    if found.clips.is_empty() {
         bail!("{}: no usable rows", data.display());
     }
-    Ok(out)
+    Ok(found.clips.into_iter().map(|c| c.path).collect())
 }

@@ -161,9 +161,9 @@ fn load_examples(
     let mut cache = CodeCache::open(cache_dir, tok)
         .with_context(|| format!("opening the code cache {}", cache_dir.display()))?;
     let (examples, _) = if cfg.stage.paired() {
-        let pairs = crate::s2s_data::parallel_pairs(data)?;
+        let (pairs, unreadable) = vaak_s2s::train::parallel_pairs(data)?;
         let b = bar(pairs.len() as u64, a.no_progress, "encoding pairs")?;
-        let r = vaak_s2s::train::build_pair_examples(
+        let mut r = vaak_s2s::train::build_pair_examples(
             &pairs,
             tok,
             &mut cache,
@@ -171,6 +171,7 @@ fn load_examples(
             &mut || b.inc(1),
         )?;
         b.finish_and_clear();
+        r.1.skipped.extend(unreadable);
         report(&format!("{} pair(s)", pairs.len()), &r.1);
         r
     } else {
@@ -204,7 +205,7 @@ pub fn train_s2s(a: S2sTrainArgs) -> Result<()> {
     let (Some(data), Some(out)) = (a.data.clone(), a.out.clone()) else {
         bail!("--data and --out are required");
     };
-    let device = vaak_cascade::builtin::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let device = vaak_nn::parse_device(&a.device)?;
     let ckpt_dir = out.join(run::CHECKPOINTS_DIR);
     let existing = if ckpt_dir.is_dir() {
         CheckpointManager::new(&ckpt_dir, 0)?.load_latest(&device)?

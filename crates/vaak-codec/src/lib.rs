@@ -32,9 +32,11 @@
 //! code from frame 21 of 100 on; the latent difference decays to ~1e-8).
 //!
 //! Mimi pads with zeros everywhere except its downsampling conv (replicate), which sits after
-//! the transformer and whose left pad reaches only output frame 0; so for a clip of whole
-//! frames, streamed codes equal transformers' on every frame but the first, and streamed
-//! decoding equals transformers' whole-clip decode (it is causal throughout).
+//! the transformer. Replicate padding is causal, so the stream (and the causal whole clip)
+//! replicates each slot's first sample there too (`vaak_nn::conv::CausalPad::Replicate`): for
+//! a clip of whole frames, streamed codes equal transformers' on every frame, and streamed
+//! decoding equals transformers' whole-clip decode (it is causal throughout). EnCodec's reflect
+//! padding reads samples a stream has not seen yet, so it stays zeros in the causal path.
 //!
 //! # What is reused and what is ours
 //!

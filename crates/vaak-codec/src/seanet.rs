@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use vaak_nn::conv::{CausalConv1d, CausalConvConfig, CausalConvTranspose1d};
+use vaak_nn::conv::{CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad};
 use vaak_nn::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 use vaak_nn::weights::weight_norm;
 
@@ -124,8 +124,14 @@ impl SConv {
             cfg.kernel_size,
         ];
         let (w, b) = load_params(&vb, &shape, &cfg, weight_norm_on)?;
+        // Replicate padding is causal, so the streaming / causal path can follow it exactly;
+        // reflect needs samples a stream has not seen yet and stays zeros there.
+        let pad = match pad_mode {
+            PadMode::Replicate => CausalPad::Replicate,
+            PadMode::Zero | PadMode::Reflect => CausalPad::Zeros,
+        };
         Ok(Self {
-            conv: CausalConv1d::from_tensors(cfg, w, b)?,
+            conv: CausalConv1d::from_tensors(cfg, w, b)?.with_pad(pad),
             pad_mode,
         })
     }

@@ -80,16 +80,21 @@ fn mimi_streaming_equals_causal_whole_clip_and_resets_per_slot() {
     }
     let got = Tensor::cat(&outs, 2).unwrap();
     assert_eq!(codes_vec(&got), codes_vec(&want));
-    // Against transformers' whole clip: only the downsampling conv pads differently (replicate
-    // vs a stream's zeros), and its left pad reaches output frame 0 only. Every later frame
-    // must match transformers exactly.
+    // Against transformers' whole clip: Mimi's encoder is causal throughout, and the one
+    // replicate-padded conv (the downsampling) replicates a stream's first sample too, so every
+    // frame, frame 0 included, must match transformers exactly, streamed and whole-clip causal.
     let hf = codes_vec(&r["codes_q4"]);
     let streamed = codes_vec(&got);
-    for b in 0..2 {
-        for q in 0..4 {
-            assert_eq!(streamed[b][q][1..], hf[b][q][1..], "slot {b} stage {q}");
-        }
-    }
+    let same = streamed
+        .iter()
+        .flatten()
+        .flatten()
+        .zip(hf.iter().flatten().flatten())
+        .filter(|(a, b)| a == b)
+        .count();
+    eprintln!("mimi streamed vs transformers: {same} of 400 codes equal");
+    assert_eq!(streamed, hf, "streamed vs transformers");
+    assert_eq!(codes_vec(&want), hf, "causal whole clip vs transformers");
     // Decoding is causal in transformers too (zero padding, causal attention): a stream of
     // single frames equals transformers' whole-clip decode.
     let mut st = codec.streamer(2).unwrap();

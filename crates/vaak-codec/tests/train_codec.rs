@@ -304,6 +304,11 @@ fn run_loop_writes_metrics_checkpoints_and_export_and_resumes() {
     assert_eq!(steps, vec![2, 3, 4, 5, 5]);
     assert!(lines[0]["perplexity"].as_array().unwrap().len() == 3);
     assert!(lines[0]["steps_per_s"].as_f64().unwrap() > 0.0);
+    if cfg!(target_os = "linux") {
+        assert!(lines
+            .iter()
+            .all(|l| l["peak_host_mb"].as_f64().unwrap() > 0.0));
+    }
     assert!(dir.path().join("export/config.json").is_file());
     assert!(dir.path().join("checkpoints/latest").is_file());
     Codec::load(

@@ -1,4 +1,4 @@
-//! The one error type of `vaak-data`. Variants that concern a file or an option name it.
+//! The one error type of `vaak-data`. Every variant about a file names it.
 
 use std::path::PathBuf;
 
@@ -10,25 +10,52 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
-    #[error("word list for '{lang}' not found at {path}: install the Debian package '{package}' (apt-get install {package}) or pass --wordlist {lang}=PATH")]
-    MissingWordList {
-        lang: String,
+    /// An I/O step of writing a sample directory; `what` says which (`copying to`, ...).
+    #[error("{what} {path}: {source}")]
+    Write {
+        what: &'static str,
         path: PathBuf,
-        package: String,
+        #[source]
+        source: std::io::Error,
     },
-    #[error("word list {path} has only {count} usable words for '{lang}' (need at least {min})")]
-    TooFewWords {
-        lang: String,
+    #[error("unsupported language '{code}' for vaak; supported: {supported}")]
+    UnsupportedLanguage { code: String, supported: String },
+    #[error("manifest {path}: missing required column(s) {missing:?} (header has {found:?})")]
+    MissingColumns {
         path: PathBuf,
-        count: usize,
-        min: usize,
+        missing: Vec<String>,
+        found: Vec<String>,
     },
-    #[error("invalid argument {name}: {reason}")]
-    InvalidArgument { name: String, reason: String },
-    #[error("espeak-ng: {0}")]
-    Espeak(String),
-    #[error("{out}: made with other settings ({reason}); use another --out or the same settings")]
-    SettingsMismatch { out: PathBuf, reason: String },
+    #[error("manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    AudioSource { path: PathBuf, reason: String },
+    #[error("npy {path}: {source}")]
+    NpyRead {
+        path: PathBuf,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("npy {path}: dtype {got:?}, expected one of {expected:?}")]
+    NpyDtype {
+        path: PathBuf,
+        got: candle_core::DType,
+        expected: Vec<candle_core::DType>,
+    },
+    #[error("npy {path}: shape {shape:?}, expected rank {rank}")]
+    NpyRank {
+        path: PathBuf,
+        shape: Vec<usize>,
+        rank: usize,
+    },
+    #[error("npy: shape {shape:?} needs {want} elements, got {got}")]
+    NpyShape {
+        shape: Vec<usize>,
+        want: usize,
+        got: usize,
+    },
+    #[error("{path}: bad meta.json: {reason}")]
+    Meta { path: PathBuf, reason: String },
     #[error("audio: {0}")]
     Audio(#[from] vaak_audio::AudioError),
 }
@@ -38,13 +65,6 @@ impl DataError {
         Self::Io {
             path: path.into(),
             source,
-        }
-    }
-
-    pub fn arg(name: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            name: name.into(),
-            reason: reason.into(),
         }
     }
 }

@@ -1,17 +1,28 @@
-//! vaak-data: dataset tools.
+//! vaak-data: vaak's on-disk formats, in one crate low in the graph.
 //!
-//! - [`synth`]: `vaak data synth`, a seeded synthetic speech corpus in en/ru/hi/te from
-//!   espeak-ng's voices and variants ([`voices`]) reading sentences ([`text`]) built from Debian
-//!   word lists ([`wordlist`]). It feeds codec training and tests, and stands in for speech in a
-//!   language with little recorded data (Telugu).
+//! Every crate that reads or writes these files (codec training, the cascade, the coming
+//! speech-to-speech trainer and server) depends on this one instead of on each other, so a
+//! format has one definition. It sits on `vaak-audio` and candle only; `tests/layering.rs`
+//! keeps it (and every other crate) where it belongs.
 //!
-//! Written from scratch; the espeak-ng process handling is `vaak_teachers::tts::EspeakTts`'s.
+//! - [`lang`]: the languages vaak serves ([`Lang`]).
+//! - [`manifest`]: speech manifests, CSV or JSONL, columns by name; [`paths`] resolves their
+//!   `audio_path`s inside a data root without escaping it.
+//! - [`parallel`]: the per-sample directory layout of the parallel dataset (`src.wav` ...
+//!   `meta.json`, `DONE` last), its writer and a reader of finished samples; [`safe_id`] names
+//!   the directories.
+//! - [`npy`]: `.npy` arrays (candle reads them; numpy-layout writing).
+//! - [`sources`]: the audio files of a directory or a manifest.
 
 pub mod error;
-pub mod synth;
-pub mod text;
-pub mod voices;
-pub mod wordlist;
+pub mod lang;
+pub mod manifest;
+pub mod npy;
+pub mod parallel;
+pub mod paths;
+pub mod safe_id;
+pub mod sources;
 
 pub use error::{DataError, Result};
-pub use synth::{synthesize, SynthConfig, SynthSummary, Target, Utterance};
+pub use lang::Lang;
+pub use sources::{collect_audio, AudioClip, AudioSources};

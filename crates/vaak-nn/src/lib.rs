@@ -1,11 +1,13 @@
 //! vaak-nn: the candle building blocks of vaak's own models.
 //!
-//! Streaming modules with per-slot state, causal convolutions (with a differentiable
-//! conv-transpose for training), a transformer with rotating and per-slot KV caches, residual
-//! vector quantization, weight loading from local paths or `hf://`, and a training kit with the
-//! training run every model shares (`train::run`).
+//! Streaming modules with per-slot state, causal convolutions (one differentiable conv with a
+//! fast CPU path), a transformer with rotating and per-slot KV caches and cross-attention, residual
+//! vector quantization, weight loading from local paths or `hf://`, a training kit with the
+//! training run every model shares (`train::run`), and the one parser of device names
+//! ([`parse_device`]).
 
 pub mod conv;
+pub mod device;
 pub mod error;
 pub mod rvq;
 pub mod streaming;
@@ -13,5 +15,6 @@ pub mod train;
 pub mod transformer;
 pub mod weights;
 
+pub use device::{parse_device, DeviceError};
 pub use error::{Error, Result};
 pub use streaming::{StreamMask, StreamTensor, StreamingModule};

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vaak_nn::conv::{CausalConv1d, CausalConvConfig, CausalConvTranspose1d};
+use vaak_nn::conv::{CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad};
 use vaak_nn::streaming::{max_abs_diff, StreamMask, StreamTensor, StreamingModule};
 
 /// Max abs difference allowed between streamed and whole-clip outputs (f32).
@@ -645,5 +645,122 @@ fn var_builder_loading_matches_from_tensors() -> Result<()> {
         VarBuilder::from_tensors(map, DType::F32, &dev),
     ));
     assert!(e.contains("bias"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn replicate_padding_matches_a_direct_sum_and_differs_from_zeros() -> Result<()> {
+    // Frame t reads the k_eff window ending at input (t + 1) * stride - 1; positions before 0
+    // read the first sample (PyTorch `pad_mode = "replicate"`).
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (k, s, d) in [(4usize, 2usize, 1usize), (3, 1, 2), (2, 4, 1), (7, 3, 1)] {
+        let cfg = CausalConvConfig::new(1, 1, k)
+            .with_stride(s)
+            .with_dilation(d)
+            .with_bias(false);
+        let zeros = make_conv(cfg, &mut rng);
+        let conv = zeros.clone().with_pad(CausalPad::Replicate);
+        assert_eq!(conv.pad(), CausalPad::Replicate);
+        let t = 17;
+        // Offset away from 0 so that replicate and zero padding really differ.
+        let x = (rand_t(&mut rng, &[1, 1, t]) + 2.0)?;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let wv = conv.weight().flatten_all()?.to_vec1::<f32>()?;
+        let y = conv.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(y.len(), t / s);
+        let k_eff = (k - 1) * d + 1;
+        for (f, &got) in y.iter().enumerate() {
+            let end = (f + 1) * s;
+            let want: f32 = (0..k)
+                .map(|j| {
+                    let pos = end as isize - k_eff as isize + (j * d) as isize;
+                    wv[j] * xv[pos.max(0) as usize]
+                })
+                .sum();
+            assert!(
+                (got - want).abs() < 1e-5,
+                "k{k} s{s} d{d} frame {f}: {got} vs {want}"
+            );
+        }
+        if k_eff > s {
+            let z = zeros.forward(&x)?;
+            assert!(max_abs_diff(&z.narrow(2, 0, 1)?, &conv.forward(&x)?.narrow(2, 0, 1)?)? > 1e-3);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn replicate_conv_streamed_equals_whole_clip() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let shapes = [(1, 1, 1), (4, 6, 2), (3, 2, 1)]; // (in, out, groups)
+    let (mut combos, mut worst, mut i) = (0, 0f32, 0usize);
+    for kernel in [1usize, 2, 3, 4, 7, 8] {
+        for stride in 1..=4usize {
+            for dilation in [1usize, 2] {
+                let (c_in, c_out, groups) = shapes[i % shapes.len()];
+                let cfg = CausalConvConfig::new(c_in, c_out, kernel)
+                    .with_stride(stride)
+                    .with_dilation(dilation)
+                    .with_groups(groups)
+                    .with_bias(i % 2 == 0);
+                let mut conv = make_conv(cfg, &mut rng).with_pad(CausalPad::Replicate);
+                for (j, t) in [5 + i % 4, 23 + i % 7].into_iter().enumerate() {
+                    let chunking = CHUNKINGS[(i + 3 * j) % CHUNKINGS.len()];
+                    let x = (rand_t(&mut rng, &[2, c_in, t]) + 1.5)?;
+                    let whole = conv.forward(&x)?;
+                    conv.reset_state();
+                    let streamed = stream(&mut conv, &x, chunking)?;
+                    let what = format!(
+                        "replicate k{kernel} s{stride} d{dilation} g{groups} t{t} chunks {chunking:?}"
+                    );
+                    worst = worst.max(assert_stream_matches(&whole, &streamed, &what)?);
+                    combos += 1;
+                }
+                i += 1;
+            }
+        }
+    }
+    assert!(combos >= MIN_COMBOS, "only {combos} combinations");
+    println!("replicate conv: {combos} combinations, worst max abs err {worst:e}");
+    Ok(())
+}
+
+#[test]
+fn replicate_per_slot_reset_and_masked_steps() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for (k, s, d) in [(4usize, 2usize, 1usize), (7, 1, 1), (3, 3, 2), (10, 5, 1)] {
+        let cfg = CausalConvConfig::new(2, 3, k)
+            .with_stride(s)
+            .with_dilation(d);
+        let mut conv = make_conv(cfg, &mut rng).with_pad(CausalPad::Replicate);
+        let c = conv.clone();
+        let what = format!("replicate conv k{k} s{s} d{d}");
+        check_reset_slot(&mut conv, |x| c.forward(x), 2, 2 * s, &mut rng, &what)?;
+        check_masked_step(&mut conv, |x| c.forward(x), 2, 2 * s, &mut rng, &what)?;
+
+        // A slot inactive on the very first steps takes its left context from its own first
+        // sample when it does start, not from what the other slots saw.
+        let chunks: Vec<Tensor> = (0..4)
+            .map(|_| rand_t(&mut rng, &[3, 2, s]) + 1.0)
+            .collect::<Result<_>>()?;
+        let late = StreamMask::from_slots(&[true, false, true]);
+        conv.reset_state();
+        let mut outs = Vec::new();
+        for (i, x) in chunks.iter().enumerate() {
+            let mask = if i < 2 { late.clone() } else { StreamMask::All };
+            outs.push(conv.step(&StreamTensor::from_tensor(x.clone()), &mask)?);
+        }
+        let got: Vec<Tensor> = outs[2..]
+            .iter()
+            .map(|o| o.as_option().unwrap().i(1..2))
+            .collect::<Result<_>>()?;
+        let want = c.forward(&Tensor::cat(
+            &[&chunks[2].i(1..2)?, &chunks[3].i(1..2)?],
+            2,
+        )?)?;
+        let err = max_abs_diff(&Tensor::cat(&got, 2)?, &want)?;
+        assert!(err <= STREAM_TOL, "{what}: late slot start: {err}");
+    }
     Ok(())
 }

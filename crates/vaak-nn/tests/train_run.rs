@@ -205,9 +205,11 @@ fn lines(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A line without its wall-clock field.
+/// A line without its wall-clock and process-memory fields.
 fn timeless(mut v: serde_json::Value) -> serde_json::Value {
-    v.as_object_mut().unwrap().remove("steps_per_s");
+    let o = v.as_object_mut().unwrap();
+    o.remove("steps_per_s");
+    o.remove("peak_host_mb");
     v
 }
 
@@ -249,6 +251,10 @@ fn linear_regression_runs_stops_and_resumes_exactly() {
     assert!(first.get("every_third").is_none(), "no step reported it");
     assert_eq!(la[1]["every_third"].as_f64().unwrap(), 3.0);
     assert!(first["bias"].is_number() && first["steps_per_s"].as_f64().unwrap() > 0.0);
+    if cfg!(target_os = "linux") {
+        // Every line, log and validation alike, carries the peak host memory.
+        assert!(la.iter().all(|l| l["peak_host_mb"].as_f64().unwrap() > 0.0));
+    }
     // keep_last = 2: checkpoints 9 and 10 remain.
     let ckpts = vaak_nn::train::CheckpointManager::new(a_dir.path().join("checkpoints"), 0)
         .unwrap()

@@ -20,6 +20,10 @@ pub enum S2sError {
     #[error("codec: {0}")]
     Codec(#[from] vaak_codec::CodecError),
 
+    /// The on-disk dataset formats (the cascade's parallel layout).
+    #[error(transparent)]
+    Data(#[from] vaak_data::DataError),
+
     /// Reading or writing audio.
     #[error(transparent)]
     Audio(#[from] vaak_audio::AudioError),

@@ -78,7 +78,9 @@ fn metrics_lines(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            // Timing and process memory are not part of the run's state.
             v.as_object_mut().unwrap().remove("steps_per_s");
+            v.as_object_mut().unwrap().remove("peak_host_mb");
             v
         })
         .collect()

@@ -8,15 +8,20 @@
 
 pub mod asr;
 pub mod error;
-pub mod lang;
 pub mod mt;
 mod pool;
+pub mod seq2seq;
 pub mod speaker;
 pub mod tts;
 pub mod vc;
 
 pub use error::{Result, TeacherError};
-pub use lang::Lang;
+pub use vaak_data::Lang;
+
+/// The languages, now defined in `vaak-data`; this path stays for teacher code and callers.
+pub mod lang {
+    pub use vaak_data::lang::*;
+}
 
 /// A mono clip borrowed from the caller, at its own sample rate. Teachers resample as needed.
 #[derive(Clone, Copy, Debug)]

@@ -1,10 +1,12 @@
-//! Parity of [`MarianTranslator`] (candle-transformers' Marian + our loader and greedy decoder)
-//! with transformers' `MarianMTModel` on a tiny random opus-mt-style checkpoint
-//! (`tools/fixtures/mt_marian.py`).
+//! Parity of [`MarianTranslator`] (the shared seq2seq stack + our loader) with transformers'
+//! `MarianMTModel` on a tiny random opus-mt-style checkpoint (`tools/fixtures/mt_marian.py`):
+//! logits, greedy `generate()`, and (`reference_batch.*`) a right-padded batch of unequal-length
+//! sources (logits, greedy and beam-4 ids) and beam-4 `generate()` item by item.
 
 use std::path::PathBuf;
 
 use candle_core::Tensor;
+use vaak_teachers::mt::generate::pad_batch;
 use vaak_teachers::mt::marian::{MarianLoadOptions, MarianTranslator};
 use vaak_teachers::{Lang, TeacherError, Translator};
 
@@ -53,15 +55,7 @@ fn check_logits(m: &MarianTranslator) -> f32 {
         .unwrap();
     assert_eq!(got.dims(), want.dims());
     assert_eq!(got.dim(0).unwrap(), 2, "the logits batch must have 2 items");
-    let err = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let err = err.to_scalar::<f32>().unwrap();
+    let err = max_abs_diff(&got, want);
     assert!(err < LOGITS_TOL, "max |logits diff| {err}");
     err
 }
@@ -228,4 +222,127 @@ fn wrong_pair_and_missing_files_are_errors() {
         .unwrap()
         .to_string();
     assert!(e.contains("tokenizer"), "{e}");
+}
+
+fn batch_reference() -> (std::collections::HashMap<String, Tensor>, serde_json::Value) {
+    let t = candle_core::safetensors::load(
+        data("reference_batch.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let j = std::fs::read_to_string(data("reference_batch.json")).unwrap();
+    (t, serde_json::from_str(&j).unwrap())
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The unpadded sources of the padded reference batch.
+fn padded_sources(j: &serde_json::Value) -> Vec<Vec<u32>> {
+    j["padded"]["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect()
+}
+
+fn id_rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
+    v.as_array().unwrap().iter().map(ids).collect()
+}
+
+#[test]
+fn padded_batch_logits_match_transformers() {
+    let m = load("opus-tiny");
+    let (t, j) = batch_reference();
+    let srcs = padded_sources(&j);
+    let lens: Vec<usize> = srcs.iter().map(Vec::len).collect();
+    assert!(
+        lens.iter().collect::<std::collections::HashSet<_>>().len() == lens.len(),
+        "{lens:?}"
+    );
+    // The stored ids are these sources right-padded, as the mask says.
+    let padded = rows(&t["input_ids"]);
+    let mask = rows(&t["attention_mask"]);
+    for ((s, p), k) in srcs.iter().zip(&padded).zip(&mask) {
+        assert_eq!(&p[..s.len()], s.as_slice());
+        assert_eq!(k.iter().filter(|&&x| x == 1).count(), s.len());
+    }
+    let dec = rows(&t["decoder_input_ids"]);
+    let got = m.logits(&srcs, &dec).unwrap();
+    let err = max_abs_diff(&got, &t["logits"]);
+    eprintln!("padded batch: max |logits diff| = {err:e}");
+    assert!(err < LOGITS_TOL, "max |logits diff| {err}");
+    // Each row alone gives its batch row.
+    for (i, s) in srcs.iter().enumerate() {
+        let one = m.logits(std::slice::from_ref(s), &dec[i..i + 1]).unwrap();
+        let err = max_abs_diff(&one, &got.narrow(0, i, 1).unwrap());
+        assert!(err < LOGITS_TOL, "row {i} alone vs batched: {err}");
+    }
+}
+
+#[test]
+fn padded_batch_greedy_and_beam4_ids_match_generate() {
+    let m = load("opus-tiny");
+    let (_, j) = batch_reference();
+    let srcs = padded_sources(&j);
+    let pad = m.generation_params().pad_token_id;
+    let greedy = m.generate_ids(&srcs, m.generation_params()).unwrap();
+    assert_eq!(pad_batch(&greedy, pad), id_rows(&j["padded"]["greedy"]));
+    let mut p = m.generation_params().clone();
+    p.num_beams = j["num_beams"].as_u64().unwrap() as usize;
+    assert_eq!(p.num_beams, 4);
+    let beam = m.generate_ids(&srcs, &p).unwrap();
+    let want = id_rows(&j["padded"]["beam4"]);
+    assert_eq!(pad_batch(&beam, pad), want);
+    assert_ne!(
+        pad_batch(&greedy, pad),
+        want,
+        "beam search must differ from greedy here"
+    );
+}
+
+#[test]
+fn beam4_ids_and_text_match_generate_item_by_item() {
+    let r = batch_reference().1;
+    let opts = MarianLoadOptions {
+        num_beams: Some(4),
+        ..MarianLoadOptions::default()
+    };
+    let m = MarianTranslator::load(data("opus-tiny").to_str().unwrap(), &opts).unwrap();
+    let greedy = reference();
+    let mut differ = 0;
+    let mut texts = Vec::new();
+    for (row, g) in r["beam4"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(greedy["generate"].as_array().unwrap())
+    {
+        let src = ids(&row["input_ids"]);
+        let out = m.generate(std::slice::from_ref(&src)).unwrap();
+        assert_eq!(out[0], ids(&row["output_ids"]), "{}", row["text"]);
+        differ += (out[0] != ids(&g["output_ids"])) as usize;
+        texts.push(row["text"].as_str().unwrap());
+    }
+    assert!(
+        differ >= 2,
+        "beam search must differ from greedy on some items"
+    );
+    // Batched through translate: the same translations.
+    let out = m.translate(&texts, Lang::Ru, Lang::En).unwrap();
+    for (row, o) in r["beam4"].as_array().unwrap().iter().zip(&out) {
+        assert_eq!(o.as_ref().unwrap(), row["translation"].as_str().unwrap());
+    }
 }

@@ -321,29 +321,41 @@ fn want(spec: &ModelSpec, kind: &str) -> Result<Behaviour, String> {
 }
 
 impl TeacherFactory for DoubleFactory {
-    fn asr(&self, spec: &ModelSpec, _d: &str) -> Result<Arc<dyn Asr>, String> {
+    fn asr(&self, spec: &ModelSpec, _d: &candle_core::Device) -> Result<Arc<dyn Asr>, String> {
         Ok(Arc::new(DoubleAsr {
             b: want(spec, "test-asr")?,
             calls: self.calls.clone(),
         }))
     }
-    fn translator(&self, spec: &ModelSpec, _d: &str) -> Result<Arc<dyn Translator>, String> {
+    fn translator(
+        &self,
+        spec: &ModelSpec,
+        _d: &candle_core::Device,
+    ) -> Result<Arc<dyn Translator>, String> {
         Ok(Arc::new(ReverseTranslator {
             b: want(spec, "test-reverse")?,
         }))
     }
-    fn speaker(&self, spec: &ModelSpec, _d: &str) -> Result<Arc<dyn SpeakerEncoder>, String> {
+    fn speaker(
+        &self,
+        spec: &ModelSpec,
+        _d: &candle_core::Device,
+    ) -> Result<Arc<dyn SpeakerEncoder>, String> {
         Ok(Arc::new(StatsSpeaker {
             b: want(spec, "test-stats")?,
         }))
     }
-    fn tts(&self, spec: &ModelSpec, _d: &str) -> Result<Arc<dyn Tts>, String> {
+    fn tts(&self, spec: &ModelSpec, _d: &candle_core::Device) -> Result<Arc<dyn Tts>, String> {
         Ok(Arc::new(SineTts {
             b: want(spec, "test-sine")?,
             calls: self.calls.clone(),
         }))
     }
-    fn codec(&self, spec: &ModelSpec, _d: &str) -> Result<Arc<dyn TokenCodec>, String> {
+    fn codec(
+        &self,
+        spec: &ModelSpec,
+        _d: &candle_core::Device,
+    ) -> Result<Arc<dyn TokenCodec>, String> {
         Ok(Arc::new(FrameCodec {
             b: want(spec, "test-frames")?,
         }))

@@ -439,7 +439,9 @@ impl CodecTrainer {
         total = (total + (&mel * w.mel)?)?;
         total = (total + (&commit * w.commit)?)?;
         let adv_cfg = self.cfg.adversarial.clone();
-        let mut adv = AdvTerms::default();
+        // The adversarial losses, read back with the other metrics at the end of the step.
+        let mut adv_losses = None;
+        let mut disc_grad_norm = 0.0;
         if let Some(a) = self
             .adversary
             .as_mut()
@@ -471,13 +473,8 @@ impl CodecTrainer {
             let feat = feature_matching_loss(&real, &fake)?;
             total = (total + (&g_adv * adv_cfg.adv_weight)?)?;
             total = (total + (&feat * adv_cfg.feat_weight)?)?;
-            adv = AdvTerms {
-                on: true,
-                disc_loss: dl.to_scalar::<f32>()? as f64,
-                gen_adv: g_adv.to_scalar::<f32>()? as f64,
-                feat: feat.to_scalar::<f32>()? as f64,
-                disc_grad_norm: dgn,
-            };
+            adv_losses = Some([dl, g_adv, feat]);
+            disc_grad_norm = dgn;
         }
         let mut grads = total.backward()?;
         let vars: Vec<&Var> = self.params.iter().map(|(_, v)| v).collect();
@@ -517,21 +514,49 @@ impl CodecTrainer {
                 )?;
             }
         }
-        let k = self.cfg.model.codebook_size;
+        // Every loss and every stage's codes come back to the host in one transfer (one sync
+        // per step instead of one per number); f32 holds the codes exactly (< 2^24).
+        let mut losses = vec![total, time_l1, sc, mag, mel, commit];
+        let adv_on = adv_losses.is_some();
+        losses.extend(adv_losses.into_iter().flatten());
+        let n_losses = losses.len();
+        let mut parts = vec![Tensor::stack(&losses, 0)?.to_dtype(DType::F32)?];
+        let mut code_lens = Vec::with_capacity(out.stages.len());
         for (_, codes) in &out.stages {
-            perplexity.push(perplexity_of(&codes.to_vec1::<u32>()?, k));
+            code_lens.push(codes.elem_count());
+            parts.push(codes.flatten_all()?.to_dtype(DType::F32)?);
         }
+        let host = Tensor::cat(&parts, 0)?.to_vec1::<f32>()?;
+        let (vals, mut codes_host) = host.split_at(n_losses);
+        let k = self.cfg.model.codebook_size;
+        for n in code_lens {
+            let (stage, rest) = codes_host.split_at(n);
+            let stage: Vec<u32> = stage.iter().map(|&c| c as u32).collect();
+            perplexity.push(perplexity_of(&stage, k));
+            codes_host = rest;
+        }
+        let val = |i: usize| vals[i] as f64;
+        let adv = if adv_on {
+            AdvTerms {
+                on: true,
+                disc_loss: val(6),
+                gen_adv: val(7),
+                feat: val(8),
+                disc_grad_norm,
+            }
+        } else {
+            AdvTerms::default()
+        };
         self.step += 1;
-        let scalar = |t: &Tensor| -> Result<f64, TrainError> { Ok(t.to_scalar::<f32>()? as f64) };
         Ok(StepMetrics {
             step: self.step,
             lr,
-            loss: scalar(&total)?,
-            time_l1: scalar(&time_l1)?,
-            stft_sc: scalar(&sc)?,
-            stft_mag: scalar(&mag)?,
-            mel: scalar(&mel)?,
-            commit: scalar(&commit)?,
+            loss: val(0),
+            time_l1: val(1),
+            stft_sc: val(2),
+            stft_mag: val(3),
+            mel: val(4),
+            commit: val(5),
             grad_norm: gn,
             mean_n_q,
             perplexity,

@@ -170,6 +170,16 @@ fn cols_times_weight(cols: &Tensor, w: &Tensor, groups: usize, b: usize) -> Resu
     y.reshape((b, rows / b, c_out))?.transpose(1, 2)
 }
 
+/// What a [`CausalConv1d`] puts in front of a clip (or a stream) as its left context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CausalPad {
+    /// Zeros (`pad_mode = "constant"`).
+    #[default]
+    Zeros,
+    /// Copies of the first sample (`pad_mode = "replicate"`, as Mimi's downsampling conv).
+    Replicate,
+}
+
 /// Per-slot streaming state: the input not yet consumed by an emitted frame, left padding
 /// included. Every slot has the same length `pad + phase`.
 #[derive(Clone, Debug)]
@@ -179,6 +189,9 @@ struct State {
     buf: Option<Tensor>,
     /// Samples received since the last stride boundary, `0 <= phase < stride`.
     phase: usize,
+    /// Per slot: its left padding still waits for the slot's first sample (replicate padding
+    /// only; such a slot always sits at phase 0, as it has consumed nothing yet).
+    fresh: Vec<bool>,
 }
 
 /// A causal `Conv1d`; see the [module docs](super) for the padding convention.
@@ -187,6 +200,7 @@ pub struct CausalConv1d {
     cfg: CausalConvConfig,
     weight: Tensor,
     bias: Option<Tensor>,
+    pad: CausalPad,
     state: Option<State>,
 }
 
@@ -228,8 +242,21 @@ impl CausalConv1d {
             cfg,
             weight,
             bias,
+            pad: CausalPad::Zeros,
             state: None,
         })
+    }
+
+    /// Sets what fills the left context (zeros by default); streaming follows it too.
+    pub fn with_pad(mut self, pad: CausalPad) -> Self {
+        self.pad = pad;
+        self.state = None;
+        self
+    }
+
+    /// What fills the left context.
+    pub fn pad(&self) -> CausalPad {
+        self.pad
     }
 
     /// The configuration this module was built with.
@@ -247,7 +274,8 @@ impl CausalConv1d {
         self.bias.as_ref()
     }
 
-    /// Zeros put in front of the clip: `max(k_eff - stride, 0)`.
+    /// Samples put in front of the clip (zeros or copies of the first, see [`CausalPad`]):
+    /// `max(k_eff - stride, 0)`.
     pub fn left_padding(&self) -> usize {
         self.cfg.effective_kernel().saturating_sub(self.cfg.stride)
     }
@@ -291,7 +319,10 @@ impl CausalConv1d {
         if frames == 0 {
             return Tensor::zeros((b, self.cfg.out_channels, 0), x.dtype(), x.device());
         }
-        let padded = x.pad_with_zeros(2, self.left_padding(), 0)?;
+        let padded = match self.pad {
+            CausalPad::Zeros => x.pad_with_zeros(2, self.left_padding(), 0)?,
+            CausalPad::Replicate => x.pad_with_same(2, self.left_padding(), 0)?,
+        };
         self.conv_frames(&padded, frames)
     }
 
@@ -306,11 +337,34 @@ impl CausalConv1d {
                 x.device(),
             )?)
         };
+        let fresh = buf.is_some() && self.pad == CausalPad::Replicate;
         Ok(State {
             batch,
             buf,
             phase: 0,
+            fresh: vec![fresh; batch],
         })
+    }
+
+    /// Replicate padding: fills the left context of every fresh slot active in `mask` with
+    /// copies of its first sample in `x`, and marks those slots as started. Zero padding, or
+    /// no fresh slot, leaves the state as it is.
+    fn fill_fresh(&self, state: &mut State, x: &Tensor, mask: &StreamMask) -> Result<()> {
+        let fill: Vec<bool> = (0..state.batch)
+            .map(|i| state.fresh[i] && mask.is_active(i))
+            .collect();
+        if !fill.iter().any(|&f| f) {
+            return Ok(());
+        }
+        let Some(buf) = &state.buf else {
+            return Ok(());
+        };
+        let first = x.narrow(2, 0, 1)?.broadcast_as(buf.shape())?.contiguous()?;
+        state.buf = Some(StreamMask::from_slots(&fill).select(&first, buf)?);
+        for (f, done) in state.fresh.iter_mut().zip(fill) {
+            *f &= !done;
+        }
+        Ok(())
     }
 }
 
@@ -331,7 +385,7 @@ impl StreamingModule for CausalConv1d {
             return Ok(StreamTensor::empty());
         }
         let stride = self.cfg.stride;
-        let state = match self.state.take() {
+        let mut state = match self.state.take() {
             Some(s) if s.batch == b => s,
             Some(s) => {
                 let prev = s.batch;
@@ -348,6 +402,7 @@ impl StreamingModule for CausalConv1d {
                  ({stride}) so all slots stay aligned, got {t}"
             );
         }
+        self.fill_fresh(&mut state, x, mask)?;
 
         let full = match &state.buf {
             Some(buf) => Tensor::cat(&[buf, x], 2)?,
@@ -381,6 +436,7 @@ impl StreamingModule for CausalConv1d {
             batch: b,
             buf,
             phase: kept - pad,
+            fresh: state.fresh,
         });
         Ok(out)
     }
@@ -409,6 +465,12 @@ impl StreamingModule for CausalConv1d {
         }
         if let Some(buf) = &state.buf {
             state.buf = Some(zero_slots(buf, mask)?);
+            if self.pad == CausalPad::Replicate {
+                // The zeros are placeholders until the slot's next first sample arrives.
+                for (i, f) in state.fresh.iter_mut().enumerate() {
+                    *f |= mask.is_active(i);
+                }
+            }
         }
         Ok(())
     }

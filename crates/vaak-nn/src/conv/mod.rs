@@ -7,7 +7,9 @@
 //!
 //! * [`CausalConv1d`]: output frame `t` reads the `k_eff`-sample window that *ends* at input
 //!   sample `(t + 1) * s - 1`. When `k_eff >= s` the input is left-padded with
-//!   `k_eff - s` zeros (the moshi / EnCodec causal convention); when `k_eff < s` the first
+//!   `k_eff - s` zeros (the moshi / EnCodec causal convention), or with copies of the first
+//!   sample under [`CausalPad::Replicate`] (a stream fills that context from each slot's
+//!   first sample, again after a reset of the slot); when `k_eff < s` the first
 //!   `s - k_eff` samples of every stride block are simply never read. Either way a `T`-sample
 //!   clip gives exactly `T / s` frames (integer division, no right padding): a trailing partial
 //!   stride block produces nothing, because a stream could not have produced it either.
@@ -54,7 +56,7 @@ mod conv1d;
 mod im2col;
 mod transpose;
 
-pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d};
+pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d, CausalPad};
 pub use transpose::{conv_transpose1d_differentiable, CausalConvTranspose1d};
 
 use candle_core::{bail, Result, Tensor};

@@ -236,7 +236,10 @@ impl AdamW {
             let pd = p.var.dtype();
             let wd = work_dtype(pd);
             let dev = p.var.device().clone();
-            let g = g.to_dtype(wd)?;
+            // candle's backward detaches intermediate gradients but not a variable's own: when
+            // a variable feeds an op like `mul` or `sqr` (weight norm), its gradient keeps that
+            // step's forward graph. The moments below outlive the step, so they must not.
+            let g = g.detach().to_dtype(wd)?;
             let mut theta = p.var.as_tensor().detach().to_dtype(wd)?;
             if p.decay {
                 theta = theta.broadcast_mul(&scalar(1.0 - c.lr * c.weight_decay, wd, &dev)?)?;
@@ -350,6 +353,24 @@ mod tests {
         assert!(!glob_match(b"*.bias", b"enc.bias.weight"));
         assert!(glob_match(b"*", b""));
         assert!(!glob_match(b"a", b""));
+    }
+
+    #[test]
+    fn moments_keep_no_graph_of_the_step() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &dev)?)?;
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default()).unwrap();
+        for _ in 0..3 {
+            // `sqr` of a variable (as in weight norm): candle hands back a gradient that still
+            // references this step's forward graph.
+            let grads = w.as_tensor().sqr()?.sum_all()?.backward()?;
+            assert!(grads.get(w.as_tensor()).unwrap().track_op());
+            opt.step(&grads)?;
+            for (name, t) in opt.state_tensors().unwrap() {
+                assert!(!t.track_op(), "{name} keeps a graph");
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! A log line holds `"step"`, the step [`Metric`]s folded over the steps since the previous
 //! line (means, counts, the last value), the model's [`RunModel::log_fields`] and
 //! `"steps_per_s"`. A validation line holds `"step"` and the fields [`RunModel::validate`]
-//! returns. When a run resumes, lines of steps after the checkpoint (written by a run that
+//! returns. Every line also carries `"peak_host_mb"`, the process's peak resident memory so
+//! far (`VmHWM`; left out where `/proc` is missing). Device memory is not logged: candle
+//! 0.11.1 has no API for it. When a run resumes, lines of steps after the checkpoint (written by a run that
 //! stopped without one) are dropped first, so no step is logged twice.
 //!
 //! # Resume
@@ -246,6 +248,27 @@ impl MetricsLog {
     }
 }
 
+/// Peak resident memory of this process so far in MiB (`VmHWM` of `/proc/self/status`), or
+/// `None` where that is not available (not Linux).
+pub fn peak_host_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Adds the memory fields to a metrics line.
+fn add_memory(line: &mut serde_json::Value) {
+    if let Some(mb) = peak_host_mb() {
+        line["peak_host_mb"] = mb.into();
+    }
+}
+
 /// A metric folded over the steps of a log interval.
 enum Acc {
     Mean { sum: f64, n: usize },
@@ -335,6 +358,7 @@ impl Validator<'_> {
         };
         let mut line = serde_json::Value::Object(v.fields);
         line["step"] = model.step().into();
+        add_memory(&mut line);
         self.log.write(&line)?;
         // Pictures are a convenience: a failure to draw is logged, never fatal.
         if let Err(e) = model.plot(self.out) {
@@ -397,6 +421,7 @@ where
                 line[name] = v;
             }
             line["steps_per_s"] = (window.steps as f64 / dt).into();
+            add_memory(&mut line);
             val.log.write(&line)?;
             window = Window::default();
             t_window = Instant::now();

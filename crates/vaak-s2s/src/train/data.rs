@@ -500,6 +500,87 @@ pub struct PairFiles {
     pub bad: bool,
 }
 
+/// The `parallel/<direction>` directories `data` holds: itself when it holds finished samples,
+/// else those under `data/parallel/` (or `data/`), sorted.
+fn direction_dirs(data: &Path) -> Result<Vec<PathBuf>> {
+    let holds_samples = |d: &Path| -> bool {
+        std::fs::read_dir(d).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok())
+                .any(|e| vaak_data::parallel::is_done(&e.path()))
+        })
+    };
+    if holds_samples(data) {
+        return Ok(vec![data.to_path_buf()]);
+    }
+    let root = if data.join("parallel").is_dir() {
+        data.join("parallel")
+    } else {
+        data.to_path_buf()
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| io_err(&root, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && holds_samples(p))
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The finished samples of the teacher cascade's output at `data` (a root with
+/// `parallel/<direction>/<id>/`, or one direction directory) read through
+/// `vaak_data::parallel`, as [`PairFiles`] in direction then directory order, with the
+/// samples whose `meta.json` could not be read (skipped: `(what, reason)`). Language from
+/// `tgt_lang`, emotion from an `emotion` key (top level or a manifest column), `bad` from a
+/// status other than `ok`.
+pub fn parallel_pairs(data: &Path) -> Result<(Vec<PairFiles>, Vec<(String, String)>)> {
+    if !data.is_dir() {
+        return Err(S2sError::BadInput(format!(
+            "{}: not a directory; stages s2s and cond read the teacher cascade's output \
+             (<root>/parallel/<direction>/<id>/ with src.wav, tgt.wav, spk.npy, meta.json, DONE)",
+            data.display()
+        )));
+    }
+    let dirs = direction_dirs(data)?;
+    if dirs.is_empty() {
+        return Err(S2sError::BadInput(format!(
+            "{}: no parallel/<direction>/ directory with finished samples (run `vaak cascade` \
+             first)",
+            data.display()
+        )));
+    }
+    let (mut pairs, mut skipped) = (Vec::new(), Vec::new());
+    for d in dirs {
+        for item in vaak_data::parallel::finished_samples(&d)? {
+            match item {
+                Ok(s) => {
+                    let emotion = s
+                        .meta
+                        .extra
+                        .get("emotion")
+                        .and_then(|v| v.as_str())
+                        .or_else(|| s.meta.manifest.get("emotion").map(String::as_str))
+                        .filter(|e| !e.is_empty())
+                        .map(str::to_string);
+                    pairs.push(PairFiles {
+                        id: s.id.clone(),
+                        src_wav: s.paths.src_wav.clone(),
+                        tgt_wav: s.paths.tgt_wav.clone(),
+                        // Part of every sample: a missing one skips the pair (counted).
+                        spk_npy: Some(s.paths.spk_npy.clone()),
+                        tokens_npy: Some(s.paths.tokens_npy.clone()),
+                        tgt_lang: Some(s.meta.tgt_lang.clone()).filter(|l| !l.is_empty()),
+                        emotion,
+                        bad: s.meta.status.as_deref().is_some_and(|st| st != "ok"),
+                    });
+                }
+                Err(e) => skipped.push((d.display().to_string(), e.to_string())),
+            }
+        }
+    }
+    Ok((pairs, skipped))
+}
+
 /// Reads a `[n]` (or `[1, n]`) f32 `.npy` speaker embedding.
 pub fn read_speaker(path: &Path) -> Result<Vec<f32>> {
     let t = Tensor::read_npy(path)?;

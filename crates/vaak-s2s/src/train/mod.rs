@@ -8,7 +8,7 @@ pub mod trainer;
 
 pub use config::{CondConfig, DataConfig, LossConfig, OptimConfig, S2sTrainConfig, Stage};
 pub use data::{
-    build_clip_examples, build_pair_examples, prosody, read_codes, read_speaker, write_codes,
-    AudioTokenizer, BuildReport, CodeCache, PairFiles, Prosody, S2sExample,
+    build_clip_examples, build_pair_examples, parallel_pairs, prosody, read_codes, read_speaker,
+    write_codes, AudioTokenizer, BuildReport, CodeCache, PairFiles, Prosody, S2sExample,
 };
 pub use trainer::{ExportInfo, S2sTrainer, StepMetrics, ValMetrics, CODEC_FILE};

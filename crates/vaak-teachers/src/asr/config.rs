@@ -18,6 +18,12 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Result, TeacherError};
+use crate::seq2seq::config::{check_dims, dims_of, json_config};
+use crate::seq2seq::TokenRules;
+
+/// Whisper's `generation_config.json`: the shared reader (Whisper uses `suppress_tokens` and
+/// `begin_suppress_tokens`).
+pub use crate::seq2seq::GenerationConfigFile as GenerationConfig;
 
 /// The model fields of a Whisper `config.json`.
 #[derive(Clone, Debug, Deserialize)]
@@ -55,59 +61,29 @@ fn default_activation() -> String {
     "gelu".to_string()
 }
 
+json_config!(WhisperConfig);
+
 impl WhisperConfig {
-    /// Parses and validates a config.json's text; `path` names it in errors.
-    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| TeacherError::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    pub fn from_file(path: &Path) -> Result<Self> {
-        Self::from_json(&read_text(path)?, path)
-    }
-
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| {
-            Err(TeacherError::Config {
-                path: path.to_path_buf(),
-                reason,
-            })
-        };
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("num_mel_bins", self.num_mel_bins),
-            ("d_model", self.d_model),
-            ("encoder_layers", self.encoder_layers),
-            ("decoder_layers", self.decoder_layers),
-            ("encoder_attention_heads", self.encoder_attention_heads),
-            ("decoder_attention_heads", self.decoder_attention_heads),
-            ("max_source_positions", self.max_source_positions),
-            ("max_target_positions", self.max_target_positions),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be positive"));
-            }
-        }
-        for (name, h) in [
-            ("encoder_attention_heads", self.encoder_attention_heads),
-            ("decoder_attention_heads", self.decoder_attention_heads),
-        ] {
-            if !self.d_model.is_multiple_of(h) {
-                return bad(format!(
-                    "d_model {} is not divisible by {name} {h}",
-                    self.d_model
-                ));
-            }
-        }
+        check_dims(
+            path,
+            dims_of!(self),
+            &[
+                ("num_mel_bins", self.num_mel_bins),
+                ("encoder_layers", self.encoder_layers),
+                ("decoder_layers", self.decoder_layers),
+                ("max_source_positions", self.max_source_positions),
+                ("max_target_positions", self.max_target_positions),
+            ],
+        )?;
         if self.activation_function != "gelu" {
-            return bad(format!(
-                "activation_function {:?} is not supported (Whisper uses \"gelu\")",
-                self.activation_function
-            ));
+            return Err(TeacherError::Config {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "activation_function {:?} is not supported (Whisper uses \"gelu\")",
+                    self.activation_function
+                ),
+            });
         }
         Ok(())
     }
@@ -123,30 +99,6 @@ impl WhisperConfig {
     /// Mel frames in one input window (3000 for the published models, i.e. 30 s).
     pub fn n_frames(&self) -> usize {
         2 * self.max_source_positions
-    }
-}
-
-/// The decoding fields of `generation_config.json` (all optional).
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct GenerationConfig {
-    #[serde(default)]
-    pub suppress_tokens: Option<Vec<i64>>,
-    #[serde(default)]
-    pub begin_suppress_tokens: Option<Vec<i64>>,
-    #[serde(default)]
-    pub decoder_start_token_id: Option<u32>,
-    #[serde(default)]
-    pub eos_token_id: Option<serde_json::Value>,
-    #[serde(default)]
-    pub max_length: Option<usize>,
-}
-
-impl GenerationConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        serde_json::from_str(&read_text(path)?).map_err(|e| TeacherError::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
     }
 }
 
@@ -185,11 +137,13 @@ impl SuppressLists {
             },
         }
     }
-}
 
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| TeacherError::Config {
-        path: path.to_path_buf(),
-        reason: format!("cannot read: {e}"),
-    })
+    /// The lists as the shared search's token rules.
+    pub fn rules(&self) -> TokenRules {
+        TokenRules {
+            suppress: self.always.clone(),
+            begin_suppress: self.at_begin.clone(),
+            bad_words: Vec::new(),
+        }
+    }
 }

@@ -17,6 +17,8 @@
 //! The average log-prob is OpenAI's: the log-softmax of the processed logits at each chosen
 //! token, the end-of-text token included, over the number of those tokens. Finished rows leave
 //! the batch (their cache rows are dropped), so a batch costs what its longest item costs.
+//! After the first position, the search is the shared [`crate::seq2seq::greedy_search`]; this
+//! file keeps Whisper's prompt rules.
 
 use std::io::Write;
 
@@ -26,6 +28,7 @@ use super::config::SuppressLists;
 use super::model::WhisperModel;
 use super::tokenizer::WhisperTokenizer;
 use crate::error::Result;
+use crate::seq2seq::{greedy_search, EarlyStopping, GenerationParams, MaxLength};
 
 /// What one row decoded to.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,24 +58,6 @@ fn softmax_prob(logits: &[f32], idx: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
     (((logits[idx] - max) as f64).exp() / sum) as f32
-}
-
-/// Arg-max (first on ties) and its log-softmax value.
-fn pick(logits: &[f32]) -> (u32, f64) {
-    let mut best = 0usize;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    let max = logits[best] as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    (best as u32, logits[best] as f64 - lse)
 }
 
 /// Greedy decoding of a batch of encoder outputs `[B, S, d_model]`.
@@ -123,77 +108,60 @@ pub fn greedy(
             _ => vec![tok.no_timestamps],
         })
         .collect();
-    let prompt_len = 1 + rest[0].len();
+    let prompts: Vec<Vec<u32>> = rest
+        .into_iter()
+        .map(|r| [vec![tok.sot], r].concat())
+        .collect();
+    let prompt_len = prompts[0].len();
     let max_new = max_new_tokens.min(
         model
             .config()
             .max_target_positions
             .saturating_sub(prompt_len),
     );
-    let flat: Vec<u32> = rest.iter().flatten().copied().collect();
-    let rest_t = Tensor::from_vec(flat, (b, prompt_len - 1), dev)?;
-    let logits = model.decode(&rest_t, &mut cache)?;
-    let mut last = logits
-        .narrow(1, prompt_len - 2, 1)?
-        .squeeze(1)?
-        .to_vec2::<f32>()?;
-
-    let mut out: Vec<Decoded> = (0..b)
-        .map(|i| Decoded {
-            tokens: Vec::new(),
-            language_token: langs[i],
-            ended: false,
-            avg_logprob: 0.0,
-            no_speech_prob: no_speech[i],
+    let params = GenerationParams {
+        num_beams: 1,
+        max_length: MaxLength::Fixed(prompt_len + max_new),
+        min_length: 0,
+        length_penalty: 1.0,
+        early_stopping: EarlyStopping::False,
+        decoder_start_token_id: tok.sot,
+        forced_bos_token_id: None,
+        forced_eos_token_id: None,
+        eos_token_ids: vec![tok.eot],
+        pad_token_id: tok.eot,
+        no_repeat_ngram_size: 0,
+    };
+    let generated = greedy_search(
+        model,
+        &mut cache,
+        prompts,
+        1,
+        &vec![prompt_len + max_new; b],
+        &params,
+        &suppress.rules(),
+    )?;
+    Ok(generated
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let mut tokens = g.tokens[prompt_len..].to_vec();
+            if g.ended {
+                tokens.pop();
+            }
+            Decoded {
+                tokens,
+                language_token: langs[i],
+                ended: g.ended,
+                avg_logprob: if g.tokens.len() > prompt_len {
+                    g.score
+                } else {
+                    0.0
+                },
+                no_speech_prob: no_speech[i],
+            }
         })
-        .collect();
-    let mut sum_lp = vec![0.0f64; b];
-    let mut n_lp = vec![0usize; b];
-    // Rows still decoding, in cache order.
-    let mut active: Vec<usize> = (0..b).collect();
-    for step in 0..max_new {
-        let mut next = Vec::with_capacity(active.len());
-        let mut keep = Vec::with_capacity(active.len());
-        for (row, &item) in active.iter().enumerate() {
-            let l = &mut last[row];
-            for &t in &suppress.always {
-                l[t as usize] = f32::NEG_INFINITY;
-            }
-            if step == 0 {
-                for &t in &suppress.at_begin {
-                    l[t as usize] = f32::NEG_INFINITY;
-                }
-            }
-            let (t, lp) = pick(l);
-            sum_lp[item] += lp;
-            n_lp[item] += 1;
-            if t == tok.eot {
-                out[item].ended = true;
-            } else {
-                out[item].tokens.push(t);
-                next.push(t);
-                keep.push(row);
-            }
-        }
-        if keep.is_empty() || step + 1 == max_new {
-            break;
-        }
-        if keep.len() < active.len() {
-            cache.retain(&keep)?;
-            active = keep.iter().map(|&r| active[r]).collect();
-        }
-        let n = next.len();
-        let t = Tensor::from_vec(next, (n, 1), dev)?;
-        last = model.decode(&t, &mut cache)?.squeeze(1)?.to_vec2::<f32>()?;
-    }
-    for (i, d) in out.iter_mut().enumerate() {
-        d.avg_logprob = if n_lp[i] == 0 {
-            0.0
-        } else {
-            (sum_lp[i] / n_lp[i] as f64) as f32
-        };
-    }
-    Ok(out)
+        .collect())
 }
 
 /// Bytes of `text` over bytes of its zlib stream (level 6, Python's `zlib.compress` default);

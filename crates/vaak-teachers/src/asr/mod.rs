@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use vaak_audio::features::{WhisperMel, WHISPER_HOP_LENGTH, WHISPER_SAMPLE_RATE};
-use vaak_nn::weights::{HubOptions, LoadOptions, WeightLocation, Weights};
+use vaak_nn::weights::{HubOptions, WeightLocation};
 
 pub use config::{GenerationConfig, SuppressLists, WhisperConfig};
 pub use decode::{compression_ratio, Decoded, LanguagePrompt};
@@ -38,6 +38,7 @@ pub use model::{DecoderCache, WhisperModel};
 pub use tokenizer::WhisperTokenizer;
 
 use crate::error::{Result, TeacherError};
+use crate::seq2seq::model::{checkpoint, required_file};
 use crate::{Asr, AsrOptions, AudioRef, ItemResult, ModelId, Transcript};
 
 /// Thresholds behind the quality flags (OpenAI's `transcribe` defaults).
@@ -115,13 +116,7 @@ pub struct WhisperAsr {
 
 /// A required file next to the weights; a missing one is a config error naming it.
 fn required(loc: &WeightLocation, name: &str, hub: &HubOptions) -> Result<PathBuf> {
-    loc.join(name).resolve_file(hub).map_err(|e| match e {
-        vaak_nn::Error::MissingFile { path } => TeacherError::Config {
-            path,
-            reason: format!("missing (Whisper needs {name})"),
-        },
-        other => other.into(),
-    })
+    required_file(loc, name, hub, "Whisper")
 }
 
 impl WhisperAsr {
@@ -157,18 +152,8 @@ impl WhisperAsr {
                 });
             }
         }
-        let load_opts = LoadOptions {
-            dtype: Some(opts.dtype),
-            device: opts.device.clone(),
-            hub: opts.hub.clone(),
-            state_dict_key: None,
-        };
-        // The directory may hold other files; prefer the published single-file name.
-        let weights = match loc.join("model.safetensors").resolve_file(&opts.hub) {
-            Ok(p) => Weights::from_files(&[p], &load_opts)?,
-            Err(_) => Weights::load_location(&loc, &load_opts)?,
-        };
-        let model = WhisperModel::load(&cfg, weights.into_var_builder(Some(opts.dtype)))?;
+        let vb = checkpoint(&loc, &opts.hub, opts.dtype, &opts.device)?;
+        let model = WhisperModel::load(&cfg, vb)?;
         let mel = WhisperMel::new(cfg.num_mel_bins)?;
         Ok(Self {
             model,

@@ -5,35 +5,44 @@
 //! original uploads have it), optionally `generation_config.json`, and the tokenizer files
 //! (`source.spm`, `target.spm`, `vocab.json`, `tokenizer_config.json`; see [`MtTokenizer`]).
 //!
-//! Reused from candle-transformers: the whole network (`candle_transformers::models::marian`:
-//! encoder, decoder with its self-attention KV cache, tied LM head, `final_logits_bias`). Ours:
-//! the config.json mapping (old opus-mt configs lack `share_encoder_decoder_embeddings`,
-//! `decoder_vocab_size` and `forced_eos_token_id`; defaults are transformers' `MarianConfig`),
-//! weight-name aliasing (a checkpoint may store the tied embedding under any of its four names),
-//! and greedy decoding with the generation settings opus-mt ships (`bad_words_ids` bans
-//! `<pad>`, `</s>` forced at `max_length`), matching `generate(num_beams=1)`.
+//! The network is the shared [`crate::seq2seq`] stack as transformers' `MarianMTModel` computes
+//! it: post-norm layers (no final LayerNorm), biases on every projection, the configured
+//! activation (swish for opus-mt), token embeddings times `sqrt(d_model)` when
+//! `scale_embedding`, Marian's sinusoidal positions (sin half, then cos half, computed in f64
+//! as transformers does, indexed from 0 whatever the padding) and an LM head tied to the shared
+//! embedding plus `final_logits_bias`. Ours besides: the config.json mapping (old opus-mt
+//! configs lack `share_encoder_decoder_embeddings`, `decoder_vocab_size` and
+//! `forced_eos_token_id`; defaults are transformers' `MarianConfig`), weight-name aliasing (a
+//! checkpoint may store the tied embedding under any of its four names, and may leave out
+//! `final_logits_bias`), and the generation settings opus-mt ships: decoding starts from
+//! `<pad>`, `bad_words_ids` bans `<pad>`, `</s>` is forced at `max_length`. Greedy by default
+//! (as `generate(num_beams=1)`); [`MarianLoadOptions::num_beams`] selects beam search, equal to
+//! transformers' `generate(num_beams=K)`.
 //!
-//! Batching: candle's Marian takes no attention mask, so padded batches would let real tokens
-//! attend to padding and change the output. Sources are therefore grouped by token length and
-//! each group runs as one batch (no padding needed); in practice this batches duplicates and
-//! equal-length sentences and runs the rest one by one. A Marian with padding masks would need
-//! its own model file.
+//! Batching: sources are sorted by length, right-padded and masked in the encoder and in
+//! cross-attention, so a batch gives each item what it gives alone.
 //!
 //! Per item: empty or whitespace-only text is an error; text longer than the encoder's
 //! `max_position_embeddings` is split after sentence-ending punctuation (`.!?।…` followed by
 //! whitespace, or a newline), the pieces are translated separately and joined with a space; a
 //! single sentence that is still too long is an error.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::marian::{Config as CandleConfig, MTModel};
-use vaak_nn::weights::{HubOptions, LoadOptions, WeightLocation, Weights};
+use candle_nn::VarBuilder;
+use vaak_nn::weights::{HubOptions, WeightLocation};
 
 use super::tokenizer::{MtTokenizer, TokenizerKind};
 use crate::error::{Result, TeacherError};
 use crate::lang::Lang;
+use crate::seq2seq::config::{check_dims, dims_of, json_config};
+use crate::seq2seq::model::{checkpoint, required_file};
+use crate::seq2seq::{
+    embed_scale, generate_with, Activation, Decoder, DecoderStack, EarlyStopping, EncoderStack,
+    Generated, GenerationConfigFile, GenerationParams, LayerConfig, LmHead, MaxLength,
+    NormPosition, Seq2Seq, Stacks, TokenRules, TokenSeq2Seq,
+};
 use crate::{ItemResult, ModelId, Translator};
 
 /// How to load a Marian model.
@@ -51,6 +60,9 @@ pub struct MarianLoadOptions {
     pub max_length: Option<usize>,
     /// Most sources decoded together.
     pub max_batch: usize,
+    /// Beam width; `None` (the default) decodes greedily, as this translator always has (the
+    /// checkpoint's `num_beams` is not applied unless set here).
+    pub num_beams: Option<usize>,
 }
 
 impl Default for MarianLoadOptions {
@@ -62,6 +74,7 @@ impl Default for MarianLoadOptions {
             pair: None,
             max_length: None,
             max_batch: 16,
+            num_beams: None,
         }
     }
 }
@@ -138,38 +151,19 @@ pub struct MarianConfig {
     pub max_length: Option<usize>,
 }
 
-/// The generation settings greedy decoding honours.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-struct GenerationFile {
-    bad_words_ids: Option<Vec<Vec<u32>>>,
-    decoder_start_token_id: Option<u32>,
-    eos_token_id: Option<serde_json::Value>,
-    forced_eos_token_id: Option<u32>,
-    max_length: Option<usize>,
-}
-
-#[derive(Clone, Debug)]
-struct Generation {
-    start: u32,
-    eos: u32,
-    pad: u32,
-    forced_eos: Option<u32>,
-    bad_words: Vec<Vec<u32>>,
-    max_length: usize,
-}
+json_config!(MarianConfig);
 
 impl MarianConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
+    fn validate(&self, path: &Path) -> Result<()> {
+        let cfg = self;
         let bad = |reason: String| TeacherError::Config {
             path: path.to_path_buf(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| bad(format!("invalid: {e}")))?;
         if !cfg.share_encoder_decoder_embeddings {
             return Err(bad(
                 "share_encoder_decoder_embeddings = false (separate source and target \
-                 embeddings) is not supported by candle's Marian"
+                 embeddings) is not supported"
                     .into(),
             ));
         }
@@ -179,56 +173,46 @@ impl MarianConfig {
                 cfg.vocab_size
             )));
         }
-        for (what, heads) in [
-            ("encoder_attention_heads", cfg.encoder_attention_heads),
-            ("decoder_attention_heads", cfg.decoder_attention_heads),
-        ] {
-            if heads == 0 || !cfg.d_model.is_multiple_of(heads) {
-                return Err(bad(format!(
-                    "d_model {} is not divisible by {what} {heads}",
-                    cfg.d_model
-                )));
-            }
-        }
+        check_dims(
+            path,
+            dims_of!(cfg),
+            &[
+                ("encoder_ffn_dim", cfg.encoder_ffn_dim),
+                ("decoder_ffn_dim", cfg.decoder_ffn_dim),
+                ("max_position_embeddings", cfg.max_position_embeddings),
+            ],
+        )?;
         cfg.activation().map_err(bad)?;
-        Ok(cfg)
+        Ok(())
     }
 
-    fn activation(&self) -> std::result::Result<candle_nn::Activation, String> {
-        use candle_nn::Activation as A;
-        Ok(match self.activation_function.as_str() {
-            "swish" | "silu" => A::Swish,
-            "gelu" => A::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => A::NewGelu,
-            "relu" => A::Relu,
-            other => return Err(format!("activation_function {other:?} is not supported")),
+    fn activation(&self) -> std::result::Result<Activation, String> {
+        Activation::parse(&self.activation_function).ok_or_else(|| {
+            format!(
+                "activation_function {:?} is not supported",
+                self.activation_function
+            )
         })
     }
+}
 
-    /// candle-transformers' config for this checkpoint.
-    pub fn to_candle(&self) -> CandleConfig {
-        CandleConfig {
-            vocab_size: self.vocab_size,
-            decoder_vocab_size: Some(self.vocab_size),
-            max_position_embeddings: self.max_position_embeddings,
-            encoder_layers: self.encoder_layers,
-            encoder_ffn_dim: self.encoder_ffn_dim,
-            encoder_attention_heads: self.encoder_attention_heads,
-            decoder_layers: self.decoder_layers,
-            decoder_ffn_dim: self.decoder_ffn_dim,
-            decoder_attention_heads: self.decoder_attention_heads,
-            use_cache: true,
-            is_encoder_decoder: true,
-            activation_function: self.activation().unwrap_or(candle_nn::Activation::Swish),
-            d_model: self.d_model,
-            decoder_start_token_id: self.decoder_start_token_id,
-            scale_embedding: self.scale_embedding,
-            pad_token_id: self.pad_token_id,
-            eos_token_id: self.eos_token_id,
-            forced_eos_token_id: self.forced_eos_token_id.unwrap_or(self.eos_token_id),
-            share_encoder_decoder_embeddings: true,
+/// transformers' `MarianSinusoidalPositionalEmbedding` table `[n, dim]`: for column pair `i`,
+/// `sin(pos / 10000^(2i/dim))` in the first half and the cosine in the second, in f64.
+fn marian_positions(n: usize, dim: usize) -> Vec<f32> {
+    let sentinel = dim.div_ceil(2);
+    let mut out = vec![0f32; n * dim];
+    for (pos, row) in out.chunks_mut(dim).enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            let (i, f): (usize, fn(f64) -> f64) = if j < sentinel {
+                (j, f64::sin)
+            } else {
+                (j - sentinel, f64::cos)
+            };
+            let angle = pos as f64 / 10000f64.powf((2 * i) as f64 / dim as f64);
+            *x = f(angle) as f32;
         }
     }
+    out
 }
 
 /// Names a checkpoint may store the shared embedding under (all tied in transformers).
@@ -239,14 +223,109 @@ const EMBEDDING_NAMES: [&str; 4] = [
     "lm_head.weight",
 ];
 
+/// A loaded Marian network (transformers' `MarianMTModel`); encoding, decoding and search come
+/// from [`TokenSeq2Seq`] ([`Seq2Seq`] and [`Decoder`]).
+pub struct MarianModel {
+    cfg: MarianConfig,
+    /// The shared token embedding `[vocab, d_model]`.
+    embed: Tensor,
+    /// `[max_position_embeddings, d_model]`.
+    positions: Tensor,
+    stacks: Stacks,
+    embed_scale: f64,
+    device: Device,
+}
+
+impl MarianModel {
+    /// Builds the model from a VarBuilder rooted at the checkpoint's top level; `path` (the
+    /// config) names errors.
+    pub fn load(cfg: &MarianConfig, vb: VarBuilder, path: &Path) -> Result<Self> {
+        let bad = |reason: String| TeacherError::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let (v, d) = (cfg.vocab_size, cfg.d_model);
+        let name = EMBEDDING_NAMES
+            .iter()
+            .find(|n| vb.contains_tensor(n))
+            .ok_or_else(|| {
+                bad(format!(
+                    "the weights hold no token embedding ({})",
+                    EMBEDDING_NAMES.join(", ")
+                ))
+            })?;
+        let embed = vb.get((v, d), name)?;
+        // transformers initialises this buffer to zeros and may leave it out.
+        let bias = if vb.contains_tensor("final_logits_bias") {
+            vb.get((1, v), "final_logits_bias")?.reshape(v)?
+        } else {
+            Tensor::zeros(v, vb.dtype(), vb.device())?
+        };
+        let n = cfg.max_position_embeddings;
+        let positions =
+            Tensor::from_vec(marian_positions(n, d), (n, d), vb.device())?.to_dtype(vb.dtype())?;
+        let act = cfg.activation().map_err(bad)?;
+        let post = NormPosition::Post;
+        let enc_shape = (cfg.encoder_attention_heads, cfg.encoder_ffn_dim);
+        let dec_shape = (cfg.decoder_attention_heads, cfg.decoder_ffn_dim);
+        let enc_cfg = LayerConfig::bart(d, enc_shape, act, post);
+        let dec_cfg = LayerConfig::bart(d, dec_shape, act, post);
+        Ok(Self {
+            cfg: cfg.clone(),
+            stacks: Stacks {
+                encoder: EncoderStack::load(&enc_cfg, cfg.encoder_layers, vb.pp("model.encoder"))?,
+                decoder: DecoderStack::load(&dec_cfg, cfg.decoder_layers, vb.pp("model.decoder"))?,
+                lm_head: LmHead::new(&embed, Some(bias))?,
+            },
+            embed,
+            positions,
+            embed_scale: embed_scale(cfg.scale_embedding, d),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &MarianConfig {
+        &self.cfg
+    }
+}
+
+impl TokenSeq2Seq for MarianModel {
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn pad_token_id(&self) -> u32 {
+        self.cfg.pad_token_id
+    }
+
+    /// Scaled embeddings plus positions `past..past + l` (the same table for both stacks).
+    fn embed(&self, ids: &[u32], shape: (usize, usize), past: usize, _: bool) -> Result<Tensor> {
+        let ((rows, l), d) = (shape, self.cfg.d_model);
+        if past + l > self.cfg.max_position_embeddings {
+            return Err(TeacherError::BadInput(format!(
+                "input reaches {} tokens; max_position_embeddings is {}",
+                past + l,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let ids = Tensor::from_slice(ids, rows * l, &self.device)?;
+        let tok = (self.embed.index_select(&ids, 0)? * self.embed_scale)?.reshape((rows, l, d))?;
+        Ok(tok.broadcast_add(&self.positions.narrow(0, past, l)?)?)
+    }
+
+    fn stacks(&self) -> &Stacks {
+        &self.stacks
+    }
+}
+
 /// Marian behind [`Translator`].
 pub struct MarianTranslator {
-    model: MTModel,
-    cfg: MarianConfig,
+    model: MarianModel,
     tokenizer: MtTokenizer,
-    gen: Generation,
+    params: GenerationParams,
+    rules: TokenRules,
+    max_length: usize,
     pair: (Lang, Lang),
-    device: Device,
     max_batch: usize,
     id: ModelId,
 }
@@ -279,16 +358,7 @@ impl MarianTranslator {
     /// Loads from a local directory or `hf://org/repo[@revision]`.
     pub fn load(location: &str, opts: &MarianLoadOptions) -> Result<Self> {
         let loc = WeightLocation::parse(location)?;
-        let cfg_path = loc
-            .join("config.json")
-            .resolve_file(&opts.hub)
-            .map_err(|e| match e {
-                vaak_nn::Error::MissingFile { path } => TeacherError::Config {
-                    path,
-                    reason: "missing (Marian needs config.json)".into(),
-                },
-                other => other.into(),
-            })?;
+        let cfg_path = required_file(&loc, "config.json", &opts.hub, "Marian")?;
         let cfg = MarianConfig::from_file(&cfg_path)?;
         let tokenizer = MtTokenizer::load(&loc, &opts.hub)?;
         if tokenizer.kind() != TokenizerKind::Marian {
@@ -310,50 +380,46 @@ impl MarianTranslator {
                 ),
             });
         }
-        let gen_file: GenerationFile =
-            match optional_file(&loc, "generation_config.json", &opts.hub)? {
-                Some(p) => {
-                    let text = std::fs::read_to_string(&p).map_err(|e| TeacherError::Config {
-                        path: p.clone(),
-                        reason: format!("cannot read: {e}"),
-                    })?;
-                    serde_json::from_str(&text).map_err(|e| TeacherError::Config {
-                        path: p.clone(),
-                        reason: format!("invalid: {e}"),
-                    })?
-                }
-                None => GenerationFile::default(),
-            };
-        let eos = match &gen_file.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
-            Some(serde_json::Value::Array(a)) => {
-                a.first().and_then(|v| v.as_u64()).map(|v| v as u32)
-            }
-            _ => None,
-        }
-        .unwrap_or(cfg.eos_token_id);
+        let gen = match optional_file(&loc, "generation_config.json", &opts.hub)? {
+            Some(p) => GenerationConfigFile::from_file(&p)?,
+            None => GenerationConfigFile::default(),
+        };
+        let eos = gen
+            .eos_token_id
+            .as_ref()
+            .map(|e| e.to_vec())
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| vec![cfg.eos_token_id]);
         let max_length = opts
             .max_length
-            .or(gen_file.max_length)
+            .or(gen.max_length)
             .or(cfg.max_length)
             .unwrap_or(512)
             .clamp(2, cfg.max_position_embeddings);
-        let gen = Generation {
-            start: gen_file
+        let params = GenerationParams {
+            num_beams: opts.num_beams.unwrap_or(1).max(1),
+            max_length: MaxLength::Fixed(max_length),
+            min_length: gen.min_length.unwrap_or(0),
+            length_penalty: gen.length_penalty.unwrap_or(1.0),
+            early_stopping: gen.early_stopping().unwrap_or(EarlyStopping::False),
+            decoder_start_token_id: gen
                 .decoder_start_token_id
                 .unwrap_or(cfg.decoder_start_token_id),
-            eos,
-            pad: cfg.pad_token_id,
-            forced_eos: gen_file
+            forced_bos_token_id: None,
+            forced_eos_token_id: gen
                 .forced_eos_token_id
                 .or(cfg.forced_eos_token_id)
-                .or(Some(eos)),
-            bad_words: gen_file
-                .bad_words_ids
+                .or(Some(eos[0])),
+            eos_token_ids: eos.clone(),
+            pad_token_id: gen.pad_token_id.unwrap_or(cfg.pad_token_id),
+            no_repeat_ngram_size: gen.no_repeat_ngram_size.unwrap_or(0),
+        };
+        let rules = TokenRules::default().with_bad_words(
+            gen.bad_words_ids
                 .or_else(|| cfg.bad_words_ids.clone())
                 .unwrap_or_default(),
-            max_length,
-        };
+            &eos,
+        );
         let pair = match opts.pair {
             Some(p) => p,
             None => match tokenizer.config_languages() {
@@ -367,47 +433,15 @@ impl MarianTranslator {
             },
         };
 
-        let load_opts = LoadOptions {
-            dtype: Some(opts.dtype),
-            device: opts.device.clone(),
-            hub: opts.hub.clone(),
-            state_dict_key: None,
-        };
-        let weights = match loc.join("model.safetensors").resolve_file(&opts.hub) {
-            Ok(p) => Weights::from_files(&[p], &load_opts)?,
-            Err(_) => Weights::load_location(&loc, &load_opts)?,
-        };
-        let weights =
-            if weights.contains("model.shared.weight") && weights.contains("final_logits_bias") {
-                weights
-            } else {
-                let mut all = weights.load_all()?;
-                let emb = EMBEDDING_NAMES
-                    .iter()
-                    .find_map(|n| all.get(*n).cloned())
-                    .ok_or_else(|| TeacherError::Config {
-                        path: cfg_path.clone(),
-                        reason: format!(
-                            "the weights hold no token embedding ({})",
-                            EMBEDDING_NAMES.join(", ")
-                        ),
-                    })?;
-                all.entry("model.shared.weight".into()).or_insert(emb);
-                if !all.contains_key("final_logits_bias") {
-                    // transformers initialises this buffer to zeros and may leave it out.
-                    let zeros = Tensor::zeros((1, cfg.vocab_size), opts.dtype, &opts.device)?;
-                    all.insert("final_logits_bias".into(), zeros);
-                }
-                Weights::from_tensors(all, location, &load_opts)
-            };
-        let model = MTModel::new(&cfg.to_candle(), weights.into_var_builder(Some(opts.dtype)))?;
+        let vb = checkpoint(&loc, &opts.hub, opts.dtype, &opts.device)?;
+        let model = MarianModel::load(&cfg, vb, &cfg_path)?;
         Ok(Self {
             model,
-            cfg,
             tokenizer,
-            gen,
+            params,
+            rules,
+            max_length,
             pair,
-            device: opts.device.clone(),
             max_batch: opts.max_batch.max(1),
             id: ModelId::of_location(&loc),
         })
@@ -418,7 +452,11 @@ impl MarianTranslator {
     }
 
     pub fn config(&self) -> &MarianConfig {
-        &self.cfg
+        self.model.config()
+    }
+
+    pub fn model(&self) -> &MarianModel {
+        &self.model
     }
 
     /// `(source, target)` languages of this model.
@@ -428,87 +466,51 @@ impl MarianTranslator {
 
     /// The output length limit (start token included).
     pub fn max_length(&self) -> usize {
-        self.gen.max_length
+        self.max_length
     }
 
-    /// Logits `[B, T, vocab]` for equal-length sources `[B, S]` and a decoder prefix `[B, T]`
-    /// (teacher forcing), for parity checks.
+    /// The generation settings [`Self::translate`] and [`Self::generate`] use.
+    pub fn generation_params(&self) -> &GenerationParams {
+        &self.params
+    }
+
+    /// Logits `[B, T, vocab]` for sources (any lengths; right-padded and masked) and a
+    /// decoder prefix `[B, T]` of equal-length rows (teacher forcing), for parity checks.
     pub fn logits(&self, input_ids: &[Vec<u32>], decoder_ids: &[Vec<u32>]) -> Result<Tensor> {
-        let src = self.ids_tensor(input_ids)?;
-        let dec = self.ids_tensor(decoder_ids)?;
-        let mut model = self.model.clone();
-        let enc = model.encoder().forward(&src, 0)?;
-        Ok(model.decode(&dec, &enc, 0)?)
-    }
-
-    fn ids_tensor(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
-        let len = rows.first().map_or(0, Vec::len);
-        if len == 0 || rows.iter().any(|r| r.len() != len) {
+        let len = decoder_ids.first().map_or(0, Vec::len);
+        if len == 0
+            || decoder_ids.len() != input_ids.len()
+            || decoder_ids.iter().any(|r| r.len() != len)
+        {
             return Err(TeacherError::BadInput(
-                "id rows must be non-empty and of equal length".into(),
+                "decoder id rows must be non-empty, of equal length, one per source".into(),
             ));
         }
-        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
-        Ok(Tensor::from_vec(flat, (rows.len(), len), &self.device)?)
+        let refs: Vec<&[u32]> = input_ids.iter().map(Vec::as_slice).collect();
+        let enc = self.model.encode_sources(&refs)?;
+        let mut cache = self.model.start_cache(&enc, 1)?;
+        let flat: Vec<u32> = decoder_ids.iter().flatten().copied().collect();
+        self.model.decode_step(&flat, len, &mut cache)
     }
 
-    /// Greedy decoding of equal-length sources; returns the output ids (start token first,
-    /// `</s>` last unless cut by `max_length`).
+    /// Decodes sources (any lengths, one batch) with `p`; one [`Generated`] per source.
+    pub fn generate_ids(
+        &self,
+        sources: &[Vec<u32>],
+        p: &GenerationParams,
+    ) -> Result<Vec<Generated>> {
+        let refs: Vec<&[u32]> = sources.iter().map(Vec::as_slice).collect();
+        generate_with(&self.model, &refs, p, &self.rules)
+    }
+
+    /// Decodes sources (any lengths, one batch) with [`Self::generation_params`]; returns the
+    /// output ids (start token first, `</s>` last unless cut by `max_length`).
     pub fn generate(&self, sources: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
-        let src = self.ids_tensor(sources)?;
-        let b = sources.len();
-        let g = &self.gen;
-        let mut model = self.model.clone();
-        let enc = model.encoder().forward(&src, 0)?.contiguous()?;
-        let mut out: Vec<Vec<u32>> = vec![vec![g.start]; b];
-        let mut done = vec![false; b];
-        for step in 0..g.max_length - 1 {
-            let last: Vec<u32> = out.iter().map(|o| o[o.len() - 1]).collect();
-            let input = Tensor::from_vec(last, (b, 1), &self.device)?;
-            let logits = model
-                .decode(&input, &enc, step)?
-                .squeeze(1)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
-            let cur_len = step + 1;
-            for (i, mut row) in logits.into_iter().enumerate() {
-                if done[i] {
-                    out[i].push(g.pad);
-                    continue;
-                }
-                for w in &g.bad_words {
-                    let Some((&last, prefix)) = w.split_last() else {
-                        continue;
-                    };
-                    if out[i].ends_with(prefix) {
-                        if let Some(x) = row.get_mut(last as usize) {
-                            *x = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                if let Some(eos) = g.forced_eos.filter(|_| cur_len == g.max_length - 1) {
-                    row.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                    if let Some(x) = row.get_mut(eos as usize) {
-                        *x = 0.0;
-                    }
-                }
-                let next = argmax(&row);
-                out[i].push(next);
-                done[i] = next == g.eos;
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-        }
-        // Trailing pads belong to the batch, not to the item.
-        for (o, &d) in out.iter_mut().zip(&done) {
-            if d {
-                if let Some(p) = o.iter().skip(1).position(|&t| t == g.eos) {
-                    o.truncate(p + 2);
-                }
-            }
-        }
-        Ok(out)
+        Ok(self
+            .generate_ids(sources, &self.params)?
+            .into_iter()
+            .map(|g| g.tokens)
+            .collect())
     }
 
     /// The source ids of one item, split into sentence groups when it is too long.
@@ -516,7 +518,7 @@ impl MarianTranslator {
         if text.trim().is_empty() {
             return Err(TeacherError::BadInput(format!("item {i}: empty text")));
         }
-        let limit = self.cfg.max_position_embeddings;
+        let limit = self.model.config().max_position_embeddings;
         self.tokenizer
             .encode_source_packed(text, src, limit)
             .map_err(|e| match e {
@@ -524,17 +526,6 @@ impl MarianTranslator {
                 other => other,
             })
     }
-}
-
-/// The first index of the largest value (torch.argmax's choice on ties).
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 impl Translator for MarianTranslator {
@@ -555,28 +546,25 @@ impl Translator for MarianTranslator {
             });
         }
         let mut results: Vec<ItemResult<Vec<Option<String>>>> = Vec::with_capacity(batch.len());
-        // Work units (item, chunk, ids) grouped by source length: no padding needed.
-        let mut groups: BTreeMap<usize, Vec<(usize, usize, Vec<u32>)>> = BTreeMap::new();
+        // Work units (item, chunk, ids), longest first, so each batch pads little.
+        let mut units: Vec<(usize, usize, Vec<u32>)> = Vec::new();
         for (i, text) in batch.iter().enumerate() {
             match self.encode_item(i, text, src) {
                 Ok(chunks) => {
                     results.push(Ok(vec![None; chunks.len()]));
-                    for (c, ids) in chunks.into_iter().enumerate() {
-                        groups.entry(ids.len()).or_default().push((i, c, ids));
-                    }
+                    units.extend(chunks.into_iter().enumerate().map(|(c, ids)| (i, c, ids)));
                 }
                 Err(e) => results.push(Err(e)),
             }
         }
-        for units in groups.values() {
-            for part in units.chunks(self.max_batch) {
-                let sources: Vec<Vec<u32>> = part.iter().map(|(_, _, ids)| ids.clone()).collect();
-                let outputs = self.generate(&sources)?;
-                for ((i, c, _), ids) in part.iter().zip(outputs) {
-                    let text = self.tokenizer.decode(&ids)?;
-                    if let Ok(slots) = &mut results[*i] {
-                        slots[*c] = Some(text);
-                    }
+        units.sort_by_key(|u| std::cmp::Reverse(u.2.len()));
+        for part in units.chunks(self.max_batch) {
+            let sources: Vec<Vec<u32>> = part.iter().map(|(_, _, ids)| ids.clone()).collect();
+            let outputs = self.generate(&sources)?;
+            for ((i, c, _), ids) in part.iter().zip(outputs) {
+                let text = self.tokenizer.decode(&ids)?;
+                if let Ok(slots) = &mut results[*i] {
+                    slots[*c] = Some(text);
                 }
             }
         }
@@ -584,5 +572,23 @@ impl Translator for MarianTranslator {
             .into_iter()
             .map(|r| r.map(|slots| slots.into_iter().flatten().collect::<Vec<_>>().join(" ")))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_transformers_layout() {
+        // dim 5: sentinel 3; sin columns use exponents 0, 2/5, 4/5, cos columns 0, 2/5.
+        let t = marian_positions(3, 5);
+        assert!(t[..5] == [0.0, 0.0, 0.0, 1.0, 1.0]);
+        let row = &t[10..15];
+        let w = |i: usize| 2.0 / 10000f64.powf((2 * i) as f64 / 5.0);
+        for (j, &x) in row.iter().enumerate() {
+            let want = if j < 3 { w(j).sin() } else { w(j - 3).cos() };
+            assert!((x as f64 - want).abs() < 1e-7, "column {j}: {x} vs {want}");
+        }
     }
 }

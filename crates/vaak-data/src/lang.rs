@@ -1,6 +1,9 @@
 //! The languages vaak serves, and each teacher's spelling of them.
+//!
+//! Here, in the formats crate, because manifests, `meta.json` and directions name languages,
+//! and every crate from the teachers up reads those.
 
-use crate::error::{Result, TeacherError};
+use crate::error::{DataError, Result};
 use std::fmt;
 use std::str::FromStr;
 
@@ -59,7 +62,7 @@ impl fmt::Display for Lang {
 }
 
 impl FromStr for Lang {
-    type Err = TeacherError;
+    type Err = DataError;
 
     /// Accepts ISO codes and NLLB codes, case-insensitively.
     fn from_str(s: &str) -> Result<Self> {
@@ -67,9 +70,8 @@ impl FromStr for Lang {
         Self::ALL
             .into_iter()
             .find(|l| l.code() == t || l.nllb_code().to_ascii_lowercase() == t)
-            .ok_or_else(|| TeacherError::UnsupportedLanguage {
+            .ok_or_else(|| DataError::UnsupportedLanguage {
                 code: s.to_string(),
-                what: "vaak".to_string(),
                 supported: Self::supported_list(),
             })
     }

@@ -1,4 +1,4 @@
-//! Manifest ids to directory names, injectively.
+//! Manifest ids to directory names, injectively: the `<safe_id>` of the parallel layout.
 //!
 //! `[A-Za-z0-9_-]` are kept; every other byte of the UTF-8 id (including `.`, `/`, `\`, `%`,
 //! spaces and all non-ASCII) becomes `%HH`. Because `%` itself is always escaped, decoding is
@@ -9,7 +9,21 @@
 //! (255 bytes); only those rare names rely on the hash for uniqueness, and the `%%` marker keeps
 //! them apart from all untruncated names. Case-insensitive filesystems are not handled.
 
-use crate::select::stable_hash;
+/// A fixed 64-bit hash of `(seed, bytes)`, the same on every platform. Also the cascade's
+/// shard key, so its values are pinned (see `vaak_cascade::select`'s tests).
+pub fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.to_le_bytes().iter().chain(bytes) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // SplitMix64 finaliser: FNV alone mixes the last bytes poorly.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
 
 /// Longest escaped name kept as is.
 pub const MAX_ESCAPED_LEN: usize = 180;

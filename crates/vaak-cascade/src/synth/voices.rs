@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use rand::Rng;
-use vaak_teachers::Lang;
+use vaak_data::Lang;
 
-use crate::error::{DataError, Result};
+use super::error::{Result, SynthError};
 
 /// Language voices drawn from for each language (all in espeak-ng 1.51's `--voices`).
 pub fn base_voices(lang: Lang) -> &'static [&'static str] {
@@ -74,7 +74,7 @@ pub fn check_variants(program: &Path) -> Result<()> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
-            DataError::Espeak(format!(
+            SynthError::Espeak(format!(
                 "cannot run '{}': {e}; install it (apt-get install espeak-ng)",
                 program.display()
             ))
@@ -83,7 +83,7 @@ pub fn check_variants(program: &Path) -> Result<()> {
     let known = variant_files(&listed);
     for v in VARIANTS.iter().filter(|v| !v.is_empty()) {
         if !known.iter().any(|k| k == v) {
-            return Err(DataError::Espeak(format!(
+            return Err(SynthError::Espeak(format!(
                 "variant '{v}' is not installed ('{} --voices=variant' does not list !v/{v})",
                 program.display()
             )));

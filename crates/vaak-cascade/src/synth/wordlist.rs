@@ -17,9 +17,9 @@
 
 use std::path::{Path, PathBuf};
 
-use vaak_teachers::Lang;
+use vaak_data::Lang;
 
-use crate::error::{DataError, Result};
+use super::error::{Result, SynthError};
 
 /// Fewer usable words than this is taken as a wrong file.
 pub const MIN_WORDS: usize = 50;
@@ -59,18 +59,18 @@ impl WordList {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !user_given => {
-                return Err(DataError::MissingWordList {
+                return Err(SynthError::MissingWordList {
                     lang: lang.code().into(),
                     path,
                     package: package.into(),
                 })
             }
-            Err(e) => return Err(DataError::io(&path, e)),
+            Err(e) => return Err(SynthError::io(&path, e)),
         };
         let text = String::from_utf8_lossy(&bytes);
         let words = parse_words(&text);
         if words.len() < MIN_WORDS {
-            return Err(DataError::TooFewWords {
+            return Err(SynthError::TooFewWords {
                 lang: lang.code().into(),
                 path,
                 count: words.len(),
@@ -152,7 +152,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/te.dic"), "{e}");
-        let e = DataError::MissingWordList {
+        let e = SynthError::MissingWordList {
             lang: "te".into(),
             path: debian_source(Lang::Te).0.into(),
             package: debian_source(Lang::Te).1.into(),

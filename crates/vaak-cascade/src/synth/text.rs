@@ -7,9 +7,9 @@
 //! TTS-side corpus need.
 
 use rand::Rng;
-use vaak_teachers::Lang;
+use vaak_data::Lang;
 
-use crate::wordlist::WordList;
+use super::wordlist::WordList;
 
 /// The kinds of sentence [`sentence`] makes, for statistics and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

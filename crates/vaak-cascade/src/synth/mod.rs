@@ -1,8 +1,12 @@
-//! `vaak data synth`: a seeded synthetic speech corpus.
+//! `vaak data synth`: a seeded synthetic speech corpus in en/ru/hi/te from espeak-ng's voices
+//! and variants ([`voices`]) reading sentences ([`text`]) built from Debian word lists
+//! ([`wordlist`]). It feeds codec training and tests, and stands in for speech in a language
+//! with little recorded data (Telugu). Here, not in `vaak-data`, because it speaks through the
+//! teachers' `EspeakTts`; its manifests are `vaak_data::manifest`'s format.
 //!
 //! Utterance `i` is fixed by `(seed, i)` alone: its language is `langs[i % langs.len()]` (so the
 //! languages take turns), and a ChaCha8 stream seeded from `(seed, i)` draws its sentence
-//! ([`crate::text`]) and voice ([`crate::voices`]). The number of worker processes, the order
+//! ([`text`]) and voice ([`voices`]). The number of worker processes, the order
 //! they finish in and earlier interrupted runs therefore change nothing: the same settings give
 //! the same manifest, byte for byte.
 //!
@@ -30,13 +34,17 @@ use std::sync::Mutex;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use vaak_data::Lang;
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
-use vaak_teachers::Lang;
 
-use crate::error::{DataError, Result};
-use crate::text::{self, Template};
-use crate::voices;
-use crate::wordlist::WordList;
+pub mod error;
+pub mod text;
+pub mod voices;
+pub mod wordlist;
+
+pub use error::{Result, SynthError};
+use text::Template;
+use wordlist::WordList;
 
 /// How much to make.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -79,36 +87,36 @@ impl SynthConfig {
 
     fn validate(&self) -> Result<()> {
         if self.langs.is_empty() {
-            return Err(DataError::arg("langs", "no language given"));
+            return Err(SynthError::arg("langs", "no language given"));
         }
         let mut seen = self.langs.clone();
         seen.sort_by_key(|l| l.code());
         seen.dedup();
         if seen.len() != self.langs.len() {
-            return Err(DataError::arg("langs", "a language is listed twice"));
+            return Err(SynthError::arg("langs", "a language is listed twice"));
         }
         match self.target {
             Target::Hours(h) if !(h.is_finite() && h > 0.0) => {
-                return Err(DataError::arg(
+                return Err(SynthError::arg(
                     "hours",
                     format!("{h} is not a positive number"),
                 ))
             }
-            Target::Utterances(0) => return Err(DataError::arg("utterances", "must be > 0")),
+            Target::Utterances(0) => return Err(SynthError::arg("utterances", "must be > 0")),
             _ => {}
         }
         if self.jobs == 0 {
-            return Err(DataError::arg("jobs", "must be >= 1"));
+            return Err(SynthError::arg("jobs", "must be >= 1"));
         }
         if !(8_000..=48_000).contains(&self.sample_rate) {
-            return Err(DataError::arg(
+            return Err(SynthError::arg(
                 "sample-rate",
                 format!("{} Hz is outside 8000..=48000", self.sample_rate),
             ));
         }
         for l in self.wordlists.keys() {
             if !self.langs.contains(l) {
-                return Err(DataError::arg(
+                return Err(SynthError::arg(
                     "wordlist",
                     format!("a word list for '{l}', which is not in --langs"),
                 ));
@@ -230,7 +238,7 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<SynthSummary> {
         max_concurrency: 1,
         ..EspeakConfig::default()
     })
-    .map_err(|e| DataError::Espeak(e.to_string()))?;
+    .map_err(|e| SynthError::Espeak(e.to_string()))?;
     // Every language voice is tried once, in parallel, so a missing one fails here.
     let bases: Vec<(Lang, &str)> = cfg
         .langs
@@ -250,11 +258,11 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<SynthSummary> {
             .collect()
     });
     for (l, base, r) in probes {
-        r.map_err(|e| DataError::Espeak(format!("voice '{base}' ({l}) does not work: {e}")))?;
+        r.map_err(|e| SynthError::Espeak(format!("voice '{base}' ({l}) does not work: {e}")))?;
     }
 
     let wav_dir = cfg.out.join("wav");
-    std::fs::create_dir_all(&wav_dir).map_err(|e| DataError::io(&wav_dir, e))?;
+    std::fs::create_dir_all(&wav_dir).map_err(|e| SynthError::io(&wav_dir, e))?;
     let fp = Fingerprint {
         seed: cfg.seed,
         langs: cfg.langs.iter().map(|l| l.code().to_string()).collect(),
@@ -326,7 +334,7 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<SynthSummary> {
         }
         let tried = summary.failed + rows.len();
         if summary.failed > 0 && summary.failed as f64 > MAX_FAILED_FRACTION * tried as f64 {
-            return Err(DataError::Espeak(format!(
+            return Err(SynthError::Espeak(format!(
                 "{} of the first {tried} utterances failed (see the log); stopping",
                 summary.failed
             )));
@@ -439,12 +447,12 @@ fn check_fingerprint(out: &Path, fp: &Fingerprint) -> Result<()> {
     match std::fs::read(&path) {
         Ok(bytes) => {
             let old: Fingerprint =
-                serde_json::from_slice(&bytes).map_err(|e| DataError::SettingsMismatch {
+                serde_json::from_slice(&bytes).map_err(|e| SynthError::SettingsMismatch {
                     out: out.to_path_buf(),
                     reason: format!("unreadable synth.json: {e}"),
                 })?;
             if &old != fp {
-                return Err(DataError::SettingsMismatch {
+                return Err(SynthError::SettingsMismatch {
                     out: out.to_path_buf(),
                     reason: format!(
                         "synth.json has {}, this run {}",
@@ -459,7 +467,7 @@ fn check_fingerprint(out: &Path, fp: &Fingerprint) -> Result<()> {
             let text = serde_json::to_vec_pretty(fp).expect("fingerprint serialises");
             write_atomic(&path, &text)
         }
-        Err(e) => Err(DataError::io(&path, e)),
+        Err(e) => Err(SynthError::io(&path, e)),
     }
 }
 
@@ -468,7 +476,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let name = path
         .file_name()
-        .ok_or_else(|| DataError::arg("path", format!("{} has no file name", path.display())))?;
+        .ok_or_else(|| SynthError::arg("path", format!("{} has no file name", path.display())))?;
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
@@ -482,7 +490,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = r {
         let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::io(path, e));
+        return Err(SynthError::io(path, e));
     }
     Ok(())
 }
@@ -495,7 +503,7 @@ fn write_manifests(rows: &[Utterance], jsonl: &Path, csv_path: &Path) -> Result<
     }
     write_atomic(jsonl, &j)?;
     let mut w = csv::Writer::from_writer(Vec::new());
-    let csv_err = |e: csv::Error| DataError::io(csv_path, std::io::Error::other(e));
+    let csv_err = |e: csv::Error| SynthError::io(csv_path, std::io::Error::other(e));
     w.write_record([
         "id",
         "lang",
@@ -530,22 +538,8 @@ fn write_manifests(rows: &[Utterance], jsonl: &Path, csv_path: &Path) -> Result<
     }
     let bytes = w
         .into_inner()
-        .map_err(|e| DataError::io(csv_path, std::io::Error::other(e.to_string())))?;
+        .map_err(|e| SynthError::io(csv_path, std::io::Error::other(e.to_string())))?;
     write_atomic(csv_path, &bytes)
-}
-
-/// Reads a `manifest.jsonl` written by [`synthesize`].
-pub fn read_manifest(path: &Path) -> Result<Vec<Utterance>> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
-                DataError::io(path, std::io::Error::other(format!("line {}: {e}", i + 1)))
-            })
-        })
-        .collect()
 }
 
 /// Parses `en,ru,hi,te`.
@@ -559,7 +553,7 @@ pub fn parse_langs(s: &str) -> Result<Vec<Lang>> {
                 .copied()
                 .find(|l| l.code() == c)
                 .ok_or_else(|| {
-                    DataError::arg("langs", format!("unknown language '{c}' (en, ru, hi, te)"))
+                    SynthError::arg("langs", format!("unknown language '{c}' (en, ru, hi, te)"))
                 })
         })
         .collect()
@@ -569,11 +563,11 @@ pub fn parse_langs(s: &str) -> Result<Vec<Lang>> {
 pub fn parse_wordlist_arg(s: &str) -> Result<(Lang, PathBuf)> {
     let (l, p) = s
         .split_once('=')
-        .ok_or_else(|| DataError::arg("wordlist", format!("'{s}' is not LANG=PATH")))?;
+        .ok_or_else(|| SynthError::arg("wordlist", format!("'{s}' is not LANG=PATH")))?;
     let lang = parse_langs(l)?;
     match (lang.as_slice(), p.trim()) {
         ([one], p) if !p.is_empty() => Ok((*one, PathBuf::from(p))),
-        _ => Err(DataError::arg(
+        _ => Err(SynthError::arg(
             "wordlist",
             format!("'{s}' is not LANG=PATH"),
         )),

@@ -1,0 +1,494 @@
+//! The transformer blocks of the encoder-decoder teachers (transformers' Bart family: Whisper,
+//! M2M-100 / NLLB, Marian): attention with an optional grouped key layout, the feed-forward
+//! block, encoder and decoder layers, the two stacks and the output head.
+//!
+//! What differs between the published models is chosen by a [`LayerConfig`]: the activation,
+//! whether `k_proj` has a bias (Whisper's has none), and where the LayerNorms sit (pre-norm with
+//! a final LayerNorm per stack for Whisper and M2M-100; post-norm without one for Marian).
+//! Shared by all: LayerNorm eps 1e-5, queries scaled by `head_dim^-1/2`, biases on `q`, `v`,
+//! `out`, `fc1`, `fc2`. VarBuilder paths are transformers' tensor names (`self_attn.q_proj`,
+//! `encoder_attn`, `fc1`, `self_attn_layer_norm`, `encoder_attn_layer_norm`,
+//! `final_layer_norm`, `layers.{i}`, `layer_norm`).
+//!
+//! Every tensor fed to a matmul is made contiguous first (see the README's candle 0.11 traps).
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::cache::{Encoded, KvCache};
+
+/// transformers' `ACT2FN` entries the teachers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    /// erf GELU (`"gelu"`).
+    Gelu,
+    /// tanh GELU (`"gelu_new"`, `"gelu_pytorch_tanh"`).
+    GeluNew,
+    /// `"silu"` / `"swish"`.
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "relu" => Some(Self::Relu),
+            "gelu" => Some(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Some(Self::GeluNew),
+            "silu" | "swish" => Some(Self::Silu),
+            _ => None,
+        }
+    }
+
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Relu => x.relu(),
+            Self::Gelu => x.gelu_erf(),
+            Self::GeluNew => x.gelu(),
+            Self::Silu => x.silu(),
+        }
+    }
+}
+
+/// Where a layer's LayerNorms sit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPosition {
+    /// `x + f(ln(x))`, with a final LayerNorm after the stack (Whisper, M2M-100, NLLB).
+    Pre,
+    /// `ln(x + f(x))`, no final LayerNorm (Marian, Bart).
+    Post,
+}
+
+/// One stack's layer shape.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerConfig {
+    pub d_model: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub activation: Activation,
+    pub norm: NormPosition,
+    /// Whether `k_proj` has a bias (false for Whisper).
+    pub k_bias: bool,
+    pub ln_eps: f64,
+}
+
+impl LayerConfig {
+    /// A Bart-family stack: biases on every projection, LayerNorm eps 1e-5.
+    pub fn bart(
+        d_model: usize,
+        (heads, ffn): (usize, usize),
+        activation: Activation,
+        norm: NormPosition,
+    ) -> Self {
+        Self {
+            d_model,
+            heads,
+            ffn,
+            activation,
+            norm,
+            k_bias: true,
+            ln_eps: LN_EPS,
+        }
+    }
+}
+
+/// transformers' LayerNorm eps for all three models.
+pub const LN_EPS: f64 = 1e-5;
+
+fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
+    if bias {
+        candle_nn::linear(i, o, vb)
+    } else {
+        candle_nn::linear_no_bias(i, o, vb)
+    }
+}
+
+/// `x @ w^T (+ b)` on a `[B, T, i]` input, through a 2-D matmul.
+pub fn apply_linear(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let y = l.forward(&x.contiguous()?.reshape((b * t, d))?)?;
+    let o = y.dim(1)?;
+    y.reshape((b, t, o))
+}
+
+/// Additive `[B, 1, 1, S]` mask, 0 on the first `lengths[b]` keys and -inf after; `None` when
+/// no row is padded.
+pub fn key_mask(
+    lengths: &[usize],
+    s: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    if lengths.iter().all(|&n| n >= s) {
+        return Ok(None);
+    }
+    let m: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&n| (0..s).map(move |j| if j < n { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(m, (lengths.len(), 1, 1, s), device)?
+        .to_dtype(dtype)
+        .map(Some)
+}
+
+/// Additive causal `[l, start + l]` mask for `l` new positions after `start` cached ones;
+/// `None` for a single position (it sees everything).
+pub fn causal_mask(
+    start: usize,
+    l: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    if l <= 1 {
+        return Ok(None);
+    }
+    let total = start + l;
+    let m: Vec<f32> = (0..l)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(m, (l, total), device)?
+        .to_dtype(dtype)
+        .map(Some)
+}
+
+/// Multi-head attention (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn load(cfg: &LayerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let d = cfg.d_model;
+        let head_dim = d / cfg.heads;
+        Ok(Self {
+            q: linear(d, d, true, vb.pp("q_proj"))?,
+            k: linear(d, d, cfg.k_bias, vb.pp("k_proj"))?,
+            v: linear(d, d, true, vb.pp("v_proj"))?,
+            out: linear(d, d, true, vb.pp("out_proj"))?,
+            heads: cfg.heads,
+            head_dim,
+            scale: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    /// `[B, T, D]` -> `[B, H, T, Dh]`, contiguous.
+    fn split(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Keys and values `[B, H, S, Dh]` of `x` (`[B, S, D]`).
+    pub fn keys_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.split(&apply_linear(&self.k, x)?)?,
+            self.split(&apply_linear(&self.v, x)?)?,
+        ))
+    }
+
+    /// Attends from `x` (`[N * G, T, D]`: `G` rows per key group) to keys/values
+    /// `[N, H, S, Dh]`; the rows of a group share their group's keys (beams share their item's
+    /// encoder keys; self-attention has `G` = 1). `mask` is additive and broadcasts to
+    /// `[N, H, G * T, S]`.
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, t, d) = x.dims3()?;
+        let n = k.dim(0)?;
+        let g = rows / n;
+        let q = (apply_linear(&self.q, x)? * self.scale)?
+            .reshape((n, g * t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let kt = k.transpose(2, 3)?.contiguous()?;
+        let mut scores = q.matmul(&kt)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v.contiguous()?)?;
+        let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((rows, t, d))?;
+        apply_linear(&self.out, &ctx)
+    }
+}
+
+/// `fc2(act(fc1(x)))`.
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn load(cfg: &LayerConfig, vb: &VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            fc1: linear(cfg.d_model, cfg.ffn, true, vb.pp("fc1"))?,
+            fc2: linear(cfg.ffn, cfg.d_model, true, vb.pp("fc2"))?,
+            act: cfg.activation,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        apply_linear(&self.fc2, &self.act.apply(&apply_linear(&self.fc1, x)?)?)
+    }
+}
+
+/// A residual block `f` with its LayerNorm placed as `norm` says.
+fn residual(
+    norm: NormPosition,
+    ln: &LayerNorm,
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    match norm {
+        NormPosition::Pre => x + f(&ln.forward(x)?)?,
+        NormPosition::Post => ln.forward(&(x + f(x)?)?),
+    }
+}
+
+fn layer_norm(cfg: &LayerConfig, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+    candle_nn::layer_norm(cfg.d_model, cfg.ln_eps, vb)
+}
+
+/// Self-attention and feed-forward.
+pub struct EncoderLayer {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    mlp: Mlp,
+    mlp_ln: LayerNorm,
+    norm: NormPosition,
+}
+
+impl EncoderLayer {
+    pub fn load(cfg: &LayerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            attn_ln: layer_norm(cfg, vb.pp("self_attn_layer_norm"))?,
+            mlp: Mlp::load(cfg, &vb)?,
+            mlp_ln: layer_norm(cfg, vb.pp("final_layer_norm"))?,
+            norm: cfg.norm,
+        })
+    }
+
+    /// `x` is `[B, S, D]`; `mask` an additive key mask.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = residual(self.norm, &self.attn_ln, x, |h| {
+            let (k, v) = self.attn.keys_values(h)?;
+            self.attn.attend(h, &k, &v, mask)
+        })?;
+        residual(self.norm, &self.mlp_ln, &x, |h| self.mlp.forward(h))
+    }
+}
+
+/// Causal self-attention (cached), cross-attention and feed-forward.
+pub struct DecoderLayer {
+    self_attn: Attention,
+    self_ln: LayerNorm,
+    cross_attn: Attention,
+    cross_ln: LayerNorm,
+    mlp: Mlp,
+    mlp_ln: LayerNorm,
+    norm: NormPosition,
+}
+
+impl DecoderLayer {
+    pub fn load(cfg: &LayerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            self_ln: layer_norm(cfg, vb.pp("self_attn_layer_norm"))?,
+            cross_attn: Attention::load(cfg, vb.pp("encoder_attn"))?,
+            cross_ln: layer_norm(cfg, vb.pp("encoder_attn_layer_norm"))?,
+            mlp: Mlp::load(cfg, &vb)?,
+            mlp_ln: layer_norm(cfg, vb.pp("final_layer_norm"))?,
+            norm: cfg.norm,
+        })
+    }
+
+    /// Cross-attention keys/values of an encoder output.
+    pub fn cross_keys_values(&self, encoded: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        self.cross_attn.keys_values(encoded)
+    }
+
+    /// `x` (`[rows, l, D]`) after `past` (this layer's cached keys/values, extended here).
+    fn forward(
+        &self,
+        x: &Tensor,
+        self_mask: Option<&Tensor>,
+        past: &mut Option<(Tensor, Tensor)>,
+        cross: &(Tensor, Tensor),
+        cross_mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let x = residual(self.norm, &self.self_ln, x, |h| {
+            let (k, v) = self.self_attn.keys_values(h)?;
+            let (k, v) = match past.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            let y = self.self_attn.attend(h, &k, &v, self_mask)?;
+            *past = Some((k, v));
+            Ok(y)
+        })?;
+        let x = residual(self.norm, &self.cross_ln, &x, |h| {
+            self.cross_attn.attend(h, &cross.0, &cross.1, cross_mask)
+        })?;
+        residual(self.norm, &self.mlp_ln, &x, |h| self.mlp.forward(h))
+    }
+}
+
+fn final_norm(cfg: &LayerConfig, vb: &VarBuilder) -> candle_core::Result<Option<LayerNorm>> {
+    match cfg.norm {
+        NormPosition::Pre => layer_norm(cfg, vb.pp("layer_norm")).map(Some),
+        NormPosition::Post => Ok(None),
+    }
+}
+
+/// The encoder layers (`layers.{i}`) and, for pre-norm models, the final `layer_norm`.
+pub struct EncoderStack {
+    layers: Vec<EncoderLayer>,
+    final_ln: Option<LayerNorm>,
+}
+
+impl EncoderStack {
+    /// `vb` is the stack's prefix (`model.encoder`).
+    pub fn load(cfg: &LayerConfig, n: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            layers: (0..n)
+                .map(|i| EncoderLayer::load(cfg, vb.pp(format!("layers.{i}"))))
+                .collect::<candle_core::Result<_>>()?,
+            final_ln: final_norm(cfg, &vb)?,
+        })
+    }
+
+    /// Embedded sources `[B, S, D]`, right-padded to `S` (real lengths `lengths`), to encoder
+    /// states; padded keys are masked.
+    pub fn forward(&self, x: &Tensor, lengths: &[usize]) -> candle_core::Result<Tensor> {
+        let s = x.dim(1)?;
+        let mask = key_mask(lengths, s, x.dtype(), x.device())?;
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref())?;
+        }
+        match &self.final_ln {
+            Some(ln) => ln.forward(&x),
+            None => Ok(x),
+        }
+    }
+}
+
+/// The decoder layers and, for pre-norm models, the final `layer_norm`.
+pub struct DecoderStack {
+    layers: Vec<DecoderLayer>,
+    final_ln: Option<LayerNorm>,
+}
+
+impl DecoderStack {
+    /// `vb` is the stack's prefix (`model.decoder`).
+    pub fn load(cfg: &LayerConfig, n: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            layers: (0..n)
+                .map(|i| DecoderLayer::load(cfg, vb.pp(format!("layers.{i}"))))
+                .collect::<candle_core::Result<_>>()?,
+            final_ln: final_norm(cfg, &vb)?,
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// A fresh cache with `group` rows per encoded item; cross-attention keys/values are
+    /// computed here, once per item.
+    pub fn start(&self, enc: &Encoded, group: usize) -> crate::error::Result<KvCache> {
+        if group == 0 {
+            return Err(crate::error::TeacherError::BadInput(
+                "decoder group size must be > 0".into(),
+            ));
+        }
+        let cross = self
+            .layers
+            .iter()
+            .map(|l| l.cross_keys_values(&enc.hidden))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let s = enc.hidden.dim(1)?;
+        let mask = key_mask(&enc.lengths, s, enc.hidden.dtype(), enc.hidden.device())?;
+        Ok(KvCache::new(cross, mask, group, enc.lengths.len()))
+    }
+
+    /// Embedded decoder inputs `[rows, l, D]` after what `cache` holds, to decoder states
+    /// (final norm applied); the cache grows by `l`.
+    pub fn forward(&self, x: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let l = x.dim(1)?;
+        let self_mask = causal_mask(cache.len(), l, x.dtype(), x.device())?;
+        let mut x = x.clone();
+        let (past, cross, cross_mask) = cache.parts();
+        for (layer, (past, cross)) in self.layers.iter().zip(past.iter_mut().zip(cross)) {
+            x = layer.forward(&x, self_mask.as_ref(), past, cross, cross_mask)?;
+        }
+        cache.advance(l);
+        match &self.final_ln {
+            Some(ln) => ln.forward(&x),
+            None => Ok(x),
+        }
+    }
+}
+
+/// The output projection `x @ W^T (+ bias)` to f32 logits.
+pub struct LmHead {
+    /// `[d_model, vocab]`, contiguous.
+    w_t: Tensor,
+    /// `[vocab]` (Marian's `final_logits_bias`).
+    bias: Option<Tensor>,
+    vocab: usize,
+}
+
+impl LmHead {
+    /// From the `[vocab, d_model]` weight (often the tied token embedding).
+    pub fn new(weight: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        let vocab = weight.dim(0)?;
+        Ok(Self {
+            w_t: weight.t()?.contiguous()?,
+            bias,
+            vocab,
+        })
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// `[rows, l, D]` to f32 logits `[rows, l, vocab]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (rows, l, d) = x.dims3()?;
+        let mut logits = x.contiguous()?.reshape((rows * l, d))?.matmul(&self.w_t)?;
+        if let Some(b) = &self.bias {
+            logits = logits.broadcast_add(b)?;
+        }
+        logits.reshape((rows, l, self.vocab))?.to_dtype(DType::F32)
+    }
+}
+
+/// The two stacks and the head of an encoder-decoder.
+pub struct Stacks {
+    pub encoder: EncoderStack,
+    pub decoder: DecoderStack,
+    pub lm_head: LmHead,
+}

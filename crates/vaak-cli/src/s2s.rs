@@ -143,7 +143,7 @@ fn respond(
     output: &Path,
     cond: SlotCondition,
 ) -> Result<()> {
-    if !(a.max_seconds > 0.0) {
+    if a.max_seconds.is_nan() || a.max_seconds <= 0.0 {
         bail!("--max-seconds must be positive");
     }
     let samples = model

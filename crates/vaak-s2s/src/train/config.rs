@@ -272,7 +272,7 @@ impl S2sTrainConfig {
         if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
             return Err(train_err("optim.min_lr", "must be in 0..=optim.lr"));
         }
-        if !(o.weight_decay >= 0.0) {
+        if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             return Err(train_err("optim.weight_decay", "must be >= 0"));
         }
         for (f, b) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
@@ -280,20 +280,20 @@ impl S2sTrainConfig {
                 return Err(train_err(f, "must be in [0, 1)"));
             }
         }
-        if !(o.clip_grad_norm >= 0.0) {
+        if o.clip_grad_norm.is_nan() || o.clip_grad_norm < 0.0 {
             return Err(train_err("optim.clip_grad_norm", "must be >= 0 (0: off)"));
         }
         let l = &self.loss;
-        if let Some(w) = l.codebook_weights.iter().find(|w| !(**w >= 0.0)) {
+        if let Some(w) = l.codebook_weights.iter().find(|w| w.is_nan() || **w < 0.0) {
             return Err(train_err(
                 "loss.codebook_weights",
                 format!("{w} is not a weight >= 0"),
             ));
         }
-        if !(l.first_codebook_weight >= 0.0) {
+        if l.first_codebook_weight.is_nan() || l.first_codebook_weight < 0.0 {
             return Err(train_err("loss.first_codebook_weight", "must be >= 0"));
         }
-        if !(l.text_weight >= 0.0) {
+        if l.text_weight.is_nan() || l.text_weight < 0.0 {
             return Err(train_err("loss.text_weight", "must be >= 0"));
         }
         let d = &self.data;

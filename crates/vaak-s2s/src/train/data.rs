@@ -434,12 +434,15 @@ pub fn read_codes(path: &Path, k: usize) -> Result<Vec<Frame>> {
         .collect()
 }
 
+/// A skipped sample: `(id or path, reason)`.
+pub type Skipped = (String, String);
+
 /// What a builder used and what it skipped (and why).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BuildReport {
     pub used: usize,
     /// `(id or path, reason)` of every skipped sample.
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<Skipped>,
     /// Samples marked bad by the cascade and left out (not in `skipped`).
     pub bad: usize,
     pub cache_hits: usize,
@@ -533,7 +536,7 @@ fn direction_dirs(data: &Path) -> Result<Vec<PathBuf>> {
 /// samples whose `meta.json` could not be read (skipped: `(what, reason)`). Language from
 /// `tgt_lang`, emotion from an `emotion` key (top level or a manifest column), `bad` from a
 /// status other than `ok`.
-pub fn parallel_pairs(data: &Path) -> Result<(Vec<PairFiles>, Vec<(String, String)>)> {
+pub fn parallel_pairs(data: &Path) -> Result<(Vec<PairFiles>, Vec<Skipped>)> {
     if !data.is_dir() {
         return Err(S2sError::BadInput(format!(
             "{}: not a directory; stages s2s and cond read the teacher cascade's output \

@@ -257,7 +257,7 @@ impl S2sTrainer {
         }
         let n_in = examples.len();
         let fits = |e: &S2sExample| {
-            e.target.len() >= 1
+            !e.target.is_empty()
                 && e.target.iter().all(|f| f.len() == k)
                 && e.source.iter().all(|f| f.len() == k)
                 && match cfg.stage {

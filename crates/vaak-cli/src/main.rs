@@ -24,8 +24,8 @@ use clap::{Parser, Subcommand};
     long_about = "vaak builds and serves speech-to-speech models: a teacher cascade makes \
         parallel data, vaak trains a streaming codec and S2S transformer on it, and a streaming \
         voice server runs them. This build carries the audio core, the teacher cascade, the \
-        codec family and their benchmarks; each subcommand below is implemented and has its \
-        own --help.",
+        codec family, S2S training and inference (`train s2s`, `s2s translate|reply`) and their \
+        benchmarks; each subcommand below is implemented and has its own --help.",
     propagate_version = true
 )]
 struct Cli {

@@ -238,4 +238,61 @@ fn same_seed_same_start_and_paired_stage_refuses_clips() {
     .unwrap()
     .to_string();
     assert!(e.contains("stage") && e.contains("no source"), "{e}");
+    // A text-stream model needs aligned text; the lm stage has none.
+    let mut c = train_config(Stage::Lm, 1);
+    c.text_vocab_size = Some(5);
+    let codec = common::tiny(HeadKind::Delay, false).codec;
+    let e = S2sTrainer::new(
+        c.clone(),
+        codec.clone(),
+        examples(3, false),
+        None,
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("text_vocab_size"), "{e}");
+    c.stage = Stage::S2s;
+    let e = S2sTrainer::new(c, codec, examples(3, true), None, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no text"), "{e}");
+}
+
+#[test]
+fn text_stream_is_trained_and_validated() {
+    let cfg = common::tiny(HeadKind::Delay, true);
+    let ex: Vec<S2sExample> = (0..4)
+        .map(|i| {
+            let s = common::sample(&cfg, 200 + i, 4, 3 + i as usize % 2);
+            S2sExample {
+                id: format!("t{i}"),
+                source: s.source,
+                target: s.target,
+                text: s.text,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let mut c = train_config(Stage::S2s, 3);
+    c.text_vocab_size = Some(common::TEXT_VOCAB);
+    c.loss.text_weight = 0.5;
+    c.data.val_fraction = 0.25;
+    c.intervals.log_every = 1;
+    let mut t = S2sTrainer::new(c, cfg.codec, ex, None, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        out_dir: dir.path().to_path_buf(),
+        stop: None,
+    };
+    let s = run::run(&mut t, &opts, &mut |m| {
+        assert!(m.text_ce.is_some_and(|x| x.is_finite()));
+    })
+    .unwrap();
+    assert!(s.final_val.text_accuracy.is_some());
+    let lines = metrics_lines(dir.path());
+    assert!(lines.iter().any(|l| l.get("text_ce").is_some()));
+    assert!(lines.iter().any(|l| l.get("val_text_accuracy").is_some()));
 }

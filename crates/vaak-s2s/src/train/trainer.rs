@@ -241,6 +241,26 @@ impl S2sTrainer {
                 ));
             }
         }
+        if model_cfg.text_vocab_size.is_some() {
+            if cfg.stage == Stage::Lm {
+                return Err(train_err(
+                    "text_vocab_size",
+                    "the lm stage trains on audio alone; a model with a text stream needs \
+                     aligned text (stages s2s and cond with text tokens)",
+                ));
+            }
+            if let Some(e) = examples
+                .iter()
+                .find(|e| e.text.as_ref().is_none_or(|t| t.len() != e.target.len()))
+            {
+                return Err(S2sError::BadInput(format!(
+                    "example {}: the model has a text stream but the example has no text \
+                     aligned to its {} target frames",
+                    e.id,
+                    e.target.len()
+                )));
+            }
+        }
         if cfg.stage == Stage::Cond {
             if let Some(e) = examples.iter().find(|e| {
                 e.speaker

@@ -24,9 +24,9 @@ use crate::train::{collect_audio, install_ctrl_c};
 #[derive(Args)]
 pub struct S2sTrainArgs {
     /// Training data. Stage lm: audio files (a directory searched recursively for
-    /// .wav/.flac/.mp3/.ogg, or a manifest CSV with an audio_path column). Stages s2s and
-    /// cond: the teacher cascade's output (`<root>/parallel/<direction>/<id>/` samples, or one
-    /// `parallel/<direction>` directory).
+    /// .wav/.flac/.mp3/.ogg, or a CSV or JSONL manifest with an audio_path column). Stages
+    /// s2s and cond: the teacher cascade's output (`<root>/parallel/<direction>/<id>/`
+    /// samples, or one `parallel/<direction>` directory).
     #[arg(long, required_unless_present = "print_config")]
     data: Option<PathBuf>,
     /// Root of a manifest's audio_path entries (default: the manifest's directory).

@@ -153,6 +153,40 @@ fn train_stages_then_translate_writes_a_wav_at_the_codec_rate() {
     assert!(t.contains("frames in"), "{t}");
     let info = probe_info(dir.path().join("out.wav")).unwrap();
     assert_eq!((info.sample_rate, info.channels), (16_000, 1));
+    // The cond export ships its training speakers as voices.
+    let voices: Vec<String> = std::fs::read_dir(dir.path().join("cond/export/voices"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!voices.is_empty() && voices.iter().all(|v| v.ends_with(".npy")));
+    let voice = voices[0].trim_end_matches(".npy").to_string();
+    ok(vaak(&[
+        "s2s",
+        "translate",
+        &input,
+        &out_wav,
+        "--model",
+        &model,
+        "--voice",
+        &voice,
+        "--max-seconds",
+        "0.4",
+    ]));
+    let o = vaak(&[
+        "s2s",
+        "translate",
+        &input,
+        &out_wav,
+        "--model",
+        &model,
+        "--voice",
+        "nobody",
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("nobody") && t.contains(&voice),
+        "{t}"
+    );
     let reply_wav = p("reply.wav");
     ok(vaak(&[
         "s2s",

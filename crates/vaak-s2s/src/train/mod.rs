@@ -11,4 +11,4 @@ pub use data::{
     build_clip_examples, build_pair_examples, parallel_pairs, prosody, read_codes, read_speaker,
     write_codes, AudioTokenizer, BuildReport, CodeCache, PairFiles, Prosody, S2sExample,
 };
-pub use trainer::{ExportInfo, S2sTrainer, StepMetrics, ValMetrics, CODEC_FILE};
+pub use trainer::{ExportInfo, S2sTrainer, StepMetrics, ValMetrics, CODEC_FILE, EXPORT_VOICES};

@@ -31,6 +31,9 @@ use crate::model::{LossWeights, S2sModel, Sample};
 use crate::train::config::{train_err, S2sTrainConfig, Stage};
 use crate::train::data::S2sExample;
 
+/// Speakers a `cond` export ships as voices.
+pub const EXPORT_VOICES: usize = 8;
+
 /// File of a model export naming the codec its tokens belong to.
 pub const CODEC_FILE: &str = "codec.json";
 
@@ -681,9 +684,44 @@ impl S2sTrainer {
         Ok(())
     }
 
-    /// `config.json` + `model.safetensors` (for [`S2sModel::load`]) and `codec.json`.
+    /// `config.json` + `model.safetensors` (for [`S2sModel::load`]) and `codec.json`; a
+    /// model trained with speakers (`cond` stage) also gets `voices/<id>.npy`: the first
+    /// [`EXPORT_VOICES`] distinct training speakers, named by their example's id, for
+    /// `vaak s2s translate --voice`.
     pub fn export(&self, dir: &Path) -> Result<()> {
         S2sModel::save(&self.model_cfg, &self.vars, dir)?;
+        if self.cfg.stage == Stage::Cond {
+            let vdir = dir.join(crate::speech::VOICES_DIR);
+            std::fs::create_dir_all(&vdir).map_err(|e| S2sError::Io {
+                path: vdir.clone(),
+                source: e,
+            })?;
+            let mut seen: Vec<&[f32]> = Vec::new();
+            for e in &self.train {
+                let Some(spk) = e.speaker.as_deref() else {
+                    continue;
+                };
+                if seen.len() >= EXPORT_VOICES {
+                    break;
+                }
+                if seen.contains(&spk) {
+                    continue;
+                }
+                seen.push(spk);
+                let name: String =
+                    e.id.chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                Tensor::from_slice(spk, spk.len(), &Device::Cpu)?
+                    .write_npy(vdir.join(format!("{name}.npy")))?;
+            }
+        }
         let info = ExportInfo {
             codec: self.codec_name.clone(),
             num_codebooks: self.model_cfg.codec.num_codebooks,

@@ -9,7 +9,9 @@ mod cascade;
 mod codec;
 mod data;
 mod info;
+mod s2s;
 mod train;
+mod train_s2s;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,8 +24,8 @@ use clap::{Parser, Subcommand};
     long_about = "vaak builds and serves speech-to-speech models: a teacher cascade makes \
         parallel data, vaak trains a streaming codec and S2S transformer on it, and a streaming \
         voice server runs them. This build carries the audio core, the teacher cascade, the \
-        codec family and their benchmarks; each subcommand below is implemented and has its \
-        own --help.",
+        codec family, S2S training and inference (`train s2s`, `s2s translate|reply`) and their \
+        benchmarks; each subcommand below is implemented and has its own --help.",
     propagate_version = true
 )]
 struct Cli {
@@ -51,9 +53,13 @@ enum Command {
     /// Benchmarks: print a table, write JSON, and compare against a peer in the same run.
     #[command(subcommand)]
     Bench(vaak_bench::BenchCommand),
-    /// Training: `vaak train codec` trains vaak's streaming codec.
+    /// Training: `vaak train codec` trains vaak's streaming codec, `vaak train s2s` the
+    /// speech-to-speech model (stage by stage).
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Speech-to-speech with a trained model: `translate` and `reply` (audio in, audio out).
+    #[command(subcommand)]
+    S2s(s2s::S2sCommand),
     /// Dataset tools: a seeded synthetic speech corpus (`data synth`).
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -76,6 +82,7 @@ fn main() -> Result<()> {
         Command::Bench(cmd) => vaak_bench::run(cmd),
         Command::Train(cmd) => train::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::S2s(cmd) => s2s::run(cmd),
     }
 }
 

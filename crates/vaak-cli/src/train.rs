@@ -33,6 +33,20 @@ pub enum TrainCommand {
     /// Ctrl-C stops after the current step and writes a checkpoint (a second Ctrl-C exits at
     /// once). Print the defaults with `--print-config`.
     Codec(Box<CodecTrainArgs>),
+    /// Train the speech-to-speech model, one curriculum stage per run: `lm` (continue
+    /// unpaired speech: the first part of a clip in, the rest out), `s2s` (the cascade's
+    /// source -> target pairs) and `cond` (pairs with speaker, emotion and prosody
+    /// conditioning), each starting from the previous stage's export with `--init`.
+    ///
+    /// Audio is encoded once with the codec (the bundled vaak-16k by default) into a code
+    /// cache (`<out>/code_cache`, or --cache). The run directory gets `train_config.yaml`,
+    /// `metrics.jsonl` (loss, per-codebook cross-entropy and token accuracy, grad norm, lr;
+    /// validation loss and accuracy on held-out examples), `checkpoints/step_*` (atomic;
+    /// `--resume` continues exactly) and `export/` (config.json, model.safetensors,
+    /// codec.json), usable at once as `vaak s2s translate --model <out>/export in.wav
+    /// out.wav`. Ctrl-C stops after the current step with a checkpoint. Print the defaults
+    /// with `--print-config`.
+    S2s(Box<crate::train_s2s::S2sTrainArgs>),
     /// Redraw a codec run's pictures: `plots/curves.png` and `plots/val_*.png` from its
     /// `metrics.jsonl`, and, with `--clip`, an original-vs-decoded spectrogram of that audio
     /// through the run's `export/` checkpoint.
@@ -106,6 +120,7 @@ pub struct CodecTrainArgs {
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Codec(args) => train_codec(*args),
+        TrainCommand::S2s(args) => crate::train_s2s::train_s2s(*args),
         TrainCommand::Plot(args) => plot(args),
     }
 }
@@ -315,7 +330,7 @@ fn check_dtype(cfg: &CodecTrainConfig, device: &Device) -> Result<()> {
 }
 
 /// Stops the run after the current step on the first Ctrl-C; exits on the second.
-fn install_ctrl_c(stop: Arc<AtomicBool>) {
+pub(crate) fn install_ctrl_c(stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -342,7 +357,7 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
 const AUDIO_EXTS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
 
 /// The audio files of a directory (recursive, sorted) or of a manifest (CSV or JSONL).
-fn collect_audio(data: &Path, data_root: Option<&Path>) -> Result<Vec<PathBuf>> {
+pub(crate) fn collect_audio(data: &Path, data_root: Option<&Path>) -> Result<Vec<PathBuf>> {
     if !data.exists() {
         bail!("--data {}: no such file or directory", data.display());
     }

@@ -8,6 +8,26 @@ pub enum S2sError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
+    /// A training-config value out of range (or an unknown key), named by its field.
+    #[error("s2s training config: {field}: {reason}")]
+    TrainConfig { field: String, reason: String },
+
+    /// The training kit (optimizer, checkpoints, RNG state).
+    #[error(transparent)]
+    Train(#[from] vaak_nn::Error),
+
+    /// The codec that turns audio into the model's tokens and back.
+    #[error("codec: {0}")]
+    Codec(#[from] vaak_codec::CodecError),
+
+    /// The on-disk dataset formats (the cascade's parallel layout).
+    #[error(transparent)]
+    Data(#[from] vaak_data::DataError),
+
+    /// Reading or writing audio.
+    #[error(transparent)]
+    Audio(#[from] vaak_audio::AudioError),
+
     /// A config value out of range, named by its field.
     #[error("s2s config: {field}: {reason}")]
     Config { field: String, reason: String },

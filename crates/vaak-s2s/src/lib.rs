@@ -10,6 +10,10 @@
 //! - Training: [`S2sModel::forward_batch`] (teacher forced) and [`S2sModel::loss`]; the
 //!   weights live in a `VarMap` from [`S2sModel::init`] / [`S2sModel::load`], trained with
 //!   vaak-nn's `AdamW`.
+//! - [`train`]: [`S2sTrainer`] behind vaak-nn's shared training run (curriculum stages
+//!   `lm` -> `s2s` -> `cond`, length-bucketed batches, exact resume, validation, export), the
+//!   examples built from audio through a codec with an on-disk code cache, and prosody.
+//! - [`SpeechModel`]: a model export and its codec, audio in and audio out.
 //!
 //! # One attention implementation
 //!
@@ -37,6 +41,8 @@ pub mod error;
 pub mod generate;
 pub mod model;
 mod nn;
+pub mod speech;
+pub mod train;
 
 pub use cond::{Emotion, Language, SlotCondition};
 pub use config::{CodecSpec, EncoderConfig, HeadKind, S2sConfig, Specials, StackConfig};
@@ -44,3 +50,5 @@ pub use encoder::{EncodedChunk, Encoder, EncoderState, Frame};
 pub use error::{Result, S2sError};
 pub use generate::{GenerationConfig, S2sStream, SlotOutput};
 pub use model::{DecoderState, LossOutput, LossWeights, S2sModel, Sample, TeacherForced};
+pub use speech::{Reply, SpeechModel};
+pub use train::{S2sExample, S2sTrainConfig, S2sTrainer, Stage};

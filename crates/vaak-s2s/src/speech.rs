@@ -1,0 +1,167 @@
+//! [`SpeechModel`]: audio in, audio out. A model export (`config.json`, `model.safetensors`,
+//! `codec.json`) and its codec: encode the input, stream it through the encoder, generate the
+//! reply with [`S2sStream`], decode the reply's codes.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use vaak_nn::StreamMask;
+
+use crate::cond::SlotCondition;
+use crate::error::{Result, S2sError};
+use crate::generate::{GenerationConfig, S2sStream};
+use crate::model::S2sModel;
+use crate::train::{AudioTokenizer, ExportInfo};
+
+/// Speaker embeddings shipped with a model: `<model>/voices/<name>.npy`.
+pub const VOICES_DIR: &str = "voices";
+
+/// A loaded S2S model with its codec.
+pub struct SpeechModel {
+    model: S2sModel,
+    tok: AudioTokenizer,
+    info: ExportInfo,
+    dir: PathBuf,
+}
+
+/// One generated reply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    /// Mono samples at [`SpeechModel::sample_rate`] (empty when the model ended its turn at
+    /// once).
+    pub audio: Vec<f32>,
+    pub source_frames: usize,
+    pub reply_frames: usize,
+    /// The reply stopped at the frame limit instead of an end of turn.
+    pub truncated: bool,
+}
+
+impl SpeechModel {
+    /// Loads a model export and the codec its `codec.json` names; checks that the codec's
+    /// tokens are the model's.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let info = ExportInfo::read(dir)?;
+        let (model, _) = S2sModel::load(dir, device)?;
+        let tok = AudioTokenizer::load(&info.codec, Some(info.num_codebooks), device)?;
+        let (m, t) = (&model.config().codec, tok.spec());
+        if m.num_codebooks != t.num_codebooks || m.cardinality != t.cardinality {
+            return Err(S2sError::BadInput(format!(
+                "{}: the model reads {} codebooks of {} codes, codec {} gives {} of {}",
+                dir.display(),
+                m.num_codebooks,
+                m.cardinality,
+                info.codec,
+                t.num_codebooks,
+                t.cardinality
+            )));
+        }
+        Ok(Self {
+            model,
+            tok,
+            info,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn model(&self) -> &S2sModel {
+        &self.model
+    }
+
+    pub fn info(&self) -> &ExportInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &AudioTokenizer {
+        &self.tok
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.tok.sample_rate()
+    }
+
+    /// The voices shipped in `<model>/voices/` (file stems of the `.npy` files), sorted.
+    pub fn voices(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(VOICES_DIR))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+                    .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The speaker embedding of voice `name`; an unknown name lists the shipped ones.
+    pub fn voice(&self, name: &str) -> Result<Vec<f32>> {
+        let voices = self.voices();
+        if !voices.iter().any(|v| v == name) {
+            return Err(S2sError::BadInput(format!(
+                "unknown voice {name:?}; voices of {}: {}",
+                self.dir.display(),
+                if voices.is_empty() {
+                    format!("none (no {VOICES_DIR}/*.npy; pass --speaker spk.npy)")
+                } else {
+                    voices.join(", ")
+                }
+            )));
+        }
+        crate::train::read_speaker(&self.dir.join(VOICES_DIR).join(format!("{name}.npy")))
+    }
+
+    /// The reply to `samples` (mono at [`Self::sample_rate`]) under `cond`. The source is
+    /// streamed through the encoder chunk by chunk; the reply is at most `gen.max_frames`
+    /// (and the model's `max_target_frames`) long.
+    pub fn respond(
+        &self,
+        samples: &[f32],
+        cond: SlotCondition,
+        gen: GenerationConfig,
+    ) -> Result<Reply> {
+        let mut frames = self.tok.encode(samples)?;
+        let max_src = self.model.config().max_source_frames;
+        if frames.len() > max_src {
+            tracing::warn!(
+                "input of {} frames cut to the model's max_source_frames {max_src}",
+                frames.len()
+            );
+            frames.truncate(max_src);
+        }
+        let seed = gen.seed;
+        let max_frames = gen.max_frames.min(self.model.config().max_target_frames);
+        let mut st = S2sStream::new(&self.model, 1, gen)?;
+        st.start(0, cond, seed)?;
+        let chunk = self.model.encoder().chunk_size().max(1);
+        for c in frames.chunks(chunk) {
+            st.push_source(&[c.to_vec()])?;
+        }
+        st.end_source(0)?;
+        let mut reply = Vec::new();
+        let mut truncated = false;
+        // Each step completes at most one frame; the delayed codebooks add a few steps.
+        let limit = self.model.config().decoder_steps(max_frames) + 1;
+        let mut steps = 0;
+        while !st.is_finished(0) {
+            if steps >= limit {
+                truncated = true;
+                break;
+            }
+            if let Some(Some(o)) = st.step(&StreamMask::All)?.into_iter().next() {
+                reply.extend(o.frames);
+                if o.end_of_turn && reply.len() >= max_frames {
+                    truncated = true;
+                }
+            }
+            steps += 1;
+        }
+        let audio = self.tok.decode(&reply)?;
+        Ok(Reply {
+            audio,
+            source_frames: frames.len(),
+            reply_frames: reply.len(),
+            truncated,
+        })
+    }
+}

@@ -267,6 +267,14 @@ impl S2sModel {
         Ok((m, vm))
     }
 
+    /// [`S2sModel::init`] with every weight drawn from `seed` (candle's own init is not
+    /// seeded), so two calls with one seed build the same model.
+    pub fn init_seeded(cfg: &S2sConfig, device: &Device, seed: u64) -> Result<(Self, VarMap)> {
+        let (m, vm) = Self::init(cfg, device)?;
+        crate::train::trainer::seeded_init(&crate::train::trainer::sorted_vars(&vm)?, seed)?;
+        Ok((m, vm))
+    }
+
     pub fn config(&self) -> &S2sConfig {
         &self.cfg
     }

@@ -13,7 +13,7 @@ const TOL: f32 = 1e-4;
 
 fn check(head: HeadKind, text: bool) {
     let cfg = common::tiny(head, text);
-    let (model, _) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     // Two rows of different source and target lengths.
     let samples = [common::sample(&cfg, 1, 9, 5), common::sample(&cfg, 2, 6, 3)];
     let layouts: Vec<_> = samples
@@ -162,7 +162,7 @@ fn depth_head_with_text_kv_cache_equals_full_forward() {
 #[test]
 fn stepping_without_memory_is_a_typed_error() {
     let cfg = common::tiny(HeadKind::Delay, false);
-    let (model, _) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     let mut st = S2sStream::new(&model, 1, Default::default()).unwrap();
     st.start(0, Default::default(), 1).unwrap();
     let e = st.step(&StreamMask::All).unwrap_err();

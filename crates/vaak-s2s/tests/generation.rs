@@ -75,7 +75,7 @@ fn items(cfg: &vaak_s2s::S2sConfig) -> Vec<(Sample, u64)> {
 
 fn check_batched_equals_single(head: HeadKind, text: bool, guidance: Option<f64>) {
     let cfg = common::tiny(head, text);
-    let (model, _) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     let gen = gen_cfg(guidance);
     let its = items(&cfg);
     let batched = run(&model, &gen, &its, None);
@@ -121,7 +121,7 @@ fn batched_generation_equals_per_stream_with_speaker_guidance() {
 fn resetting_one_slot_leaves_the_others_bit_identical() {
     for head in [HeadKind::Delay, HeadKind::Depth] {
         let cfg = common::tiny(head, true);
-        let (model, _) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+        let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
         let gen = gen_cfg(None);
         let its = items(&cfg);
         let reference = run(&model, &gen, &its, None);
@@ -141,7 +141,7 @@ fn resetting_one_slot_leaves_the_others_bit_identical() {
 #[test]
 fn delay_frames_appear_after_the_codebook_delays_then_every_step() {
     let cfg = common::tiny(HeadKind::Delay, false);
-    let (model, _) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     let k = cfg.codec.num_codebooks;
     let mut st = S2sStream::new(&model, 1, gen_cfg(None)).unwrap();
     let s = common::sample(&cfg, 5, 6, 0);
@@ -160,7 +160,7 @@ fn delay_frames_appear_after_the_codebook_delays_then_every_step() {
 #[test]
 fn greedy_generation_is_deterministic_and_seed_free() {
     let cfg = common::tiny(HeadKind::Depth, false);
-    let (model, _) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     let gen = GenerationConfig {
         max_frames: 6,
         ..GenerationConfig::greedy()

@@ -12,7 +12,7 @@ use vaak_s2s::{CodecSpec, Emotion, HeadKind, Language, S2sConfig, S2sError, S2sM
 fn save_load_round_trip_gives_identical_logits() {
     for head in [HeadKind::Delay, HeadKind::Depth] {
         let cfg = common::tiny(head, true);
-        let (model, vars) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+        let (model, vars) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
         let dir = tempfile::tempdir().unwrap();
         S2sModel::save(&cfg, &vars, dir.path()).unwrap();
         let (loaded, _) = S2sModel::load(dir.path(), &Device::Cpu).unwrap();
@@ -37,7 +37,7 @@ fn save_load_round_trip_gives_identical_logits() {
 #[test]
 fn mismatched_checkpoint_names_the_tensor_and_both_shapes() {
     let cfg = common::tiny(HeadKind::Delay, false);
-    let (_, vars) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (_, vars) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
     S2sModel::save(&cfg, &vars, dir.path()).unwrap();
     // A config with a larger codebook than the weights were trained for.
@@ -91,7 +91,7 @@ fn mismatched_checkpoint_names_the_tensor_and_both_shapes() {
 #[test]
 fn codes_outside_the_vocabulary_are_typed_errors() {
     let cfg = common::tiny(HeadKind::Delay, true);
-    let (model, _) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     let mut s = common::sample(&cfg, 1, 4, 3);
     s.source[2][1] = 16;
     match model.forward_batch(&[s.clone()], false).unwrap_err() {
@@ -195,7 +195,7 @@ fn config_validation_names_the_field() {
 #[test]
 fn presets_have_the_advertised_sizes() {
     let tiny = common::tiny(HeadKind::Depth, true);
-    let (_, vars) = S2sModel::init(&tiny, &Device::Cpu).unwrap();
+    let (_, vars) = S2sModel::init_seeded(&tiny, &Device::Cpu, 7).unwrap();
     let n: usize = vars.all_vars().iter().map(|v| v.elem_count()).sum();
     assert!(n < 1_000_000, "tiny has {n} parameters");
     let small = S2sConfig::preset("small", CodecSpec::default()).unwrap();
@@ -214,7 +214,7 @@ fn presets_have_the_advertised_sizes() {
 #[test]
 fn small_preset_is_about_thirty_million_parameters() {
     let cfg = S2sConfig::preset("small", CodecSpec::default()).unwrap();
-    let (_, vars) = S2sModel::init(&cfg, &Device::Cpu).unwrap();
+    let (_, vars) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
     let n: usize = vars.all_vars().iter().map(|v| v.elem_count()).sum();
     println!("small preset: {n} parameters");
     assert!(

@@ -114,7 +114,7 @@ pub struct S2sTrainer {
     dropped: usize,
 }
 
-fn sorted_vars(vm: &VarMap) -> Result<Vec<(String, Var)>> {
+pub(crate) fn sorted_vars(vm: &VarMap) -> Result<Vec<(String, Var)>> {
     let mut v: Vec<(String, Var)> = vm
         .data()
         .lock()
@@ -130,7 +130,7 @@ fn sorted_vars(vm: &VarMap) -> Result<Vec<(String, Var)>> {
 /// so fresh runs with one seed start from the same weights: embeddings `N(0, 1)`, linear and
 /// conv weights Kaiming normal (`N(0, 2 / fan_in)`), biases `U(+-1 / sqrt(fan_in))`, the null
 /// speaker `N(0, 0.02)`; constant tensors (norm gains and shifts) stay as they are.
-fn seeded_init(params: &[(String, Var)], seed: u64) -> Result<()> {
+pub(crate) fn seeded_init(params: &[(String, Var)], seed: u64) -> Result<()> {
     use rand_distr::{Distribution, StandardNormal};
     let mut rng = TrainRng::new(seed).fork(0x1417);
     let dims: std::collections::HashMap<&str, &[usize]> =

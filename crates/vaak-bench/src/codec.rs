@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::Instant;
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
 use vaak_codec::codec::published_mimi_name;
-use vaak_codec::{Codec, CodecConfig, HfMimiConfig, Preset};
+use vaak_codec::{Codec, CodecConfig, HfCodecConfig, HfMimiConfig, Preset};
 use vaak_nn::streaming::StreamMask;
 use vaak_nn::weights::LoadOptions;
 

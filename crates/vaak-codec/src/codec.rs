@@ -13,7 +13,7 @@ use vaak_nn::streaming::{StreamMask, StreamTensor, StreamingModule};
 use vaak_nn::transformer::{StreamingTransformer, Transformer};
 use vaak_nn::weights::{LoadOptions, WeightLocation, Weights};
 
-use crate::config::{CodecConfig, HfEncodecConfig, HfMimiConfig, PadMode};
+use crate::config::{CodecConfig, HfCodecConfig, HfEncodecConfig, HfMimiConfig, PadMode};
 use crate::error::{CodecError, Result};
 use crate::seanet::{EdgeMode, SConv, SConvTr, Seanet};
 
@@ -98,6 +98,20 @@ pub struct Codec {
     dtype: DType,
 }
 
+/// Reads and converts a published transformers `config.json` beside the weights.
+fn hf_codec_config<C: HfCodecConfig>(
+    loc: &WeightLocation,
+    opts: &LoadOptions,
+) -> Result<CodecConfig> {
+    let path = loc.join("config.json").resolve_file(&opts.hub)?;
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|e| CodecError::ConfigFile {
+        path: label.clone(),
+        reason: e.to_string(),
+    })?;
+    C::from_json(&text, &label)?.to_codec_config(&label)
+}
+
 impl Codec {
     /// Loads a preset from a local directory or `hf://org/repo[@rev]` holding `config.json`
     /// and the weights as published. For [`Preset::Vaak16k`] `config.json` is optional (the
@@ -105,26 +119,8 @@ impl Codec {
     pub fn load(location: &str, preset: Preset, opts: &LoadOptions) -> Result<Self> {
         let loc = WeightLocation::parse(location)?;
         let cfg = match preset {
-            Preset::Encodec24khz => {
-                let cfg_loc = loc.join("config.json");
-                let path = cfg_loc.resolve_file(&opts.hub)?;
-                let label = path.display().to_string();
-                let text = std::fs::read_to_string(&path).map_err(|e| CodecError::ConfigFile {
-                    path: label.clone(),
-                    reason: e.to_string(),
-                })?;
-                HfEncodecConfig::from_json(&text, &label)?.to_codec_config(&label)?
-            }
-            Preset::Mimi => {
-                let cfg_loc = loc.join("config.json");
-                let path = cfg_loc.resolve_file(&opts.hub)?;
-                let label = path.display().to_string();
-                let text = std::fs::read_to_string(&path).map_err(|e| CodecError::ConfigFile {
-                    path: label.clone(),
-                    reason: e.to_string(),
-                })?;
-                HfMimiConfig::from_json(&text, &label)?.to_codec_config(&label)?
-            }
+            Preset::Encodec24khz => hf_codec_config::<HfEncodecConfig>(&loc, opts)?,
+            Preset::Mimi => hf_codec_config::<HfMimiConfig>(&loc, opts)?,
             Preset::Vaak16k => {
                 // vaak's own checkpoints carry their config; without one the preset applies.
                 match loc.join("config.json").resolve_file(&opts.hub) {

@@ -298,6 +298,49 @@ fn check_streamable(
     Ok(())
 }
 
+/// The fields of a transformers codec config that decide whether it can stream; the same
+/// names and defaults in EnCodec's and Mimi's schemas.
+#[derive(Clone, Debug, Deserialize)]
+pub struct HfStreamingFields {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default = "d_true")]
+    pub use_causal_conv: bool,
+    #[serde(default = "d_trim")]
+    pub trim_right_ratio: f64,
+}
+
+/// A transformers codec `config.json` (EnCodec, Mimi): parsed, checked for streaming, then
+/// turned into vaak's [`CodecConfig`]. The two schemas share field names but not defaults, so
+/// each keeps its own struct; what they do with it is written once here.
+pub trait HfCodecConfig: serde::de::DeserializeOwned {
+    /// `(model_type, the model's name in messages)`.
+    const MODEL: (&'static str, &'static str);
+
+    fn streaming(&self) -> &HfStreamingFields;
+
+    /// The conversion proper, after the shared checks passed.
+    fn convert(&self, path: &str) -> Result<CodecConfig>;
+
+    /// Parses `config.json` text; `path` only labels errors.
+    fn from_json(text: &str, path: &str) -> Result<Self> {
+        parse_json(text, path)
+    }
+
+    /// Our config, or an error naming the first field vaak cannot run or stream.
+    fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
+        let f = self.streaming();
+        check_streamable(
+            path,
+            Self::MODEL,
+            f.model_type.as_deref(),
+            f.use_causal_conv,
+            f.trim_right_ratio,
+        )?;
+        self.convert(path)
+    }
+}
+
 fn d_target_bandwidths() -> Vec<f64> {
     vec![1.5, 3.0, 6.0, 12.0, 24.0]
 }
@@ -344,6 +387,9 @@ fn d_codebook_size() -> usize {
 /// transformers' `EncodecConfig` as stored in `config.json` (HF key names and defaults).
 #[derive(Clone, Debug, Deserialize)]
 pub struct HfEncodecConfig {
+    /// `model_type`, `use_causal_conv`, `trim_right_ratio`: what the streaming checks read.
+    #[serde(flatten)]
+    pub streaming: HfStreamingFields,
     #[serde(default = "d_target_bandwidths")]
     pub target_bandwidths: Vec<f64>,
     #[serde(default = "d_sampling_rate")]
@@ -374,42 +420,29 @@ pub struct HfEncodecConfig {
     pub residual_kernel_size: usize,
     #[serde(default = "d_two")]
     pub dilation_growth_rate: usize,
-    #[serde(default = "d_true")]
-    pub use_causal_conv: bool,
     #[serde(default = "d_reflect")]
     pub pad_mode: String,
     #[serde(default = "d_two")]
     pub compress: usize,
     #[serde(default = "d_two")]
     pub num_lstm_layers: usize,
-    #[serde(default = "d_trim")]
-    pub trim_right_ratio: f64,
     #[serde(default = "d_codebook_size")]
     pub codebook_size: usize,
     #[serde(default)]
     pub codebook_dim: Option<usize>,
     #[serde(default = "d_true")]
     pub use_conv_shortcut: bool,
-    #[serde(default)]
-    pub model_type: Option<String>,
 }
 
-impl HfEncodecConfig {
-    /// Parses `config.json` text; `path` only labels errors.
-    pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        parse_json(text, path)
+impl HfCodecConfig for HfEncodecConfig {
+    const MODEL: (&'static str, &'static str) = ("encodec", "EnCodec");
+
+    fn streaming(&self) -> &HfStreamingFields {
+        &self.streaming
     }
 
-    /// Our config, or an error naming the first field vaak cannot stream.
-    pub fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
+    fn convert(&self, path: &str) -> Result<CodecConfig> {
         let unsupported = |field, value, reason| unsupported(path, field, value, reason);
-        check_streamable(
-            path,
-            ("encodec", "EnCodec"),
-            self.model_type.as_deref(),
-            self.use_causal_conv,
-            self.trim_right_ratio,
-        )?;
         if self.norm_type != "weight_norm" {
             return unsupported(
                 "norm_type",
@@ -568,6 +601,9 @@ pub struct HfRopeParameters {
 /// `hidden_size / num_attention_heads` (vaak's transformer assumes so).
 #[derive(Clone, Debug, Deserialize)]
 pub struct HfMimiConfig {
+    /// `model_type`, `use_causal_conv`, `trim_right_ratio`: what the streaming checks read.
+    #[serde(flatten)]
+    pub streaming: HfStreamingFields,
     #[serde(default = "d_sampling_rate")]
     pub sampling_rate: usize,
     #[serde(default = "d_one")]
@@ -588,14 +624,10 @@ pub struct HfMimiConfig {
     pub residual_kernel_size: usize,
     #[serde(default = "d_two")]
     pub dilation_growth_rate: usize,
-    #[serde(default = "d_true")]
-    pub use_causal_conv: bool,
     #[serde(default = "d_constant")]
     pub pad_mode: String,
     #[serde(default = "d_two")]
     pub compress: usize,
-    #[serde(default = "d_trim")]
-    pub trim_right_ratio: f64,
     #[serde(default = "d_2048")]
     pub codebook_size: usize,
     #[serde(default = "d_256")]
@@ -640,26 +672,17 @@ pub struct HfMimiConfig {
     pub frame_rate: Option<f64>,
     #[serde(default, rename = "_frame_rate")]
     pub frame_rate_private: Option<f64>,
-    #[serde(default)]
-    pub model_type: Option<String>,
 }
 
-impl HfMimiConfig {
-    /// Parses `config.json` text; `path` only labels errors.
-    pub fn from_json(text: &str, path: &str) -> Result<Self> {
-        parse_json(text, path)
+impl HfCodecConfig for HfMimiConfig {
+    const MODEL: (&'static str, &'static str) = ("mimi", "Mimi");
+
+    fn streaming(&self) -> &HfStreamingFields {
+        &self.streaming
     }
 
-    /// Our config, or an error naming the first field vaak cannot run.
-    pub fn to_codec_config(&self, path: &str) -> Result<CodecConfig> {
+    fn convert(&self, path: &str) -> Result<CodecConfig> {
         let unsupported = |field, value, reason| unsupported(path, field, value, reason);
-        check_streamable(
-            path,
-            ("mimi", "Mimi"),
-            self.model_type.as_deref(),
-            self.use_causal_conv,
-            self.trim_right_ratio,
-        )?;
         if self.attention_bias {
             return unsupported(
                 "attention_bias",

@@ -62,7 +62,8 @@ pub mod train;
 
 pub use codec::{save_vaak_checkpoint, Codec, CodecStreamer, CodecTrainOutput, Preset};
 pub use config::{
-    CodecConfig, HfEncodecConfig, HfMimiConfig, LatentTransformerConfig, PadMode, SeanetConfig,
+    CodecConfig, HfCodecConfig, HfEncodecConfig, HfMimiConfig, HfStreamingFields,
+    LatentTransformerConfig, PadMode, SeanetConfig,
 };
 pub use error::{CodecError, Result, UnknownName};
 pub use seanet::{EdgeMode, Seanet};

@@ -2,7 +2,7 @@
 //! (`tools/fixtures/codec_encodec.py`), plus config parsing and input errors.
 
 use candle_core::{DType, Device, Tensor};
-use vaak_codec::{Codec, CodecError, EdgeMode, HfEncodecConfig, Preset};
+use vaak_codec::{Codec, CodecError, EdgeMode, HfCodecConfig, HfEncodecConfig, Preset};
 use vaak_nn::streaming::max_abs_diff;
 use vaak_nn::weights::LoadOptions;
 

@@ -2,7 +2,7 @@
 //! layout (`tools/fixtures/codec_mimi.py`), and Mimi streaming.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use vaak_codec::{Codec, EdgeMode, HfMimiConfig, Preset};
+use vaak_codec::{Codec, EdgeMode, HfCodecConfig, HfMimiConfig, Preset};
 use vaak_nn::streaming::{max_abs_diff, StreamMask};
 use vaak_nn::weights::LoadOptions;
 

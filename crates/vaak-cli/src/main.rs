@@ -1,8 +1,8 @@
 //! `vaak`: the command line of the vaak speech-to-speech system.
 //!
 //! Thin by design: parse flags, load config, call the libraries. Every subcommand listed here
-//! is implemented; later subsystems (train, serve) add theirs as they land. The benchmarks
-//! live in `vaak-bench`; `vaak bench` mounts its subcommands.
+//! is implemented (the voice server, `vaak serve`, is not built yet). The benchmarks live in
+//! `vaak-bench`; `vaak bench` mounts its subcommands.
 
 mod audio;
 mod cascade;

@@ -1,8 +1,9 @@
 //! vaak-teachers: the pretrained models of the teacher cascade, behind batch-first traits.
 //!
-//! Each stage of the cascade talks to one trait: [`Asr`] (Whisper), [`Translator`] (an
-//! OpenAI-compatible server; later M2M-100/NLLB and Marian), [`SpeakerEncoder`] (ECAPA-TDNN) and
-//! [`Tts`] (espeak-ng; later a voice-preserving converter). Every method takes a whole batch and
+//! Each stage of the cascade talks to one trait: [`Asr`] (Whisper), [`Translator`] (M2M-100 /
+//! NLLB, Marian, or an OpenAI-compatible server), [`SpeakerEncoder`] (ECAPA-TDNN) and [`Tts`]
+//! (espeak-ng, alone or with the OpenVoice tone-colour converter in the speaker's voice). Whisper,
+//! M2M-100 and Marian share one encoder-decoder stack (`seq2seq`). Every method takes a whole batch and
 //! returns one result per item, so one bad sample never sinks its batch-mates; the outer
 //! `Result` is for failures of the batch as a whole (a dead server, a device error).
 

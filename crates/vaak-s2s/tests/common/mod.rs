@@ -65,14 +65,5 @@ pub fn sample(cfg: &S2sConfig, seed: u64, src: usize, tgt: usize) -> Sample {
 
 /// Max |a - b| over two tensors of the same shape.
 pub fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    vaak_nn::streaming::max_abs_diff(a, b).unwrap()
 }

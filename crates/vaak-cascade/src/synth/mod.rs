@@ -38,6 +38,7 @@ use vaak_data::Lang;
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
 
 pub mod error;
+pub mod pairs;
 pub mod text;
 pub mod voices;
 pub mod wordlist;

@@ -104,7 +104,7 @@ fn parallel_set_is_complete_in_scripts_and_the_same_for_any_job_count() {
     assert_eq!((sa.samples, sa.written, sa.failed), (8, 8, 0));
     assert_eq!(sb.samples, 8);
     let dir = a.path().join("data/parallel/ruen");
-    assert_eq!(sa.directions, [dir.clone()]);
+    assert_eq!(sa.directions, std::slice::from_ref(&dir));
     assert_eq!(check_dir(&dir, Lang::Ru, Lang::En), 8);
     let (ta, tb) = (tree(a.path()), tree(b.path()));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());

@@ -15,8 +15,8 @@ pub enum DataCommand {
     /// `manifest.jsonl` and a `manifest.csv` that `vaak cascade` reads. Resumable: run it again
     /// with the same settings and existing WAVs are kept.
     ///
-    /// With `--parallel --direction ruen` it writes speech pairs instead (numbers, dates and
-    /// everyday phrases said in both languages), and with `--dialogue` spoken question/answer
+    /// With `--parallel --direction ruen` it writes speech pairs instead (numbers, dates, times
+    /// and everyday phrases said in both languages), and with `--dialogue` spoken question/answer
     /// pairs per language (directions enen, ruru, ...), both in the cascade's parallel layout
     /// `<out>/data/parallel/<direction>/<id>/` that `vaak train s2s --stage s2s --data <out>/data`
     /// reads. `spk.npy` there is a voice id (a seeded 192-d unit vector per target voice), not an
@@ -33,8 +33,8 @@ pub struct SynthArgs {
     /// --dialogue).
     #[arg(long, default_value = "en,ru,hi,te")]
     langs: String,
-    /// Translation pairs in the parallel layout: source and target say the same number, date
-    /// or phrase in the two languages of --direction. Needs --utterances.
+    /// Translation pairs in the parallel layout: source and target say the same number, date,
+    /// clock time or phrase in the two languages of --direction. Needs --utterances.
     #[arg(
         long,
         requires = "direction",

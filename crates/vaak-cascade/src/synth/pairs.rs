@@ -3,8 +3,8 @@
 //! trainer's paired stage reads them unchanged.
 //!
 //! - Parallel (`--direction ruen`): source and target say the same thing in two languages: a
-//!   number ("число 42" / "number 42"), a day-month date ("12 марта" / "12 March") or one of
-//!   [`PHRASES`]. Numbers and dates are written with digits, which espeak-ng reads out in the
+//!   number ("число 42" / "number 42"), a day-month date ("12 марта" / "12 March"), a clock
+//!   time ("Сейчас 9:15." / "The time is 9:15.") or one of [`PHRASES`]. Numbers and dates are written with digits, which espeak-ng reads out in the
 //!   voice's language.
 //! - Dialogue (`--langs en,ru`, directions `enen`, `ruru`, ...): the source is a question, the
 //!   target its answer in the same language: small sums drawn from the seed, "today is Monday,
@@ -257,9 +257,22 @@ fn date(l: Lang, day: usize, month: usize) -> String {
     format!("{day} {m}{stop}")
 }
 
+/// Minutes of [`time`]: espeak-ng reads `7:00` as "seven zero zero", so never `:00`.
+const TIME_MINUTES: [u32; 7] = [10, 15, 20, 30, 40, 45, 50];
+
+/// "the time is H:MM" in `l` (espeak-ng reads `9:15` as "nine fifteen" in each language).
+fn time(l: Lang, h: u32, m: u32) -> String {
+    match l {
+        Lang::En => format!("The time is {h}:{m:02}."),
+        Lang::Ru => format!("Сейчас {h}:{m:02}."),
+        Lang::Hi => format!("समय {h}:{m:02} है।"),
+        Lang::Te => format!("సమయం {h}:{m:02}."),
+    }
+}
+
 /// One parallel item's texts and kind.
 pub fn parallel_texts<R: Rng>(rng: &mut R, src: Lang, tgt: Lang) -> (String, String, &'static str) {
-    match rng.random_range(0..4u32) {
+    match rng.random_range(0..5u32) {
         0 => {
             let n = if rng.random_bool(0.5) {
                 rng.random_range(0..=100)
@@ -271,6 +284,11 @@ pub fn parallel_texts<R: Rng>(rng: &mut R, src: Lang, tgt: Lang) -> (String, Str
         1 => {
             let (d, m) = (rng.random_range(1..=28), rng.random_range(0..12));
             (date(src, d, m), date(tgt, d, m), "date")
+        }
+        2 => {
+            let h = rng.random_range(1..=12u32);
+            let m = TIME_MINUTES[rng.random_range(0..TIME_MINUTES.len())];
+            (time(src, h, m), time(tgt, h, m), "time")
         }
         _ => {
             let p = &PHRASES[rng.random_range(0..PHRASES.len())];
@@ -589,6 +607,47 @@ pub fn parallel_dir(out: &Path, src: Lang, tgt: Lang) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn script_ok(s: &str, l: Lang) -> bool {
+        let letters: Vec<char> = s.chars().filter(|c| c.is_alphabetic()).collect();
+        !letters.is_empty()
+            && letters.iter().all(|&c| match l {
+                Lang::En => c.is_ascii_alphabetic(),
+                Lang::Ru => ('\u{0400}'..='\u{04FF}').contains(&c),
+                Lang::Hi => ('\u{0900}'..='\u{097F}').contains(&c),
+                Lang::Te => ('\u{0C00}'..='\u{0C7F}').contains(&c),
+            })
+    }
+
+    #[test]
+    fn every_kind_comes_up_in_every_language_in_its_script() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for src in Lang::ALL {
+            for tgt in Lang::ALL {
+                let mut kinds = std::collections::BTreeSet::new();
+                for _ in 0..200 {
+                    let (a, b, k) = if src == tgt {
+                        dialogue_texts(&mut rng, src)
+                    } else {
+                        parallel_texts(&mut rng, src, tgt)
+                    };
+                    assert!(script_ok(&a, src) && script_ok(&b, tgt), "{a} / {b}");
+                    kinds.insert(k);
+                }
+                let want: &[&str] = if src == tgt {
+                    &["fixed", "next_day", "sum"]
+                } else {
+                    &["date", "number", "phrase", "time"]
+                };
+                assert_eq!(kinds.into_iter().collect::<Vec<_>>(), want);
+            }
+        }
+        for row in PHRASES {
+            for l in Lang::ALL {
+                assert!(script_ok(row[li(l)], l), "{}", row[li(l)]);
+            }
+        }
+    }
 
     #[test]
     fn directions_parse_and_voice_ids_are_unit_and_distinct() {

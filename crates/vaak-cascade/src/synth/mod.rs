@@ -3,6 +3,8 @@
 //! ([`wordlist`]). It feeds codec training and tests, and stands in for speech in a language
 //! with little recorded data (Telugu). Here, not in `vaak-data`, because it speaks through the
 //! teachers' `EspeakTts`; its manifests are `vaak_data::manifest`'s format.
+//! [`pairs`] makes source/target speech pairs (translations, questions and answers) in the
+//! cascade's parallel layout instead (`vaak data synth --parallel` / `--dialogue`).
 //!
 //! Utterance `i` is fixed by `(seed, i)` alone: its language is `langs[i % langs.len()]` (so the
 //! languages take turns), and a ChaCha8 stream seeded from `(seed, i)` draws its sentence
@@ -38,6 +40,7 @@ use vaak_data::Lang;
 use vaak_teachers::tts::{EspeakConfig, EspeakTts};
 
 pub mod error;
+pub mod pairs;
 pub mod text;
 pub mod voices;
 pub mod wordlist;

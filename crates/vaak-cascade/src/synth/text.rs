@@ -79,7 +79,7 @@ const MONTHS_TE: [&str; 12] = [
     "డిసెంబర్",
 ];
 
-fn months(lang: Lang) -> &'static [&'static str; 12] {
+pub(crate) fn months(lang: Lang) -> &'static [&'static str; 12] {
     match lang {
         Lang::En => &MONTHS_EN,
         Lang::Ru => &MONTHS_RU,

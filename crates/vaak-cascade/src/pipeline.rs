@@ -767,7 +767,7 @@ fn process_chunk(
             b.tts,
             unfit,
             ev_tx,
-            &tts_call,
+            tts_call,
             &tts_ok,
         );
     }

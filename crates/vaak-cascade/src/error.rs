@@ -18,6 +18,22 @@ pub enum CascadeError {
     },
     #[error("building the {stage} teacher: {reason}")]
     Teacher { stage: String, reason: String },
+    /// The manifest of the run's language is not a readable file; `origin` says where the
+    /// path came from (`config key manifests.ru`, `--manifest`).
+    #[error("the manifest for {lang} {problem}: {path} ({origin})")]
+    Manifest {
+        lang: String,
+        path: PathBuf,
+        origin: String,
+        problem: String,
+    },
+    /// `data_root` is not a readable directory.
+    #[error("data_root {problem}: {path} ({origin}); manifest audio paths are relative to it")]
+    DataRoot {
+        path: PathBuf,
+        origin: String,
+        problem: String,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error(transparent)]

@@ -49,6 +49,47 @@ pub enum Outcome {
     Ran(Box<Summary>),
 }
 
+/// Checks, before any manifest row is read or any model loaded (and so in a dry run too), that
+/// the manifest of `lang` is a file and `data_root` a directory; the error names the path and
+/// where it came from (the flag or the config key).
+pub fn check_inputs(cfg: &Config, lang: Lang, o: &Overrides) -> Result<()> {
+    fn problem(p: &std::path::Path, want_dir: bool) -> Option<String> {
+        match std::fs::metadata(p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".into()),
+            Err(e) => Some(format!("cannot be read ({e})")),
+            Ok(m) if want_dir && !m.is_dir() => Some("is not a directory".into()),
+            Ok(m) if !want_dir && m.is_dir() => Some("is a directory, not a file".into()),
+            Ok(_) => None,
+        }
+    }
+    if let Some(path) = cfg.manifests.get(lang) {
+        if let Some(problem) = problem(path, false) {
+            return Err(CascadeError::Manifest {
+                lang: lang.code().to_string(),
+                path: path.clone(),
+                origin: if o.manifest.as_ref().is_some_and(|(l, _)| *l == lang) {
+                    "--manifest".into()
+                } else {
+                    format!("config key manifests.{}", lang.code())
+                },
+                problem,
+            });
+        }
+    }
+    if let Some(problem) = problem(&cfg.data_root, true) {
+        return Err(CascadeError::DataRoot {
+            path: cfg.data_root.clone(),
+            origin: if o.data_root.is_some() {
+                "--data-root".into()
+            } else {
+                "config key data_root".into()
+            },
+            problem,
+        });
+    }
+    Ok(())
+}
+
 /// The library entry point of `vaak cascade`: config, overrides, shard (flags, then
 /// `SLURM_*`/`JOB_COMPLETION_INDEX` from `env`), teachers from `factory`, then the run.
 pub fn run_invocation(
@@ -69,6 +110,7 @@ pub fn run_invocation(
         )));
     }
     let shard = Shard::resolve(inv.shard_idx, inv.num_shards, env)?;
+    check_inputs(&cfg, lang, &inv.overrides)?;
     let plan = pipeline::plan(&cfg, lang, shard)?;
     if inv.dry_run {
         return Ok(Outcome::DryRun(Box::new(plan)));

@@ -139,8 +139,12 @@ pub struct Plan {
     pub shard: Shard,
     /// Usable rows in the whole manifest.
     pub manifest_rows: usize,
-    /// Malformed rows in the whole manifest (they have no reliable id, so no shard owns them).
+    /// Malformed rows in the whole manifest (the same in every shard, like `manifest_rows`).
     pub manifest_malformed: usize,
+    /// Malformed rows this shard owns: they have no reliable id, so the one whose manifest line
+    /// number is `shard_idx` modulo `num_shards` counts them; summed over shards this is
+    /// `manifest_malformed`.
+    pub shard_malformed: usize,
     /// Rows of this shard before filtering.
     pub shard_rows: usize,
     /// Rows of this shard dropped by the filters, per reason.
@@ -182,6 +186,11 @@ pub fn plan(cfg: &Config, lang: Lang, shard: Shard) -> Result<Plan> {
         shard,
         manifest_rows,
         manifest_malformed: m.malformed.len(),
+        shard_malformed: m
+            .malformed
+            .iter()
+            .filter(|r| r.line % shard.count as u64 == shard.idx as u64)
+            .count(),
         shard_rows,
         filtered,
         items,
@@ -196,7 +205,11 @@ pub struct Summary {
     pub num_shards: usize,
     pub manifest: String,
     pub manifest_rows: usize,
+    /// Malformed rows in the whole manifest (the same in every shard).
     pub manifest_malformed: usize,
+    /// Malformed rows counted by this shard (each in exactly one shard; see [`Plan`]).
+    #[serde(default)]
+    pub shard_malformed: usize,
     pub shard_rows: usize,
     /// Samples written with status `ok`.
     pub ok: usize,
@@ -267,6 +280,7 @@ pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
         std::fs::create_dir_all(d).map_err(|e| CascadeError::io(d, e))?;
     }
     let err_path = logs.join(format!("errors_{}.log", plan.shard.idx));
+    let attempts = compact_error_log(&err_path)?;
     let err_file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -280,6 +294,7 @@ pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
         manifest: plan.manifest.display().to_string(),
         manifest_rows: plan.manifest_rows,
         manifest_malformed: plan.manifest_malformed,
+        shard_malformed: plan.shard_malformed,
         shard_rows: plan.shard_rows,
         filtered: plan.filtered.values().sum(),
         filtered_by: plan.filtered.clone(),
@@ -311,7 +326,7 @@ pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
         std::thread::Builder::new()
             .name("cascade-writer".into())
             .spawn(move || {
-                writer_loop(&cfg, &dir, ev_rx, err_file, total, &mut summary);
+                writer_loop(&cfg, &dir, ev_rx, err_file, attempts, total, &mut summary);
                 summary
             })
             .map_err(|e| CascadeError::InvalidArgument(format!("spawning writer: {e}")))?
@@ -355,6 +370,7 @@ pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
     summary = writer
         .join()
         .map_err(|_| CascadeError::InvalidArgument("the writer thread panicked".into()))?;
+    compact_error_log(&err_path)?;
     summary.wall_s = started.elapsed().as_secs_f64();
     if summary.wall_s > 0.0 {
         summary.audio_hours_per_hour = summary.hours_processed / (summary.wall_s / 3600.0);
@@ -375,6 +391,58 @@ pub fn run(cfg: &Config, plan: Plan, teachers: &Teachers) -> Result<Summary> {
         summary.audio_hours_per_hour
     );
     Ok(summary)
+}
+
+/// Rewrites the error log with one entry per id, the last failure, whose `attempts` counts the
+/// runs it failed in (a log left by a crash has the same id several times; an entry from before
+/// `attempts` existed counts as one). Lines that are not such entries are kept as they are.
+/// Returns the attempts so far per id.
+pub fn compact_error_log(path: &Path) -> Result<std::collections::HashMap<String, u64>> {
+    let mut attempts = std::collections::HashMap::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(attempts),
+        Err(e) => return Err(CascadeError::io(path, e)),
+    };
+    // In first-seen order: (id, the entry as a line).
+    let mut lines: Vec<(Option<String>, String)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let rec: Option<Map<String, Value>> = serde_json::from_str(line).ok();
+        let Some((id, mut rec)) = rec.and_then(|r| Some((r.get("id")?.as_str()?.to_string(), r)))
+        else {
+            lines.push((None, line.to_string()));
+            continue;
+        };
+        let prev = attempts.get(&id).copied().unwrap_or(0);
+        let n = rec
+            .get("attempts")
+            .and_then(Value::as_u64)
+            .unwrap_or(prev + 1)
+            .max(prev);
+        attempts.insert(id.clone(), n);
+        rec.insert("attempts".into(), json!(n));
+        let entry = Value::Object(rec).to_string();
+        match at.get(&id) {
+            Some(&k) => lines[k].1 = entry,
+            None => {
+                at.insert(id.clone(), lines.len());
+                lines.push((Some(id), entry));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (_, l) in &lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    if out != text {
+        // Write aside and rename, so a crash never leaves the log half written.
+        let tmp = path.with_extension("log.tmp");
+        output::write_synced(&tmp, out.as_bytes()).map_err(|e| CascadeError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| CascadeError::io(path, e))?;
+    }
+    Ok(attempts)
 }
 
 fn loader_loop(
@@ -462,15 +530,21 @@ struct Slot {
     ref_problems: Vec<(&'static str, String)>,
     /// Cosine of the source and target speaker embeddings, or why there is none.
     similarity: Option<std::result::Result<f32, String>>,
+    /// Why the TTS could not speak a sample sent without its (unfit) voice reference; such a
+    /// failure makes the sample `bad`, not errored: the reference flags already say why.
+    tts_error: Option<String>,
 }
 
 /// Runs `call` over `idxs` in sub-batches of `batch`; per-item results go to `ok`, failures
-/// (per item, whole batch, wrong result count, panic) are reported and the slot marked failed.
+/// (per item, whole batch, wrong result count, panic) are reported and the slot marked failed,
+/// or, with `soft`, recorded in the slot's `tts_error` and the sample left alive.
+#[allow(clippy::too_many_arguments)]
 fn run_stage<T>(
     name: &'static str,
     slots: &mut [Slot],
     idxs: &[usize],
     batch: usize,
+    soft: bool,
     ev_tx: &SyncSender<Event>,
     call: impl Fn(&[Slot], &[usize]) -> vaak_teachers::Result<Vec<ItemResult<T>>>,
     mut ok: impl FnMut(&mut Slot, T) -> std::result::Result<(), String>,
@@ -498,13 +572,13 @@ fn run_stage<T>(
                     s.timings.insert(name, per_item);
                     let r = r.map_err(|e| e.to_string()).and_then(|t| ok(s, t));
                     if let Err(e) = r {
-                        fail_slot(s, name, e, ev_tx);
+                        fail_slot(s, name, e, soft, ev_tx);
                     }
                 }
             }
             Err(e) => {
                 for &i in part {
-                    fail_slot(&mut slots[i], name, e.clone(), ev_tx);
+                    fail_slot(&mut slots[i], name, e.clone(), soft, ev_tx);
                 }
             }
         }
@@ -518,7 +592,17 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn fail_slot(s: &mut Slot, stage: &'static str, error: String, ev_tx: &SyncSender<Event>) {
+fn fail_slot(
+    s: &mut Slot,
+    stage: &'static str,
+    error: String,
+    soft: bool,
+    ev_tx: &SyncSender<Event>,
+) {
+    if soft {
+        s.tts_error = Some(error);
+        return;
+    }
     s.failed = true;
     let _ = ev_tx.send(Event::Failed {
         item: Box::new(s.l.item.clone()),
@@ -550,6 +634,7 @@ fn process_chunk(
             Slot {
                 ref_problems,
                 similarity: None,
+                tts_error: None,
                 l,
                 failed: false,
                 transcript: None,
@@ -573,6 +658,7 @@ fn process_chunk(
         &mut slots,
         &idx,
         b.asr,
+        false,
         ev_tx,
         |s, part| {
             t.asr.transcribe(
@@ -597,6 +683,7 @@ fn process_chunk(
         &mut slots,
         &idx,
         b.translator,
+        false,
         ev_tx,
         |s, part| {
             let texts: Vec<&str> = part
@@ -618,6 +705,7 @@ fn process_chunk(
         &mut slots,
         &idx,
         b.speaker,
+        false,
         ev_tx,
         |s, part| {
             t.speaker
@@ -638,42 +726,51 @@ fn process_chunk(
         },
     );
 
-    let idx = alive(&slots, |s| !s.tgt_text.is_empty());
-    run_stage(
-        stage::TTS,
-        &mut slots,
-        &idx,
-        b.tts,
-        ev_tx,
-        |s, part| {
-            let reqs: Vec<TtsRequest> = part
-                .iter()
-                .map(|&i| TtsRequest {
-                    text: &s[i].tgt_text,
-                    lang: tgt,
-                    // A clip unfit as a reference would only mislead a voice-cloning TTS; the
-                    // sample is flagged either way.
-                    reference: s[i].ref_problems.is_empty().then(|| audio(&s[i])),
-                })
-                .collect();
-            t.tts.synthesize(&reqs)
-        },
-        |s, sp| {
-            if sp.sample_rate == 0 {
-                return Err("TTS returned a 0 Hz sample rate".into());
-            }
-            if sp.samples.iter().any(|v| !v.is_finite()) {
-                return Err("TTS returned non-finite samples".into());
-            }
-            s.tgt_audio = if sp.sample_rate == TGT_SAMPLE_RATE || sp.samples.is_empty() {
-                sp.samples
-            } else {
-                vaak_audio::resample::resample(&sp.samples, sp.sample_rate, TGT_SAMPLE_RATE)
-                    .map_err(|e| e.to_string())?
-            };
-            Ok(())
-        },
-    );
+    // A clip unfit as a voice reference is sent without it (it would only mislead a
+    // voice-cloning TTS); the sample is flagged either way. Such clips go in their own batches,
+    // and a TTS that cannot speak without a reference (OpenVoice) leaves them `bad` with their
+    // reference flags instead of failing them.
+    let tts_call = |s: &[Slot], part: &[usize]| {
+        let reqs: Vec<TtsRequest> = part
+            .iter()
+            .map(|&i| TtsRequest {
+                text: &s[i].tgt_text,
+                lang: tgt,
+                reference: s[i].ref_problems.is_empty().then(|| audio(&s[i])),
+            })
+            .collect();
+        t.tts.synthesize(&reqs)
+    };
+    let tts_ok = |s: &mut Slot, sp: vaak_teachers::Speech| -> std::result::Result<(), String> {
+        if sp.sample_rate == 0 {
+            return Err("TTS returned a 0 Hz sample rate".into());
+        }
+        if sp.samples.iter().any(|v| !v.is_finite()) {
+            return Err("TTS returned non-finite samples".into());
+        }
+        s.tgt_audio = if sp.sample_rate == TGT_SAMPLE_RATE || sp.samples.is_empty() {
+            sp.samples
+        } else {
+            vaak_audio::resample::resample(&sp.samples, sp.sample_rate, TGT_SAMPLE_RATE)
+                .map_err(|e| e.to_string())?
+        };
+        Ok(())
+    };
+    for unfit in [false, true] {
+        let idx = alive(&slots, |s| {
+            !s.tgt_text.is_empty() && s.ref_problems.is_empty() != unfit
+        });
+        run_stage(
+            stage::TTS,
+            &mut slots,
+            &idx,
+            b.tts,
+            unfit,
+            ev_tx,
+            tts_call,
+            &tts_ok,
+        );
+    }
 
     speaker_similarity(t, &mut slots, b.speaker, ev_tx);
 
@@ -685,6 +782,7 @@ fn process_chunk(
         &mut slots,
         &idx,
         b.codec,
+        false,
         ev_tx,
         |s, part| {
             if crate_rate == TGT_SAMPLE_RATE {
@@ -813,7 +911,13 @@ fn quality_flags(cfg: &Config, s: &Slot, src_dur: f64, tgt_dur: f64) -> Vec<(Str
             },
         );
     } else if s.tgt_audio.is_empty() {
-        push(flag::EMPTY_TGT_AUDIO, "the TTS returned no samples".into());
+        push(
+            flag::EMPTY_TGT_AUDIO,
+            match &s.tts_error {
+                Some(e) => format!("the TTS could not speak without a usable voice reference: {e}"),
+                None => "the TTS returned no samples".into(),
+            },
+        );
     }
     if !s.tgt_audio.is_empty() {
         let frames = s.tokens.first().map_or(0, Vec::len);
@@ -991,6 +1095,7 @@ fn writer_loop(
     dir: &Path,
     rx: Receiver<Event>,
     mut err_file: std::fs::File,
+    mut attempts: std::collections::HashMap<String, u64>,
     total: usize,
     summary: &mut Summary,
 ) {
@@ -1010,9 +1115,11 @@ fn writer_loop(
     let mut done = 0usize;
     let mut log_error = |id: &str, line: u64, stage: &str, error: &str| {
         tracing::warn!("id '{id}' (line {line}) failed at {stage}: {error}");
+        let n = attempts.entry(id.to_string()).or_insert(0);
+        *n += 1;
         let rec = json!({
             "time_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            "id": id, "manifest_line": line, "stage": stage, "error": error,
+            "id": id, "manifest_line": line, "stage": stage, "error": error, "attempts": *n,
         });
         let _ = writeln!(err_file, "{rec}");
         let _ = err_file.flush();

@@ -203,3 +203,47 @@ fn clear_errors_for_bad_invocations() {
     let e = run_invocation(&inv, &f, no_env).unwrap_err().to_string();
     assert!(e.contains("golos_filtered.csv"), "{e}");
 }
+
+#[test]
+fn a_missing_data_root_or_manifest_stops_the_run_and_the_dry_run_before_any_row() {
+    let (tmp, cfg) = setup(3);
+    std::fs::remove_dir_all(tmp.path().join("data")).unwrap();
+    for dry_run in [true, false] {
+        let inv = Invocation {
+            config: Some(cfg.clone()),
+            dry_run,
+            ..Default::default()
+        };
+        let e = run_invocation(&inv, &DoubleFactory::default(), no_env).unwrap_err();
+        assert!(matches!(e, CascadeError::DataRoot { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("data_root does not exist: ") && msg.contains("(config key data_root)"),
+            "{msg}"
+        );
+        assert!(
+            !tmp.path().join("out").exists(),
+            "nothing written, no error log"
+        );
+    }
+    std::fs::create_dir_all(tmp.path().join("data")).unwrap();
+    let missing = tmp.path().join("other.csv");
+    let inv = Invocation {
+        config: Some(cfg),
+        dry_run: true,
+        overrides: Overrides {
+            manifest: Some((Lang::Ru, missing.clone())),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = run_invocation(&inv, &DoubleFactory::default(), no_env).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the manifest for ru does not exist: {} (--manifest)",
+            missing.display()
+        )
+    );
+    assert!(std::error::Error::source(&e).is_none(), "reported once");
+}

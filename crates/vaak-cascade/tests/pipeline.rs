@@ -330,7 +330,7 @@ fn bad_inputs_are_logged_counted_and_the_run_continues() {
 
     let cfg = env.config("");
     let s = env.run(&cfg);
-    assert_eq!(s.manifest_malformed, 2);
+    assert_eq!((s.manifest_malformed, s.shard_malformed), (2, 2));
     assert_eq!(s.ok, good_ids.len(), "{s:?}");
     assert_eq!(s.bad, 1, "{s:?}");
     assert_eq!(s.errored, 8, "{s:?}");
@@ -511,18 +511,23 @@ fn shards_partition_the_work_and_their_counts_add_up() {
     }
     lines.push(ru_line("p3", "p4.wav", 2.0)); // duplicate id, must stay in p3's shard
     lines.push(ru_line("short", "p4.wav", 0.2));
+    // Malformed rows: each counted by exactly one shard.
+    lines.push("broken,ru,golos\n".into());
+    lines.push("baddur,ru,golos,train,p0.wav,abc,t,Gold,1\n".into());
     env.manifest(&lines);
     let cfg = env.config("");
-    let mut total = (0, 0, 0);
+    let mut total = (0, 0, 0, 0);
     for idx in 0..3 {
         let s = env.run_shard(&cfg, Shard { idx, count: 3 });
         assert!(s.ok >= 4, "shards are roughly balanced: {s:?}");
+        assert_eq!(s.manifest_malformed, 2, "the whole manifest's count");
         total.0 += s.ok;
         total.1 += s.filtered;
         total.2 += s.shard_rows;
+        total.3 += s.shard_malformed;
         assert!(logs_dir(&cfg).join(format!("summary_{idx}.json")).is_file());
     }
-    assert_eq!(total, (23, 2, 25));
+    assert_eq!(total, (23, 2, 25, 2));
     assert_eq!(entries(&samples_dir(&cfg)).len(), 23);
 }
 
@@ -708,4 +713,83 @@ fn bad_inputs_are_flagged_per_sample_and_the_run_goes_on() {
         .as_str()
         .unwrap()
         .contains("whitespace"));
+}
+
+#[test]
+fn an_unfit_reference_ends_bad_not_errored_with_a_tts_that_needs_one() {
+    // espeak+openvoice refuses a request without a reference; a silent or short source must
+    // still end `bad` with its reference flag, as with plain espeak, and never fail a batch
+    // shared with fine clips.
+    let env = Env::new();
+    let data = env.data();
+    write_clip(&data, "fine.wav", 2.0, 0.5);
+    write_clip(&data, "quiet.wav", 2.0, 3e-4);
+    write_clip(&data, "short.wav", 0.6, 0.5);
+    env.manifest(&[
+        ru_line("fine", "fine.wav", 2.0),
+        ru_line("quiet", "quiet.wav", 2.0),
+        ru_line("short", "short.wav", 0.6),
+    ]);
+    let mut cfg = env.config(", options: {needs_reference: true}");
+    cfg.pipeline.min_duration = 0.1;
+    let s = env.run(&cfg);
+    assert_eq!((s.ok, s.bad, s.errored), (1, 2, 0), "{s:?}");
+    let dir = samples_dir(&cfg);
+    let quiet = meta(&dir.join("quiet"));
+    assert_eq!(
+        flags_of(&quiet),
+        ["empty_tgt_audio", "silent_reference"],
+        "{quiet}"
+    );
+    assert!(quiet["quality_reasons"]["empty_tgt_audio"]
+        .as_str()
+        .unwrap()
+        .contains("no reference clip"));
+    let short = meta(&dir.join("short"));
+    assert_eq!(flags_of(&short), ["empty_tgt_audio", "short_reference"]);
+    assert_eq!(meta(&dir.join("fine"))["status"], "ok");
+}
+
+#[test]
+fn the_error_log_keeps_one_entry_per_id_with_its_attempt_count_across_restarts() {
+    let env = Env::new();
+    let mut lines = Vec::new();
+    for i in 0..3 {
+        write_clip(&env.data(), &format!("e{i}.wav"), 2.0, 0.5);
+        lines.push(ru_line(&format!("e{i}"), &format!("e{i}.wav"), 2.0));
+    }
+    env.manifest(&lines);
+    let cfg = env.config(", options: {fail_batch: true}");
+    let log = logs_dir(&cfg).join("errors_0.log");
+    let entries_of = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for attempt in 1..=3u64 {
+        let s = env.run(&cfg);
+        assert_eq!(s.errored, 3, "{s:?}");
+        let e = entries_of();
+        assert_eq!(e.len(), 3, "one entry per id after run {attempt}: {e:?}");
+        let ids: BTreeSet<&str> = e.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 3);
+        for r in &e {
+            assert_eq!(r["attempts"], attempt, "{r}");
+            assert_eq!(r["stage"], "tts");
+        }
+    }
+    // A log left by a crash or by an older version (repeated lines, no `attempts`) is compacted.
+    let old = std::fs::read_to_string(&log).unwrap();
+    let legacy = r#"{"id":"e0","manifest_line":2,"stage":"asr","error":"x","time_unix":0}"#;
+    std::fs::write(&log, format!("{old}{legacy}\n{legacy}\n")).unwrap();
+    env.run(&cfg);
+    let e = entries_of();
+    assert_eq!(e.len(), 3, "{e:?}");
+    let e0 = e.iter().find(|r| r["id"] == "e0").unwrap();
+    assert_eq!(
+        e0["attempts"], 6,
+        "3 runs + 2 legacy lines + this run: {e0}"
+    );
 }

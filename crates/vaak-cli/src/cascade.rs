@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use vaak_cascade::builtin::BuiltinTeachers;
 use vaak_cascade::config::DEFAULT_CONFIG_YAML;
@@ -100,8 +100,9 @@ pub fn run(args: CascadeArgs) -> Result<()> {
         },
         dry_run: args.dry_run,
     };
-    let outcome = run_invocation(&inv, &BuiltinTeachers, |k| std::env::var(k).ok())
-        .context("vaak cascade")?;
+    // No context line on top: the library's message is the first line the user reads and says
+    // what to fix (which file, which key); its causes follow.
+    let outcome = run_invocation(&inv, &BuiltinTeachers, |k| std::env::var(k).ok())?;
     match outcome {
         Outcome::DryRun(plan) => {
             let report = serde_json::json!({
@@ -111,6 +112,7 @@ pub fn run(args: CascadeArgs) -> Result<()> {
                 "num_shards": plan.shard.count,
                 "manifest_rows": plan.manifest_rows,
                 "manifest_malformed": plan.manifest_malformed,
+                "shard_malformed": plan.shard_malformed,
                 "shard_rows": plan.shard_rows,
                 "filtered_by": plan.filtered,
                 "to_process": plan.items.len(),

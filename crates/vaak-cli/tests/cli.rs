@@ -268,3 +268,54 @@ fn a_user_error_prints_its_causes_but_no_backtrace() {
         );
     }
 }
+
+#[test]
+fn cascade_names_a_missing_manifest_once_on_the_first_line_even_in_a_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let manifest = dir.path().join("nope/golos.csv");
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_root: {:?}\noutput_root: {:?}\nmanifests:\n  ru: {:?}\n",
+            data.display().to_string(),
+            dir.path().join("out").display().to_string(),
+            manifest.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = vaak(&["cascade", "--config", cfg.to_str().unwrap(), "--dry-run"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    let first = t.lines().find(|l| l.starts_with("Error: ")).unwrap_or("");
+    assert_eq!(
+        first,
+        format!(
+            "Error: the manifest for ru does not exist: {} (config key manifests.ru)",
+            manifest.display()
+        ),
+        "{t}"
+    );
+    assert_eq!(t.matches("golos.csv").count(), 1, "reported once: {t}");
+
+    // A data_root that does not exist fails the dry run too, naming the flag it came from.
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(&manifest, "id,lang,audio_path,duration_s\n").unwrap();
+    let o = vaak(&[
+        "cascade",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-root",
+        dir.path().join("no-data").to_str().unwrap(),
+        "--dry-run",
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    let first = t.lines().find(|l| l.starts_with("Error: ")).unwrap_or("");
+    assert!(
+        first.starts_with("Error: data_root does not exist: ") && first.contains("(--data-root)"),
+        "{t}"
+    );
+}

@@ -14,7 +14,8 @@
 //!
 //! Options (in `models.<stage>.options`): `delay_ms` (sleep per call, for the crash test),
 //! `fail_batch` (the whole call returns `Err`), `panic` (the call panics), `fail_rate` (speaker
-//! only: clips at this sample rate fail, e.g. 24000 for the TTS output).
+//! only: clips at this sample rate fail, e.g. 24000 for the TTS output), `needs_reference` (TTS
+//! only: a request without a voice reference fails, as OpenVoice's does).
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -58,6 +59,8 @@ struct Behaviour {
     panic: bool,
     /// Items at this sample rate fail (per item); the speaker double uses it.
     fail_rate: Option<u32>,
+    /// The TTS double refuses requests without a reference (per item), like OpenVoice.
+    needs_reference: bool,
 }
 
 impl Behaviour {
@@ -68,6 +71,9 @@ impl Behaviour {
             fail_batch: get("fail_batch").and_then(|v| v.as_bool()).unwrap_or(false),
             panic: get("panic").and_then(|v| v.as_bool()).unwrap_or(false),
             fail_rate: get("fail_rate").and_then(|v| v.as_u64()).map(|r| r as u32),
+            needs_reference: get("needs_reference")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
         }
     }
     fn act(&self, what: &str) -> vaak_teachers::Result<()> {
@@ -253,6 +259,11 @@ impl Tts for SineTts {
         Ok(batch
             .iter()
             .map(|r| {
+                if self.b.needs_reference && r.reference.is_none() {
+                    return Err(TeacherError::BadInput(
+                        "no reference clip (a voice-preserving TTS needs one)".into(),
+                    ));
+                }
                 Ok(Speech {
                     samples: sine(
                         r.text.chars().count() as f64 * TTS_SECONDS_PER_CHAR,

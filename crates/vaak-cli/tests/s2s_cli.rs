@@ -4,32 +4,12 @@
 //! WAV; and the bad-input paths.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use vaak_audio::io::{probe_info, write_wav, WavFormat};
 
-fn vaak(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vaak"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("VAAK_S2S_MODEL")
-        .output()
-        .expect("the vaak binary starts")
-}
+mod common;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> String {
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    t
-}
+use common::{ok, text, vaak};
 
 fn tone(path: &Path, f0: f32, seconds: f32) {
     let sr = 16_000;

@@ -1,30 +1,9 @@
 //! `vaak data synth --parallel` / `--dialogue` as real processes (with espeak-ng), then
 //! `vaak train s2s --stage s2s` on what they wrote; and the argument errors.
 
-use std::process::{Command, Output};
+mod common;
 
-fn vaak(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vaak"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("VAAK_S2S_MODEL")
-        .output()
-        .expect("the vaak binary starts")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> String {
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    t
-}
+use common::{ok, text, vaak};
 
 const TRAIN: [&str; 12] = [
     "--preset",

@@ -5,6 +5,8 @@
 //! format has one definition. It sits on `vaak-audio` and candle only; `tests/layering.rs`
 //! keeps it (and every other crate) where it belongs.
 //!
+//! - [`corpus`]: corpus manifests (one row per utterance of a downloaded corpus) and audio
+//!   references into files or parquet shards.
 //! - [`lang`]: the languages vaak serves ([`Lang`]).
 //! - [`manifest`]: speech manifests, CSV or JSONL, columns by name; [`paths`] resolves their
 //!   `audio_path`s inside a data root without escaping it.
@@ -14,6 +16,7 @@
 //! - [`npy`]: `.npy` arrays (candle reads them; numpy-layout writing).
 //! - [`sources`]: the audio files of a directory or a manifest.
 
+pub mod corpus;
 pub mod error;
 pub mod lang;
 pub mod manifest;

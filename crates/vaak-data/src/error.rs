@@ -58,6 +58,19 @@ pub enum DataError {
     Meta { path: PathBuf, reason: String },
     #[error("audio: {0}")]
     Audio(#[from] vaak_audio::AudioError),
+    /// A parquet shard that cannot be read, or a row or column of it.
+    #[error("parquet {path}: {reason}")]
+    Parquet { path: PathBuf, reason: String },
+    /// `vaak data manifest` with a recipe name it does not know.
+    #[error("unknown recipe '{name}'; known recipes: {known}")]
+    UnknownRecipe { name: String, known: String },
+    /// A recipe that cannot run on a directory (missing, or not the corpus it expects).
+    #[error("{recipe} recipe on {dir}: {reason}")]
+    Recipe {
+        recipe: String,
+        dir: PathBuf,
+        reason: String,
+    },
 }
 
 impl DataError {

@@ -15,16 +15,25 @@
 //!   the directories.
 //! - [`npy`]: `.npy` arrays (candle reads them; numpy-layout writing).
 //! - [`sources`]: the audio files of a directory or a manifest.
+//! - [`recipes`]: `vaak data manifest`: downloaded corpora (LibriSpeech, Common Voice, VCTK,
+//!   LJSpeech, OpenSLR 66/103, Kathbath, IndicVoices, IndicTTS, Golos, People's Speech) to
+//!   corpus manifests; [`parquet_audio`] reads Hugging Face parquet shards with embedded audio,
+//!   and [`audio_ref::load_audio`] decodes a row's audio wherever it lives.
+//! - [`verify`]: `vaak data verify`: statistics and defects of a corpus manifest.
 
+pub mod audio_ref;
 pub mod corpus;
 pub mod error;
 pub mod lang;
 pub mod manifest;
 pub mod npy;
 pub mod parallel;
+pub mod parquet_audio;
 pub mod paths;
+pub mod recipes;
 pub mod safe_id;
 pub mod sources;
+pub mod verify;
 
 pub use error::{DataError, Result};
 pub use lang::Lang;

@@ -22,6 +22,14 @@ pub enum DataCommand {
     /// reads. `spk.npy` there is a voice id (a seeded 192-d unit vector per target voice), not an
     /// ECAPA embedding.
     Synth(SynthArgs),
+    /// A corpus manifest (JSONL, or CSV with --csv) from a downloaded corpus in its published
+    /// layout: `vaak data manifest librispeech ~/LibriSpeech --out ls.jsonl`. Run with --help
+    /// for every recipe and the layout it expects.
+    Manifest(crate::data_manifest::ManifestArgs),
+    /// Counts, hours per language / split / speaker, rates and channels, and the defects of a
+    /// corpus manifest (audio that fails to decode, duration mismatches, empty texts, duplicate
+    /// ids), decoding every file; a table, --json for the full report, --strict to fail.
+    Verify(crate::data_manifest::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -84,6 +92,8 @@ pub struct SynthArgs {
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Synth(a) => synth(a),
+        DataCommand::Manifest(a) => crate::data_manifest::manifest(a),
+        DataCommand::Verify(a) => crate::data_manifest::verify_cmd(a),
     }
 }
 

@@ -8,6 +8,7 @@ mod audio;
 mod cascade;
 mod codec;
 mod data;
+mod data_manifest;
 mod info;
 mod s2s;
 mod train;
@@ -60,7 +61,8 @@ enum Command {
     /// Speech-to-speech with a trained model: `translate` and `reply` (audio in, audio out).
     #[command(subcommand)]
     S2s(s2s::S2sCommand),
-    /// Dataset tools: a seeded synthetic speech corpus (`data synth`).
+    /// Dataset tools: a seeded synthetic speech corpus (`data synth`), corpus manifests from
+    /// downloaded corpora (`data manifest`) and their checks (`data verify`).
     #[command(subcommand)]
     Data(data::DataCommand),
 }

@@ -451,7 +451,7 @@ impl Ctx {
         let progress = self.opts.progress.clone();
         let done = AtomicUsize::new(0);
         let probed = par_map(&cands, self.opts.jobs, |c| {
-            let r = c.probe.as_ref().map(|p| vaak_audio::io::probe_info(p));
+            let r = c.probe.as_ref().map(vaak_audio::io::probe_info);
             if r.is_some() {
                 let d = done.fetch_add(1, Ordering::Relaxed) as u64 + 1;
                 if let Some(cb) = &progress {

@@ -72,6 +72,9 @@ pub fn write_text(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// One shard row: audio bytes (or null), the `Audio` struct's path, the string cells.
+pub type ShardRow = (Option<Vec<u8>>, String, Vec<Option<String>>);
+
 /// A parquet shard: an audio column (the HF `Audio` struct `{bytes, path}` when `hf_struct`,
 /// else plain binary) and string columns, one row group per `groups` entry (row counts).
 pub struct Shard<'a> {
@@ -79,7 +82,7 @@ pub struct Shard<'a> {
     pub hf_struct: bool,
     pub str_cols: &'a [&'a str],
     /// (audio bytes or null, the struct's path, string cells)
-    pub rows: Vec<(Option<Vec<u8>>, String, Vec<Option<String>>)>,
+    pub rows: Vec<ShardRow>,
     pub groups: &'a [usize],
 }
 

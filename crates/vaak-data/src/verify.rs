@@ -426,11 +426,25 @@ pub fn render_table(rep: &VerifyReport, max_list: usize) -> String {
     );
     let _ = writeln!(s, "speakers       {:>10}", rep.speakers);
     let groups = |s: &mut String, title: &str, m: &BTreeMap<String, Group>, limit: usize| {
-        let _ = writeln!(s, "\n{title:<14} {:>10} {:>10}", "rows", "hours");
         let mut v: Vec<_> = m.iter().collect();
         v.sort_by(|a, b| b.1.hours.total_cmp(&a.1.hours).then(a.0.cmp(b.0)));
+        let w = v
+            .iter()
+            .take(limit)
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(title.chars().count().saturating_sub(2))
+            .max(12);
+        let _ = writeln!(
+            s,
+            "\n{title:<tw$} {:>10} {:>10}",
+            "rows",
+            "hours",
+            tw = w + 2
+        );
         for (k, g) in v.iter().take(limit) {
-            let _ = writeln!(s, "  {k:<12} {:>10} {:>10.3}", g.rows, g.hours);
+            let _ = writeln!(s, "  {k:<w$} {:>10} {:>10.3}", g.rows, g.hours);
         }
         if v.len() > limit {
             let _ = writeln!(s, "  ... {} more", v.len() - limit);

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use crate::audio_ref::resolve_ref_file;
-use crate::corpus::{AudioRef, CorpusManifest, CorpusRow};
+use crate::corpus::{AudioRef, CorpusManifest};
 use crate::parquet_audio::{for_each_row, header_of_bytes, ColumnNames};
 use crate::recipes::{par_map, Progress};
 
@@ -144,7 +144,7 @@ enum Job {
     },
 }
 
-fn check_file(data_root: &Path, row: &CorpusRow, r: &AudioRef) -> Check {
+fn check_file(data_root: &Path, r: &AudioRef) -> Check {
     let path = match resolve_ref_file(data_root, r) {
         Ok(p) => p,
         Err(e) => {
@@ -160,7 +160,6 @@ fn check_file(data_root: &Path, row: &CorpusRow, r: &AudioRef) -> Check {
     let decoded = vaak_audio::io::decode_file(&path, None)
         .map(|a| (a.duration_s(), a.sample_rate))
         .map_err(|e| e.to_string());
-    let _ = row;
     Check {
         header,
         decoded: Some(decoded),
@@ -272,9 +271,8 @@ pub fn verify(m: &CorpusManifest, data_root: &Path, opts: &VerifyOptions) -> Ver
     let results = par_map(&jobs, opts.jobs, |j| {
         let out = match j {
             Job::File(i) => {
-                let r = &rows[*i];
-                let aref = AudioRef::File(r.audio_path.clone());
-                vec![(*i, check_file(data_root, r, &aref))]
+                let aref = AudioRef::File(rows[*i].audio_path.clone());
+                vec![(*i, check_file(data_root, &aref))]
             }
             Job::Parquet { file, column, rows } => check_parquet(data_root, file, column, rows),
         };

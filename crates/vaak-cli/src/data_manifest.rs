@@ -110,7 +110,7 @@ fn progress_bar(hidden: bool, what: &'static str) -> (ProgressBar, Option<Progre
 
 pub fn manifest(a: ManifestArgs) -> Result<()> {
     let recipe: Recipe = a.recipe.parse()?;
-    let (pb, progress) = progress_bar(a.no_progress, "reading audio headers");
+    let (pb, progress) = progress_bar(a.no_progress, "scanning audio");
     let opts = Options {
         lang: a.lang.clone(),
         jobs: jobs(a.jobs),

@@ -133,6 +133,12 @@ fn top_names(r: &SerializedFileReader<File>) -> Vec<String> {
         .collect()
 }
 
+/// The number of rows of a parquet file, from its footer.
+pub fn num_rows(path: &Path) -> Result<usize> {
+    let r = open(path)?;
+    Ok(usize::try_from(r.metadata().file_metadata().num_rows()).unwrap_or(0))
+}
+
 /// Picks the columns of `names` present in the file; the audio column is required.
 pub fn resolve_columns(path: &Path, names: &ColumnNames) -> Result<ResolvedColumns> {
     let have = column_names(path)?;

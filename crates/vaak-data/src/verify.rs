@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::audio_ref::resolve_ref_file;
 use crate::corpus::{AudioRef, CorpusManifest};
-use crate::parquet_audio::{for_each_row, header_of_bytes, ColumnNames};
+use crate::parquet_audio::{for_each_row, header_of_bytes, AudioCell, ColumnNames};
 use crate::recipes::{par_map, Progress};
 
 /// How verify runs.
@@ -166,11 +166,33 @@ fn check_file(data_root: &Path, r: &AudioRef) -> Check {
     }
 }
 
+fn check_cell(cell: &std::result::Result<AudioCell, String>, path: &Path) -> Check {
+    match cell {
+        Err(e) => Check {
+            header: None,
+            decoded: Some(Err(e.clone())),
+        },
+        Ok(cell) => {
+            let header = header_of_bytes(&cell.bytes)
+                .map(|(r, c, n)| (r, c, (r > 0).then(|| n as f64 / f64::from(r))));
+            let decoded =
+                vaak_audio::io::decode_bytes(cell.bytes.clone(), cell.ext_hint(), path, None)
+                    .map(|a| (a.duration_s(), a.sample_rate))
+                    .map_err(|e| e.to_string());
+            Check {
+                header,
+                decoded: Some(decoded),
+            }
+        }
+    }
+}
+
 fn check_parquet(
     data_root: &Path,
     file: &Path,
     column: &str,
     rows: &[(usize, usize)],
+    inner: usize,
 ) -> Vec<(usize, Check)> {
     let fail_all = |reason: String| -> Vec<(usize, Check)> {
         rows.iter()
@@ -198,32 +220,26 @@ fn check_parquet(
         ..ColumnNames::default()
     };
     let mut out: HashMap<usize, Check> = HashMap::new();
-    let res = for_each_row(&path, &names, |pr| {
-        let Some(idxs) = want.get(&pr.row) else {
-            return;
-        };
-        let check = match &pr.audio {
-            Err(e) => Check {
-                header: None,
-                decoded: Some(Err(e.clone())),
-            },
-            Ok(cell) => {
-                let header = header_of_bytes(&cell.bytes)
-                    .map(|(r, c, n)| (r, c, (r > 0).then(|| n as f64 / f64::from(r))));
-                let decoded =
-                    vaak_audio::io::decode_bytes(cell.bytes.clone(), cell.ext_hint(), &path, None)
-                        .map(|a| (a.duration_s(), a.sample_rate))
-                        .map_err(|e| e.to_string());
-                Check {
-                    header,
-                    decoded: Some(decoded),
-                }
+    let mut batch: Vec<(Vec<usize>, std::result::Result<AudioCell, String>)> = Vec::new();
+    // Cells are decoded in batches over `inner` threads, so one big shard uses every core.
+    let flush = |batch: &mut Vec<(Vec<usize>, std::result::Result<AudioCell, String>)>,
+                 out: &mut HashMap<usize, Check>| {
+        let done = par_map(batch, inner, |(_, cell)| check_cell(cell, &path));
+        for ((idxs, _), check) in batch.drain(..).zip(done) {
+            for i in idxs {
+                out.insert(i, check.clone());
             }
-        };
-        for &i in idxs {
-            out.insert(i, check.clone());
+        }
+    };
+    let res = for_each_row(&path, &names, |pr| {
+        if let Some(idxs) = want.get(&pr.row) {
+            batch.push((idxs.clone(), pr.audio));
+            if batch.len() >= 64 {
+                flush(&mut batch, &mut out);
+            }
         }
     });
+    flush(&mut batch, &mut out);
     let file_err = res.err().map(|e| e.to_string());
     rows.iter()
         .map(|&(r, i)| {
@@ -260,6 +276,8 @@ pub fn verify(m: &CorpusManifest, data_root: &Path, opts: &VerifyOptions) -> Ver
             rows: rs,
         });
     }
+    // Threads left over when there are fewer jobs than threads decode inside a shard.
+    let inner = (opts.jobs / jobs.len().max(1)).max(1);
     let total = rows.len() as u64;
     let done = AtomicUsize::new(0);
     let tick = |n: usize| {
@@ -274,7 +292,9 @@ pub fn verify(m: &CorpusManifest, data_root: &Path, opts: &VerifyOptions) -> Ver
                 let aref = AudioRef::File(rows[*i].audio_path.clone());
                 vec![(*i, check_file(data_root, &aref))]
             }
-            Job::Parquet { file, column, rows } => check_parquet(data_root, file, column, rows),
+            Job::Parquet { file, column, rows } => {
+                check_parquet(data_root, file, column, rows, inner)
+            }
         };
         tick(out.len());
         out

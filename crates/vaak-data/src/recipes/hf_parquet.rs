@@ -86,6 +86,12 @@ pub(super) fn scan(cx: &mut Ctx) -> Result<()> {
         return Err(cx.wrong_corpus("no *.parquet under the directory"));
     }
     let names = columns(cx.recipe);
+    // Rows in all (for the progress callback); an unreadable footer counts 0 here and is
+    // reported when the file is read.
+    cx.parquet_total = files
+        .iter()
+        .map(|f| crate::parquet_audio::num_rows(f).unwrap_or(0))
+        .sum::<usize>() as u64;
     for f in files {
         cx.index_files += 1;
         let column = match resolve_columns(&f, &names) {
@@ -126,6 +132,9 @@ fn take_batch(cx: &mut Ctx, f: &Path, column: &str, batch: &mut Vec<ParquetRow>)
     }
     let rows = std::mem::take(batch);
     cx.entries += rows.len();
+    if let Some(p) = &cx.opts.progress {
+        p(cx.entries as u64, cx.parquet_total.max(cx.entries as u64));
+    }
     let decoded = par_map(&rows, cx.opts.jobs, |r| match &r.audio {
         Err(e) => Err(e.clone()),
         Ok(cell) => {

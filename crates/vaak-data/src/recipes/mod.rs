@@ -280,6 +280,7 @@ pub fn build_manifest(recipe: Recipe, dir: &Path, opts: &Options) -> Result<Reci
         skipped: Vec::new(),
         index_files: 0,
         entries: 0,
+        parquet_total: 0,
     };
     match recipe {
         Recipe::LibriSpeech => librispeech::scan(&mut cx)?,
@@ -316,6 +317,8 @@ pub(crate) struct Ctx {
     skipped: Vec<Skip>,
     index_files: usize,
     entries: usize,
+    /// Parquet rows in all, for progress.
+    parquet_total: u64,
 }
 
 impl Ctx {

@@ -1,7 +1,8 @@
 //! `vaak data verify`: what a corpus manifest holds and what is wrong with it.
 //!
-//! Every row's audio is decoded in full (files in parallel over `jobs` threads; the rows of one
-//! parquet shard are read in one pass by one thread), and its header read where it has one.
+//! Every row's audio is decoded in full (files in parallel over `jobs` threads; each parquet
+//! shard is read in one pass, its cells decoded over the threads no other shard needs), and its
+//! header read where it has one.
 //! The report has counts, hours per language / split / speaker, the sample-rate and channel
 //! histograms, and the defects:
 //!

@@ -660,7 +660,7 @@ fn indictts_and_kathbath_parquet() {
             rows: vec![(
                 Some(wav_bytes(3200, 16000, 1)),
                 "x.m4a".into(),
-                vec![s("844-1-f"), s("नमस्ते"), s("spk1"), s("hindi")],
+                vec![s("844-1-f.m4a"), s("नमस्ते"), s("spk1"), s("hindi")],
             )],
             groups: &[1],
         },

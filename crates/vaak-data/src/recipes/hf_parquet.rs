@@ -16,7 +16,7 @@
 //!
 //! The audio cell is the `datasets` `Audio` struct (`bytes`, `path`) or a binary column. Every
 //! cell is decoded for its duration and rate (channels from a WAV/FLAC header). Id = the id
-//! column, else `FILESTEM-ROW`; split = the file name's prefix before `-` when it is a split
+//! column (an audio extension removed), else `FILESTEM-ROW`; split = the file name's prefix before `-` when it is a split
 //! name (`train-00000-of-00003`), else the parent directory; lang = `--lang`, else the lang
 //! column, else a language directory. The audio path is `FILE.parquet#row=N[&column=C]`.
 
@@ -181,9 +181,15 @@ fn take_batch(cx: &mut Ctx, f: &Path, column: &str, batch: &mut Vec<ParquetRow>)
                 ),
             });
         };
+        // An id column holding a file name (Kathbath's `fname`) loses its audio extension.
         let id =
-            r.id.clone()
-                .filter(|s| !s.trim().is_empty())
+            r.id.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| match s.rsplit_once('.') {
+                    Some((base, _)) if super::is_audio(Path::new(s)) => base.to_string(),
+                    _ => s.to_string(),
+                })
                 .unwrap_or_else(|| format!("{stem}-{:06}", r.row));
         let audio = AudioRef::Parquet {
             file: file_rel.clone(),

@@ -22,6 +22,15 @@ pub enum DataCommand {
     /// reads. `spk.npy` there is a voice id (a seeded 192-d unit vector per target voice), not an
     /// ECAPA embedding.
     Synth(SynthArgs),
+    /// Decode, mono, resample (16 kHz), optionally loudness-normalise and trim a corpus
+    /// manifest's audio into FLAC files and a new manifest; parallel and resumable.
+    Prepare(crate::data_prepare::PrepareArgs),
+    /// Seeded augmented copies of a corpus (speed, pitch, noise, gain), linked to their sources.
+    Augment(crate::data_prepare::AugmentArgs),
+    /// Speaker-disjoint train/val/test manifests, ratios by hours.
+    Split(crate::data_prepare::SplitArgs),
+    /// Tar shards (cuts.NNNNNN.jsonl + audio.NNNNNN.tar + shards.json) for sequential reading.
+    Shard(crate::data_prepare::ShardArgs),
 }
 
 #[derive(Args)]
@@ -84,6 +93,10 @@ pub struct SynthArgs {
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Synth(a) => synth(a),
+        DataCommand::Prepare(a) => crate::data_prepare::prepare_cmd(a),
+        DataCommand::Augment(a) => crate::data_prepare::augment_cmd(a),
+        DataCommand::Split(a) => crate::data_prepare::split_cmd(a),
+        DataCommand::Shard(a) => crate::data_prepare::shard_cmd(a),
     }
 }
 

@@ -8,6 +8,7 @@ mod audio;
 mod cascade;
 mod codec;
 mod data;
+mod data_prepare;
 mod info;
 mod s2s;
 mod train;

@@ -15,7 +15,10 @@
 //!   the directories.
 //! - [`npy`]: `.npy` arrays (candle reads them; numpy-layout writing).
 //! - [`sources`]: the audio files of a directory or a manifest.
+//! - [`prepare`], [`augment`], [`split`], [`shard`]: `vaak data prepare|augment|split|shard`
+//!   (FLAC at 16 kHz, seeded augmentation, speaker-disjoint splits, tar shards and their reader).
 
+pub mod augment;
 pub mod corpus;
 pub mod error;
 pub mod lang;
@@ -23,8 +26,11 @@ pub mod manifest;
 pub mod npy;
 pub mod parallel;
 pub mod paths;
+pub mod prepare;
 pub mod safe_id;
+pub mod shard;
 pub mod sources;
+pub mod split;
 
 pub use error::{DataError, Result};
 pub use lang::Lang;

@@ -124,8 +124,15 @@ pub fn encode_flac(samples: &[f32], sample_rate: u32) -> Result<Vec<u8>> {
         .into_verified()
         .map_err(|(_, e)| flac_err("config", format!("{e:?}")))?;
     let source = flacenc::source::MemSource::from_samples(&ints, 1, 16, sample_rate as usize);
-    let stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size)
+    let mut stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size)
         .map_err(|e| flac_err("encoding", format!("{e:?}")))?;
+    // flacenc records the short last block as the minimum block size; FLAC leaves the last
+    // block out of the minimum, and symphonia refuses such a fixed-block stream. Both sizes are
+    // the fixed block size.
+    stream
+        .stream_info_mut()
+        .set_block_sizes(config.block_size, config.block_size)
+        .map_err(|e| flac_err("stream info", format!("{e:?}")))?;
     let mut sink = flacenc::bitsink::ByteSink::new();
     stream
         .write(&mut sink)
@@ -345,14 +352,14 @@ mod tests {
     #[test]
     fn flac_round_trips_through_the_decoder() {
         let d = tempfile::tempdir().unwrap();
-        let x: Vec<f32> = (0..16000)
+        let x: Vec<f32> = (0..30000)
             .map(|i| 0.5 * (i as f32 * 0.05).sin())
             .collect();
         let p = d.path().join("a.flac");
         write_atomic(&p, &encode_flac(&x, 16000).unwrap()).unwrap();
         let back = decode_file(&p, None).unwrap();
         assert_eq!(back.sample_rate, 16000);
-        assert_eq!(back.samples.len(), x.len());
+        assert_eq!(back.samples.len(), 30000);
         let err = x
             .iter()
             .zip(&back.samples)
@@ -360,6 +367,12 @@ mod tests {
             .fold(0f32, f32::max);
         assert!(err < 1.0 / 16000.0, "max error {err}");
         assert!(!temp_name(&p).exists());
+        // A length that is not a whole number of blocks, and one shorter than a block.
+        for n in [22_050, 1000] {
+            write_atomic(&p, &encode_flac(&x[..n.min(x.len())], 16000).unwrap()).unwrap();
+            let info = probe_info(&p).unwrap();
+            assert_eq!(info.n_frames, Some(n.min(x.len()) as u64));
+        }
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub struct AugmentArgs {
     /// A directory of noise clips for --noise-snr (default: white noise).
     #[arg(long)]
     noise: Option<PathBuf>,
-    /// Also list the source rows (absolute audio paths) in the output manifest.
+    /// Also write the source rows (resampled to --rate, FLAC) into the output, so its manifest
+    /// alone is the source plus the augmented copies.
     #[arg(long)]
     with_source: bool,
     /// Sample rate of the outputs.
@@ -91,11 +92,10 @@ pub struct SplitArgs {
     ratios: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory: train.jsonl, val.jsonl, test.jsonl.
+    /// Output directory: train.jsonl, val.jsonl, test.jsonl (audio paths unchanged: read them
+    /// with --data-root pointing at the input's data root unless this is that directory).
     #[arg(long)]
     out: PathBuf,
-    #[arg(long)]
-    data_root: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -219,7 +219,7 @@ pub fn augment_cmd(a: AugmentArgs) -> Result<()> {
 
 pub fn split_cmd(a: SplitArgs) -> Result<()> {
     let ratios = parse_ratios(&a.ratios).map_err(anyhow::Error::msg)?;
-    let stats = split(&a.manifest, &a.out, a.data_root.as_deref(), ratios, a.seed)
+    let stats = split(&a.manifest, &a.out, ratios, a.seed)
         .with_context(|| format!("vaak data split {}", a.manifest.display()))?;
     for s in &stats {
         eprintln!(

@@ -28,7 +28,6 @@ use vaak_audio::io::{decode_file, Audio};
 
 use crate::corpus::{read_corpus, write_corpus, CorpusRow};
 use crate::error::{DataError, Result};
-use crate::paths::resolve_audio_path;
 use crate::prepare::{
     encode_flac, load_row_audio, output_rel_path, write_atomic, FailedRow, PREPARED_MANIFEST,
 };
@@ -68,7 +67,8 @@ pub struct AugmentSettings {
     pub seed: u64,
     /// A directory of noise clips (searched recursively); white noise when `None`.
     pub noise_dir: Option<PathBuf>,
-    /// Also list the source rows (their audio paths made absolute) in the output manifest.
+    /// Also write each source row (at `rate`, FLAC, `augment` empty) into the output, so its
+    /// manifest alone is the source plus the copies.
     pub with_source: bool,
     pub jobs: usize,
 }
@@ -164,15 +164,25 @@ pub fn augment(
         })?;
     let failed = Mutex::new(Vec::new());
     let counts = Mutex::new((0usize, 0usize));
+    // `None` is the source itself (with --with-source), written like the copies.
+    let steps: Vec<Option<Effect>> = cfg
+        .with_source
+        .then_some(None)
+        .into_iter()
+        .chain(cfg.effects.iter().copied().map(Some))
+        .collect();
     let per_row: Vec<Vec<CorpusRow>> = pool.install(|| {
         m.rows
             .par_iter()
             .map(|row| {
                 let mut out_rows = Vec::new();
                 let mut source: Option<Audio> = None;
-                for &effect in &cfg.effects {
-                    let label = effect.label();
-                    let id = format!("{}~{label}", row.id);
+                for &step in &steps {
+                    let label = step.map(|e| e.label());
+                    let id = match &label {
+                        Some(l) => format!("{}~{l}", row.id),
+                        None => row.id.clone(),
+                    };
                     let rel = output_rel_path(&id);
                     let out = cfg.out.join(&rel);
                     let res = match vaak_audio::io::probe_info(&out)
@@ -190,8 +200,13 @@ pub fn augment(
                                     source = Some(load_row_audio(&root, row, cfg.rate)?);
                                 }
                                 let src = source.as_ref().expect("loaded above");
-                                let mut rng = effect_rng(cfg.seed, &row.id, effect);
-                                let a = apply_effect(src, effect, &mut rng, &noise)?;
+                                let a = match step {
+                                    Some(effect) => {
+                                        let mut rng = effect_rng(cfg.seed, &row.id, effect);
+                                        apply_effect(src, effect, &mut rng, &noise)?
+                                    }
+                                    None => src.clone(),
+                                };
                                 write_atomic(&out, &encode_flac(&a.samples, cfg.rate)?)?;
                                 Ok(a.duration_s())
                             })();
@@ -211,13 +226,13 @@ pub fn augment(
                                 sample_rate: Some(cfg.rate),
                                 channels: Some(1),
                                 source_id: Some(row.id.clone()),
-                                augment: Some(label),
+                                augment: label,
                                 ..row.clone()
                             });
                         }
                         Err(e) => {
                             on_row(0.0);
-                            tracing::warn!("augment: row {} ({label}): {e}", row.id);
+                            tracing::warn!("augment: row {id}: {e}");
                             failed.lock().expect("no panics hold the lock").push(FailedRow {
                                 id,
                                 reason: e.to_string(),
@@ -229,26 +244,8 @@ pub fn augment(
             })
             .collect()
     });
-    let augmented: Vec<CorpusRow> = per_row.into_iter().flatten().collect();
-    let mut rows = Vec::new();
-    if cfg.with_source {
-        for r in &m.rows {
-            let mut r = r.clone();
-            if let crate::corpus::AudioRef::File(p) = r.audio()? {
-                let abs = resolve_audio_path(&root, &p).map_err(|reason| {
-                    DataError::AudioSource {
-                        path: p.clone().into(),
-                        reason,
-                    }
-                })?;
-                let abs = std::path::absolute(&abs).map_err(|e| DataError::io(&abs, e))?;
-                r.audio_path = abs.display().to_string();
-            }
-            rows.push(r);
-        }
-    }
-    let n_aug = augmented.len();
-    rows.extend(augmented);
+    let rows: Vec<CorpusRow> = per_row.into_iter().flatten().collect();
+    let n_aug = rows.iter().filter(|r| r.augment.is_some()).count();
     let path = cfg.out.join(PREPARED_MANIFEST);
     write_corpus(&path, &rows)?;
     let mut failed = failed.into_inner().expect("no panics hold the lock");

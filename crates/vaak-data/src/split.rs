@@ -7,9 +7,9 @@
 //! speakers, and as near as whole speakers allow when there are few. Each row's `split` field
 //! is rewritten to `train`, `val` or `test`.
 //!
-//! Relative audio paths are kept when the output directory is the manifest's data root, and
-//! made absolute (resolved inside the data root) otherwise, so the written manifests work from
-//! where they are.
+//! Audio paths are copied unchanged: the split manifests resolve them against the same data
+//! root as the input (write them into the manifest's directory, or read them with
+//! `--data-root` pointing there).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,9 +18,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::corpus::{read_corpus, write_corpus, AudioRef, CorpusRow};
+use crate::corpus::{read_corpus, write_corpus, CorpusRow};
 use crate::error::{DataError, Result};
-use crate::paths::resolve_audio_path;
 
 /// The split names, in order.
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
@@ -84,7 +83,6 @@ pub fn assign(rows: &[CorpusRow], ratios: [f64; 3], seed: u64) -> Result<[Vec<us
 pub fn split(
     manifest: &Path,
     out: &Path,
-    data_root: Option<&Path>,
     ratios: [f64; 3],
     seed: u64,
 ) -> Result<Vec<SplitStats>> {
@@ -101,14 +99,7 @@ pub fn split(
             ),
         });
     }
-    let root = data_root.map(Path::to_path_buf).unwrap_or_else(|| {
-        manifest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    });
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
-    let same_dir = same_dir(&root, out);
     let parts = assign(&m.rows, ratios, seed)?;
     let mut stats = Vec::new();
     for (name, idx) in SPLITS.iter().zip(parts) {
@@ -118,9 +109,6 @@ pub fn split(
             let mut r = m.rows[i].clone();
             speakers.insert(r.speaker.clone().unwrap_or_else(|| format!("\0{}", r.id)));
             r.split = (*name).to_string();
-            if !same_dir {
-                r.audio_path = rebase(&root, &r)?;
-            }
             rows.push(r);
         }
         let path = out.join(format!("{name}.jsonl"));
@@ -134,34 +122,6 @@ pub fn split(
         });
     }
     Ok(stats)
-}
-
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// The row's audio path made absolute inside `root` (parquet references: the file part).
-fn rebase(root: &Path, r: &CorpusRow) -> Result<String> {
-    let abs = |p: &str| -> Result<String> {
-        let joined = resolve_audio_path(root, p).map_err(|reason| DataError::AudioSource {
-            path: p.into(),
-            reason: format!("row {}: {reason}", r.id),
-        })?;
-        let joined = std::path::absolute(&joined).map_err(|e| DataError::io(&joined, e))?;
-        Ok(joined.display().to_string())
-    };
-    Ok(match r.audio()? {
-        AudioRef::File(p) => abs(&p)?,
-        AudioRef::Parquet { file, row, column } => AudioRef::Parquet {
-            file: abs(&file)?,
-            row,
-            column,
-        }
-        .to_string(),
-    })
 }
 
 /// Parses `0.8,0.1,0.1`.

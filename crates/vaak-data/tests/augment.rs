@@ -99,7 +99,7 @@ fn speed_pitch_noise_and_gain_do_what_they_say() {
     let s = augment(&m, &cfg, &quiet).unwrap();
     let rows = read_corpus(&s.manifest).unwrap().rows;
     assert_eq!(rows.len(), 8, "the source row is listed too");
-    assert!(std::path::Path::new(&rows[0].audio_path).is_absolute());
+    assert_eq!((rows[0].id.as_str(), rows[0].augment.as_deref()), ("t", None));
     let load = |id: &str| {
         let r = rows.iter().find(|r| r.id == id).unwrap();
         let a = decode_file(d.path().join("out").join(&r.audio_path), None).unwrap();

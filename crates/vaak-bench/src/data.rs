@@ -6,7 +6,7 @@
 //!
 //! - `manifest`: lhotse's `prepare_librispeech`; vaak's `vaak data manifest` recipe is on
 //!   another branch and is measured here once merged (until then the row says n/a);
-//! - `verify`: read every file's header and decode it;
+//! - `verify`: decode every file (header parsed on the way; lhotse: `Recording.load_audio()`);
 //! - `prepare`: resample to 16 kHz and write 16-bit FLAC (vaak: [`vaak_data::prepare`];
 //!   lhotse: `Recording.resample(16000).load_audio()` and soundfile in a process pool).
 //!
@@ -80,14 +80,26 @@ pub struct DataReport {
 
 /// Writes the corpus under `root/train-clean-100/`; returns the corpus rows (relative to
 /// `root`) for vaak's prepare, in place of the recipe's manifest.
-fn synth_librispeech(root: &Path, files: usize, seconds: f64, rate: u32, jobs: usize) -> Result<Vec<CorpusRow>> {
+fn synth_librispeech(
+    root: &Path,
+    files: usize,
+    seconds: f64,
+    rate: u32,
+    jobs: usize,
+) -> Result<Vec<CorpusRow>> {
     let per_chapter = 25;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs.max(1)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()?;
     let rows: Vec<Result<CorpusRow>> = pool.install(|| {
         (0..files)
             .into_par_iter()
             .map(|i| {
-                let (spk, chap, utt) = (100 + i / (per_chapter * 2), 1000 + i / per_chapter, i % per_chapter);
+                let (spk, chap, utt) = (
+                    100 + i / (per_chapter * 2),
+                    1000 + i / per_chapter,
+                    i % per_chapter,
+                );
                 let dir = root.join(format!("train-clean-100/{spk}/{chap}"));
                 std::fs::create_dir_all(&dir)?;
                 let secs = seconds * (0.5 + (i * 37 % 101) as f64 / 100.0);
@@ -117,13 +129,20 @@ fn synth_librispeech(root: &Path, files: usize, seconds: f64, rate: u32, jobs: u
     for r in &rows {
         let dir = Path::new(&r.audio_path).parent().expect("a nested path");
         let key = dir.display().to_string();
-        trans.entry(key).or_default().push_str(&format!("{} {}\n", r.id, r.text));
+        trans
+            .entry(key)
+            .or_default()
+            .push_str(&format!("{} {}\n", r.id, r.text));
     }
     for (dir, text) in trans {
         let d = Path::new(&dir);
         let spk = d.parent().and_then(|p| p.file_name()).expect("speaker dir");
         let chap = d.file_name().expect("chapter dir");
-        let name = format!("{}-{}.trans.txt", spk.to_string_lossy(), chap.to_string_lossy());
+        let name = format!(
+            "{}-{}.trans.txt",
+            spk.to_string_lossy(),
+            chap.to_string_lossy()
+        );
         std::fs::write(root.join(d).join(name), text)?;
     }
     Ok(rows)
@@ -139,7 +158,10 @@ pub fn run(args: DataBenchArgs) -> Result<()> {
         }
     };
     let corpus = work.join("LibriSpeech");
-    eprintln!("bench data: writing {} files at {} Hz...", args.files, args.rate);
+    eprintln!(
+        "bench data: writing {} files at {} Hz...",
+        args.files, args.rate
+    );
     let rows = synth_librispeech(&corpus, args.files, args.seconds, args.rate, args.jobs)?;
     let hours: f64 = rows.iter().map(|r| r.duration_s).sum::<f64>() / 3600.0;
     let manifest = work.join("vaak_manifest.jsonl");
@@ -150,14 +172,16 @@ pub fn run(args: DataBenchArgs) -> Result<()> {
             .to_string(),
     ];
 
-    eprintln!("bench data: vaak verify (header + decode)...");
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.jobs.max(1)).build()?;
+    eprintln!("bench data: vaak verify (decode every file)...");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.jobs.max(1))
+        .build()?;
     let t = Instant::now();
     let frames: Vec<Result<usize>> = pool.install(|| {
         rows.par_iter()
             .map(|r| {
+                // Like the peer's `load_audio`: the header is parsed as part of the decode.
                 let p = corpus.join(&r.audio_path);
-                vaak_audio::io::probe_info(&p)?;
                 Ok(vaak_audio::io::decode_file(&p, None)?.samples.len())
             })
             .collect()
@@ -172,7 +196,11 @@ pub fn run(args: DataBenchArgs) -> Result<()> {
     let t = Instant::now();
     let s = prepare(&manifest, &cfg, &|_| {}).context("vaak prepare")?;
     let vaak_prepare = t.elapsed().as_secs_f64();
-    anyhow::ensure!(s.failed.is_empty(), "vaak prepare failed rows: {:?}", s.failed);
+    anyhow::ensure!(
+        s.failed.is_empty(),
+        "vaak prepare failed rows: {:?}",
+        s.failed
+    );
 
     let mut peer_stages = serde_json::Value::Null;
     if let Some(python) = args.peer.interpreter("lhotse", &mut notes) {

@@ -176,9 +176,12 @@ pub fn prepare_cmd(a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
+/// A comma-separated effect flag, the effect its values make, and the flag's name.
+type EffectFlag<'a> = (&'a Option<String>, fn(f64) -> Effect, &'static str);
+
 pub fn augment_cmd(a: AugmentArgs) -> Result<()> {
     let mut effects = Vec::new();
-    let lists: [(&Option<String>, fn(f64) -> Effect, &str); 4] = [
+    let lists: [EffectFlag; 4] = [
         (&a.speed, Effect::Speed, "--speed"),
         (&a.pitch, Effect::Pitch, "--pitch"),
         (&a.noise_snr, Effect::NoiseSnr, "--noise-snr"),
@@ -203,10 +206,7 @@ pub fn augment_cmd(a: AugmentArgs) -> Result<()> {
         with_source: a.with_source,
         jobs: a.jobs.unwrap_or_else(default_jobs),
     };
-    let (bar, on_row) = audio_bar(
-        rows_in(&a.manifest)? * effects.len() as u64,
-        a.no_progress,
-    );
+    let (bar, on_row) = audio_bar(rows_in(&a.manifest)? * effects.len() as u64, a.no_progress);
     let s = augment(&a.manifest, &cfg, &on_row)
         .with_context(|| format!("vaak data augment {}", a.manifest.display()))?;
     bar.finish_and_clear();

@@ -70,7 +70,16 @@ fn prepare_killed_mid_run_then_rerun_loses_and_duplicates_nothing() {
     let m = d.path().join("m.jsonl").display().to_string();
     let out = d.path().join("out");
     let out_s = out.display().to_string();
-    let args = ["data", "prepare", &m, "--out", &out_s, "--jobs", "1", "--no-progress"];
+    let args = [
+        "data",
+        "prepare",
+        &m,
+        "--out",
+        &out_s,
+        "--jobs",
+        "1",
+        "--no-progress",
+    ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_vaak"))
         .args(args)
         .stdout(Stdio::null())
@@ -79,8 +88,14 @@ fn prepare_killed_mid_run_then_rerun_loses_and_duplicates_nothing() {
         .unwrap();
     let t0 = Instant::now();
     while flacs(&out.join("audio")) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(600), "no output appeared");
-        assert!(child.try_wait().unwrap().is_none(), "prepare ended before it was killed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no output appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "prepare ended before it was killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
@@ -102,7 +117,13 @@ fn prepare_killed_mid_run_then_rerun_loses_and_duplicates_nothing() {
     assert_eq!(flacs(&out.join("audio")), n);
     let leftovers = std::fs::read_dir(out.join("audio"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
         .count();
     assert_eq!(leftovers, 0);
     for (r, src) in back.rows.iter().zip(&rows) {
@@ -140,36 +161,88 @@ fn augment_split_shard_then_train_the_tiny_codec_from_the_shards() {
     let p = |s: &str| d.path().join(s).display().to_string();
     corpus(d.path(), 8, 0.5, 16_000);
     let t = ok(vaak(&[
-        "data", "augment", &p("m.jsonl"), "--out", &p("aug"), "--speed", "0.9,1.1",
-        "--pitch", "-2", "--seed", "3", "--with-source", "--no-progress",
+        "data",
+        "augment",
+        &p("m.jsonl"),
+        "--out",
+        &p("aug"),
+        "--speed",
+        "0.9,1.1",
+        "--pitch",
+        "-2",
+        "--seed",
+        "3",
+        "--with-source",
+        "--no-progress",
     ]));
     assert!(t.contains("\"augmented_rows\": 24"), "{t}");
-    assert_eq!(read_corpus(&d.path().join("aug/manifest.jsonl")).unwrap().rows.len(), 32);
+    assert_eq!(
+        read_corpus(&d.path().join("aug/manifest.jsonl"))
+            .unwrap()
+            .rows
+            .len(),
+        32
+    );
     let t = ok(vaak(&[
-        "data", "split", &p("aug/manifest.jsonl"), "--ratios", "0.5,0.25,0.25", "--out",
+        "data",
+        "split",
+        &p("aug/manifest.jsonl"),
+        "--ratios",
+        "0.5,0.25,0.25",
+        "--out",
         &p("split"),
     ]));
     assert!(t.contains("speakers"), "{t}");
-    let train = read_corpus(&d.path().join("split/train.jsonl")).unwrap().rows;
+    let train = read_corpus(&d.path().join("split/train.jsonl"))
+        .unwrap()
+        .rows;
     assert!(!train.is_empty());
     ok(vaak(&[
-        "data", "shard", &p("split/train.jsonl"), "--data-root", &p("aug"), "--out", &p("shards"),
-        "--shard-size", "3",
+        "data",
+        "shard",
+        &p("split/train.jsonl"),
+        "--data-root",
+        &p("aug"),
+        "--out",
+        &p("shards"),
+        "--shard-size",
+        "3",
     ]));
     assert!(d.path().join("shards/shards.json").is_file());
 
     std::fs::write(d.path().join("tiny.yaml"), TINY_CODEC).unwrap();
     let t = ok(vaak(&[
-        "train", "codec", "--data", &p("shards"), "--config", &p("tiny.yaml"), "--out",
-        &p("run"), "--steps", "2", "--no-progress",
+        "train",
+        "codec",
+        "--data",
+        &p("shards"),
+        "--config",
+        &p("tiny.yaml"),
+        "--out",
+        &p("run"),
+        "--steps",
+        "2",
+        "--no-progress",
     ]));
     assert!(t.contains(&format!("{} audio file(s)", train.len())), "{t}");
-    assert!(d.path().join("run/export/model.safetensors").is_file(), "{t}");
+    assert!(
+        d.path().join("run/export/model.safetensors").is_file(),
+        "{t}"
+    );
     // Rank 1 of 2 from the environment reads the odd shards only.
     let o = Command::new(env!("CARGO_BIN_EXE_vaak"))
         .args([
-            "train", "codec", "--data", &p("shards"), "--config", &p("tiny.yaml"), "--out",
-            &p("run1"), "--steps", "2", "--no-progress",
+            "train",
+            "codec",
+            "--data",
+            &p("shards"),
+            "--config",
+            &p("tiny.yaml"),
+            "--out",
+            &p("run1"),
+            "--steps",
+            "2",
+            "--no-progress",
         ])
         .env("RUST_LOG", "info")
         .env("RANK", "1")

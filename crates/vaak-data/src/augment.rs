@@ -106,7 +106,10 @@ pub fn apply_effect(
                 let clip = &noise[rng.random_range(0..noise.len())];
                 fx::fit_noise(clip, n, rng)?
             };
-            Audio::new(fx::add_noise(&audio.samples, &noise, snr)?, audio.sample_rate)
+            Audio::new(
+                fx::add_noise(&audio.samples, &noise, snr)?,
+                audio.sample_rate,
+            )
         }
     })
 }
@@ -143,12 +146,10 @@ pub fn augment(
         }
     }
     let m = read_corpus(manifest)?;
-    let root = cfg.data_root.clone().unwrap_or_else(|| {
-        manifest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    });
+    let root = cfg
+        .data_root
+        .clone()
+        .unwrap_or_else(|| manifest.parent().map(Path::to_path_buf).unwrap_or_default());
     let noise = match &cfg.noise_dir {
         None => Vec::new(),
         Some(dir) => load_noise(dir, cfg.rate)?,
@@ -233,10 +234,13 @@ pub fn augment(
                         Err(e) => {
                             on_row(0.0);
                             tracing::warn!("augment: row {id}: {e}");
-                            failed.lock().expect("no panics hold the lock").push(FailedRow {
-                                id,
-                                reason: e.to_string(),
-                            });
+                            failed
+                                .lock()
+                                .expect("no panics hold the lock")
+                                .push(FailedRow {
+                                    id,
+                                    reason: e.to_string(),
+                                });
                         }
                     }
                 }

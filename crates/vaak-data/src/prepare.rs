@@ -89,12 +89,11 @@ pub struct PrepareSummary {
 pub fn load_row_audio(data_root: &Path, row: &CorpusRow, target_rate: u32) -> Result<Audio> {
     match row.audio()? {
         AudioRef::File(p) => {
-            let path = resolve_audio_path(data_root, &p).map_err(|reason| {
-                DataError::AudioSource {
+            let path =
+                resolve_audio_path(data_root, &p).map_err(|reason| DataError::AudioSource {
                     path: PathBuf::from(&p),
                     reason: format!("row {}: {reason}", row.id),
-                }
-            })?;
+                })?;
             Ok(decode_file(&path, Some(target_rate))?)
         }
         // MERGE: parquet_audio::load_audio
@@ -236,12 +235,10 @@ pub fn prepare(
             });
         }
     }
-    let root = cfg.data_root.clone().unwrap_or_else(|| {
-        manifest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    });
+    let root = cfg
+        .data_root
+        .clone()
+        .unwrap_or_else(|| manifest.parent().map(Path::to_path_buf).unwrap_or_default());
     let audio_dir = cfg.out.join(AUDIO_DIR);
     std::fs::create_dir_all(&audio_dir).map_err(|e| DataError::io(&audio_dir, e))?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -285,10 +282,13 @@ pub fn prepare(
                     Err(e) => {
                         on_row(0.0);
                         tracing::warn!("prepare: row {}: {e}", row.id);
-                        failed.lock().expect("no panics hold the lock").push(FailedRow {
-                            id: row.id.clone(),
-                            reason: e.to_string(),
-                        });
+                        failed
+                            .lock()
+                            .expect("no panics hold the lock")
+                            .push(FailedRow {
+                                id: row.id.clone(),
+                                reason: e.to_string(),
+                            });
                         None
                     }
                 }
@@ -352,9 +352,7 @@ mod tests {
     #[test]
     fn flac_round_trips_through_the_decoder() {
         let d = tempfile::tempdir().unwrap();
-        let x: Vec<f32> = (0..30000)
-            .map(|i| 0.5 * (i as f32 * 0.05).sin())
-            .collect();
+        let x: Vec<f32> = (0..30000).map(|i| 0.5 * (i as f32 * 0.05).sin()).collect();
         let p = d.path().join("a.flac");
         write_atomic(&p, &encode_flac(&x, 16000).unwrap()).unwrap();
         let back = decode_file(&p, None).unwrap();
@@ -381,7 +379,11 @@ mod tests {
         x.extend((0..8000).map(|i| 0.3 * (i as f32 * 0.1).sin()));
         x.extend(vec![0f32; 16000]);
         let t = trim_silence(&x, 16000);
-        assert!((8000..=8000 + 2 * 800 + 320).contains(&t.len()), "{}", t.len());
+        assert!(
+            (8000..=8000 + 2 * 800 + 320).contains(&t.len()),
+            "{}",
+            t.len()
+        );
         assert_eq!(trim_silence(&[0f32; 100], 16000).len(), 100);
     }
 

@@ -90,12 +90,9 @@ pub fn shard(
             ),
         });
     }
-    let root = data_root.map(Path::to_path_buf).unwrap_or_else(|| {
-        manifest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    });
+    let root = data_root
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.parent().map(Path::to_path_buf).unwrap_or_default());
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     // A rerun rewrites the whole directory; drop the old index first so a crash in between
     // never leaves an index naming shards of another run.
@@ -193,10 +190,7 @@ impl ShardReader {
         if index.format != SHARD_FORMAT {
             return Err(DataError::Manifest {
                 path: p,
-                reason: format!(
-                    "shard format {:?}, expected {SHARD_FORMAT:?}",
-                    index.format
-                ),
+                reason: format!("shard format {:?}, expected {SHARD_FORMAT:?}", index.format),
             });
         }
         Ok(Self { dir, index })

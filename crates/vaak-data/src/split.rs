@@ -80,12 +80,7 @@ pub fn assign(rows: &[CorpusRow], ratios: [f64; 3], seed: u64) -> Result<[Vec<us
 }
 
 /// Splits `manifest` into `out/{train,val,test}.jsonl`.
-pub fn split(
-    manifest: &Path,
-    out: &Path,
-    ratios: [f64; 3],
-    seed: u64,
-) -> Result<Vec<SplitStats>> {
+pub fn split(manifest: &Path, out: &Path, ratios: [f64; 3], seed: u64) -> Result<Vec<SplitStats>> {
     let m = read_corpus(manifest)?;
     if !m.malformed.is_empty() {
         let b = &m.malformed[0];

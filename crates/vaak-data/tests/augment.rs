@@ -42,9 +42,19 @@ fn the_same_seed_gives_the_same_bytes_and_rows_link_to_their_sources() {
         Effect::NoiseSnr(10.0),
         Effect::Gain(-6.0),
     ];
-    let a = augment(&m, &settings(&d.path().join("a"), effects.clone(), 7), &quiet).unwrap();
-    let b = augment(&m, &settings(&d.path().join("b"), effects.clone(), 7), &quiet).unwrap();
-    let c = augment(&m, &settings(&d.path().join("c"), effects, 8), &quiet).unwrap();
+    let a = augment(
+        &m,
+        &settings(&d.path().join("a"), effects.clone(), 7),
+        &quiet,
+    )
+    .unwrap();
+    let b = augment(
+        &m,
+        &settings(&d.path().join("b"), effects.clone(), 7),
+        &quiet,
+    )
+    .unwrap();
+    augment(&m, &settings(&d.path().join("c"), effects, 8), &quiet).unwrap();
     assert_eq!(a.augmented_rows, 15);
     assert!(a.failed.is_empty(), "{:?}", a.failed);
     let rows = read_corpus(&a.manifest).unwrap().rows;
@@ -60,16 +70,35 @@ fn the_same_seed_gives_the_same_bytes_and_rows_link_to_their_sources() {
         } else {
             assert_eq!(fa, fc, "{}: only the noise depends on the seed", r.id);
         }
-        let s = src.iter().find(|s| Some(&s.id) == r.source_id.as_ref()).unwrap();
+        let s = src
+            .iter()
+            .find(|s| Some(&s.id) == r.source_id.as_ref())
+            .unwrap();
         assert_eq!(r.id, format!("{}~{}", s.id, r.augment.as_deref().unwrap()));
         assert_eq!((&r.text, &r.speaker), (&s.text, &s.speaker));
     }
     assert!(noise_differs, "another seed draws other noise");
-    let labels: Vec<&str> = rows[..5].iter().map(|r| r.augment.as_deref().unwrap()).collect();
-    assert_eq!(labels, ["speed=0.9", "speed=1.1", "pitch=-2", "noise_snr=10", "gain=-6"]);
+    let labels: Vec<&str> = rows[..5]
+        .iter()
+        .map(|r| r.augment.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "speed=0.9",
+            "speed=1.1",
+            "pitch=-2",
+            "noise_snr=10",
+            "gain=-6"
+        ]
+    );
     // A rerun keeps every finished file.
-    let again = augment(&m, &settings(&d.path().join("a"), vec![Effect::Speed(0.9)], 7), &quiet)
-        .unwrap();
+    let again = augment(
+        &m,
+        &settings(&d.path().join("a"), vec![Effect::Speed(0.9)], 7),
+        &quiet,
+    )
+    .unwrap();
     assert_eq!((again.written, again.skipped_done), (0, 3));
 }
 
@@ -99,7 +128,10 @@ fn speed_pitch_noise_and_gain_do_what_they_say() {
     let s = augment(&m, &cfg, &quiet).unwrap();
     let rows = read_corpus(&s.manifest).unwrap().rows;
     assert_eq!(rows.len(), 8, "the source row is listed too");
-    assert_eq!((rows[0].id.as_str(), rows[0].augment.as_deref()), ("t", None));
+    assert_eq!(
+        (rows[0].id.as_str(), rows[0].augment.as_deref()),
+        ("t", None)
+    );
     let load = |id: &str| {
         let r = rows.iter().find(|r| r.id == id).unwrap();
         let a = decode_file(d.path().join("out").join(&r.audio_path), None).unwrap();
@@ -117,7 +149,10 @@ fn speed_pitch_noise_and_gain_do_what_they_say() {
         assert_eq!(y.len(), tone.len());
         let want = f0 * 2f64.powf(st / 12.0);
         let got = frequency(&y, 16_000);
-        assert!((got / want - 1.0).abs() < 0.01, "{id}: {got} Hz, want {want}");
+        assert!(
+            (got / want - 1.0).abs() < 0.01,
+            "{id}: {got} Hz, want {want}"
+        );
     }
     for (snr, id) in [(10.0, "t~noise_snr=10"), (0.0, "t~noise_snr=0")] {
         let y = load(id);
@@ -140,7 +175,13 @@ fn noise_clips_from_a_directory_are_used() {
     let hum: Vec<f32> = (0..4000)
         .map(|i| (2.0 * std::f32::consts::PI * 50.0 * i as f32 / 16_000.0).sin())
         .collect();
-    write_wav(d.path().join("noise/hum.wav"), &hum, 16_000, WavFormat::Float32).unwrap();
+    write_wav(
+        d.path().join("noise/hum.wav"),
+        &hum,
+        16_000,
+        WavFormat::Float32,
+    )
+    .unwrap();
     let mut cfg = settings(&d.path().join("out"), vec![Effect::NoiseSnr(5.0)], 3);
     cfg.noise_dir = Some(d.path().join("noise"));
     let s = augment(&m, &cfg, &quiet).unwrap();

@@ -85,7 +85,11 @@ fn trimming_shortens_padded_clips_and_failures_are_reported_per_row() {
     let s = prepare(&m, &cfg, &quiet).unwrap();
     let failed: Vec<&str> = s.failed.iter().map(|f| f.id.as_str()).collect();
     assert_eq!(failed, ["gone", "pq"]);
-    assert!(s.failed[1].reason.contains("parquet"), "{}", s.failed[1].reason);
+    assert!(
+        s.failed[1].reason.contains("parquet"),
+        "{}",
+        s.failed[1].reason
+    );
     let out = read_corpus(&s.manifest).unwrap().rows;
     assert_eq!(out.len(), 3);
     let pad = out.iter().find(|r| r.id == "pad").unwrap();

@@ -44,11 +44,19 @@ fn splits_are_speaker_disjoint_near_the_ratios_and_seeded() {
     for (s, idx) in parts.iter().enumerate() {
         let hours: f64 = idx.iter().map(|&i| rows[i].duration_s).sum();
         let want = [0.8, 0.1, 0.1][s];
-        assert!((hours / total - want).abs() < 0.03, "split {s}: {}", hours / total);
+        assert!(
+            (hours / total - want).abs() < 0.03,
+            "split {s}: {}",
+            hours / total
+        );
         for &i in idx {
             assert!(seen.insert(i), "row {i} twice");
             if let Some(spk) = &rows[i].speaker {
-                assert_eq!(*owner.entry(spk.clone()).or_insert(s), s, "{spk} in two splits");
+                assert_eq!(
+                    *owner.entry(spk.clone()).or_insert(s),
+                    s,
+                    "{spk} in two splits"
+                );
             }
         }
     }

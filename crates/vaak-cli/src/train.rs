@@ -69,7 +69,8 @@ fn dtype_parser() -> impl TypedValueParser<Value = TrainDtype> {
 pub struct CodecTrainArgs {
     /// Training audio: a directory (searched recursively for .wav, .flac, .mp3, .ogg) or a
     /// manifest CSV (columns id, lang, audio_path, duration_s; audio_path relative to
-    /// --data-root). Files are decoded, resampled to the codec rate and kept in memory.
+    /// --data-root), or a shard directory of `vaak data shard` (this rank's shards). Files are
+    /// decoded, resampled to the codec rate and kept in memory.
     #[arg(long, required_unless_present = "print_config")]
     data: Option<PathBuf>,
     /// Root of a manifest's audio_path entries (default: the manifest's directory).

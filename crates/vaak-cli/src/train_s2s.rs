@@ -24,7 +24,8 @@ use crate::train::{collect_audio_ranked, install_ctrl_c, RankArgs};
 #[derive(Args)]
 pub struct S2sTrainArgs {
     /// Training data. Stage lm: audio files (a directory searched recursively for
-    /// .wav/.flac/.mp3/.ogg, or a CSV or JSONL manifest with an audio_path column). Stages
+    /// .wav/.flac/.mp3/.ogg, a CSV or JSONL manifest with an audio_path column, or a shard
+    /// directory of `vaak data shard`). Stages
     /// s2s and cond: the teacher cascade's output (`<root>/parallel/<direction>/<id>/`
     /// samples, or one `parallel/<direction>` directory).
     #[arg(long, required_unless_present = "print_config")]

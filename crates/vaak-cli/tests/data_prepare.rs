@@ -255,4 +255,25 @@ fn augment_split_shard_then_train_the_tiny_codec_from_the_shards() {
     let odd = shards.iter(1, 2).unwrap().count();
     assert!(t.contains(&format!("{odd} audio file(s)")), "{t}");
     assert!(d.path().join("shards/unpacked/rank1-of-2").is_dir());
+
+    // Stage lm of the S2S trainer reads the same shard directory.
+    let t = ok(vaak(&[
+        "train",
+        "s2s",
+        "--data",
+        &p("shards"),
+        "--out",
+        &p("lm"),
+        "--steps",
+        "2",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--codebooks",
+        "2",
+        "--no-progress",
+    ]));
+    assert!(t.contains("trained 2 steps of stage lm"), "{t}");
+    assert!(t.contains(&format!("{} audio file(s)", train.len())), "{t}");
 }

@@ -14,6 +14,7 @@
 mod audio;
 mod cascade;
 mod codec;
+mod data;
 mod mt;
 pub mod peer;
 pub mod report;
@@ -22,6 +23,7 @@ mod vc;
 pub use audio::{speechlike, AudioBenchArgs};
 pub use cascade::CascadeBenchArgs;
 pub use codec::{CodecBenchArgs, CODEC_CHILD_COMMAND};
+pub use data::DataBenchArgs;
 pub use mt::MtBenchArgs;
 pub use vc::VcBenchArgs;
 
@@ -49,6 +51,9 @@ pub enum BenchCommand {
     /// M2M-100 generation (sentences/s, tokens/s) at batch 1/8/32 on the tiny fixture and a
     /// random mid-size model, against transformers' generate() on the same weights.
     Mt(MtBenchArgs),
+    /// Corpus pipeline stages (manifest, verify, prepare to 16 kHz FLAC) in hours of audio per
+    /// minute on a synthetic LibriSpeech-layout corpus, against lhotse at the same --jobs.
+    Data(DataBenchArgs),
 }
 
 /// Runs one benchmark: prints its table on stdout, progress on stderr, and writes its JSON.
@@ -59,5 +64,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Codec(args) => codec::run(args),
         BenchCommand::Vc(args) => vc::run(args),
         BenchCommand::Mt(args) => mt::run(args),
+        BenchCommand::Data(args) => data::run(args),
     }
 }

@@ -30,6 +30,15 @@ pub enum DataCommand {
     /// corpus manifest (audio that fails to decode, duration mismatches, empty texts, duplicate
     /// ids), decoding every file; a table, --json for the full report, --strict to fail.
     Verify(crate::data_manifest::VerifyArgs),
+    /// Decode, mono, resample (16 kHz), optionally loudness-normalise and trim a corpus
+    /// manifest's audio into FLAC files and a new manifest; parallel and resumable.
+    Prepare(crate::data_prepare::PrepareArgs),
+    /// Seeded augmented copies of a corpus (speed, pitch, noise, gain), linked to their sources.
+    Augment(crate::data_prepare::AugmentArgs),
+    /// Speaker-disjoint train/val/test manifests, ratios by hours.
+    Split(crate::data_prepare::SplitArgs),
+    /// Tar shards (cuts.NNNNNN.jsonl + audio.NNNNNN.tar + shards.json) for sequential reading.
+    Shard(crate::data_prepare::ShardArgs),
 }
 
 #[derive(Args)]
@@ -94,6 +103,10 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         DataCommand::Synth(a) => synth(a),
         DataCommand::Manifest(a) => crate::data_manifest::manifest(a),
         DataCommand::Verify(a) => crate::data_manifest::verify_cmd(a),
+        DataCommand::Prepare(a) => crate::data_prepare::prepare_cmd(a),
+        DataCommand::Augment(a) => crate::data_prepare::augment_cmd(a),
+        DataCommand::Split(a) => crate::data_prepare::split_cmd(a),
+        DataCommand::Shard(a) => crate::data_prepare::shard_cmd(a),
     }
 }
 

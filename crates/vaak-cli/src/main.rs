@@ -9,6 +9,7 @@ mod cascade;
 mod codec;
 mod data;
 mod data_manifest;
+mod data_prepare;
 mod info;
 mod s2s;
 mod train;

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vaak_codec::train::{
     run_training, CodecTrainConfig, CodecTrainer, RunOptions, TrainData, TrainDtype,
 };
-use vaak_nn::train::CheckpointManager;
+use vaak_nn::train::{CheckpointManager, Shard};
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
@@ -69,12 +69,15 @@ fn dtype_parser() -> impl TypedValueParser<Value = TrainDtype> {
 pub struct CodecTrainArgs {
     /// Training audio: a directory (searched recursively for .wav, .flac, .mp3, .ogg) or a
     /// manifest CSV (columns id, lang, audio_path, duration_s; audio_path relative to
-    /// --data-root). Files are decoded, resampled to the codec rate and kept in memory.
+    /// --data-root), or a shard directory of `vaak data shard` (this rank's shards). Files are
+    /// decoded, resampled to the codec rate and kept in memory.
     #[arg(long, required_unless_present = "print_config")]
     data: Option<PathBuf>,
     /// Root of a manifest's audio_path entries (default: the manifest's directory).
     #[arg(long)]
     data_root: Option<PathBuf>,
+    #[command(flatten)]
+    ranks: RankArgs,
     /// Run directory (created; must hold no checkpoints unless --resume).
     #[arg(long, required_unless_present = "print_config")]
     out: Option<PathBuf>,
@@ -244,10 +247,10 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
     };
     let cfg = trainer.config().clone();
 
-    let paths = collect_audio(&data_arg, a.data_root.as_deref())?;
+    let (paths, shard) = collect_audio_ranked(&data_arg, a.data_root.as_deref(), a.ranks)?;
     tracing::info!("{} audio file(s) from {}", paths.len(), data_arg.display());
     let sr = cfg.model.sample_rate as u32;
-    let data = TrainData::load(&paths, sr, cfg.segment_samples(), cfg.data.val_clips)?;
+    let data = TrainData::load_shard(&paths, sr, cfg.segment_samples(), cfg.data.val_clips, shard)?;
     tracing::info!(
         "{} training clip(s), {:.1} min; {} validation clip(s){}",
         data.train_clips().len(),
@@ -355,6 +358,58 @@ pub(crate) fn install_ctrl_c(stop: Arc<AtomicBool>) {
 }
 
 const AUDIO_EXTS: [&str; 4] = ["wav", "flac", "mp3", "ogg"];
+
+/// This process's place in a data-parallel run: `--rank`/`--world-size`, else the `RANK` and
+/// `WORLD_SIZE` environment variables (as torchrun sets them), else 0 of 1.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct RankArgs {
+    /// This process's rank in a data-parallel run (env RANK).
+    #[arg(long, env = "RANK", default_value_t = 0)]
+    pub rank: usize,
+    /// Processes in the data-parallel run (env WORLD_SIZE).
+    #[arg(long, env = "WORLD_SIZE", default_value_t = 1)]
+    pub world_size: usize,
+}
+
+/// The training audio of `data` for this rank, and the [`Shard`] still to apply to it.
+///
+/// A shard directory (`vaak data shard`, detected by its `shards.json`) is split by shard:
+/// rank `r` takes shards `i % world_size == r`, whose audio members are unpacked once into
+/// `<data>/unpacked/rank<r>-of-<w>/` (the trainers read files); the returned shard is then the
+/// single one. Any other input (directory, corpus or cascade manifest) is returned whole with
+/// the rank's [`Shard`], which the trainer applies.
+pub(crate) fn collect_audio_ranked(
+    data: &Path,
+    data_root: Option<&Path>,
+    ranks: RankArgs,
+) -> Result<(Vec<PathBuf>, Shard)> {
+    let shard = Shard::new(ranks.rank, ranks.world_size)
+        .map_err(|e| anyhow::anyhow!("--rank/--world-size: {e}"))?;
+    if !vaak_data::shard::is_shard_dir(data) {
+        return Ok((collect_audio(data, data_root)?, shard));
+    }
+    let dest = data
+        .join("unpacked")
+        .join(format!("rank{}-of-{}", ranks.rank, ranks.world_size));
+    let paths = vaak_data::shard::unpack_rank(data, ranks.rank, ranks.world_size, &dest)
+        .with_context(|| format!("reading the shards of {}", data.display()))?;
+    if paths.is_empty() {
+        bail!(
+            "{}: no shard for rank {} of {} (fewer shards than processes)",
+            data.display(),
+            ranks.rank,
+            ranks.world_size
+        );
+    }
+    tracing::info!(
+        "rank {} of {}: {} clip(s) from the shards of {}",
+        ranks.rank,
+        ranks.world_size,
+        paths.len(),
+        data.display()
+    );
+    Ok((paths, Shard::single()))
+}
 
 /// The audio files of a directory (recursive, sorted) or of a manifest (CSV or JSONL).
 pub(crate) fn collect_audio(data: &Path, data_root: Option<&Path>) -> Result<Vec<PathBuf>> {

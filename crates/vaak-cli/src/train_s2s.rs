@@ -19,12 +19,13 @@ use vaak_s2s::train::{
     S2sTrainConfig, S2sTrainer, Stage,
 };
 
-use crate::train::{collect_audio, install_ctrl_c};
+use crate::train::{collect_audio_ranked, install_ctrl_c, RankArgs};
 
 #[derive(Args)]
 pub struct S2sTrainArgs {
     /// Training data. Stage lm: audio files (a directory searched recursively for
-    /// .wav/.flac/.mp3/.ogg, or a CSV or JSONL manifest with an audio_path column). Stages
+    /// .wav/.flac/.mp3/.ogg, a CSV or JSONL manifest with an audio_path column, or a shard
+    /// directory of `vaak data shard`). Stages
     /// s2s and cond: the teacher cascade's output (`<root>/parallel/<direction>/<id>/`
     /// samples, or one `parallel/<direction>` directory).
     #[arg(long, required_unless_present = "print_config")]
@@ -32,6 +33,10 @@ pub struct S2sTrainArgs {
     /// Root of a manifest's audio_path entries (default: the manifest's directory).
     #[arg(long)]
     data_root: Option<PathBuf>,
+    /// Stage lm: a shard directory (`vaak data shard`) is read by shard, `i % world_size ==
+    /// rank`; other inputs are split clip by clip the same way.
+    #[command(flatten)]
+    ranks: RankArgs,
     /// Run directory (created; must hold no checkpoints unless --resume).
     #[arg(long, required_unless_present = "print_config")]
     out: Option<PathBuf>,
@@ -175,7 +180,13 @@ fn load_examples(
         report(&format!("{} pair(s)", pairs.len()), &r.1);
         r
     } else {
-        let paths = collect_audio(data, a.data_root.as_deref())?;
+        let (paths, shard) = collect_audio_ranked(data, a.data_root.as_deref(), a.ranks)?;
+        let paths: Vec<PathBuf> = paths
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % shard.world_size == shard.rank)
+            .map(|(_, p)| p)
+            .collect();
         let b = bar(paths.len() as u64, a.no_progress, "encoding clips")?;
         let r = build_clip_examples(&paths, tok, &mut cache, &mut || b.inc(1))?;
         b.finish_and_clear();

@@ -20,8 +20,11 @@
 //!   corpus manifests; [`parquet_audio`] reads Hugging Face parquet shards with embedded audio,
 //!   and [`audio_ref::load_audio`] decodes a row's audio wherever it lives.
 //! - [`verify`]: `vaak data verify`: statistics and defects of a corpus manifest.
+//! - [`prepare`], [`augment`], [`split`], [`shard`]: `vaak data prepare|augment|split|shard`
+//!   (FLAC at 16 kHz, seeded augmentation, speaker-disjoint splits, tar shards and their reader).
 
 pub mod audio_ref;
+pub mod augment;
 pub mod corpus;
 pub mod error;
 pub mod lang;
@@ -30,9 +33,12 @@ pub mod npy;
 pub mod parallel;
 pub mod parquet_audio;
 pub mod paths;
+pub mod prepare;
 pub mod recipes;
 pub mod safe_id;
+pub mod shard;
 pub mod sources;
+pub mod split;
 pub mod verify;
 
 pub use error::{DataError, Result};

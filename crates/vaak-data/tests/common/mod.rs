@@ -1,5 +1,6 @@
 //! Test helpers: tiny audio files (WAV with hound, FLAC with the pure-Rust flacenc) and
-//! parquet shards written with the parquet crate's low-level writer.
+//! parquet shards written with the parquet crate's low-level writer; small corpora of synthetic
+//! WAVs with their manifests for the data-command tests.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -44,22 +45,13 @@ pub fn write_wav(path: &Path, frames: usize, rate: u32, channels: u16) {
     std::fs::write(path, wav_bytes(frames, rate, channels)).unwrap();
 }
 
+/// FLAC bytes of [`tone`], through the same encoder `vaak data prepare` writes with.
 pub fn flac_bytes(frames: usize, rate: u32) -> Vec<u8> {
-    use flacenc::component::BitRepr;
-    use flacenc::error::Verify;
-    let samples: Vec<i32> = tone(frames, rate, 1).into_iter().map(i32::from).collect();
-    let config = flacenc::config::Encoder::default().into_verified().unwrap();
-    let source = flacenc::source::MemSource::from_samples(&samples, 1, 16, rate as usize);
-    let stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size).unwrap();
-    let mut sink = flacenc::bitsink::ByteSink::new();
-    stream.write(&mut sink).unwrap();
-    let mut b = sink.as_slice().to_vec();
-    // flacenc writes the short last block's size as STREAMINFO's minimum block size, which the
-    // spec excludes and symphonia 0.5 rejects ("unexpected end of data"); libFLAC writes
-    // min = max for a fixed-block stream, so do the same.
-    let max = [b[10], b[11]];
-    b[8..10].copy_from_slice(&max);
-    b
+    let samples: Vec<f32> = tone(frames, rate, 1)
+        .into_iter()
+        .map(|s| f32::from(s) / 32768.0)
+        .collect();
+    vaak_data::prepare::encode_flac(&samples, rate).unwrap()
 }
 
 pub fn write_flac(path: &Path, frames: usize, rate: u32) {
@@ -157,4 +149,64 @@ pub fn write_parquet(path: &Path, s: &Shard) {
         rg.close().unwrap();
     }
     w.close().unwrap();
+}
+
+use vaak_data::corpus::{write_corpus, CorpusRow};
+
+// Small corpora of synthetic WAVs for the data-command tests.
+
+/// A speech-like test signal: a few harmonics of `f0` with a slow amplitude envelope.
+pub fn voice(n: usize, rate: u32, f0: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            let env = 0.5 + 0.4 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
+            let tone: f32 = (1..=4)
+                .map(|h| (2.0 * std::f32::consts::PI * f0 * h as f32 * t).sin() / h as f32)
+                .sum();
+            0.2 * env * tone
+        })
+        .collect()
+}
+
+/// A row for `rel` (relative to the manifest's directory).
+pub fn row(id: &str, rel: &str, secs: f64, speaker: Option<&str>) -> CorpusRow {
+    CorpusRow {
+        id: id.into(),
+        lang: "te".into(),
+        dataset: "test".into(),
+        split: "all".into(),
+        audio_path: rel.into(),
+        duration_s: secs,
+        text: format!("text of {id}"),
+        speaker: speaker.map(str::to_string),
+        sample_rate: None,
+        channels: None,
+        source_id: None,
+        augment: None,
+    }
+}
+
+/// `n` WAV files at `rate` under `dir/wav/` (lengths 0.5 s + i*0.1 s, two speakers) and
+/// `dir/m.jsonl` listing them; returns the manifest path and rows.
+pub fn corpus(dir: &Path, n: usize, rate: u32) -> (std::path::PathBuf, Vec<CorpusRow>) {
+    std::fs::create_dir_all(dir.join("wav")).unwrap();
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let secs = 0.5 + 0.1 * i as f64;
+        let samples = voice((secs * rate as f64) as usize, rate, 110.0 + 10.0 * i as f32);
+        let rel = format!("wav/u{i:03}.wav");
+        vaak_audio::io::write_wav(
+            dir.join(&rel),
+            &samples,
+            rate,
+            vaak_audio::io::WavFormat::Pcm16,
+        )
+        .unwrap();
+        let spk = format!("s{}", i % 2);
+        rows.push(row(&format!("u{i:03}"), &rel, secs, Some(&spk)));
+    }
+    let m = dir.join("m.jsonl");
+    write_corpus(&m, &rows).unwrap();
+    (m, rows)
 }

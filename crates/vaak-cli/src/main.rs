@@ -1,7 +1,7 @@
 //! `vaak`: the command line of the vaak speech-to-speech system.
 //!
 //! Thin by design: parse flags, load config, call the libraries. Every subcommand listed here
-//! is implemented (the voice server, `vaak serve`, is not built yet). The benchmarks live in
+//! is implemented; `vaak serve` runs the voice server. The benchmarks live in
 //! `vaak-bench`; `vaak bench` mounts its subcommands.
 
 mod audio;
@@ -10,6 +10,7 @@ mod codec;
 mod data;
 mod info;
 mod s2s;
+mod serve;
 mod train;
 mod train_s2s;
 
@@ -38,6 +39,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The streaming voice server and its browser client (http://127.0.0.1:8998/): echo,
+    /// translate and converse, with VAD turn-taking and barge-in.
+    Serve(Box<serve::ServeArgs>),
     /// Print the build: version, enabled features, candle version, CPU capabilities and the
     /// accelerators this binary can see.
     Info(info::InfoArgs),
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     match cli.command {
+        Command::Serve(args) => serve::run(*args),
         Command::Info(args) => info::run(args),
         Command::Audio(cmd) => audio::run(cmd),
         Command::Cascade(args) => cascade::run(*args),

@@ -35,6 +35,9 @@ window.vaakDebug = {
   staleFramesDropped: 0,
   seqGaps: 0,
   queuedMs: 0,
+  micLevel: 0,
+  micPeak: 0,
+  vadChanges: 0,
   session: null,
   welcome: null,
 };
@@ -214,6 +217,7 @@ function onControl(m) {
 
 function onMeta(m) {
   if (m.kind === "vad") {
+    debug.vadChanges++;
     $("vad").textContent = m.speaking ? "speaking" : "silent";
   } else if (m.kind === "latency") {
     pendingLatency.set(m.turn, {
@@ -308,6 +312,8 @@ async function startAudio() {
   });
   captureNode.port.onmessage = (e) => {
     if (e.data.type !== "frame") return;
+    debug.micLevel = e.data.level;
+    debug.micPeak = Math.max(debug.micPeak, e.data.level);
     $("level").value = Math.min(1, e.data.level * 4);
     if (stats.state === "running") sendAudio(e.data.pcm);
   };

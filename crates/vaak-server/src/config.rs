@@ -79,7 +79,7 @@ pub struct LimitsConfig {
     pub idle_timeout_s: f64,
     /// Total session length (ERROR `session_timeout`).
     pub max_session_s: f64,
-    /// Longest user turn; longer speech is ended as a turn.
+    /// Longest user turn, in seconds of audio; longer speech is ended as a turn.
     pub max_turn_s: f64,
     /// Longest reply (frames past it end the reply as `truncated`).
     pub max_reply_s: f64,
@@ -110,8 +110,8 @@ pub struct VadConfig {
     pub min_silence_ms: u64,
     /// Audio before the detected speech start that still goes to the model.
     pub prefix_padding_ms: u64,
-    /// Silence after the last speech frame before the turn ends (the endpoint), when that
-    /// silence is clear (every frame's probability under half the threshold).
+    /// Silence after the last speech frame before the turn ends (the endpoint), when the
+    /// silence is clear (its last `min_silence_ms` all under half the threshold).
     pub min_endpointing_delay_ms: u64,
     /// The endpoint at the latest, when the silence is not clear.
     pub max_endpointing_delay_ms: u64,

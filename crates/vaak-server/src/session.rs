@@ -29,9 +29,20 @@ enum Out {
     Close,
 }
 
-struct AudioOut {
-    turn: u32,
-    pcm: Vec<i16>,
+/// The audio lane: reply frames, and the control frames that must follow them in order
+/// (`turn_ended done`).
+enum AudioOut {
+    Audio { turn: u32, pcm: Vec<i16> },
+    After(Control),
+}
+
+impl AudioOut {
+    fn turn(&self) -> Option<u32> {
+        match self {
+            AudioOut::Audio { turn, .. } => Some(*turn),
+            AudioOut::After(_) => None,
+        }
+    }
 }
 
 /// The socket writer: control lane first, audio lane after, seq and t_us stamped here.
@@ -51,13 +62,13 @@ async fn writer(
                 Some(Out::Close) | None => break,
             },
             a = audio.recv() => match a {
-                Some(a) => {
-                    if (a.turn as u64) < flushed.load(Ordering::SeqCst) {
+                Some(AudioOut::Audio { turn, pcm }) => {
+                    if (turn as u64) < flushed.load(Ordering::SeqCst) {
                         continue;
                     }
-                    let f = Frame::audio(0, 0, a.turn, &a.pcm);
-                    (MsgType::Audio, f.payload)
+                    (MsgType::Audio, Frame::audio(0, 0, turn, &pcm).payload)
                 }
+                Some(AudioOut::After(c)) => (MsgType::Control, json(&c)),
                 None => break,
             },
         };
@@ -96,7 +107,8 @@ struct Session {
     phase: Phase,
     next_turn: u32,
     last_info: Option<TurnInfo>,
-    turn_started_at: Instant,
+    /// Stream position (samples) where the user turn began.
+    turn_start_pos: u64,
     /// Reply audio waiting for its playout time.
     queue: VecDeque<AudioOut>,
     play_anchor: Option<Instant>,
@@ -208,7 +220,7 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
         phase: Phase::Idle,
         next_turn: 1,
         last_info: None,
-        turn_started_at: Instant::now(),
+        turn_start_pos: 0,
         queue: VecDeque::new(),
         play_anchor: None,
         sent_samples: 0,
@@ -408,12 +420,6 @@ impl Session {
                             self.resume_false_interruption();
                         }
                     }
-                    if let Phase::UserTurn { .. } = self.phase {
-                        if self.turn_started_at.elapsed().as_secs_f64() > limits.max_turn_s {
-                            let t = self.last_t_us();
-                            self.end_user_turn(0.0, t);
-                        }
-                    }
                     self.pump();
                 }
                 _ = shutdown.wait_for(|s| *s) => {
@@ -512,6 +518,13 @@ impl Session {
         for e in events {
             self.on_vad(e);
         }
+        if let Phase::UserTurn { .. } = self.phase {
+            let len = (self.fed - self.turn_start_pos) as f64 / self.st.info.sample_rate as f64;
+            if len > self.st.cfg.limits.max_turn_s {
+                let t = self.last_t_us();
+                self.end_user_turn(0.0, t);
+            }
+        }
         if let Phase::Replying { turn } = self.phase {
             if self.vad.speaking() && self.vad.speech_ms() >= self.st.cfg.vad.min_interruption_ms {
                 let ms = self.vad.speech_ms();
@@ -608,10 +621,8 @@ impl Session {
             setup,
         });
         self.phase = Phase::UserTurn { turn, manual };
-        self.turn_started_at = Instant::now();
-        if manual {
-            self.vad.begin_turn();
-        }
+        self.turn_start_pos = self.fed;
+        self.vad.begin_turn();
         self.control(&Control::TurnStarted { turn });
     }
 
@@ -640,7 +651,7 @@ impl Session {
     /// Barge-in: stop the reply of `turn` everywhere, now.
     fn interrupt(&mut self, turn: u32) {
         self.flushed.fetch_max(turn as u64 + 1, Ordering::SeqCst);
-        self.queue.retain(|a| a.turn > turn);
+        self.queue.retain(|a| a.turn().is_none_or(|t| t > turn));
         self.st.send(Cmd::Cancel {
             slot: self.slot,
             turn,
@@ -781,10 +792,13 @@ impl Session {
                     self.queue.pop_front();
                     self.st.metrics.dropped_frames.inc();
                 }
-                self.queue.push_back(AudioOut { turn, pcm });
+                self.queue.push_back(AudioOut::Audio { turn, pcm });
             }
             WorkerEvent::TurnDone { turn, reason } => {
                 if !self.flushed(turn) {
+                    // Ordered after the turn's audio on the audio lane.
+                    self.queue
+                        .push_back(AudioOut::After(Control::TurnEnded { turn, reason }));
                     self.done = Some((turn, reason));
                 }
             }
@@ -805,6 +819,14 @@ impl Session {
             let sr = self.st.info.sample_rate as f64;
             let lead = self.st.cfg.playout_lead_ms as f64 / 1000.0;
             while let Some(front) = self.queue.front() {
+                if let AudioOut::After(_) = front {
+                    let a = self.queue.pop_front().expect("front exists");
+                    if let Err(mpsc::error::TrySendError::Full(a)) = self.audio_tx.try_send(a) {
+                        self.queue.push_front(a);
+                        break;
+                    }
+                    continue;
+                }
                 let now = Instant::now();
                 let anchor = match self.play_anchor {
                     Some(a) if (now - a).as_secs_f64() <= self.sent_samples as f64 / sr => a,
@@ -819,7 +841,10 @@ impl Session {
                 if ahead >= lead {
                     break;
                 }
-                let n = front.pcm.len() as u64;
+                let n = match front {
+                    AudioOut::Audio { pcm, .. } => pcm.len() as u64,
+                    AudioOut::After(_) => 0,
+                };
                 let a = self.queue.pop_front().expect("front exists");
                 match self.audio_tx.try_send(a) {
                     Ok(()) => self.sent_samples += n,
@@ -831,10 +856,9 @@ impl Session {
                 }
             }
         }
-        if let Some((turn, reason)) = self.done {
-            if !self.queue.iter().any(|a| a.turn == turn) {
+        if let Some((turn, _)) = self.done {
+            if self.queue.is_empty() {
                 self.done = None;
-                self.control(&Control::TurnEnded { turn, reason });
                 if self.phase == (Phase::Replying { turn }) {
                     self.phase = Phase::Idle;
                     self.paused_at = None;

@@ -34,7 +34,8 @@ pub struct TurnDetector {
     speaking: bool,
     speech_run: usize,
     silence_run: usize,
-    unclear: bool,
+    /// Consecutive frames under half the threshold.
+    clear_run: usize,
     /// A speech start was reported and no endpoint yet.
     in_turn: bool,
     speech_end: u64,
@@ -52,7 +53,7 @@ impl TurnDetector {
             speaking: false,
             speech_run: 0,
             silence_run: 0,
-            unclear: false,
+            clear_run: 0,
             in_turn: false,
             speech_end: 0,
             speech_frames_in_turn: 0,
@@ -93,7 +94,8 @@ impl TurnDetector {
         self.speech_frames_in_turn = 0;
     }
 
-    /// Marks a turn as started without a detected speech start (push-to-talk).
+    /// Marks a turn as started (by a speech start, a barge-in or push-to-talk): the next
+    /// clear silence is its endpoint.
     pub fn begin_turn(&mut self) {
         self.in_turn = true;
     }
@@ -119,7 +121,7 @@ impl TurnDetector {
         if p >= c.threshold {
             self.speech_run += 1;
             self.silence_run = 0;
-            self.unclear = false;
+            self.clear_run = 0;
             self.speech_end = self.pos;
             if self.in_turn {
                 self.speech_frames_in_turn += 1;
@@ -136,7 +138,9 @@ impl TurnDetector {
         } else {
             self.silence_run += 1;
             if p >= c.threshold / 2.0 {
-                self.unclear = true;
+                self.clear_run = 0;
+            } else {
+                self.clear_run += 1;
             }
             if self.speaking && self.silence_run >= ms_to_frames(c.min_silence_ms).max(1) {
                 self.speaking = false;
@@ -149,7 +153,9 @@ impl TurnDetector {
             if self.in_turn && !self.speaking {
                 let min = ms_to_frames(c.min_endpointing_delay_ms).max(1);
                 let max = ms_to_frames(c.max_endpointing_delay_ms).max(min);
-                if (self.silence_run >= min && !self.unclear) || self.silence_run >= max {
+                // Clear: the last min_silence_ms were all well under the threshold.
+                let clear = self.clear_run >= ms_to_frames(c.min_silence_ms).max(1).min(min);
+                if (self.silence_run >= min && clear) || self.silence_run >= max {
                     self.in_turn = false;
                     self.speech_frames_in_turn = 0;
                     ev.push(VadEvent::Endpoint {
@@ -202,5 +208,40 @@ mod tests {
             !ev.iter().any(|e| matches!(e, VadEvent::SpeechStart { .. })),
             "{ev:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod speech_tests {
+    use super::*;
+
+    #[test]
+    fn speech_fixture_gives_start_stop_endpoint() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/speech.wav");
+        let r = hound::WavReader::open(p).unwrap();
+        let x: Vec<f32> = r
+            .into_samples::<i16>()
+            .map(|s| s.unwrap() as f32 / 32768.0)
+            .collect();
+        let mut d = TurnDetector::new(VadConfig::default());
+        let mut all = Vec::new();
+        for c in x.chunks(320) {
+            for e in d.push(c) {
+                all.push((d.position(), e));
+            }
+        }
+        assert!(matches!(all[0].1, VadEvent::SpeechStart { .. }), "{all:?}");
+        let VadEvent::Endpoint {
+            silence_ms,
+            speech_end,
+        } = all.last().unwrap().1
+        else {
+            panic!("{all:?}")
+        };
+        assert!(silence_ms >= 500, "{all:?}");
+        // The speech runs from 1.0 to 3.4 s of the file; earshot hears espeak's last syllables
+        // as weak speech, so its last sure frame is a little earlier.
+        assert!((32000..56000).contains(&speech_end), "{all:?}");
+        assert!(all.last().unwrap().0 > speech_end + 8000);
     }
 }

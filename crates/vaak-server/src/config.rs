@@ -158,6 +158,11 @@ impl Default for GenerationSettings {
     }
 }
 
+/// `x > 0` and not NaN.
+fn positive(x: f64) -> bool {
+    x > 0.0
+}
+
 impl ServeConfig {
     /// Reads a TOML file; missing keys keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -213,13 +218,13 @@ impl ServeConfig {
         if l.max_frame_bytes < 64 {
             return bad("limits.max_frame_bytes", "must be at least 64");
         }
-        if l.max_messages_per_s == 0 || !(l.idle_timeout_s > 0.0) || !(l.max_session_s > 0.0) {
+        if l.max_messages_per_s == 0 || !positive(l.idle_timeout_s) || !positive(l.max_session_s) {
             return bad(
                 "limits",
                 "max_messages_per_s, idle_timeout_s and max_session_s must be positive",
             );
         }
-        if !(l.max_turn_s > 0.0 && l.max_reply_s > 0.0) {
+        if !positive(l.max_turn_s) || !positive(l.max_reply_s) {
             return bad("limits", "max_turn_s and max_reply_s must be positive");
         }
         if self.auth_required() {

@@ -26,17 +26,17 @@ pub enum ServeError {
     #[error("device {spec:?}: {source}")]
     Device {
         spec: String,
-        source: vaak_nn::DeviceError,
+        source: Box<vaak_nn::DeviceError>,
     },
     #[error("codec {location}: {source}")]
     Codec {
         location: String,
-        source: vaak_codec::CodecError,
+        source: Box<vaak_codec::CodecError>,
     },
     #[error("S2S model {location}: {source}")]
     S2s {
         location: String,
-        source: vaak_s2s::S2sError,
+        source: Box<vaak_s2s::S2sError>,
     },
     #[error("S2S model {location} reads {model} codebooks of {model_card} codes; codec {codec} has {codec_k} of {codec_card}")]
     CodecMismatch {

@@ -144,7 +144,7 @@ impl Frame {
             )));
         }
         let pcm = &self.payload[4..];
-        if pcm.len() % 2 != 0 {
+        if !pcm.len().is_multiple_of(2) {
             return Err(bad(format!("odd PCM16 byte count {}", pcm.len())));
         }
         let turn = u32::from_le_bytes(self.payload[..4].try_into().expect("4 bytes"));

@@ -109,7 +109,7 @@ impl Drop for SlotGuard {
 pub fn load_models(cfg: &ServeConfig) -> Result<(Models, ModelInfo)> {
     let device = vaak_nn::parse_device(&cfg.device).map_err(|e| ServeError::Device {
         spec: cfg.device.clone(),
-        source: e,
+        source: Box::new(e),
     })?;
     let s2s = match cfg.s2s.as_str() {
         "none" => None,
@@ -118,13 +118,13 @@ pub fn load_models(cfg: &ServeConfig) -> Result<(Models, ModelInfo)> {
         dir => Some(
             SpeechModel::load(Path::new(dir), &device).map_err(|e| ServeError::S2s {
                 location: dir.to_string(),
-                source: e,
+                source: Box::new(e),
             })?,
         ),
     };
     let cerr = |e| ServeError::Codec {
         location: cfg.codec.clone(),
-        source: e,
+        source: Box::new(e),
     };
     let mut codec = if cfg.codec == "vaak-16k" {
         Codec::bundled_vaak_16k(&device).map_err(cerr)?

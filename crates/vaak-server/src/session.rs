@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use vaak_audio::resample::StreamResampler;
 use vaak_s2s::{Emotion, Language, SlotCondition};
 
@@ -158,8 +159,6 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
     };
     let id = st.session_id();
     let span = tracing::info_span!("session", id = %id, slot = guard.slot);
-    let _e = span.enter();
-    drop(_e);
     let hello = match read_hello(&mut stream, &st).await {
         Ok(h) => h,
         Err((code, m)) => {
@@ -207,7 +206,13 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
     } else {
         None
     };
-    tracing::info!(session = %id, mode = hello.mode.name(), turn_mode = hello.turn_mode.name(), "session started");
+    span.in_scope(|| {
+        tracing::info!(
+            mode = hello.mode.name(),
+            turn_mode = hello.turn_mode.name(),
+            "session started"
+        )
+    });
     let mut s = Session {
         vad: TurnDetector::new(st.cfg.vad.clone()),
         st: st.clone(),
@@ -230,10 +235,12 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
         positions: VecDeque::new(),
         fed: 0,
     };
-    s.main_loop(&mut stream, ev_rx, guard).await;
+    s.main_loop(&mut stream, ev_rx, guard)
+        .instrument(span.clone())
+        .await;
     let _ = ctrl.send(Out::Close);
     let _ = w.await;
-    tracing::info!(session = %id, "session ended");
+    span.in_scope(|| tracing::info!("session ended"));
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {

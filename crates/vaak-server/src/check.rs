@@ -61,7 +61,13 @@ impl CheckReport {
 
     /// The table: check, PASS/FAIL, detail.
     pub fn table(&self) -> String {
-        let w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         let mut s = format!("{:<w$}  result  detail\n", "check");
         s.push_str(&format!("{}  ------  ------\n", "-".repeat(w)));
         for r in &self.rows {
@@ -88,6 +94,16 @@ impl CheckReport {
 fn rms_db(x: &[f32]) -> f64 {
     let e = x.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / x.len().max(1) as f64;
     10.0 * e.max(1e-12).log10()
+}
+
+/// The number of voiced 20 ms windows (RMS within 20 dB of the loudest window) and their mean
+/// level in dB.
+fn voiced(x: &[f32]) -> (usize, f64) {
+    let w: Vec<f64> = x.chunks_exact(320).map(rms_db).collect();
+    let top = w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let v: Vec<f64> = w.into_iter().filter(|d| *d > top - 20.0).collect();
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    (v.len(), mean)
 }
 
 /// One spoken turn's outcome.
@@ -148,10 +164,7 @@ async fn spoken_turn(
     })
 }
 
-async fn session(
-    addr: std::net::SocketAddr,
-    mode: Mode,
-) -> Result<(Client, Mic), ClientError> {
+async fn session(addr: std::net::SocketAddr, mode: Mode) -> Result<(Client, Mic), ClientError> {
     let c = Client::connect(&ClientConfig::new(addr, client::hello(mode))).await?;
     let mic = Mic::spawn(c.sender());
     Ok((c, mic))
@@ -212,17 +225,20 @@ pub async fn run_check(mut cfg: ServeConfig, opts: &CheckOptions) -> CheckReport
         let o = spoken_turn(&mut c, &mic, &utts[0], t)
             .await
             .map_err(|e| e.to_string())?;
-        // Where the speech is in each (within 30 dB of its peak), so the turn's padding and
-        // the codec's noise floor do not count.
-        let (a, b) = speech::span_near_peak(&o.samples, 30.0).ok_or("the echo is silent")?;
-        let (ia, ib) = speech::span_near_peak(&utts[0], 30.0).ok_or("the input is silent")?;
-        let ratio = (b - a) as f64 / (ib - ia) as f64;
-        let level = rms_db(&o.samples[a..b]) - rms_db(&utts[0][ia..ib]);
+        // The voiced 20 ms windows of each (within 20 dB of the loudest), so the turn's padding
+        // and the codec's noise floor do not count.
+        let (echo_n, echo_db) = voiced(&o.samples);
+        let (in_n, in_db) = voiced(&utts[0]);
+        if echo_n == 0 {
+            return Err("the echo is silent".to_string());
+        }
+        let ratio = echo_n as f64 / in_n.max(1) as f64;
+        let level = echo_db - in_db;
         let codec_ms = c.stats().turns[&o.turn].stages_ms.get("codec_decode").copied();
         let d = format!(
-            "echo {:.2} s for {:.2} s spoken (x{ratio:.2}), level {level:+.1} dB, codec decode {} ms",
-            (b - a) as f64 / 16000.0,
-            (ib - ia) as f64 / 16000.0,
+            "echo voiced {:.2} s for {:.2} s spoken (x{ratio:.2}), level {level:+.1} dB, codec decode {} ms",
+            echo_n as f64 * 0.02,
+            in_n as f64 * 0.02,
             codec_ms.map_or("-".into(), |x| format!("{x:.1}"))
         );
         if (0.8..=1.2).contains(&ratio) && level.abs() <= 10.0 {
@@ -260,8 +276,14 @@ pub async fn run_check(mut cfg: ServeConfig, opts: &CheckOptions) -> CheckReport
             "turn {}: {:.2} s of reply; first decoder step {:.1} ms, server total {:.1} ms",
             o.turn,
             o.samples.len() as f64 / 16000.0,
-            rec.stages_ms.get("first_decoder_step").copied().unwrap_or(f64::NAN),
-            rec.stages_ms.get("server_total").copied().unwrap_or(f64::NAN)
+            rec.stages_ms
+                .get("first_decoder_step")
+                .copied()
+                .unwrap_or(f64::NAN),
+            rec.stages_ms
+                .get("server_total")
+                .copied()
+                .unwrap_or(f64::NAN)
         ))
     }
     .await;
@@ -290,7 +312,11 @@ pub async fn run_check(mut cfg: ServeConfig, opts: &CheckOptions) -> CheckReport
         c.drain_for(Duration::from_millis(300)).await;
         let errs = c.stats().errors;
         if errs.is_empty() {
-            Ok(format!("{} voices accepted: {}", voices.len(), voices.join(", ")))
+            Ok(format!(
+                "{} voices accepted: {}",
+                voices.len(),
+                voices.join(", ")
+            ))
         } else {
             Err(format!("set voice refused: {errs:?}"))
         }
@@ -414,7 +440,10 @@ mod tests {
         assert!(!r.passed());
         let t = r.table();
         assert!(t.contains("codec   PASS    fine"), "{t}");
-        assert!(t.contains("latency  FAIL    900 ms") || t.contains("latency  FAIL"), "{t}");
+        assert!(
+            t.contains("latency  FAIL    900 ms") || t.contains("latency  FAIL"),
+            "{t}"
+        );
         assert!(t.ends_with("1 of 2 checks passed\n"), "{t}");
     }
 }

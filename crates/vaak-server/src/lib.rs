@@ -11,6 +11,8 @@
 //! - [`vad`]: earshot VAD with speech start/stop and endpointing.
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod check;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -17,12 +17,16 @@ mod codec;
 mod mt;
 pub mod peer;
 pub mod report;
+mod serve;
+mod vad;
 mod vc;
 
 pub use audio::{speechlike, AudioBenchArgs};
 pub use cascade::CascadeBenchArgs;
 pub use codec::{CodecBenchArgs, CODEC_CHILD_COMMAND};
 pub use mt::MtBenchArgs;
+pub use serve::ServeBenchArgs;
+pub use vad::VadBenchArgs;
 pub use vc::VcBenchArgs;
 
 use anyhow::Result;
@@ -49,6 +53,13 @@ pub enum BenchCommand {
     /// M2M-100 generation (sentences/s, tokens/s) at batch 1/8/32 on the tiny fixture and a
     /// random mid-size model, against transformers' generate() on the same weights.
     Mt(MtBenchArgs),
+    /// The voice server under load: N concurrent loopback sessions speaking in real time with
+    /// pauses and barge-ins; p50/p95/p99 end of speech -> first reply audio, server real-time
+    /// factor, the most sessions held in real time, a soak (--minutes) with RSS and p95 drift.
+    Serve(ServeBenchArgs),
+    /// The server's VAD (earshot) against the Python silero-vad reference on a labelled
+    /// espeak-ng set with silence and noise gaps: frame accuracy, precision, recall, F1.
+    Vad(VadBenchArgs),
 }
 
 /// Runs one benchmark: prints its table on stdout, progress on stderr, and writes its JSON.
@@ -59,5 +70,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Codec(args) => codec::run(args),
         BenchCommand::Vc(args) => vc::run(args),
         BenchCommand::Mt(args) => mt::run(args),
+        BenchCommand::Serve(args) => serve::run(args),
+        BenchCommand::Vad(args) => vad::run(args),
     }
 }

@@ -6,6 +6,7 @@
 
 mod audio;
 mod cascade;
+mod check;
 mod codec;
 mod data;
 mod info;
@@ -42,6 +43,9 @@ enum Command {
     /// The streaming voice server and its browser client (http://127.0.0.1:8998/): echo,
     /// translate and converse, with VAD turn-taking and barge-in.
     Serve(Box<serve::ServeArgs>),
+    /// System check: starts the server on loopback and checks codec, model, voices, context,
+    /// barge-in and end-to-end latency; a pass/fail table, non-zero exit on failure.
+    Check(check::CheckArgs),
     /// Print the build: version, enabled features, candle version, CPU capabilities and the
     /// accelerators this binary can see.
     Info(info::InfoArgs),
@@ -80,6 +84,7 @@ fn main() -> Result<()> {
     init_tracing(cli.verbose);
     match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Check(args) => check::run(args),
         Command::Info(args) => info::run(args),
         Command::Audio(cmd) => audio::run(cmd),
         Command::Cascade(args) => cascade::run(*args),

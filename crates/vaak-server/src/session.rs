@@ -601,7 +601,8 @@ impl Session {
         self.next_turn += 1;
         let v = &self.st.cfg.vad;
         let lookback_ms = (speech_ms + v.prefix_padding_ms) as f64;
-        let lookback_frames = (lookback_ms / self.frame_ms()).ceil() as usize;
+        let lookback = (lookback_ms * self.st.info.sample_rate as f64 / 1000.0) as u64;
+        let start_sample = self.fed.saturating_sub(lookback);
         let cond = SlotCondition {
             speaker: None,
             emotion: self.hello.emotion.parse().unwrap_or_default(),
@@ -624,7 +625,7 @@ impl Session {
         self.st.send(Cmd::StartTurn {
             slot: self.slot,
             turn,
-            lookback_frames,
+            start_sample,
             setup,
         });
         self.phase = Phase::UserTurn { turn, manual };
@@ -641,6 +642,7 @@ impl Session {
         self.st.send(Cmd::EndTurn {
             slot: self.slot,
             turn,
+            end_sample: self.fed,
             at: Instant::now(),
         });
         self.st.metrics.turns.inc();

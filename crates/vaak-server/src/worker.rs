@@ -62,18 +62,23 @@ pub enum Cmd {
         slot: usize,
         samples: Vec<f32>,
     },
-    /// A user turn begins; the last `lookback_frames` codec frames already received belong
-    /// to it (prefix padding and the speech before the VAD was sure).
+    /// A user turn begins at sample `start_sample` of the slot's input stream (the prefix
+    /// padding and the speech before the VAD was sure are before the command): every codec
+    /// frame that ends after it belongs to the turn.
     StartTurn {
         slot: usize,
         turn: u32,
-        lookback_frames: usize,
+        start_sample: u64,
         setup: TurnSetup,
     },
-    /// The user turn is over (`at`: when the session decided it).
+    /// The user turn is over at sample `end_sample` of the input stream (`at`: when the
+    /// session decided it). The turn keeps the frames that start before `end_sample`'s
+    /// frame boundary, whatever the worker's lag, so a turn's source depends on the audio
+    /// alone.
     EndTurn {
         slot: usize,
         turn: u32,
+        end_sample: u64,
         at: Instant,
     },
     /// Stop the reply of `turn` now and forget its queued audio.
@@ -135,6 +140,10 @@ struct TurnState {
     steps: usize,
     finished: Option<TurnEndReason>,
     ended_at: Option<Instant>,
+    /// Frames ending at or before this sample are not the turn's.
+    start_sample: u64,
+    /// Frames starting at or after this sample are not the turn's.
+    end_sample: Option<u64>,
     encode_flush: Option<f64>,
     first_step: Option<f64>,
     latency_sent: bool,
@@ -144,7 +153,10 @@ struct TurnState {
 struct Slot {
     events: Option<tmpsc::Sender<WorkerEvent>>,
     samples: VecDeque<f32>,
-    ring: VecDeque<Frame>,
+    /// Input stream position (samples) of `samples[0]`.
+    pos: u64,
+    /// Recent frames with the stream position they start at.
+    ring: VecDeque<(u64, Frame)>,
     turn: Option<TurnState>,
     history: VecDeque<(Vec<Frame>, Vec<Frame>)>,
     decode_q: VecDeque<(u32, Frame)>,
@@ -357,6 +369,7 @@ impl State {
                 let over = s.samples.len().saturating_sub(self.cfg.max_pending_samples);
                 if over > 0 {
                     s.samples.drain(..over);
+                    s.pos += over as u64;
                     self.metrics
                         .dropped_frames
                         .inc_by(over.div_ceil(self.hop) as u64);
@@ -365,18 +378,24 @@ impl State {
             Cmd::StartTurn {
                 slot,
                 turn,
-                lookback_frames,
+                start_sample,
                 setup,
             } => {
-                if let Err(e) = self.start_turn(slot, turn, lookback_frames, setup) {
+                if let Err(e) = self.start_turn(slot, turn, start_sample, setup) {
                     self.send(slot, WorkerEvent::Error { message: e });
                 }
             }
-            Cmd::EndTurn { slot, turn, at } => {
+            Cmd::EndTurn {
+                slot,
+                turn,
+                end_sample,
+                at,
+            } => {
                 if let Some(t) = &mut self.slots[slot].turn {
                     if t.turn == turn && t.phase == Phase::Listening {
                         t.phase = Phase::Ending;
                         t.ended_at = Some(at);
+                        t.end_sample = Some(end_sample / self.hop as u64 * self.hop as u64);
                     }
                 }
             }
@@ -417,7 +436,7 @@ impl State {
         &mut self,
         slot: usize,
         turn: u32,
-        lookback: usize,
+        start_sample: u64,
         mut setup: TurnSetup,
     ) -> Res<()> {
         if let (Some(v), Some(m)) = (&setup.voice, &self.models.s2s) {
@@ -425,8 +444,13 @@ impl State {
         }
         let s = &mut self.slots[slot];
         s.decode_q.clear();
-        let n = lookback.min(s.ring.len());
-        let user: Vec<Frame> = s.ring.iter().skip(s.ring.len() - n).cloned().collect();
+        let hop = self.hop as u64;
+        let user: Vec<Frame> = s
+            .ring
+            .iter()
+            .filter(|(p, _)| p + hop > start_sample)
+            .map(|(_, f)| f.clone())
+            .collect();
         let mut src = Vec::new();
         let mut context_len = 0;
         if setup.mode != Mode::Echo {
@@ -473,6 +497,8 @@ impl State {
             steps: 0,
             finished: None,
             ended_at: None,
+            start_sample,
+            end_sample: None,
             encode_flush: None,
             first_step: None,
             latency_sent: false,
@@ -498,11 +524,9 @@ impl State {
             let mut active = vec![false; b];
             let mut data = vec![0f32; b * hop];
             for (i, s) in self.slots.iter_mut().enumerate() {
-                let ending = s.turn.as_ref().is_some_and(|t| t.phase == Phase::Ending);
-                if s.samples.len() >= hop || (ending && !s.samples.is_empty()) {
+                if s.samples.len() >= hop {
                     active[i] = true;
-                    let n = s.samples.len().min(hop);
-                    for (j, x) in s.samples.drain(..n).enumerate() {
+                    for (j, x) in s.samples.drain(..hop).enumerate() {
                         data[i * hop + j] = x;
                     }
                 }
@@ -511,6 +535,18 @@ impl State {
                 break;
             }
             did = true;
+            let starts: Vec<u64> = self
+                .slots
+                .iter_mut()
+                .zip(&active)
+                .map(|(s, &a)| {
+                    let p = s.pos;
+                    if a {
+                        s.pos += hop as u64;
+                    }
+                    p
+                })
+                .collect();
             let x = Tensor::from_vec(data, (b, 1, hop), &self.models.device)
                 .map_err(err("encode input"))?;
             let mask = StreamMask::from_slots(&active);
@@ -532,24 +568,28 @@ impl State {
                 let nf = row.first().map_or(0, |r| r.len());
                 for f in 0..nf {
                     let frame: Frame = row.iter().map(|c| c[f]).collect();
-                    self.new_input_frame(i, frame);
+                    self.new_input_frame(i, starts[i], frame);
                 }
             }
         }
         Ok(did)
     }
 
-    fn new_input_frame(&mut self, i: usize, frame: Frame) {
+    fn new_input_frame(&mut self, i: usize, start: u64, frame: Frame) {
         let max_turn = self.cfg.max_turn_frames;
         let s = &mut self.slots[i];
-        s.ring.push_back(frame.clone());
+        s.ring.push_back((start, frame.clone()));
         while s.ring.len() > self.cfg.ring_frames {
             s.ring.pop_front();
         }
         let Some(t) = &mut s.turn else {
             return;
         };
-        if t.phase == Phase::Generating || t.user_frames.len() >= max_turn {
+        if t.phase == Phase::Generating
+            || t.user_frames.len() >= max_turn
+            || t.end_sample.is_some_and(|e| start >= e)
+            || start + self.hop as u64 <= t.start_sample
+        {
             return;
         }
         t.user_frames.push(frame.clone());
@@ -589,7 +629,7 @@ impl State {
         for i in 0..b {
             let s = &mut self.slots[i];
             let Some(t) = &mut s.turn else { continue };
-            if t.phase != Phase::Ending || !s.samples.is_empty() {
+            if t.phase != Phase::Ending || t.end_sample.is_some_and(|e| s.pos < e) {
                 continue;
             }
             did = true;

@@ -623,3 +623,48 @@ async fn garbage_never_panics_or_leaks_a_session() {
     c.until(|f| f.kind == MsgType::Pong).await;
     env.server.shutdown().await.unwrap();
 }
+
+/// Reply PCM per turn for the speech streamed `turns` times (VAD-ended turns).
+async fn replies(url: &str, mode: &str, turns: u32) -> Vec<Vec<i16>> {
+    let sp = speech();
+    let mut c = Client::connect(url).await;
+    c.hello(mode, "turn").await;
+    let mut out = Vec::new();
+    for turn in 1..=turns {
+        c.stream(&sp).await;
+        let frames = c
+            .until(|f| is_control(f, "turn_ended") && json_of(f)["turn"] == turn)
+            .await;
+        out.push(
+            frames
+                .iter()
+                .filter(|f| f.kind == MsgType::Audio)
+                .flat_map(|f| f.parse_audio().unwrap().1)
+                .collect(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_replies_depend_on_the_earlier_turns() {
+    let env = server(|c| c.generation.temperature = 0.0).await;
+    let url = env.server.ws_url();
+    // Greedy decoding and turns cut at stream positions: replies depend on the audio alone.
+    let t1 = replies(&url, "translate", 2).await;
+    let t2 = replies(&url, "translate", 2).await;
+    for i in 0..2 {
+        assert!(
+            t1[i] == t2[i],
+            "translate turn {} differs: {} vs {} samples",
+            i + 1,
+            t1[i].len(),
+            t2[i].len()
+        );
+    }
+    let c = replies(&url, "converse", 2).await;
+    assert!(!c[0].is_empty() && !c[1].is_empty());
+    assert!(c[0] == t1[0], "the first turn has no context");
+    assert!(c[1] != t1[1], "the second converse turn sees the first");
+    env.server.shutdown().await.unwrap();
+}

@@ -638,7 +638,12 @@ impl Session {
         let Phase::UserTurn { turn, .. } = self.phase else {
             return;
         };
-        self.vad.end_turn();
+        if self.vad.end_turn() {
+            self.meta(&Meta::Vad {
+                speaking: false,
+                prob: 0.0,
+            });
+        }
         self.st.send(Cmd::EndTurn {
             slot: self.slot,
             turn,
@@ -815,7 +820,7 @@ impl Session {
                 self.error(ErrorCode::Internal, message, false);
                 if let Phase::Replying { .. } | Phase::UserTurn { .. } = self.phase {
                     self.phase = Phase::Idle;
-                    self.vad.end_turn();
+                    let _ = self.vad.end_turn();
                 }
             }
         }

@@ -88,10 +88,14 @@ impl TurnDetector {
         self.speech_end
     }
 
-    /// Forget the turn in progress (an explicit end of turn, a forced one).
-    pub fn end_turn(&mut self) {
+    /// Ends the turn in progress (an endpoint, an explicit or a forced end of turn): speech
+    /// from here on is new speech (a new start, a possible barge-in). Returns whether the
+    /// VAD was in the speaking state.
+    pub fn end_turn(&mut self) -> bool {
         self.in_turn = false;
         self.speech_frames_in_turn = 0;
+        self.speech_run = 0;
+        std::mem::replace(&mut self.speaking, false)
     }
 
     /// Marks a turn as started (by a speech start, a barge-in or push-to-talk): the next

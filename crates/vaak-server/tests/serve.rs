@@ -668,3 +668,31 @@ async fn converse_replies_depend_on_the_earlier_turns() {
     assert!(c[1] != t1[1], "the second converse turn sees the first");
     env.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_speech_during_a_reply_is_a_false_interruption() {
+    let env = server(|c| c.limits.max_reply_s = 3.0).await;
+    let sp = speech();
+    let mut c = Client::connect(&env.server.ws_url()).await;
+    c.hello("translate", "turn").await;
+    c.control("start").await;
+    c.stream(&sp[..24000]).await;
+    c.control("end_of_turn").await;
+    c.until(|f| f.kind == MsgType::Audio).await;
+    // 0.35 s of speech, then silence: under min_interruption_ms (500).
+    c.stream(&sp[16000..21600]).await;
+    c.stream(&vec![0i16; 16000]).await;
+    let frames = c.until(|f| is_control(f, "turn_ended")).await;
+    assert!(
+        !frames.iter().any(|f| is_control(f, "flush")),
+        "{}",
+        describe(&frames)
+    );
+    let end = json_of(frames.last().unwrap());
+    assert_eq!(end["turn"], 1);
+    assert_ne!(end["reason"], "interrupted");
+    let m = http_get(env.server.addr(), "/metrics").await;
+    assert!(m.contains("vaak_false_interruptions_total 1"), "{m}");
+    assert!(m.contains("vaak_interrupts_total 0"), "{m}");
+    env.server.shutdown().await.unwrap();
+}

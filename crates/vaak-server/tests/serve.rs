@@ -696,3 +696,32 @@ async fn short_speech_during_a_reply_is_a_false_interruption() {
     assert!(m.contains("vaak_interrupts_total 0"), "{m}");
     env.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_at_48k_is_resampled_and_echo_stream_returns_the_turn() {
+    let env = server(|_| {}).await;
+    let mut c = Client::connect(&env.server.ws_url()).await;
+    c.json(
+        MsgType::Hello,
+        json!({"mode": "echo", "turn_mode": "stream", "sample_rate": 48000}),
+    )
+    .await;
+    let w = c.recv().await.unwrap();
+    assert_eq!(w.kind, MsgType::Welcome);
+    assert_eq!(json_of(&w)["sample_rate"], 16000);
+    // 48 kHz by sample-and-hold, sent as 20 ms frames.
+    let sp48: Vec<i16> = speech().iter().flat_map(|&s| [s, s, s]).collect();
+    for ch in sp48.chunks(960) {
+        c.audio(ch).await;
+    }
+    let frames = c.until(|f| is_control(f, "turn_ended")).await;
+    let audio: Vec<(u32, Vec<i16>)> = frames
+        .iter()
+        .filter(|f| f.kind == MsgType::Audio)
+        .map(|f| f.parse_audio().unwrap())
+        .collect();
+    assert!(audio.len() * 640 >= 24000, "{}", describe(&frames));
+    assert!(audio.iter().all(|(t, p)| *t == 1 && p.len() == 640));
+    assert_eq!(json_of(frames.last().unwrap())["reason"], "done");
+    env.server.shutdown().await.unwrap();
+}

@@ -4,8 +4,9 @@
 //! Every session runs a "microphone" task that sends a 20 ms PCM16 frame every 20 ms (speech
 //! when an utterance is queued, digital silence otherwise), so the server's VAD sees the pause
 //! after each utterance and endpoints the turn. The session waits for the reply; one turn in
-//! `--barge-every` is a barge-in: the next utterance starts while the reply plays, and every
-//! reply frame of the flushed turn that still arrives is a stale frame.
+//! `--barge-every` is a barge-in (the next utterance starts 200 ms into the reply), the others
+//! listen until the reply ends or `--listen-s` has passed, then press "interrupt" (CONTROL
+//! `interrupt`). Every reply frame of a flushed turn that still arrives is a stale frame.
 //!
 //! Reported: p50/p95/p99 of end of user speech → first reply audio at the client (the protocol's
 //! `speech_end_t_us` against the client's clock), the configured endpoint silence and the
@@ -45,7 +46,7 @@ pub struct ServeBenchArgs {
     #[arg(long, default_value_t = 40.0)]
     seconds: f64,
     /// Session counts of the "held in real time" ramp, comma-separated; empty: no ramp.
-    #[arg(long, default_value = "1,2,4")]
+    #[arg(long, default_value = "1,2,4,8")]
     ramp: String,
     /// Seconds per ramp step.
     #[arg(long, default_value_t = 25.0)]
@@ -56,6 +57,10 @@ pub struct ServeBenchArgs {
     /// Every Nth turn is a barge-in (0: none).
     #[arg(long, default_value_t = 3)]
     barge_every: usize,
+    /// Seconds a session listens to a reply before it presses "interrupt" (a random model's
+    /// replies run to the server's max_reply_s).
+    #[arg(long, default_value_t = 3.0)]
+    listen_s: f64,
     /// echo | translate | converse.
     #[arg(long, default_value = "translate")]
     mode: String,
@@ -169,6 +174,7 @@ async fn session(
     utterances: Arc<Vec<Arc<Vec<f32>>>>,
     idx: usize,
     barge_every: usize,
+    listen: Duration,
     until: Instant,
 ) -> Result<SessionResult> {
     let cfg = ClientConfig::new(addr, client::hello(mode));
@@ -189,10 +195,20 @@ async fn session(
         let mut last_frame_deadline = 0.0f64;
         let deadline = tokio::time::Instant::now() + hang;
         let mut barged_turn = None;
+        let mut stop_at: Option<tokio::time::Instant> = None;
         loop {
-            let ev = match tokio::time::timeout_at(deadline, c.next_event()).await {
+            if let Some(at) = stop_at.filter(|at| tokio::time::Instant::now() >= *at) {
+                let _ = at;
+                c.sender().interrupt().await?;
+                stop_at = None;
+            }
+            let wake = stop_at.unwrap_or(deadline).min(deadline);
+            let ev = match tokio::time::timeout_at(wake, c.next_event()).await {
+                Err(_) if stop_at.is_some() => continue,
                 Err(_) => {
-                    r.no_reply += 1;
+                    if first.is_none() {
+                        r.no_reply += 1;
+                    }
                     break;
                 }
                 Ok(None) => bail!("session closed: {:?}", c.stats().closed),
@@ -210,6 +226,9 @@ async fn session(
                         None => {
                             first = Some((turn, received_us));
                             last_frame_deadline = 0.0;
+                            if !barge {
+                                stop_at = Some(tokio::time::Instant::now() + listen);
+                            }
                             if barge && barged_turn.is_none() {
                                 // Speak over the reply 200 ms into it.
                                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -239,6 +258,10 @@ async fn session(
                 }
                 Event::Control(Control::Flush { turn }) if barged_turn == Some(turn) => {
                     // The barge-in's own utterance is now a turn; its reply is awaited next.
+                    break;
+                }
+                Event::Control(Control::Flush { turn }) if first.is_some_and(|(t, _)| t == turn) => {
+                    // Our interrupt took effect.
                     break;
                 }
                 Event::Error(e) => r.errors.push(format!("{:?}: {}", e.code, e.message)),
@@ -282,6 +305,7 @@ struct Bench {
     mode: Mode,
     utterances: Arc<Vec<Arc<Vec<f32>>>>,
     barge_every: usize,
+    listen: Duration,
     endpoint_ms: u64,
 }
 
@@ -300,11 +324,16 @@ impl Bench {
         let until = t0 + Duration::from_secs_f64(seconds);
         let mut tasks = Vec::new();
         for i in 0..n {
-            let (addr, mode, utt, be) =
-                (self.addr, self.mode, self.utterances.clone(), self.barge_every);
+            let (addr, mode, utt, be, listen) = (
+                self.addr,
+                self.mode,
+                self.utterances.clone(),
+                self.barge_every,
+                self.listen,
+            );
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(150 * i as u64)).await;
-                session(addr, mode, utt, i, be, until).await
+                session(addr, mode, utt, i, be, listen, until).await
             }));
         }
         let mut results = Vec::new();
@@ -453,6 +482,7 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
             mode,
             utterances: Arc::new(utterances),
             barge_every: args.barge_every,
+            listen: Duration::from_secs_f64(args.listen_s),
             endpoint_ms,
         };
         let mut notes = vec![format!(

@@ -178,7 +178,9 @@ async fn session(
     until: Instant,
 ) -> Result<SessionResult> {
     let cfg = ClientConfig::new(addr, client::hello(mode));
-    let mut c = Client::connect(&cfg).await.context("connecting a session")?;
+    let mut c = Client::connect(&cfg)
+        .await
+        .context("connecting a session")?;
     let mut mic = Mic::spawn(c.sender());
     let mut r = SessionResult::default();
     let mut turn_no = idx; // sessions start at different utterances
@@ -260,7 +262,9 @@ async fn session(
                     // The barge-in's own utterance is now a turn; its reply is awaited next.
                     break;
                 }
-                Event::Control(Control::Flush { turn }) if first.is_some_and(|(t, _)| t == turn) => {
+                Event::Control(Control::Flush { turn })
+                    if first.is_some_and(|(t, _)| t == turn) =>
+                {
                     // Our interrupt took effect.
                     break;
                 }
@@ -342,9 +346,13 @@ impl Bench {
         }
         let after = self.metrics().await;
         let delta = |name: &str| {
-            client::metric(&after, name).unwrap_or(0.0) - client::metric(&before, name).unwrap_or(0.0)
+            client::metric(&after, name).unwrap_or(0.0)
+                - client::metric(&before, name).unwrap_or(0.0)
         };
-        let mut lat: Vec<f64> = results.iter().flat_map(|r| r.latencies_ms.clone()).collect();
+        let mut lat: Vec<f64> = results
+            .iter()
+            .flat_map(|r| r.latencies_ms.clone())
+            .collect();
         lat.sort_by(f64::total_cmp);
         let mut ep: Vec<f64> = results
             .iter()
@@ -435,7 +443,11 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         .ramp
         .split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().with_context(|| format!("--ramp entry {s:?}")))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .with_context(|| format!("--ramp entry {s:?}"))
+        })
         .collect::<Result<_>>()?;
     let mut cfg = match &args.config {
         Some(p) => ServeConfig::from_file(p)?,
@@ -456,7 +468,12 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         };
     }
     let s2s_name = args.s2s.clone().unwrap_or_else(|| cfg.s2s.clone());
-    let most = ramp.iter().copied().chain([args.sessions]).max().unwrap_or(1);
+    let most = ramp
+        .iter()
+        .copied()
+        .chain([args.sessions])
+        .max()
+        .unwrap_or(1);
     cfg.max_sessions = cfg.max_sessions.max(most);
     let endpoint_ms = cfg.vad.min_endpointing_delay_ms;
     eprintln!("speaking the bench's utterances with espeak-ng...");

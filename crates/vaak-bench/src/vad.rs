@@ -54,7 +54,10 @@ pub struct VadBenchArgs {
 /// (espeak-ng voice, text).
 const SCRIPT: [(&str, &str); 12] = [
     ("en-us", "Hello, can you hear me clearly today?"),
-    ("en-gb+f3", "The meeting starts at nine thirty tomorrow morning."),
+    (
+        "en-gb+f3",
+        "The meeting starts at nine thirty tomorrow morning.",
+    ),
     ("en-us+m3", "Please book two tickets for the evening show."),
     ("en-gb", "What is the weather like in Hyderabad this week?"),
     ("ru", "Добрый день, как у вас дела сегодня?"),
@@ -109,8 +112,8 @@ pub fn build_set(n: usize, seed: u64) -> Result<LabelledSet> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut clips = Vec::new();
     for (voice, text) in SCRIPT {
-        let u = speech::espeak(text, voice, 160)
-            .with_context(|| format!("espeak-ng voice {voice}"))?;
+        let u =
+            speech::espeak(text, voice, 160).with_context(|| format!("espeak-ng voice {voice}"))?;
         let (a, b) = speech::active_span(&u)
             .with_context(|| format!("espeak-ng voice {voice} said nothing"))?;
         clips.push(u[a..b].to_vec());
@@ -224,7 +227,10 @@ struct VadReport {
 }
 
 pub fn run(args: VadBenchArgs) -> Result<()> {
-    eprintln!("building the labelled set ({} utterances)...", args.utterances);
+    eprintln!(
+        "building the labelled set ({} utterances)...",
+        args.utterances
+    );
     let set = build_set(args.utterances, args.seed)?;
     let secs = set.samples.len() as f64 / RATE as f64;
     let tmp = tempfile::tempdir()?;

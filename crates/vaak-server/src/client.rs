@@ -768,7 +768,18 @@ pub fn write_random_s2s(
     preset: &str,
     num_codebooks: usize,
     seed: u64,
-) -> std::result::Result<(), vaak_s2s::S2sError> {
+) -> std::result::Result<(), Box<vaak_s2s::S2sError>> {
+    write_random(dir, preset, num_codebooks, seed).map_err(Box::new)
+}
+
+// vaak-s2s's own error type, as its functions return it; boxed at the public boundary above.
+#[allow(clippy::result_large_err)]
+fn write_random(
+    dir: &std::path::Path,
+    preset: &str,
+    num_codebooks: usize,
+    seed: u64,
+) -> vaak_s2s::Result<()> {
     let codec = vaak_s2s::CodecSpec {
         num_codebooks,
         cardinality: 1024,

@@ -725,3 +725,28 @@ async fn input_at_48k_is_resampled_and_echo_stream_returns_the_turn() {
     assert_eq!(json_of(frames.last().unwrap())["reason"], "done");
     env.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_sessions_do_not_change_each_others_replies() {
+    let env = server(|c| c.generation.temperature = 0.0).await;
+    let url = env.server.ws_url();
+    let alone = replies(&url, "translate", 1).await;
+    // The same session again, now batched with a second one speaking other audio.
+    let other = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            // Other audio: the speech reversed and quieter, then silence for the endpoint.
+            let mut sp: Vec<i16> = speech().iter().rev().map(|&s| s / 2).collect();
+            sp.extend(std::iter::repeat_n(0i16, 16000));
+            let mut c = Client::connect(&url).await;
+            c.hello("translate", "turn").await;
+            c.stream(&sp).await;
+            c.until(|f| is_control(f, "turn_ended")).await;
+        })
+    };
+    let together = replies(&url, "translate", 1).await;
+    other.await.unwrap();
+    assert!(!alone[0].is_empty());
+    assert!(alone == together, "a batched slot's reply changed");
+    env.server.shutdown().await.unwrap();
+}

@@ -684,21 +684,15 @@ impl Session {
 
     fn on_control(&mut self, c: Control) -> Flow {
         match c {
-            Control::Start => {
-                if let Phase::Replying { turn } = self.phase {
+            Control::Start => match self.phase {
+                // A turn is already open: it goes on.
+                Phase::UserTurn { .. } => {}
+                Phase::Replying { turn } => {
                     self.interrupt(turn);
+                    self.start_user_turn(true, 0);
                 }
-                if let Phase::UserTurn { turn, .. } = self.phase {
-                    // A second start: end the open turn first.
-                    let _ = turn;
-                    let t = self.last_t_us();
-                    self.end_user_turn(0.0, t);
-                    if let Phase::Replying { turn } = self.phase {
-                        self.interrupt(turn);
-                    }
-                }
-                self.start_user_turn(true, 0);
-            }
+                Phase::Idle => self.start_user_turn(true, 0),
+            },
             Control::EndOfTurn => {
                 if self.phase == Phase::Idle {
                     // Speech the VAD did not catch: the recent audio is the turn.

@@ -225,6 +225,9 @@ struct State {
 
 type Res<T> = std::result::Result<T, String>;
 
+/// Source frames one slot pushes through the S2S encoder per tick.
+const MAX_PUSH_FRAMES: usize = 16;
+
 fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what}: {e}")
 }
@@ -612,8 +615,11 @@ impl State {
             for (i, s) in self.slots.iter_mut().enumerate() {
                 if let Some(t) = &mut s.turn {
                     if !t.src_pending.is_empty() {
+                        // A bounded share per tick, so a long converse context is encoded
+                        // over the first ticks of the turn instead of stalling every slot.
+                        let n = t.src_pending.len().min(MAX_PUSH_FRAMES);
                         let room = max_source.saturating_sub(t.src_pushed);
-                        let mut v = std::mem::take(&mut t.src_pending);
+                        let mut v: Vec<Frame> = t.src_pending.drain(..n).collect();
                         v.truncate(room);
                         t.src_pushed += v.len();
                         frames[i] = v;
@@ -629,7 +635,10 @@ impl State {
         for i in 0..b {
             let s = &mut self.slots[i];
             let Some(t) = &mut s.turn else { continue };
-            if t.phase != Phase::Ending || t.end_sample.is_some_and(|e| s.pos < e) {
+            if t.phase != Phase::Ending
+                || t.end_sample.is_some_and(|e| s.pos < e)
+                || !t.src_pending.is_empty()
+            {
                 continue;
             }
             did = true;

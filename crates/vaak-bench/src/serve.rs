@@ -129,6 +129,8 @@ struct SoakResult {
     p95_start_ms: Option<f64>,
     p95_end_ms: Option<f64>,
     p95_drift_pct: Option<f64>,
+    /// (seconds into the soak, RSS MB), every 15 s.
+    rss_timeline: Vec<(f64, f64)>,
     run: RunResult,
 }
 
@@ -532,8 +534,20 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
             eprintln!("soak: {} sessions, {} min", args.sessions, args.minutes);
             let rss_start = rss_mb().unwrap_or(f64::NAN);
             let t_start = client::now_us() as f64 / 1e6;
+            let sampler = tokio::spawn(async move {
+                let t = Instant::now();
+                let mut v = Vec::new();
+                loop {
+                    v.push((t.elapsed().as_secs_f64().round(), rss_mb().unwrap_or(f64::NAN)));
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                    if t.elapsed().as_secs_f64() > args.minutes * 60.0 + 5.0 {
+                        return v;
+                    }
+                }
+            });
             let (run, sessions) = bench.run(args.sessions, args.minutes * 60.0).await?;
             let rss_end = rss_mb().unwrap_or(f64::NAN);
+            let rss_timeline = sampler.await.context("RSS sampler")?;
             let window = 60.0f64.min(args.minutes * 60.0 / 3.0);
             let t_end = t_start + args.minutes * 60.0;
             let in_window = |lo: f64, hi: f64| {
@@ -557,6 +571,7 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
                 p95_start_ms: p95_start,
                 p95_end_ms: p95_end,
                 p95_drift_pct: p95_start.zip(p95_end).map(|(a, b)| 100.0 * (b - a) / a),
+                rss_timeline,
                 run,
             })
         } else {
@@ -590,6 +605,12 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
                 fmt(s.p95_end_ms),
                 s.p95_drift_pct.map_or("-".into(), |d| format!("{d:+.1}%"))
             );
+            let tl: Vec<String> = s
+                .rss_timeline
+                .iter()
+                .map(|(t, mb)| format!("{t:.0}s {mb:.0}"))
+                .collect();
+            println!("RSS MB over the soak: {}", tl.join(", "));
         }
         for n in &notes {
             println!("note: {n}");

@@ -106,6 +106,9 @@ fn voiced(x: &[f32]) -> (usize, f64) {
     (v.len(), mean)
 }
 
+/// Reply samples the check listens to in translate/converse before it interrupts (2 s).
+const LISTEN: Option<usize> = Some(32_000);
+
 /// One spoken turn's outcome.
 struct TurnOutcome {
     turn: u32,
@@ -114,16 +117,20 @@ struct TurnOutcome {
     endpoint_ms: Option<f64>,
 }
 
-/// Speaks `utt` on `mic` and collects the reply until its `turn_ended`.
+/// Speaks `utt` on `mic` and collects the reply until its `turn_ended`; with `listen`, the user
+/// presses "interrupt" once that many samples of the reply have arrived (a long reply need not
+/// be heard to the end).
 async fn spoken_turn(
     c: &mut Client,
     mic: &Mic,
     utt: &Arc<Vec<f32>>,
     timeout: Duration,
+    listen: Option<usize>,
 ) -> Result<TurnOutcome, ClientError> {
     mic.say(utt.clone());
     let mut samples = Vec::new();
     let mut turn = None;
+    let mut interrupted = false;
     loop {
         let ev = c
             .wait_for("the reply", timeout, |e| {
@@ -143,6 +150,10 @@ async fn spoken_turn(
             } => {
                 turn.get_or_insert(t);
                 samples.extend(s.iter().map(|&x| f32::from(x) / 32768.0));
+                if !interrupted && listen.is_some_and(|n| samples.len() >= n) {
+                    c.sender().interrupt().await?;
+                    interrupted = true;
+                }
             }
             Event::Control(Control::TurnEnded { turn: t, .. }) if Some(t) == turn => break,
             Event::Error(e) if e.fatal => {
@@ -222,7 +233,7 @@ pub async fn run_check(mut cfg: ServeConfig, opts: &CheckOptions) -> CheckReport
     // codec (echo)
     let res = async {
         let (mut c, mic) = session(addr, Mode::Echo).await.map_err(|e| e.to_string())?;
-        let o = spoken_turn(&mut c, &mic, &utts[0], t)
+        let o = spoken_turn(&mut c, &mic, &utts[0], t, None)
             .await
             .map_err(|e| e.to_string())?;
         // The voiced 20 ms windows of each (within 20 dB of the loudest), so the turn's padding
@@ -259,7 +270,7 @@ pub async fn run_check(mut cfg: ServeConfig, opts: &CheckOptions) -> CheckReport
             .await
             .map_err(|e| e.to_string())?;
         voices = c.welcome.voices.clone();
-        let o = spoken_turn(&mut c, &mic, &utts[1], t)
+        let o = spoken_turn(&mut c, &mic, &utts[1], t, LISTEN)
             .await
             .map_err(|e| e.to_string())?;
         measured.extend(o.latency_ms.map(|l| (l, o.endpoint_ms.unwrap_or(0.0))));
@@ -329,10 +340,10 @@ pub async fn run_check(mut cfg: ServeConfig, opts: &CheckOptions) -> CheckReport
         let (mut c, mic) = session(addr, Mode::Converse)
             .await
             .map_err(|e| e.to_string())?;
-        let a = spoken_turn(&mut c, &mic, &utts[0], t)
+        let a = spoken_turn(&mut c, &mic, &utts[0], t, LISTEN)
             .await
             .map_err(|e| format!("first turn: {e}"))?;
-        let b = spoken_turn(&mut c, &mic, &utts[2], t)
+        let b = spoken_turn(&mut c, &mic, &utts[2], t, LISTEN)
             .await
             .map_err(|e| format!("second turn: {e}"))?;
         for o in [&a, &b] {

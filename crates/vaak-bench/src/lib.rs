@@ -18,6 +18,8 @@ mod data;
 mod mt;
 pub mod peer;
 pub mod report;
+mod serve;
+mod vad;
 mod vc;
 
 pub use audio::{speechlike, AudioBenchArgs};
@@ -25,6 +27,8 @@ pub use cascade::CascadeBenchArgs;
 pub use codec::{CodecBenchArgs, CODEC_CHILD_COMMAND};
 pub use data::DataBenchArgs;
 pub use mt::MtBenchArgs;
+pub use serve::ServeBenchArgs;
+pub use vad::VadBenchArgs;
 pub use vc::VcBenchArgs;
 
 use anyhow::Result;
@@ -54,6 +58,13 @@ pub enum BenchCommand {
     /// Corpus pipeline stages (manifest, verify, prepare to 16 kHz FLAC) in hours of audio per
     /// minute on a synthetic LibriSpeech-layout corpus, against lhotse at the same --jobs.
     Data(DataBenchArgs),
+    /// The voice server under load: N concurrent loopback sessions speaking in real time with
+    /// pauses and barge-ins; p50/p95/p99 end of speech -> first reply audio, server real-time
+    /// factor, the most sessions held in real time, a soak (--minutes) with RSS and p95 drift.
+    Serve(ServeBenchArgs),
+    /// The server's VAD (earshot) against the Python silero-vad reference on a labelled
+    /// espeak-ng set with silence and noise gaps: frame accuracy, precision, recall, F1.
+    Vad(VadBenchArgs),
 }
 
 /// Runs one benchmark: prints its table on stdout, progress on stderr, and writes its JSON.
@@ -65,5 +76,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Vc(args) => vc::run(args),
         BenchCommand::Mt(args) => mt::run(args),
         BenchCommand::Data(args) => data::run(args),
+        BenchCommand::Serve(args) => serve::run(args),
+        BenchCommand::Vad(args) => vad::run(args),
     }
 }

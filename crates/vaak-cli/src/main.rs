@@ -1,17 +1,19 @@
 //! `vaak`: the command line of the vaak speech-to-speech system.
 //!
 //! Thin by design: parse flags, load config, call the libraries. Every subcommand listed here
-//! is implemented (the voice server, `vaak serve`, is not built yet). The benchmarks live in
+//! is implemented; `vaak serve` runs the voice server. The benchmarks live in
 //! `vaak-bench`; `vaak bench` mounts its subcommands.
 
 mod audio;
 mod cascade;
+mod check;
 mod codec;
 mod data;
 mod data_manifest;
 mod data_prepare;
 mod info;
 mod s2s;
+mod serve;
 mod train;
 mod train_s2s;
 
@@ -40,6 +42,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The streaming voice server and its browser client (http://127.0.0.1:8998/): echo,
+    /// translate and converse, with VAD turn-taking and barge-in.
+    Serve(Box<serve::ServeArgs>),
+    /// System check: starts the server on loopback and checks codec, model, voices, context,
+    /// barge-in and end-to-end latency; a pass/fail table, non-zero exit on failure.
+    Check(check::CheckArgs),
     /// Print the build: version, enabled features, candle version, CPU capabilities and the
     /// accelerators this binary can see.
     Info(info::InfoArgs),
@@ -78,6 +86,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     match cli.command {
+        Command::Serve(args) => serve::run(*args),
+        Command::Check(args) => check::run(args),
         Command::Info(args) => info::run(args),
         Command::Audio(cmd) => audio::run(cmd),
         Command::Cascade(args) => cascade::run(*args),

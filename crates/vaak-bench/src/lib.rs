@@ -17,12 +17,14 @@ mod codec;
 mod mt;
 pub mod peer;
 pub mod report;
+mod s2s;
 mod vc;
 
 pub use audio::{speechlike, AudioBenchArgs};
 pub use cascade::CascadeBenchArgs;
 pub use codec::{CodecBenchArgs, CODEC_CHILD_COMMAND};
 pub use mt::MtBenchArgs;
+pub use s2s::S2sBenchArgs;
 pub use vc::VcBenchArgs;
 
 use anyhow::Result;
@@ -49,6 +51,10 @@ pub enum BenchCommand {
     /// M2M-100 generation (sentences/s, tokens/s) at batch 1/8/32 on the tiny fixture and a
     /// random mid-size model, against transformers' generate() on the same weights.
     Mt(MtBenchArgs),
+    /// The S2S model (random small and base): first-frame latency, decoder step p50/p95 at
+    /// batch 1/8/32/128 and the training step at 1 and 2 threads, against an eager PyTorch
+    /// implementation on the same weights after a logits parity check.
+    S2s(S2sBenchArgs),
 }
 
 /// Runs one benchmark: prints its table on stdout, progress on stderr, and writes its JSON.
@@ -59,5 +65,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Codec(args) => codec::run(args),
         BenchCommand::Vc(args) => vc::run(args),
         BenchCommand::Mt(args) => mt::run(args),
+        BenchCommand::S2s(args) => s2s::run(args),
     }
 }

@@ -143,12 +143,11 @@ pub fn model_accuracy(model: &S2sModel, val: &[S2sExample]) -> Result<(CodebookA
         let tf = model.forward_batch(std::slice::from_ref(&sample), false)?;
         let l = model.loss(&tf, &w)?;
         loss += l.total.to_scalar::<f32>()? as f64;
-        let before = acc.total.clone();
         acc.add_totals(e.target.len());
-        for c in 0..k {
-            let n = acc.total[c] - before[c];
-            let a = l.accuracy[c].to_scalar::<f32>()? as f64;
-            acc.hits[c] += (a * n as f64).round() as u64;
+        for (c, (hits, a)) in acc.hits.iter_mut().zip(&l.accuracy).enumerate() {
+            // Positions this pair scores: its frames, plus the end of turn for codebook 0.
+            let n = e.target.len() + usize::from(c == 0);
+            *hits += (a.to_scalar::<f32>()? as f64 * n as f64).round() as u64;
         }
     }
     Ok((

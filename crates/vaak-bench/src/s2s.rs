@@ -455,7 +455,7 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
                                 .map(|e| format!(" -- {e}"))
                                 .unwrap_or_default()
                         ));
-                        if t == args.threads[0] {
+                        if t == args.threads[0] && p == &args.presets[0] {
                             notes.extend(peer::versions_note(&v));
                         }
                         Some(v["timings"].clone())

@@ -520,3 +520,33 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
     };
     report.emit(&args.json)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parity_file_and_measurements_on_a_tiny_model() {
+        let cfg = model_config("tiny").unwrap();
+        let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("parity.safetensors");
+        write_parity(&model, &p).unwrap();
+        let t = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+        let (b, ts, tt) = PARITY;
+        let k = cfg.codec.num_codebooks;
+        assert_eq!(t["src_ids"].dims(), &[b, ts, k]);
+        let steps = cfg.decoder_steps(tt);
+        assert_eq!(t["dec_ids"].dims(), &[b, steps, k]);
+        assert_eq!(
+            t["logits.0"].dims(),
+            &[b, steps, cfg.audio_specials().vocab()]
+        );
+        // The timed paths run (their times are not asserted); percentiles come sorted.
+        first_frame(&model, 10, 1).unwrap();
+        let (p50, p95) = decoder_steps(&model, 2, 10, 3).unwrap();
+        assert!(p95 >= p50);
+        assert_eq!(pct(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(pct(&[1.0, 2.0, 3.0, 4.0], 0.95), 4.0);
+    }
+}

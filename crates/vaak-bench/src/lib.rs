@@ -18,6 +18,7 @@ mod data;
 mod mt;
 pub mod peer;
 pub mod report;
+mod s2s;
 mod serve;
 mod vad;
 mod vc;
@@ -27,6 +28,7 @@ pub use cascade::CascadeBenchArgs;
 pub use codec::{CodecBenchArgs, CODEC_CHILD_COMMAND};
 pub use data::DataBenchArgs;
 pub use mt::MtBenchArgs;
+pub use s2s::S2sBenchArgs;
 pub use serve::ServeBenchArgs;
 pub use vad::VadBenchArgs;
 pub use vc::VcBenchArgs;
@@ -65,6 +67,10 @@ pub enum BenchCommand {
     /// The server's VAD (earshot) against the Python silero-vad reference on a labelled
     /// espeak-ng set with silence and noise gaps: frame accuracy, precision, recall, F1.
     Vad(VadBenchArgs),
+    /// The S2S model (random small and base): first-frame latency, decoder step p50/p95 at
+    /// batch 1/8/32/128 and the training step at 1 and 2 threads, against an eager PyTorch
+    /// implementation on the same weights after a logits parity check.
+    S2s(S2sBenchArgs),
 }
 
 /// Runs one benchmark: prints its table on stdout, progress on stderr, and writes its JSON.
@@ -78,5 +84,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Data(args) => data::run(args),
         BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Vad(args) => vad::run(args),
+        BenchCommand::S2s(args) => s2s::run(args),
     }
 }

@@ -22,7 +22,8 @@ pub enum S2sCommand {
 #[derive(Args)]
 pub struct ModelArgs {
     /// Model directory: a `vaak train s2s` export (`<run>/export`: config.json,
-    /// model.safetensors, codec.json). There is no bundled S2S model yet.
+    /// model.safetensors, codec.json). Default: the bundled `models/vaak-s2s-tiny`, embedded
+    /// in the binary (a tiny CPU-trained demo, not a usable translator; see its model card).
     #[arg(long, env = "VAAK_S2S_MODEL")]
     model: Option<PathBuf>,
     /// cpu, cuda[:N] (needs a build with --features cuda), metal[:N].
@@ -117,13 +118,14 @@ pub fn run(cmd: S2sCommand) -> Result<()> {
 }
 
 fn load(a: &ModelArgs) -> Result<SpeechModel> {
+    let device = vaak_nn::parse_device(&a.device)?;
     let Some(dir) = &a.model else {
-        bail!(
-            "no S2S model: vaak has no bundled speech-to-speech model yet. Train one with \
-             `vaak train s2s --stage lm --data AUDIO_DIR --out RUN` (then --stage s2s and \
-             --stage cond on the cascade's parallel data with --init RUN/export; see \
-             docs/s2s.md) and pass --model RUN/export (or set VAAK_S2S_MODEL)"
-        );
+        return vaak_s2s::bundled::load(&device).with_context(|| {
+            format!(
+                "loading the bundled S2S model {}",
+                vaak_s2s::bundled::BUNDLED_S2S
+            )
+        });
     };
     if !dir.join("config.json").is_file() {
         bail!(
@@ -132,7 +134,6 @@ fn load(a: &ModelArgs) -> Result<SpeechModel> {
             dir.display()
         );
     }
-    let device = vaak_nn::parse_device(&a.device)?;
     SpeechModel::load(dir, &device).with_context(|| format!("loading --model {}", dir.display()))
 }
 

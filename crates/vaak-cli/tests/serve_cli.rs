@@ -1,5 +1,6 @@
 //! `vaak serve` as a process: the default config, flag validation, the refused public bind,
-//! and a server that starts, answers /health and stops.
+//! and servers (echo only, and the defaults with the bundled models) that start, answer /health
+//! and stop.
 
 mod common;
 
@@ -34,15 +35,8 @@ fn public_bind_without_key_and_origin_is_refused() {
     );
 }
 
-#[test]
-fn bundled_s2s_until_merged_names_the_way_out() {
-    let o = vaak(&["serve", "--port", "0"]);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("--s2s DIR"), "{}", text(&o));
-}
-
-#[test]
-fn echo_server_starts_and_answers_health() {
+/// Starts `vaak serve ARGS --port P` and returns its /health body.
+fn health_of_server(args: &[&str]) -> String {
     // Pick a free port, then hand it to the server.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -50,7 +44,9 @@ fn echo_server_starts_and_answers_health() {
         .unwrap()
         .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vaak"))
-        .args(["serve", "--s2s", "none", "--port", &port.to_string()])
+        .arg("serve")
+        .args(args)
+        .args(["--port", &port.to_string()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -74,6 +70,23 @@ fn echo_server_starts_and_answers_health() {
     s.read_to_string(&mut body).unwrap();
     child.kill().unwrap();
     let _ = child.wait();
+    body
+}
+
+#[test]
+fn echo_server_starts_and_answers_health() {
+    let body = health_of_server(&["--s2s", "none"]);
     assert!(body.contains("\"status\":\"ok\""), "{body}");
     assert!(body.contains("\"modes\":[\"echo\"]"), "{body}");
+}
+
+/// The README's main command: no flags, the bundled codec and S2S model, every mode.
+#[test]
+fn default_server_runs_the_bundled_models() {
+    let body = health_of_server(&[]);
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    assert!(
+        body.contains("\"modes\":[\"echo\",\"translate\",\"converse\"]"),
+        "{body}"
+    );
 }

@@ -34,6 +34,7 @@
 //! ```
 //! Each turn starts fresh: context from earlier turns is not carried over yet.
 
+pub mod bundled;
 pub mod cond;
 pub mod config;
 pub mod encoder;

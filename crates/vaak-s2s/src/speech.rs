@@ -16,12 +16,22 @@ use crate::train::{AudioTokenizer, ExportInfo};
 /// Speaker embeddings shipped with a model: `<model>/voices/<name>.npy`.
 pub const VOICES_DIR: &str = "voices";
 
+/// Where a model's voices come from.
+enum Voices {
+    /// `<dir>/voices/*.npy`, read when asked for.
+    Dir(PathBuf),
+    /// Speaker embeddings held in memory (a model embedded in the binary), by name.
+    Embedded(Vec<(String, Vec<f32>)>),
+}
+
 /// A loaded S2S model with its codec.
 pub struct SpeechModel {
     model: S2sModel,
     tok: AudioTokenizer,
     info: ExportInfo,
-    dir: PathBuf,
+    /// The model's directory, or a label for an embedded model (messages only).
+    label: String,
+    voices: Voices,
 }
 
 /// One generated reply.
@@ -42,24 +52,50 @@ impl SpeechModel {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let info = ExportInfo::read(dir)?;
         let (model, _) = S2sModel::load(dir, device)?;
+        Self::from_parts(
+            model,
+            info,
+            &dir.display().to_string(),
+            Voices::Dir(dir.to_path_buf()),
+            device,
+        )
+    }
+
+    /// A model already in memory (e.g. embedded in the binary, see [`crate::bundled`]) with
+    /// its `codec.json` and its voices by name; `label` names it in messages.
+    pub fn from_memory(
+        model: S2sModel,
+        info: ExportInfo,
+        label: &str,
+        voices: Vec<(String, Vec<f32>)>,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut voices = voices;
+        voices.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::from_parts(model, info, label, Voices::Embedded(voices), device)
+    }
+
+    fn from_parts(
+        model: S2sModel,
+        info: ExportInfo,
+        label: &str,
+        voices: Voices,
+        device: &Device,
+    ) -> Result<Self> {
         let tok = AudioTokenizer::load(&info.codec, Some(info.num_codebooks), device)?;
         let (m, t) = (&model.config().codec, tok.spec());
         if m.num_codebooks != t.num_codebooks || m.cardinality != t.cardinality {
             return Err(S2sError::BadInput(format!(
-                "{}: the model reads {} codebooks of {} codes, codec {} gives {} of {}",
-                dir.display(),
-                m.num_codebooks,
-                m.cardinality,
-                info.codec,
-                t.num_codebooks,
-                t.cardinality
+                "{label}: the model reads {} codebooks of {} codes, codec {} gives {} of {}",
+                m.num_codebooks, m.cardinality, info.codec, t.num_codebooks, t.cardinality
             )));
         }
         Ok(Self {
             model,
             tok,
             info,
-            dir: dir.to_path_buf(),
+            label: label.to_string(),
+            voices,
         })
     }
 
@@ -79,9 +115,19 @@ impl SpeechModel {
         self.tok.sample_rate()
     }
 
-    /// The voices shipped in `<model>/voices/` (file stems of the `.npy` files), sorted.
+    /// Where the model came from: its directory, or a label for an embedded model.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The voices shipped in `<model>/voices/` (file stems of the `.npy` files) or embedded
+    /// with the model, sorted.
     pub fn voices(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(VOICES_DIR))
+        let dir = match &self.voices {
+            Voices::Embedded(v) => return v.iter().map(|(n, _)| n.clone()).collect(),
+            Voices::Dir(d) => d,
+        };
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(VOICES_DIR))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.path())
@@ -100,7 +146,7 @@ impl SpeechModel {
         if !voices.iter().any(|v| v == name) {
             return Err(S2sError::BadInput(format!(
                 "unknown voice {name:?}; voices of {}: {}",
-                self.dir.display(),
+                self.label,
                 if voices.is_empty() {
                     format!("none (no {VOICES_DIR}/*.npy; pass --speaker spk.npy)")
                 } else {
@@ -108,7 +154,16 @@ impl SpeechModel {
                 }
             )));
         }
-        crate::train::read_speaker(&self.dir.join(VOICES_DIR).join(format!("{name}.npy")))
+        match &self.voices {
+            Voices::Embedded(v) => Ok(v
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default()),
+            Voices::Dir(d) => {
+                crate::train::read_speaker(&d.join(VOICES_DIR).join(format!("{name}.npy")))
+            }
+        }
     }
 
     /// The reply to `samples` (mono at [`Self::sample_rate`]) under `cond`. The source is

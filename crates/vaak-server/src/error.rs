@@ -18,11 +18,6 @@ pub enum ServeError {
          at least one security.allowed_origins (--allow-origin); or bind 127.0.0.1"
     )]
     Insecure { host: String },
-    #[error(
-        "the bundled S2S model is not in this build yet; pass --s2s DIR (a model export from \
-         `vaak train s2s`), or --s2s none to serve echo mode only"
-    )]
-    NoBundledS2s,
     #[error("device {spec:?}: {source}")]
     Device {
         spec: String,

@@ -113,8 +113,12 @@ pub fn load_models(cfg: &ServeConfig) -> Result<(Models, ModelInfo)> {
     })?;
     let s2s = match cfg.s2s.as_str() {
         "none" => None,
-        // MERGE: vaak_s2s::bundled::load
-        "bundled" => return Err(ServeError::NoBundledS2s),
+        "bundled" => Some(
+            vaak_s2s::bundled::load(&device).map_err(|e| ServeError::S2s {
+                location: vaak_s2s::bundled::BUNDLED_S2S.to_string(),
+                source: Box::new(e),
+            })?,
+        ),
         dir => Some(
             SpeechModel::load(Path::new(dir), &device).map_err(|e| ServeError::S2s {
                 location: dir.to_string(),

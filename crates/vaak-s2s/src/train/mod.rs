@@ -2,10 +2,14 @@
 //! examples and the code cache ([`data`]), and [`S2sTrainer`], which runs through vaak-nn's
 //! shared training run ([`vaak_nn::train::run::run`]).
 
+pub mod baselines;
 pub mod config;
 pub mod data;
 pub mod trainer;
 
+pub use baselines::{
+    copy_accuracy, model_accuracy, unigram_accuracy, unigram_codes, CodebookAccuracy,
+};
 pub use config::{CondConfig, DataConfig, LossConfig, OptimConfig, S2sTrainConfig, Stage};
 pub use data::{
     build_clip_examples, build_pair_examples, parallel_pairs, prosody, read_codes, read_speaker,

@@ -360,7 +360,7 @@ impl CausalConv1d {
             return Ok(());
         };
         let first = x.narrow(2, 0, 1)?.broadcast_as(buf.shape())?.contiguous()?;
-        state.buf = Some(StreamMask::from_slots(&fill).select(&first, buf)?);
+        state.buf = Some(StreamMask::from_slots(&fill).select(&first, buf)?.detach());
         for (f, done) in state.fresh.iter_mut().zip(fill) {
             *f &= !done;
         }
@@ -434,7 +434,10 @@ impl StreamingModule for CausalConv1d {
         };
         self.state = Some(State {
             batch: b,
-            buf,
+            // Detached: the carried context must not keep the autograd graph of every earlier
+            // step alive (with trainable weights each buffer would chain to the previous one
+            // and a stream's memory would grow per step without bound).
+            buf: buf.map(|t| t.detach()),
             phase: kept - pad,
             fresh: state.fresh,
         });
@@ -464,7 +467,7 @@ impl StreamingModule for CausalConv1d {
             );
         }
         if let Some(buf) = &state.buf {
-            state.buf = Some(zero_slots(buf, mask)?);
+            state.buf = Some(zero_slots(buf, mask)?.detach());
             if self.pad == CausalPad::Replicate {
                 // The zeros are placeholders until the slot's next first sample arrives.
                 for (i, f) in state.fresh.iter_mut().enumerate() {

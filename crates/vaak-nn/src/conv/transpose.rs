@@ -276,6 +276,8 @@ impl StreamingModule for CausalConvTranspose1d {
                 (None, false) => mask.select(&new, &new.zeros_like()?)?,
             })
         };
+        // Detached so the overlap carried to the next step does not hold this step's graph.
+        let partial = partial.map(|p| p.detach());
         self.state = Some(State { batch: b, partial });
         Ok(StreamTensor::from_tensor(out))
     }
@@ -292,7 +294,7 @@ impl StreamingModule for CausalConvTranspose1d {
         if mask.is_all() {
             self.state = None;
         } else if let Some(p) = &state.partial {
-            state.partial = Some(zero_slots(p, mask)?);
+            state.partial = Some(zero_slots(p, mask)?.detach());
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ fn help_lists_only_implemented_commands() {
         .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
         .collect();
     for cmd in [
-        "info", "audio", "cascade", "codec", "data", "train", "bench", "s2s",
+        "info", "audio", "cascade", "codec", "data", "train", "bench", "s2s", "serve", "check",
     ] {
         assert!(
             listed.contains(&cmd),
@@ -52,8 +52,11 @@ fn help_lists_only_implemented_commands() {
     }
     for l in &listed {
         assert!(
-            ["info", "audio", "cascade", "codec", "data", "train", "bench", "s2s", "help"]
-                .contains(l),
+            [
+                "info", "audio", "cascade", "codec", "data", "train", "bench", "s2s", "serve",
+                "check", "help"
+            ]
+            .contains(l),
             "--help lists {l}, which this build does not implement"
         );
     }

@@ -26,11 +26,10 @@ use rayon::prelude::*;
 use vaak_audio::augment as fx;
 use vaak_audio::io::{decode_file, Audio};
 
+use crate::atomic::write_atomic;
 use crate::corpus::{read_corpus, write_corpus, CorpusRow};
 use crate::error::{DataError, Result};
-use crate::prepare::{
-    encode_flac, load_row_audio, output_rel_path, write_atomic, FailedRow, PREPARED_MANIFEST,
-};
+use crate::prepare::{encode_flac, load_row_audio, output_rel_path, FailedRow, PREPARED_MANIFEST};
 use crate::safe_id::stable_hash;
 use crate::sources::collect_audio;
 

@@ -10,11 +10,11 @@
 //! `audio` unless `&column=NAME` follows); [`AudioRef`] parses and prints that form.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::write_atomic;
 use crate::error::{DataError, Result};
 use crate::manifest::{read_manifest, MalformedRow, ManifestRow};
 
@@ -201,8 +201,8 @@ pub fn read_corpus(path: &Path) -> Result<CorpusManifest> {
     Ok(CorpusManifest { rows, malformed })
 }
 
-/// Writes rows as JSONL, or CSV when `path` ends in `.csv`; atomically (a temporary file
-/// renamed into place), so a crash never leaves half a manifest under the final name.
+/// Writes rows as JSONL, or CSV when `path` ends in `.csv`; atomically ([`write_atomic`]), so a
+/// crash never leaves half a manifest under the final name.
 pub fn write_corpus(path: &Path, rows: &[CorpusRow]) -> Result<()> {
     let csv = path
         .extension()
@@ -228,14 +228,7 @@ pub fn write_corpus(path: &Path, rows: &[CorpusRow]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    f.write_all(&buf).map_err(|e| DataError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+    write_atomic(path, &buf)?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! format has one definition. It sits on `vaak-audio` and candle only; `tests/layering.rs`
 //! keeps it (and every other crate) where it belongs.
 //!
+//! - [`atomic`]: atomic file writes (temporary name, fsync, rename), for every file a rerun
+//!   or reader must never see half-written.
 //! - [`corpus`]: corpus manifests (one row per utterance of a downloaded corpus) and audio
 //!   references into files or parquet shards.
 //! - [`lang`]: the languages vaak serves ([`Lang`]).
@@ -23,6 +25,7 @@
 //! - [`prepare`], [`augment`], [`split`], [`shard`]: `vaak data prepare|augment|split|shard`
 //!   (FLAC at 16 kHz, seeded augmentation, speaker-disjoint splits, tar shards and their reader).
 
+pub mod atomic;
 pub mod audio_ref;
 pub mod augment;
 pub mod corpus;

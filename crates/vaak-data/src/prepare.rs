@@ -11,7 +11,6 @@
 //! file; it is written atomically at the end.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -19,6 +18,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use vaak_audio::io::{probe_info, Audio};
 
+use crate::atomic::write_atomic;
 use crate::corpus::{read_corpus, write_corpus, CorpusRow};
 use crate::error::{DataError, Result};
 use crate::safe_id::safe_id;
@@ -176,25 +176,6 @@ pub fn trim_silence(samples: &[f32], rate: u32) -> &[f32] {
     &samples[start..end]
 }
 
-/// Writes `bytes` to `path` atomically: a temporary name in the same directory, fsynced, renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_name(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| DataError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
-}
-
-/// The temporary name [`write_atomic`] uses for `path`: `.<file name>.tmp` beside it.
-pub fn temp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
 /// The output file of row id `id`, relative to the output directory.
 pub fn output_rel_path(id: &str) -> String {
     format!("{AUDIO_DIR}/{}.flac", safe_id(id))
@@ -336,6 +317,7 @@ fn prepare_one(root: &Path, row: &CorpusRow, out: &Path, cfg: &PrepareConfig) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::atomic::temp_name;
 
     #[test]
     fn flac_round_trips_through_the_decoder() {

@@ -20,12 +20,12 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::atomic::write_atomic;
 use crate::audio_ref::resolve_ref_file;
 use crate::corpus::{read_corpus, AudioRef, CorpusRow};
 use crate::error::{DataError, Result};
 use crate::parquet_audio::read_audio_cell_full;
 use crate::paths::resolve_audio_path;
-use crate::prepare::write_atomic;
 use crate::safe_id::safe_id;
 
 /// The index file's name; its presence marks a shard directory.

@@ -3,8 +3,9 @@
 mod common;
 
 use vaak_audio::io::{decode_file, probe_info};
+use vaak_data::atomic::temp_name;
 use vaak_data::corpus::{read_corpus, write_corpus};
-use vaak_data::prepare::{output_rel_path, prepare, temp_name, PrepareConfig};
+use vaak_data::prepare::{output_rel_path, prepare, PrepareConfig};
 
 fn quiet(_: f64) {}
 

@@ -474,28 +474,9 @@ fn check_fingerprint(out: &Path, fp: &Fingerprint) -> Result<()> {
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it into place.
+/// Writes `bytes` atomically ([`vaak_data::atomic`]); the error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .ok_or_else(|| SynthError::arg("path", format!("{} has no file name", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(SynthError::io(path, e));
-    }
-    Ok(())
+    vaak_data::atomic::write_atomic_io(path, bytes).map_err(|e| SynthError::io(path, e))
 }
 
 fn write_manifests(rows: &[Utterance], jsonl: &Path, csv_path: &Path) -> Result<()> {

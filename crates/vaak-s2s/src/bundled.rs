@@ -8,8 +8,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 
 use crate::config::S2sConfig;
 use crate::error::{Result, S2sError};
@@ -47,40 +46,7 @@ pub fn export_info() -> Result<ExportInfo> {
 pub fn model(device: &Device) -> Result<S2sModel> {
     let cfg = config()?;
     let file: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(WEIGHTS, device)?;
-    let (_, vm) = S2sModel::init(&cfg, device)?;
-    {
-        let data = vm
-            .data()
-            .lock()
-            .map_err(|_| S2sError::BadInput("variable map lock poisoned".into()))?;
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &data[name];
-            let expected = var.dims().to_vec();
-            let t = file.get(name).ok_or_else(|| S2sError::MissingTensor {
-                name: name.clone(),
-                expected: expected.clone(),
-            })?;
-            if t.dims() != expected.as_slice() {
-                return Err(S2sError::ShapeMismatch {
-                    name: name.clone(),
-                    expected,
-                    found: t.dims().to_vec(),
-                });
-            }
-            var.set(&t.to_dtype(DType::F32)?)?;
-        }
-        let mut extra: Vec<&String> = file.keys().filter(|n| !data.contains_key(*n)).collect();
-        extra.sort();
-        if let Some(n) = extra.first() {
-            return Err(S2sError::UnexpectedTensor {
-                name: (*n).clone(),
-                found: file[*n].dims().to_vec(),
-            });
-        }
-    }
-    S2sModel::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, device))
+    Ok(S2sModel::from_tensors(&cfg, &file, device)?.0)
 }
 
 /// The bundled model with its codec (the embedded `vaak-16k`), ready for

@@ -912,7 +912,18 @@ impl S2sModel {
             });
         }
         let file: HashMap<String, Tensor> = candle_core::safetensors::load(&wp, device)?;
-        let (_, vm) = Self::init(&cfg, device)?;
+        Self::from_tensors(&cfg, &file, device)
+    }
+
+    /// Builds the model of `cfg` from named tensors (a safetensors file's contents), checking
+    /// every tensor: a missing, extra or wrongly shaped one is an error naming it. Tensors of
+    /// another dtype (an f16 export) are converted to the variables' dtype.
+    pub fn from_tensors(
+        cfg: &S2sConfig,
+        file: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<(Self, VarMap)> {
+        let (_, vm) = Self::init(cfg, device)?;
         {
             let data = vm
                 .data()
@@ -947,7 +958,7 @@ impl S2sModel {
                 });
             }
         }
-        let m = Self::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, device))?;
+        let m = Self::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, device))?;
         Ok((m, vm))
     }
 }

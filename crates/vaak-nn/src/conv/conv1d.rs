@@ -3,7 +3,8 @@
 use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{add_bias, check_input, check_mask, check_params, load_params, CausalConvConfig};
+use super::fast::{conv1d_inference, Conv1dOpts};
+use super::{check_input, check_mask, check_params, load_params, CausalConvConfig};
 use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 
 const NAME: &str = "CausalConv1d";
@@ -295,21 +296,44 @@ impl CausalConv1d {
         let cfg = &self.cfg;
         let span = (frames - 1) * cfg.stride + cfg.effective_kernel();
         let window = padded.narrow(2, self.block_offset(), span)?;
-        let y = if window.track_op() || self.weight.track_op() {
-            // Training: candle 0.11.1's conv1d input gradient is wrong on the CPU for batch > 1
-            // (see the module docs), so autograd goes through our matmul formulation.
-            conv1d_differentiable(
-                &window,
-                &self.weight,
-                0,
-                cfg.stride,
-                cfg.dilation,
-                cfg.groups,
-            )?
-        } else {
-            window.conv1d(&self.weight, 0, cfg.stride, cfg.dilation, cfg.groups)?
-        };
-        add_bias(y, self.bias.as_ref())
+        // Training goes through the differentiable formulation inside (candle 0.11.1's conv1d
+        // input gradient is wrong on the CPU for batch > 1, see the module docs); inference
+        // through the fast path.
+        conv1d_inference(
+            &window,
+            &self.weight,
+            self.bias.as_ref(),
+            self.opts(0),
+            None,
+        )
+    }
+
+    /// The conv's options with `pad_left` zeros in front.
+    fn opts(&self, pad_left: usize) -> Conv1dOpts {
+        Conv1dOpts {
+            pad_left,
+            pad_right: 0,
+            stride: self.cfg.stride,
+            dilation: self.cfg.dilation,
+            groups: self.cfg.groups,
+        }
+    }
+
+    /// [`Self::forward`] with zero left padding: the padding is read as zeros by the conv,
+    /// not copied in front of the clip.
+    fn forward_zero_padded(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let left = self.left_padding();
+        // The samples the frames read: [left zeros ; x[offset .. offset + span - left]].
+        let span = (frames - 1) * cfg.stride + cfg.effective_kernel();
+        let window = x.narrow(2, self.block_offset(), span - left)?;
+        conv1d_inference(
+            &window,
+            &self.weight,
+            self.bias.as_ref(),
+            self.opts(left),
+            None,
+        )
     }
 
     /// Whole-clip forward: `[B, in, T]` to `[B, out, T / stride]`.
@@ -319,11 +343,12 @@ impl CausalConv1d {
         if frames == 0 {
             return Tensor::zeros((b, self.cfg.out_channels, 0), x.dtype(), x.device());
         }
-        let padded = match self.pad {
-            CausalPad::Zeros => x.pad_with_zeros(2, self.left_padding(), 0)?,
-            CausalPad::Replicate => x.pad_with_same(2, self.left_padding(), 0)?,
-        };
-        self.conv_frames(&padded, frames)
+        match self.pad {
+            CausalPad::Zeros => self.forward_zero_padded(x, frames),
+            CausalPad::Replicate => {
+                self.conv_frames(&x.pad_with_same(2, self.left_padding(), 0)?, frames)
+            }
+        }
     }
 
     fn fresh_state(&self, x: &Tensor, batch: usize) -> Result<State> {

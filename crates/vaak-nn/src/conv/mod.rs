@@ -38,6 +38,14 @@
 //! shifted block sums do the overlap-add. It costs about what the native kernel costs, so
 //! [`CausalConvTranspose1d`] always uses it (training and inference share one path).
 //!
+//! # The inference path
+//!
+//! Without autograd, on the CPU in f32, both modules run [`conv1d_inference`] /
+//! [`conv_transpose1d_inference`] (channel-major im2col or col2im plus one `gemm` per batch
+//! item and group, bias fused, optional per-item lengths for exact batching; see `fast.rs`).
+//! Every conv model (EnCodec, Mimi, SEANet, the OpenVoice converter, ECAPA) calls these, so
+//! there is one fast conv for inference; training goes through the differentiable forms.
+//!
 //! # A candle 0.11.1 CPU bug this module steers around
 //!
 //! The CPU matmul folds a batched product into one big one when the rhs is broadcast over the
@@ -53,10 +61,14 @@
 //! formulation used elsewhere and as its reference.
 
 mod conv1d;
+mod fast;
 mod im2col;
 mod transpose;
 
 pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d, CausalPad};
+pub use fast::{
+    conv1d_inference, conv_transpose1d_inference, leaky_relu, Conv1dOpts, ConvTranspose1dOpts,
+};
 pub use transpose::{conv_transpose1d_differentiable, CausalConvTranspose1d};
 
 use candle_core::{bail, Result, Tensor};

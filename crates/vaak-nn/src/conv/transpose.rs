@@ -3,6 +3,7 @@
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::fast::{conv_transpose1d_inference, ConvTranspose1dOpts};
 use super::{add_bias, check_input, check_mask, check_params, load_params, CausalConvConfig};
 use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 
@@ -206,20 +207,21 @@ impl CausalConvTranspose1d {
         t * self.cfg.stride
     }
 
-    /// The untrimmed, bias-free transpose of a non-empty chunk: `t * stride + overlap` samples.
-    fn raw(&self, x: &Tensor) -> Result<Tensor> {
+    /// The untrimmed transpose of a non-empty chunk, `t * stride + overlap` samples, with the
+    /// bias added when given: the fast inference path, or the differentiable one under
+    /// autograd (inside [`conv_transpose1d_inference`]).
+    fn raw(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let cfg = &self.cfg;
         // When k_eff < stride, output padding fills each last block up to a whole stride.
         let out_pad = cfg.stride.saturating_sub(cfg.effective_kernel());
-        conv_transpose1d_differentiable(
-            x,
-            &self.weight,
-            cfg.stride,
-            0,
-            out_pad,
-            cfg.dilation,
-            cfg.groups,
-        )
+        let opts = ConvTranspose1dOpts {
+            stride: cfg.stride,
+            padding: 0,
+            output_padding: out_pad,
+            dilation: cfg.dilation,
+            groups: cfg.groups,
+        };
+        conv_transpose1d_inference(x, &self.weight, bias, opts, None)
     }
 
     /// Whole-clip forward: `[B, in, T]` to `[B, out, T * stride]`.
@@ -228,8 +230,8 @@ impl CausalConvTranspose1d {
         if t == 0 {
             return Tensor::zeros((b, self.cfg.out_channels, 0), x.dtype(), x.device());
         }
-        let y = self.raw(x)?.narrow(2, 0, self.output_len(t))?;
-        add_bias(y, self.bias.as_ref())
+        self.raw(x, self.bias.as_ref())?
+            .narrow(2, 0, self.output_len(t))
     }
 }
 
@@ -261,7 +263,7 @@ impl StreamingModule for CausalConvTranspose1d {
         };
         let n = self.output_len(t);
         let ov = self.overlap();
-        let mut y = self.raw(x)?;
+        let mut y = self.raw(x, None)?;
         if let Some(p) = &old {
             y = y.add(&p.pad_with_zeros(2, 0, n)?)?;
         }

@@ -20,7 +20,7 @@ pub use checkpoint::{
     assign_vars, latest_path, load_checkpoint, load_latest, named_tensors, Checkpoint,
     CheckpointManager, TrainState, LATEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
-pub use clip::{clip_grad_norm, grad_norm};
+pub use clip::{clip_grad_norm, grad_norm, grad_norm_tensor};
 pub use optim::{AdamW, AdamWConfig, DecayFilter, DecayPredicate};
 pub use rng::{RngState, TrainRng};
 pub use schedule::LrSchedule;

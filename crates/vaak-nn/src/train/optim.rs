@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::error::{Error, Result};
@@ -146,10 +146,6 @@ fn work_dtype(dt: DType) -> DType {
     }
 }
 
-fn scalar(x: f64, dt: DType, dev: &Device) -> candle_core::Result<Tensor> {
-    Tensor::new(x, dev)?.to_dtype(dt)
-}
-
 impl AdamW {
     /// An optimizer over `params`; names must be unique (they key the exported state).
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
@@ -235,30 +231,24 @@ impl AdamW {
             p.step += 1;
             let pd = p.var.dtype();
             let wd = work_dtype(pd);
-            let dev = p.var.device().clone();
             // candle's backward detaches intermediate gradients but not a variable's own: when
             // a variable feeds an op like `mul` or `sqr` (weight norm), its gradient keeps that
             // step's forward graph. The moments below outlive the step, so they must not.
             let g = g.detach().to_dtype(wd)?;
             let mut theta = p.var.as_tensor().detach().to_dtype(wd)?;
+            // Scalars enter through `affine` (a host f64 folded into the kernel), not as
+            // device tensors: no host-to-device copy per scalar, which on CUDA costs a sync.
             if p.decay {
-                theta = theta.broadcast_mul(&scalar(1.0 - c.lr * c.weight_decay, wd, &dev)?)?;
+                theta = theta.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
             }
-            let m = (&p.exp_avg
-                + (&g - &p.exp_avg)?.broadcast_mul(&scalar(1.0 - c.beta1, wd, &dev)?)?)?;
-            let v = (p.exp_avg_sq.broadcast_mul(&scalar(c.beta2, wd, &dev)?)?
-                + g.sqr()?.broadcast_mul(&scalar(1.0 - c.beta2, wd, &dev)?)?)?;
+            let m = (&p.exp_avg + (&g - &p.exp_avg)?.affine(1.0 - c.beta1, 0.0)?)?;
+            let v = (p.exp_avg_sq.affine(c.beta2, 0.0)? + g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
             let t = p.step as i32;
             let bc1 = 1.0 - c.beta1.powi(t);
             let bc2 = 1.0 - c.beta2.powi(t);
             let step_size = c.lr / bc1;
-            let denom = v
-                .sqrt()?
-                .broadcast_div(&scalar(bc2.sqrt(), wd, &dev)?)?
-                .broadcast_add(&scalar(c.eps, wd, &dev)?)?;
-            let upd = m
-                .broadcast_mul(&scalar(-step_size, wd, &dev)?)?
-                .div(&denom)?;
+            let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), c.eps)?;
+            let upd = m.affine(-step_size, 0.0)?.div(&denom)?;
             let theta = (theta + upd)?;
             p.var.set(&theta.to_dtype(pd)?)?;
             p.exp_avg = m;
@@ -342,6 +332,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn globs() {

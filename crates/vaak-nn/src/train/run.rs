@@ -251,10 +251,20 @@ impl MetricsLog {
 /// Peak resident memory of this process so far in MiB (`VmHWM` of `/proc/self/status`), or
 /// `None` where that is not available (not Linux).
 pub fn peak_host_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
+}
+
+/// Resident memory of this process now in MiB (`VmRSS`), or `None` off Linux.
+pub fn current_host_mb() -> Option<f64> {
+    proc_status_mb("VmRSS:")
+}
+
+/// A `kB` field of `/proc/self/status`, in MiB.
+fn proc_status_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()

@@ -274,37 +274,9 @@ impl Default for ModelsConfig {
     }
 }
 
-/// One teacher: its implementation `kind`, where its weights are, and kind-specific options
-/// (free-form; the factory that builds the kind validates them).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelSpec {
-    /// Implementation name, e.g. `whisper`, `m2m100`, `openai`, `ecapa`, `espeak`, `encodec`.
-    pub kind: String,
-    /// Local directory/file or `hf://org/repo[@rev]/path`; `null` for kinds without weights.
-    pub weights: Option<String>,
-    /// Hub revision pinned for reproducibility.
-    pub revision: Option<String>,
-    /// Kind-specific settings (e.g. `bandwidth: 6.0` for EnCodec, `base_url` for `openai`).
-    pub options: serde_yaml::Mapping,
-}
-
-impl ModelSpec {
-    fn new(kind: &str, weights: Option<&str>) -> Self {
-        Self {
-            kind: kind.to_string(),
-            weights: weights.map(str::to_string),
-            revision: None,
-            options: serde_yaml::Mapping::new(),
-        }
-    }
-}
-
-impl Default for ModelSpec {
-    fn default() -> Self {
-        Self::new("", None)
-    }
-}
+/// One teacher's spec (`kind`, `weights`, `revision`, `options`); defined with its builders in
+/// `vaak-teachers`, so the server's pipeline mode builds the same teachers without the cascade.
+pub use vaak_teachers::spec::ModelSpec;
 
 /// `src.wav` as a copy of the source file or a symlink to it (part of the layout).
 pub use vaak_data::parallel::SrcAudioMode;

@@ -13,6 +13,7 @@ pub mod mt;
 mod pool;
 pub mod seq2seq;
 pub mod speaker;
+pub mod spec;
 pub mod tts;
 pub mod vc;
 

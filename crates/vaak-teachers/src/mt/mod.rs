@@ -3,9 +3,11 @@
 //! - [`OpenAiTranslator`]: any OpenAI-compatible chat-completions server (OpenAI's
 //!   `gpt-4o-mini`, or a local vLLM / Ollama / llama.cpp server), over blocking HTTP with bounded
 //!   concurrency, retries and a fixed, hashed prompt.
+//! - [`OpenAiChat`]: the same servers' streaming chat (`stream: true`), delta by delta,
+//!   cancellable (the voice server's converse pipeline).
 //!
-//! - [`loopback::LoopbackChatServer`]: a tagging chat-completions server on 127.0.0.1 for tests
-//!   and `vaak bench cascade` (not a translator).
+//! - [`loopback::LoopbackChatServer`]: a tagging (and, for `stream: true`, SSE-streaming)
+//!   chat-completions server on 127.0.0.1 for tests and benchmarks (not a translator).
 
 pub mod generate;
 pub mod local;
@@ -17,6 +19,6 @@ pub mod spm;
 pub mod tokenizer;
 
 pub use openai::{
-    prompt_hash, system_prompt, BackoffConfig, OpenAiConfig, OpenAiTranslator, PROMPT_VERSION,
-    SYSTEM_PROMPT_TEMPLATE,
+    prompt_hash, system_prompt, BackoffConfig, ChatEnd, ChatEvent, ChatMessage, ChatStream,
+    OpenAiChat, OpenAiConfig, OpenAiTranslator, PROMPT_VERSION, SYSTEM_PROMPT_TEMPLATE,
 };

@@ -205,6 +205,16 @@ fn config_error(field: &str, reason: String) -> TeacherError {
 }
 
 impl OpenAiConfig {
+    /// The key to send: `api_key`, else the variable `api_key_env` as `env` reads it; blank
+    /// means none.
+    fn resolve_api_key(&self, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+        self.api_key
+            .clone()
+            .or_else(|| env(&self.api_key_env))
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+    }
+
     fn validate(&self) -> Result<()> {
         let url = self.base_url.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -305,12 +315,7 @@ impl OpenAiTranslator {
     /// Like [`OpenAiTranslator::new`], with `env` in place of the process environment.
     pub fn with_env(cfg: OpenAiConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         cfg.validate()?;
-        let api_key = cfg
-            .api_key
-            .clone()
-            .or_else(|| env(&cfg.api_key_env))
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty());
+        let api_key = cfg.resolve_api_key(env);
         if api_key.is_none() {
             tracing::info!(
                 "openai translator: no API key (api_key unset, ${} empty); sending no Authorization header",
@@ -593,6 +598,298 @@ impl Translator for OpenAiTranslator {
     }
 }
 
+/// One chat message (`role`: `system`, `user` or `assistant`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.into(),
+        }
+    }
+}
+
+/// How a streamed chat reply ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChatEnd {
+    /// The server finished (`data: [DONE]` or the end of the body); `finish_reason` when it
+    /// gave one (`stop`, `length`).
+    Done { finish_reason: Option<String> },
+    /// The caller cancelled (the flag was set or the callback returned `false`); the
+    /// connection was dropped, so the server stops generating.
+    Cancelled,
+}
+
+/// A streaming chat-completions client (`stream: true`, server-sent events) for an
+/// OpenAI-compatible server: OpenAI, vLLM, llama.cpp's server, Ollama.
+///
+/// [`OpenAiChat::stream_with`] runs on the caller's thread and hands each content delta to a
+/// callback as it arrives; [`OpenAiChat::stream`] runs the request on its own thread and yields
+/// the deltas through an iterator ([`ChatStream`]). Either is cancelled between two deltas: the
+/// HTTP connection is then closed, which is how OpenAI-compatible servers learn to stop
+/// generating. A server that sends nothing keeps the request open until `timeout_ms`.
+///
+/// No retries: a chat turn is interactive, and a failed request is reported at once (an HTTP
+/// status with the server's own message, an unreachable server, a malformed event).
+#[derive(Clone)]
+pub struct OpenAiChat {
+    cfg: OpenAiConfig,
+    endpoint: String,
+    api_key: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl fmt::Debug for OpenAiChat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiChat")
+            .field("endpoint", &self.endpoint)
+            .field("model", &self.cfg.model)
+            .field("has_api_key", &self.api_key.is_some())
+            .finish()
+    }
+}
+
+impl OpenAiChat {
+    /// Builds the client; the key comes from `api_key`, else the variable `api_key_env`.
+    pub fn new(cfg: OpenAiConfig) -> Result<Self> {
+        Self::with_env(cfg, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`OpenAiChat::new`], with `env` in place of the process environment.
+    pub fn with_env(cfg: OpenAiConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        cfg.validate()?;
+        let api_key = cfg.resolve_api_key(env);
+        // The timeout bounds the connect and each read, not the whole (long) stream.
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_millis(cfg.timeout_ms))
+            .timeout_read(Duration::from_millis(cfg.timeout_ms))
+            .build();
+        let endpoint = format!(
+            "{}/chat/completions",
+            cfg.base_url.trim().trim_end_matches('/')
+        );
+        Ok(Self {
+            cfg,
+            endpoint,
+            api_key,
+            agent,
+        })
+    }
+
+    pub fn config(&self) -> &OpenAiConfig {
+        &self.cfg
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The JSON body of a streamed request.
+    pub fn request_body(&self, messages: &[ChatMessage]) -> Value {
+        let mut body = json!({
+            "model": self.cfg.model,
+            "messages": messages,
+            "temperature": self.cfg.temperature,
+            "stream": true,
+        });
+        if let Some(t) = self.cfg.max_tokens {
+            body["max_tokens"] = json!(t);
+        }
+        if let Some(s) = self.cfg.seed {
+            body["seed"] = json!(s);
+        }
+        body
+    }
+
+    /// Sends `messages` and calls `on_delta` with each piece of reply text as it arrives,
+    /// until the reply ends, `cancel` is set, or `on_delta` returns `false`.
+    pub fn stream_with(
+        &self,
+        messages: &[ChatMessage],
+        cancel: &AtomicBool,
+        mut on_delta: impl FnMut(&str) -> bool,
+    ) -> Result<ChatEnd> {
+        use std::io::BufRead;
+        let ctx = |m: String| {
+            TeacherError::Msg(format!("{} (model {}): {m}", self.endpoint, self.cfg.model))
+        };
+        let mut req = self
+            .agent
+            .post(&self.endpoint)
+            .set("Accept", "text/event-stream");
+        if let Some(key) = &self.api_key {
+            req = req.set("Authorization", &format!("Bearer {key}"));
+        }
+        let resp = match req.send_json(self.request_body(messages)) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, resp)) => {
+                let status_text = resp.status_text().to_string();
+                let body = resp.into_string().unwrap_or_default();
+                return Err(ctx(format!(
+                    "HTTP {code} {status_text}: {}",
+                    server_message(&body)
+                )));
+            }
+            Err(ureq::Error::Transport(t)) => {
+                return Err(ctx(format!("request failed: {t}")));
+            }
+        };
+        let mut reader = std::io::BufReader::new(resp.into_reader());
+        let mut line = String::new();
+        let mut finish_reason = None;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(ChatEnd::Cancelled);
+            }
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| ctx(format!("reading the event stream: {e}")))?;
+            if n == 0 {
+                return Ok(ChatEnd::Done { finish_reason });
+            }
+            match parse_sse_line(&line).map_err(ctx)? {
+                SseLine::Skip => {}
+                SseLine::Done => return Ok(ChatEnd::Done { finish_reason }),
+                SseLine::Delta { text, finish } => {
+                    if finish.is_some() {
+                        finish_reason = finish;
+                    }
+                    if !text.is_empty() {
+                        if cancel.load(Ordering::SeqCst) {
+                            return Ok(ChatEnd::Cancelled);
+                        }
+                        if !on_delta(&text) {
+                            return Ok(ChatEnd::Cancelled);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`OpenAiChat::stream_with`] on its own thread: the deltas come through the returned
+    /// iterator; dropping it (or [`ChatStream::cancel`]) cancels the request.
+    pub fn stream(&self, messages: Vec<ChatMessage>) -> ChatStream {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cancel = std::sync::Arc::new(AtomicBool::new(false));
+        let me = self.clone();
+        let flag = cancel.clone();
+        std::thread::spawn(move || {
+            let end = me.stream_with(&messages, &flag, |d| {
+                tx.send(ChatEvent::Delta(d.to_string())).is_ok()
+            });
+            let _ = tx.send(match end {
+                Ok(e) => ChatEvent::End(e),
+                Err(e) => ChatEvent::Error(e.to_string()),
+            });
+        });
+        ChatStream {
+            rx,
+            cancel,
+            finished: false,
+        }
+    }
+}
+
+/// What a [`ChatStream`] yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChatEvent {
+    Delta(String),
+    End(ChatEnd),
+    Error(String),
+}
+
+/// The deltas of one streamed reply (see [`OpenAiChat::stream`]); the last item is
+/// [`ChatEvent::End`] or [`ChatEvent::Error`].
+pub struct ChatStream {
+    rx: std::sync::mpsc::Receiver<ChatEvent>,
+    cancel: std::sync::Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl ChatStream {
+    /// Stops the request at the next delta (the connection is then closed).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Iterator for ChatStream {
+    type Item = ChatEvent;
+    fn next(&mut self) -> Option<ChatEvent> {
+        if self.finished {
+            return None;
+        }
+        let e = self.rx.recv().ok()?;
+        if !matches!(e, ChatEvent::Delta(_)) {
+            self.finished = true;
+        }
+        Some(e)
+    }
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+#[derive(Debug)]
+enum SseLine {
+    Skip,
+    Done,
+    Delta {
+        text: String,
+        finish: Option<String>,
+    },
+}
+
+/// One line of a chat-completions event stream.
+fn parse_sse_line(line: &str) -> std::result::Result<SseLine, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let Some(data) = line.strip_prefix("data:") else {
+        // Blank separators, comments (`: keep-alive`), `event:` and `id:` lines.
+        return Ok(SseLine::Skip);
+    };
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Ok(SseLine::Done);
+    }
+    if data.is_empty() {
+        return Ok(SseLine::Skip);
+    }
+    let v: Value = serde_json::from_str(data)
+        .map_err(|e| format!("malformed event ({e}): {}", quote(data)))?;
+    if let Some(err) = v.get("error") {
+        let m = err
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| err.to_string());
+        return Err(format!("the server reported an error mid-stream: {m}"));
+    }
+    let Some(choice) = v.pointer("/choices/0") else {
+        // Usage-only chunks carry no choice.
+        return Ok(SseLine::Skip);
+    };
+    let text = choice
+        .pointer("/delta/content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let finish = choice
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(SseLine::Delta { text, finish })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,5 +1024,67 @@ mod tests {
             BackoffConfig::default().initial_ms
         );
         assert!(serde_json::from_str::<OpenAiConfig>(r#"{"modle":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn sse_lines_give_deltas_done_and_errors() {
+        let d = |l: &str| match parse_sse_line(l).unwrap() {
+            SseLine::Delta { text, finish } => Some((text, finish)),
+            _ => None,
+        };
+        assert_eq!(
+            d("data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n"),
+            Some(("Hi".into(), None))
+        );
+        assert_eq!(
+            d("data:{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\r\n"),
+            Some((String::new(), Some("stop".into())))
+        );
+        assert!(matches!(
+            parse_sse_line("data: [DONE]\n"),
+            Ok(SseLine::Done)
+        ));
+        assert!(matches!(
+            parse_sse_line(": keep-alive\n"),
+            Ok(SseLine::Skip)
+        ));
+        assert!(matches!(parse_sse_line("\n"), Ok(SseLine::Skip)));
+        assert!(matches!(
+            parse_sse_line("data: {\"usage\":{}}"),
+            Ok(SseLine::Skip)
+        ));
+        assert!(parse_sse_line("data: {oops")
+            .unwrap_err()
+            .contains("malformed"));
+        assert!(
+            parse_sse_line("data: {\"error\":{\"message\":\"overloaded\"}}")
+                .unwrap_err()
+                .contains("overloaded")
+        );
+    }
+
+    #[test]
+    fn chat_body_streams_and_keeps_the_history() {
+        let c = OpenAiChat::with_env(
+            OpenAiConfig {
+                base_url: "http://127.0.0.1:9/v1".into(),
+                model: "m".into(),
+                max_tokens: Some(64),
+                ..Default::default()
+            },
+            |_| None,
+        )
+        .unwrap();
+        let b = c.request_body(&[
+            ChatMessage::new("system", "be brief"),
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", "hello"),
+            ChatMessage::new("user", "how are you"),
+        ]);
+        assert_eq!(b["stream"], json!(true));
+        assert_eq!(b["max_tokens"], json!(64));
+        assert_eq!(b["messages"].as_array().unwrap().len(), 4);
+        assert_eq!(b["messages"][2]["role"], json!("assistant"));
+        assert_eq!(c.endpoint(), "http://127.0.0.1:9/v1/chat/completions");
     }
 }

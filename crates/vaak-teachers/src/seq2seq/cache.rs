@@ -8,6 +8,7 @@
 
 use candle_core::Tensor;
 
+use super::fused::KeyLimits;
 use crate::error::{Result, TeacherError};
 
 /// Encoder output for a right-padded batch.
@@ -36,6 +37,8 @@ pub struct KvCache {
     cross: Vec<(Tensor, Tensor)>,
     /// Additive `[N, 1, 1, S]` mask over source positions; `None` when nothing is padded.
     cross_mask: Option<Tensor>,
+    /// The same as key lengths per item (for the fused attention).
+    cross_limits: KeyLimits,
     past: Vec<Option<(Tensor, Tensor)>>,
     group: usize,
     items: usize,
@@ -46,13 +49,19 @@ impl KvCache {
     pub(crate) fn new(
         cross: Vec<(Tensor, Tensor)>,
         cross_mask: Option<Tensor>,
+        lengths: &[usize],
         group: usize,
-        items: usize,
     ) -> Self {
         let layers = cross.len();
+        let items = lengths.len();
+        let cross_limits = KeyLimits {
+            lens: cross_mask.as_ref().map(|_| lengths.to_vec()),
+            causal: None,
+        };
         Self {
             cross,
             cross_mask,
+            cross_limits,
             past: vec![None; layers],
             group,
             items,
@@ -67,9 +76,13 @@ impl KvCache {
     ) -> (
         &mut [Option<(Tensor, Tensor)>],
         &[(Tensor, Tensor)],
-        Option<&Tensor>,
+        (Option<&Tensor>, &KeyLimits),
     ) {
-        (&mut self.past, &self.cross, self.cross_mask.as_ref())
+        (
+            &mut self.past,
+            &self.cross,
+            (self.cross_mask.as_ref(), &self.cross_limits),
+        )
     }
 
     pub(crate) fn advance(&mut self, l: usize) {
@@ -147,6 +160,9 @@ impl KvCache {
             }
             if let Some(m) = &mut self.cross_mask {
                 *m = m.index_select(&idx, 0)?;
+            }
+            if let Some(lens) = &mut self.cross_limits.lens {
+                *lens = items.iter().map(|&i| lens[i as usize]).collect();
             }
         }
         let identity_rows = rows.len() == old_rows && rows.iter().enumerate().all(|(i, &r)| i == r);

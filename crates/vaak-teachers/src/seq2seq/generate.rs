@@ -34,6 +34,7 @@ use candle_core::Tensor;
 
 pub use super::cache::{Encoded, KvCache};
 pub use super::config::{EarlyStopping, GenerationConfigFile, TokenIds};
+use super::select::{beam_top, greedy_pick, top_k, RowRule};
 use crate::error::{Result, TeacherError};
 
 /// A decoder that continues a [`KvCache`].
@@ -226,76 +227,38 @@ struct RowState<'a> {
     prompt_len: usize,
 }
 
-/// Applies the logits processors to one row in place.
-fn process_row(row: &mut [f32], st: &RowState<'_>, p: &GenerationParams, rules: &TokenRules) {
+/// The logits processors' effect on one row, in transformers' order: n-gram and bad-word bans,
+/// min length, forced BOS / EOS (which replace the earlier bans), suppressed tokens.
+fn row_rule(st: &RowState<'_>, p: &GenerationParams, rules: &TokenRules) -> RowRule {
     let cur_len = st.seq.len();
-    for t in banned_ngram_tokens(st.seq, p.no_repeat_ngram_size) {
-        row[t as usize] = f32::NEG_INFINITY;
-    }
+    let mut banned = banned_ngram_tokens(st.seq, p.no_repeat_ngram_size);
     for w in &rules.bad_words {
         if let Some((&last, prefix)) = w.split_last() {
             if st.seq.ends_with(prefix) {
-                row[last as usize] = f32::NEG_INFINITY;
+                banned.push(last);
             }
         }
     }
     if cur_len < p.min_length {
-        for &e in &p.eos_token_ids {
-            row[e as usize] = f32::NEG_INFINITY;
-        }
+        banned.extend_from_slice(&p.eos_token_ids);
     }
-    let force = |row: &mut [f32], id: u32| {
-        row.fill(f32::NEG_INFINITY);
-        row[id as usize] = 0.0;
-    };
+    let mut forced = None;
     if let (1, Some(id)) = (cur_len, p.forced_bos_token_id) {
-        force(row, id);
+        forced = Some(id);
     }
     if let Some(id) = p.forced_eos_token_id {
         if cur_len + 1 == st.max_len {
-            force(row, id);
+            forced = Some(id);
         }
     }
-    for &t in &rules.suppress {
-        row[t as usize] = f32::NEG_INFINITY;
+    if forced.is_some() {
+        banned.clear();
     }
+    banned.extend_from_slice(&rules.suppress);
     if cur_len == st.prompt_len {
-        for &t in &rules.begin_suppress {
-            row[t as usize] = f32::NEG_INFINITY;
-        }
+        banned.extend_from_slice(&rules.begin_suppress);
     }
-}
-
-/// In-place log-softmax in f32, as PyTorch's: `x - max - ln(sum(exp(x - max)))`.
-fn log_softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return;
-    }
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let lse = (sum as f32).ln();
-    for x in row.iter_mut() {
-        *x = (*x - max) - lse;
-    }
-}
-
-/// Top `k` (value, index) of `vals` by value descending, lower index first on ties; NaN counts
-/// as -inf.
-fn top_k(vals: impl Iterator<Item = (f32, usize)>, k: usize) -> Vec<(f32, usize)> {
-    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-    for (v, i) in vals {
-        let v = if v.is_nan() { f32::NEG_INFINITY } else { v };
-        if best.len() == k {
-            // Indices arrive in increasing order, so a tie never displaces an earlier one.
-            if v <= best[k - 1].0 {
-                continue;
-            }
-            best.pop();
-        }
-        let pos = best.partition_point(|&(bv, _)| bv >= v);
-        best.insert(pos, (v, i));
-    }
-    best
+    RowRule { forced, banned }
 }
 
 /// Generates for a batch of sources (token ids as the model's tokenizer makes them).
@@ -388,18 +351,22 @@ pub fn greedy_search<D: Decoder + ?Sized>(
     let mut l = prompt_len - fed;
     while !active.is_empty() {
         let logits = model.decode_step(&feed, l, cache)?;
-        let logits = logits.narrow(1, l - 1, 1)?.squeeze(1)?.to_vec2::<f32>()?;
+        let last = logits.narrow(1, l - 1, 1)?.squeeze(1)?;
+        let row_rules: Vec<RowRule> = active
+            .iter()
+            .map(|&item| {
+                let st = RowState {
+                    seq: &out[item].tokens,
+                    max_len: max_lens[item],
+                    prompt_len,
+                };
+                row_rule(&st, p, rules)
+            })
+            .collect();
+        let picks = greedy_pick(&last, &row_rules)?;
         let mut keep = Vec::with_capacity(active.len());
-        for (row, (&item, mut lg)) in active.iter().zip(logits).enumerate() {
-            let st = RowState {
-                seq: &out[item].tokens,
-                max_len: max_lens[item],
-                prompt_len,
-            };
-            process_row(&mut lg, &st, p, rules);
-            let tok = top_k(lg.iter().copied().zip(0..), 1)[0].1 as u32;
-            log_softmax(&mut lg);
-            sum_lp[item] += lg[tok as usize] as f64;
+        for (row, (&item, (tok, lp))) in active.iter().zip(picks).enumerate() {
+            sum_lp[item] += lp as f64;
             let g = &mut out[item];
             g.tokens.push(tok);
             if p.eos_token_ids.contains(&tok) {
@@ -506,36 +473,29 @@ fn beam_search<M: Seq2Seq + ?Sized>(
                     .map(|r| *r.tokens.last().unwrap_or(&start))
             })
             .collect();
-        let logits = model
-            .decode_step(&last, 1, &mut cache)?
-            .squeeze(1)?
-            .to_vec2::<f32>()?;
-        let mut rows_next: Vec<usize> = Vec::with_capacity(last.len());
-        let mut still: Vec<usize> = Vec::with_capacity(active.len());
-        for (slot, &item_i) in active.iter().enumerate() {
-            let item = &mut items[item_i];
-            // a. Per beam: processed log-probs plus the running score; each beam's top
-            // `keep_k` suffice for the item's top `keep_k`.
-            let mut cands: Vec<(f32, usize)> = Vec::with_capacity(k * keep_k);
-            for (b, run) in item.running.iter().enumerate() {
-                let mut row = logits[slot * k + b].clone();
-                let v = row.len();
-                log_softmax(&mut row);
+        let logits = model.decode_step(&last, 1, &mut cache)?.squeeze(1)?;
+        let vocab = logits.dim(1)?;
+        let mut row_rules = Vec::with_capacity(last.len());
+        let mut running = Vec::with_capacity(last.len());
+        for &i in &active {
+            for run in &items[i].running {
                 let st = RowState {
                     seq: &run.tokens,
-                    max_len: item.max_len,
+                    max_len: items[i].max_len,
                     prompt_len,
                 };
-                process_row(&mut row, &st, p, rules);
-                let s = run.score;
-                cands.extend(
-                    top_k(row.iter().map(|&x| x + s).zip(0..), keep_k)
-                        .into_iter()
-                        .map(|(a, t)| (a, b * v + t)),
-                );
+                row_rules.push(row_rule(&st, p, rules));
+                running.push(run.score);
             }
-            let vocab = logits[slot * k].len();
-            let top: Vec<Candidate> = top_k_sorted(cands, keep_k)
+        }
+        // a. Per item, the top `keep_k` of processed log-probs plus running scores over all
+        // its beams, chosen on the device.
+        let tops = beam_top(&logits, &row_rules, &running, k, keep_k)?;
+        let mut rows_next: Vec<usize> = Vec::with_capacity(last.len());
+        let mut still: Vec<usize> = Vec::with_capacity(active.len());
+        for ((slot, &item_i), cands) in active.iter().enumerate().zip(tops) {
+            let item = &mut items[item_i];
+            let top: Vec<Candidate> = cands
                 .into_iter()
                 .map(|(acc, idx)| {
                     let token = (idx % vocab) as u32;
@@ -674,18 +634,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn top_k_keeps_the_first_of_ties_and_sorts() {
-        let v = [1.0, 3.0, 3.0, f32::NAN, 2.0, 3.0];
-        let t = top_k(v.iter().copied().zip(0..), 3);
-        assert_eq!(t, vec![(3.0, 1), (3.0, 2), (3.0, 5)]);
-        let t = top_k(v.iter().copied().zip(0..), 5);
-        assert_eq!(
-            t.iter().map(|x| x.1).collect::<Vec<_>>(),
-            vec![1, 2, 5, 4, 0]
-        );
-    }
-
-    #[test]
     fn ngram_bans_follow_transformers() {
         // Bigram (5, 6) seen; the sequence ends in 5, so 6 is banned.
         assert_eq!(banned_ngram_tokens(&[2, 5, 6, 7, 5], 2), vec![6]);
@@ -718,7 +666,7 @@ mod tests {
                 max_len: 10,
                 prompt_len: 1,
             };
-            process_row(&mut row, &st, &p, rules);
+            row_rule(&st, &p, rules).apply(&mut row);
             (0..8).filter(|&i| row[i].is_infinite()).collect::<Vec<_>>()
         };
         assert_eq!(banned(&[1, 2], &r), vec![7]);

@@ -16,6 +16,11 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::cache::{Encoded, KvCache};
+use super::fused::{self, KeyLimits};
+
+/// Query rows per key group up to which a CPU attention takes the fused kernel rather than
+/// per-(group, head) matmuls (decoder steps: one per row, or one per beam of an item).
+const FUSED_MAX_QUERIES: usize = 16;
 
 /// transformers' `ACT2FN` entries the teachers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,12 +218,7 @@ impl Attention {
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (rows, t, d) = x.dims3()?;
-        let n = k.dim(0)?;
-        let g = rows / n;
-        let q = (apply_linear(&self.q, x)? * self.scale)?
-            .reshape((n, g * t, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let q = self.queries(x, k.dim(0)?)?;
         let kt = k.transpose(2, 3)?.contiguous()?;
         let mut scores = q.matmul(&kt)?;
         if let Some(m) = mask {
@@ -226,6 +226,49 @@ impl Attention {
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v.contiguous()?)?;
+        self.output(&ctx, (rows, t, d))
+    }
+
+    /// [`Self::attend`] with the mask also given structurally (`limits`, the same keys as
+    /// `mask`): on the CPU in f32 with at most [`FUSED_MAX_QUERIES`] query rows per group it
+    /// runs the fused kernel ([`super::fused`]), else the matmul path.
+    pub fn attend_limited(
+        &self,
+        x: &Tensor,
+        (k, v): (&Tensor, &Tensor),
+        mask: Option<&Tensor>,
+        limits: &KeyLimits,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, t, d) = x.dims3()?;
+        let n = k.dim(0)?;
+        let fusable = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && k.dtype() == DType::F32
+            && (rows / n.max(1)) * t <= FUSED_MAX_QUERIES;
+        if !fusable {
+            return self.attend(x, k, v, mask);
+        }
+        let q = self.queries(x, n)?;
+        let ctx = fused::attention(&q, k, v, limits)?;
+        self.output(&ctx, (rows, t, d))
+    }
+
+    /// Scaled queries `[N, H, G * T, Dh]` of `x` (`[N * G, T, D]`).
+    fn queries(&self, x: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+        let (rows, t, _) = x.dims3()?;
+        let g = rows / n;
+        (apply_linear(&self.q, x)? * self.scale)?
+            .reshape((n, g * t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `[N, H, G * T, Dh]` context to the projected `[rows, t, d]` output.
+    fn output(
+        &self,
+        ctx: &Tensor,
+        (rows, t, d): (usize, usize, usize),
+    ) -> candle_core::Result<Tensor> {
         let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((rows, t, d))?;
         apply_linear(&self.out, &ctx)
     }
@@ -332,10 +375,10 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        self_mask: Option<&Tensor>,
+        self_mask: (Option<&Tensor>, &KeyLimits),
         past: &mut Option<(Tensor, Tensor)>,
         cross: &(Tensor, Tensor),
-        cross_mask: Option<&Tensor>,
+        cross_mask: (Option<&Tensor>, &KeyLimits),
     ) -> candle_core::Result<Tensor> {
         let x = residual(self.norm, &self.self_ln, x, |h| {
             let (k, v) = self.self_attn.keys_values(h)?;
@@ -343,12 +386,15 @@ impl DecoderLayer {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v),
             };
-            let y = self.self_attn.attend(h, &k, &v, self_mask)?;
+            let y = self
+                .self_attn
+                .attend_limited(h, (&k, &v), self_mask.0, self_mask.1)?;
             *past = Some((k, v));
             Ok(y)
         })?;
         let x = residual(self.norm, &self.cross_ln, &x, |h| {
-            self.cross_attn.attend(h, &cross.0, &cross.1, cross_mask)
+            self.cross_attn
+                .attend_limited(h, (&cross.0, &cross.1), cross_mask.0, cross_mask.1)
         })?;
         residual(self.norm, &self.mlp_ln, &x, |h| self.mlp.forward(h))
     }
@@ -430,7 +476,7 @@ impl DecoderStack {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let s = enc.hidden.dim(1)?;
         let mask = key_mask(&enc.lengths, s, enc.hidden.dtype(), enc.hidden.device())?;
-        Ok(KvCache::new(cross, mask, group, enc.lengths.len()))
+        Ok(KvCache::new(cross, mask, &enc.lengths, group))
     }
 
     /// Embedded decoder inputs `[rows, l, D]` after what `cache` holds, to decoder states
@@ -438,10 +484,20 @@ impl DecoderStack {
     pub fn forward(&self, x: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let l = x.dim(1)?;
         let self_mask = causal_mask(cache.len(), l, x.dtype(), x.device())?;
+        let self_limits = KeyLimits {
+            lens: None,
+            causal: Some((l, cache.len())),
+        };
         let mut x = x.clone();
         let (past, cross, cross_mask) = cache.parts();
         for (layer, (past, cross)) in self.layers.iter().zip(past.iter_mut().zip(cross)) {
-            x = layer.forward(&x, self_mask.as_ref(), past, cross, cross_mask)?;
+            x = layer.forward(
+                &x,
+                (self_mask.as_ref(), &self_limits),
+                past,
+                cross,
+                cross_mask,
+            )?;
         }
         cache.advance(l);
         match &self.final_ln {

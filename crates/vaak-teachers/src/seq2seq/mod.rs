@@ -9,6 +9,8 @@
 //!   rows can be dropped and reordered between steps.
 //! - [`generate`]: greedy and beam search matching transformers' `generate()`, with the logits
 //!   processors the three models' generation configs use.
+//! - [`select`]: the logits processors, greedy arg-max and beam top-k on the logits' device
+//!   (only chosen ids and scores reach the host).
 //! - [`config`]: one `generation_config.json` reader.
 //!
 //! Each model keeps only what is its own: its config.json, embeddings and positions (Whisper's
@@ -18,9 +20,11 @@
 
 pub mod cache;
 pub mod config;
+pub mod fused;
 pub mod generate;
 pub mod layers;
 pub mod model;
+pub mod select;
 
 pub use cache::{Encoded, KvCache};
 pub use config::{EarlyStopping, GenerationConfigFile, TokenIds};

@@ -17,6 +17,7 @@
 //!   integer frame count. Frames past a clip's end are computed but never read.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use vaak_nn::conv::{conv1d_inference, Conv1dOpts};
 use vaak_nn::weights::Weights;
 
 use super::hyperparams::EcapaConfig;
@@ -183,8 +184,7 @@ impl Conv {
             .contiguous()?;
         let bias = w
             .get_with_shape(&format!("{name}.bias"), &[cout])?
-            .to_dtype(DType::F32)?
-            .reshape((1, cout, 1))?;
+            .to_dtype(DType::F32)?;
         Ok(Self {
             weight,
             bias,
@@ -194,16 +194,30 @@ impl Conv {
         })
     }
 
+    /// vaak-nn's inference conv (one gemm per item and group, bias fused) on the reflect-padded
+    /// input.
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let x = ctx.pad(x, self.pad)?.contiguous()?;
-        let y = x.conv1d(&self.weight, 0, 1, self.dilation, self.groups)?;
-        Ok(y.broadcast_add(&self.bias)?)
+        let x = ctx.pad(x, self.pad)?;
+        let opts = Conv1dOpts::new(0, 1, self.dilation, self.groups);
+        Ok(conv1d_inference(
+            &x,
+            &self.weight,
+            Some(&self.bias),
+            opts,
+            None,
+        )?)
     }
 
     /// A 1x1 conv on `[B, C, 1]` statistics (no time axis to pad).
     fn forward_pointwise(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.contiguous()?.conv1d(&self.weight, 0, 1, 1, self.groups)?;
-        Ok(y.broadcast_add(&self.bias)?)
+        let opts = Conv1dOpts::new(0, 1, 1, self.groups);
+        Ok(conv1d_inference(
+            x,
+            &self.weight,
+            Some(&self.bias),
+            opts,
+            None,
+        )?)
     }
 }
 

@@ -2,16 +2,21 @@
 //! mean-only residual coupling flow, HiFi-GAN's generator and resblocks, and the reference
 //! encoder (weight-normed 2-D convs + GRU).
 //!
-//! Our own candle code: candle-transformers has no VITS. Conv-transpose goes through
-//! `vaak_nn::conv::conv_transpose1d_differentiable` (candle 0.11.1's native one is wrong for
-//! batch > 1) and every linear layer is a rank-2 matmul on contiguous data (the transposed-lhs
+//! Our own candle code: candle-transformers has no VITS. Every conv and conv-transpose goes
+//! through vaak-nn's inference conv (`conv1d_inference`, `conv_transpose1d_inference`: one
+//! gemm per item, bias fused; candle 0.11.1's native transpose is wrong for batch > 1). The
+//! generator takes per-clip frame lengths so that a padded batch gives each clip exactly its
+//! one-clip output (every conv reads the samples past a clip's end as zeros, as the one-clip
+//! call's zero padding does); the WN stacks get the same from their masks. Every linear layer is a rank-2 matmul on contiguous data (the transposed-lhs
 //! batched-matmul trap). Weight norm (`weight_g`/`weight_v`, or the parametrization spelling,
 //! or a merged `weight`) is folded at load time by `vaak_nn::weights::weight_norm`.
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
-use candle_nn::ops::{leaky_relu, sigmoid};
+use candle_nn::ops::sigmoid;
 use candle_nn::VarBuilder;
-use vaak_nn::conv::conv_transpose1d_differentiable;
+use vaak_nn::conv::{
+    conv1d_inference, conv_transpose1d_inference, leaky_relu, Conv1dOpts, ConvTranspose1dOpts,
+};
 use vaak_nn::weights::weight_norm;
 
 /// HiFi-GAN's leaky-ReLU slope inside the generator.
@@ -65,11 +70,13 @@ impl Conv1d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv1d(&self.weight, self.padding, 1, self.dilation, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
-            None => Ok(y),
-        }
+        self.forward_lengths(x, None)
+    }
+
+    /// As [`Self::forward`], reading the samples of item `i` past `lengths[i]` as zeros.
+    pub fn forward_lengths(&self, x: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {
+        let opts = Conv1dOpts::new(self.padding, 1, self.dilation, 1);
+        conv1d_inference(x, &self.weight, self.bias.as_ref(), opts, lengths)
     }
 }
 
@@ -304,19 +311,20 @@ impl ResBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `lengths`: valid samples per item (see [`Generator::forward_lengths`]).
+    fn forward(&self, x: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {
         let mut x = x.clone();
         match self {
             Self::One(pairs) => {
                 for (c1, c2) in pairs {
-                    let xt = c1.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
-                    let xt = c2.forward(&leaky_relu(&xt, LRELU_SLOPE)?)?;
+                    let xt = c1.forward_lengths(&leaky_relu(&x, LRELU_SLOPE)?, lengths)?;
+                    let xt = c2.forward_lengths(&leaky_relu(&xt, LRELU_SLOPE)?, lengths)?;
                     x = (xt + x)?;
                 }
             }
             Self::Two(convs) => {
                 for c in convs {
-                    x = (c.forward(&leaky_relu(&x, LRELU_SLOPE)?)? + x)?;
+                    x = (c.forward_lengths(&leaky_relu(&x, LRELU_SLOPE)?, lengths)? + x)?;
                 }
             }
         }
@@ -362,7 +370,7 @@ impl Generator {
             let uvb = vb.pp(format!("ups.{i}"));
             // ConvTranspose1d weight is [in, out, k]; weight norm's default dim 0 is `in`.
             let weight = weight_norm(&uvb, &[c_in, c_out, k], Some(0))?.contiguous()?;
-            let bias = uvb.get(c_out, "bias")?.reshape((1, c_out, 1))?;
+            let bias = uvb.get(c_out, "bias")?;
             ups.push(Upsample {
                 weight,
                 bias,
@@ -399,17 +407,45 @@ impl Generator {
 
     /// `z`: `[B, inter, T]`, `g`: `[B, gin, 1]` -> `[B, 1, T * prod(upsample_rates)]`.
     pub fn forward(&self, z: &Tensor, g: &Tensor) -> Result<Tensor> {
+        self.forward_lengths(z, g, None)
+    }
+
+    /// As [`Self::forward`] for a padded batch: item `i` has `frames[i]` valid frames, and its
+    /// first `frames[i] * prod(upsample_rates)` output samples equal [`Self::forward`] on its
+    /// valid frames alone (every conv reads what lies past the item's end as zeros).
+    pub fn forward_lengths(
+        &self,
+        z: &Tensor,
+        g: &Tensor,
+        frames: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let mut lengths: Option<Vec<usize>> = frames.map(<[usize]>::to_vec);
         let mut x = self
             .conv_pre
-            .forward(z)?
+            .forward_lengths(z, lengths.as_deref())?
             .broadcast_add(&self.cond.forward(g)?)?;
         for (i, up) in self.ups.iter().enumerate() {
             x = leaky_relu(&x, LRELU_SLOPE)?;
-            x = conv_transpose1d_differentiable(&x, &up.weight, up.stride, up.padding, 0, 1, 1)?
-                .broadcast_add(&up.bias)?;
+            let opts = ConvTranspose1dOpts {
+                stride: up.stride,
+                padding: up.padding,
+                output_padding: 0,
+                dilation: 1,
+                groups: 1,
+            };
+            x = conv_transpose1d_inference(
+                &x,
+                &up.weight,
+                Some(&up.bias),
+                opts,
+                lengths.as_deref(),
+            )?;
+            if let Some(l) = lengths.as_mut() {
+                l.iter_mut().for_each(|n| *n *= up.stride);
+            }
             let mut xs: Option<Tensor> = None;
             for rb in &self.resblocks[i * self.n_kernels..(i + 1) * self.n_kernels] {
-                let y = rb.forward(&x)?;
+                let y = rb.forward(&x, lengths.as_deref())?;
                 xs = Some(match xs {
                     Some(s) => (s + y)?,
                     None => y,
@@ -418,7 +454,9 @@ impl Generator {
             x = (xs.expect("at least one resblock kernel") / self.n_kernels as f64)?;
         }
         let x = leaky_relu(&x, TORCH_DEFAULT_LRELU)?;
-        self.conv_post.forward(&x)?.tanh()
+        self.conv_post
+            .forward_lengths(&x, lengths.as_deref())?
+            .tanh()
     }
 }
 

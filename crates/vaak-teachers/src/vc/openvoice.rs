@@ -291,8 +291,7 @@ impl ToneColorConverter {
                 noise.dims()
             )));
         }
-        // One clip per call: the decoder has no mask, so zero-padded batch-mates would leak
-        // into each other's tails; a batch is a loop (see `convert_batch`).
+        // One clip per call; `convert_batched` runs padded batches with per-clip lengths.
         let mask = sequence_mask(&[t], t, &self.device)?;
         let zeros = g_src.zeros_like()?;
         let (g_post, g_dec) = if self.cfg.model.zero_g {
@@ -312,7 +311,9 @@ impl ToneColorConverter {
         Ok(wav.flatten_all()?.to_vec1()?)
     }
 
-    /// Converts each item independently; a bad item gets its own error.
+    /// Converts each item independently, one call per item (as upstream); a bad item gets its
+    /// own error. [`Self::convert_batched`] gives the same audio (to float rounding) from
+    /// padded batches.
     pub fn convert_batch(&self, items: &[ConvertItem<'_>]) -> Vec<ItemResult<Vec<f32>>> {
         items
             .iter()
@@ -323,6 +324,129 @@ impl ToneColorConverter {
             })
             .collect()
     }
+}
+
+impl ToneColorConverter {
+    /// Converts the items as padded batches of up to `max_batch` clips (similar lengths
+    /// together), one network pass per batch. Each clip's audio equals [`Self::convert`]'s to
+    /// float rounding: the posterior encoder and flow mask the padding, and the decoder's convs
+    /// read past each clip's end as zeros (per-clip lengths). A bad item gets its own error and
+    /// the rest still convert; a failed batch fails each of its items.
+    pub fn convert_batched(
+        &self,
+        items: &[ConvertItem<'_>],
+        max_batch: usize,
+    ) -> Vec<ItemResult<Vec<f32>>> {
+        let mut out: Vec<Option<ItemResult<Vec<f32>>>> = items.iter().map(|_| None).collect();
+        let mut ready = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            match self.prepare(it) {
+                Ok(p) => ready.push((i, p)),
+                Err(e) => out[i] = Some(Err(item_error(i, e))),
+            }
+        }
+        // Longest first, so each batch pads little.
+        ready.sort_by_key(|(_, p)| std::cmp::Reverse(p.frames));
+        for chunk in ready.chunks(max_batch.max(1)) {
+            match self.run_prepared(chunk.iter().map(|(_, p)| p)) {
+                Ok(wavs) => {
+                    for ((i, _), w) in chunk.iter().zip(wavs) {
+                        out[*i] = Some(Ok(w));
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in chunk {
+                        out[*i] = Some(Err(TeacherError::Msg(format!(
+                            "item {i}: batched conversion failed: {e}"
+                        ))));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every item is converted or has an error"))
+            .collect()
+    }
+
+    /// One item's inputs at the model rate: spectrogram, noise and embeddings (validated).
+    fn prepare(&self, it: &ConvertItem<'_>) -> Result<Prepared> {
+        let g_src = self.embedding_tensor(it.src_se, "source")?;
+        let g_tgt = self.embedding_tensor(it.tgt_se, "target")?;
+        let samples = self.at_model_rate(&it.src)?;
+        let spec = self.spectrogram(&samples)?;
+        let frames = spec.dim(2)?;
+        let inter = self.cfg.model.inter_channels;
+        let noise = gaussian_noise(it.seed, inter * frames);
+        let noise = Tensor::from_vec(noise, (1, inter, frames), &self.device)?;
+        Ok(Prepared {
+            spec,
+            noise,
+            g_src,
+            g_tgt,
+            tau: it.tau,
+            frames,
+        })
+    }
+
+    /// The network on a padded batch of prepared items: each item's waveform.
+    fn run_prepared<'p>(&self, batch: impl Iterator<Item = &'p Prepared>) -> Result<Vec<Vec<f32>>> {
+        let batch: Vec<&Prepared> = batch.collect();
+        let lengths: Vec<usize> = batch.iter().map(|p| p.frames).collect();
+        let t = lengths.iter().copied().max().unwrap_or(0);
+        let pad = |x: &Tensor, n: usize| x.pad_with_zeros(2, 0, t - n);
+        let cat = |f: &dyn Fn(&Prepared) -> candle_core::Result<Tensor>| {
+            let parts = batch
+                .iter()
+                .map(|p| f(p))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        };
+        let spec = cat(&|p| pad(&p.spec, p.frames))?;
+        let noise = cat(&|p| pad(&p.noise, p.frames))?;
+        let g_src = cat(&|p| Ok(p.g_src.clone()))?;
+        let g_tgt = cat(&|p| Ok(p.g_tgt.clone()))?;
+        let taus: Vec<f32> = batch.iter().map(|p| p.tau).collect();
+        let tau = Tensor::from_vec(taus, (batch.len(), 1, 1), &self.device)?;
+        let mask = sequence_mask(&lengths, t, &self.device)?;
+        let zeros = g_src.zeros_like()?;
+        let (g_post, g_dec) = if self.cfg.model.zero_g {
+            (&zeros, &zeros)
+        } else {
+            (&g_src, &g_tgt)
+        };
+        let (m, logs) = self.enc_q.stats(&spec, &mask, g_post)?;
+        let z = (m + noise.broadcast_mul(&tau)?.mul(&logs.exp()?)?)?.broadcast_mul(&mask)?;
+        let z_p = self.flow.forward(&z, &mask, &g_src, false)?;
+        let z_hat = self.flow.forward(&z_p, &mask, &g_tgt, true)?;
+        let wav = self
+            .dec
+            .forward_lengths(&z_hat.broadcast_mul(&mask)?, g_dec, Some(&lengths))?;
+        let spf = self.samples_per_frame();
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                Ok(wav
+                    .get(i)?
+                    .narrow(1, 0, n * spf)?
+                    .flatten_all()?
+                    .to_vec1()?)
+            })
+            .collect()
+    }
+}
+
+/// One item of [`ToneColorConverter::convert_batched`], ready for the network.
+#[derive(Debug)]
+struct Prepared {
+    /// `[1, bins, frames]`.
+    spec: Tensor,
+    /// `[1, inter, frames]`, standard normal from the item's seed.
+    noise: Tensor,
+    g_src: Tensor,
+    g_tgt: Tensor,
+    tau: f32,
+    frames: usize,
 }
 
 /// One conversion of a batch.

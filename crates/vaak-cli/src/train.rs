@@ -109,6 +109,11 @@ pub struct CodecTrainArgs {
     /// is given; --steps may extend the run).
     #[arg(long)]
     resume: bool,
+    /// Start a new run from a codec export (config.json + model.safetensors, e.g.
+    /// models/vaak-16k or another run's export/): its weights and codebooks, with a fresh
+    /// optimizer and schedule. Ignored when --resume finds a checkpoint.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Codebook counts at which validation reports quality (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
     val_codebooks: Vec<usize>,
@@ -193,6 +198,22 @@ fn read_config(path: &Path) -> Result<CodecTrainConfig> {
     )?)
 }
 
+/// A fresh trainer, initialised from the export `init` when given.
+fn new_trainer(
+    cfg: CodecTrainConfig,
+    init: Option<&Path>,
+    device: &Device,
+) -> Result<CodecTrainer> {
+    check_dtype(&cfg, device)?;
+    let mut t = CodecTrainer::new(cfg, device)?;
+    if let Some(dir) = init {
+        t.init_from_export(dir)
+            .with_context(|| format!("--init {}", dir.display()))?;
+        tracing::info!("weights and codebooks from {}", dir.display());
+    }
+    Ok(t)
+}
+
 fn train_codec(a: CodecTrainArgs) -> Result<()> {
     let mut cfg = match &a.config {
         Some(p) => read_config(p)?,
@@ -215,6 +236,9 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
     };
     let mut trainer = match (a.resume, existing) {
         (true, Some(ck)) => {
+            if let Some(dir) = &a.init {
+                tracing::info!("--init {} ignored: resuming a checkpoint", dir.display());
+            }
             let mut c = match &a.config {
                 Some(_) => cfg,
                 None => CodecTrainer::checkpoint_config(&ck)?,
@@ -237,13 +261,9 @@ fn train_codec(a: CodecTrainArgs) -> Result<()> {
                 "--resume: no checkpoint in {}; starting fresh",
                 ckpt_dir.display()
             );
-            check_dtype(&cfg, &device)?;
-            CodecTrainer::new(cfg, &device)?
+            new_trainer(cfg, a.init.as_deref(), &device)?
         }
-        (false, None) => {
-            check_dtype(&cfg, &device)?;
-            CodecTrainer::new(cfg, &device)?
-        }
+        (false, None) => new_trainer(cfg, a.init.as_deref(), &device)?,
     };
     let cfg = trainer.config().clone();
 

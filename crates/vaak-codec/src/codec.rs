@@ -449,6 +449,76 @@ impl Codec {
         self.quantize(&latent)
     }
 
+    /// Encodes clips of different lengths (each `[channels, samples]`) as one zero-padded
+    /// batch: clip `i`'s codes `[num_codebooks, F_i]` equal [`Self::encode`] on that clip
+    /// alone (each conv gets the clip's own edge padding, see `Seanet::forward_lengths`; the
+    /// LSTM and the causal convs never read past a frame). Codecs with a latent transformer
+    /// stage (Mimi) encode clip by clip.
+    pub fn encode_batch(&self, clips: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.encode_latent_batch(clips)?
+            .iter()
+            .map(|l| {
+                self.quantize(&l.unsqueeze(0)?)?
+                    .squeeze(0)
+                    .map_err(Into::into)
+            })
+            .collect()
+    }
+
+    /// The encoder's latents `[D, F_i]` of clips of different lengths, batched as in
+    /// [`Self::encode_batch`].
+    pub fn encode_latent_batch(&self, clips: &[Tensor]) -> Result<Vec<Tensor>> {
+        let ch = self.cfg.seanet.channels;
+        let mut lengths = Vec::with_capacity(clips.len());
+        let mut rows = Vec::with_capacity(clips.len());
+        for c in clips {
+            let c = if c.rank() == 2 {
+                c.unsqueeze(0)?
+            } else {
+                c.clone()
+            };
+            let x = self.check_audio(&c, "Codec::encode_batch clip")?;
+            if x.dim(0)? != 1 {
+                return Err(CodecError::BadInput {
+                    what: "Codec::encode_batch clip",
+                    expected: format!("[{ch}, samples]"),
+                    got: format!("{:?}", c.dims()),
+                });
+            }
+            lengths.push(x.dim(2)?);
+            rows.push(x);
+        }
+        if self.latent.is_some() || rows.len() < 2 {
+            return rows
+                .iter()
+                .map(|x| Ok(self.encode_latent(x)?.squeeze(0)?))
+                .collect();
+        }
+        let t = lengths.iter().copied().max().unwrap_or(0);
+        let rows = rows
+            .iter()
+            .zip(&lengths)
+            .map(|(x, &l)| x.pad_with_zeros(2, 0, t - l))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (h, frames) =
+            self.encoder
+                .forward_lengths(&Tensor::cat(&rows, 0)?, self.edge, &lengths)?;
+        frames
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| {
+                if f == 0 {
+                    return Err(CodecError::BadInput {
+                        what: "Codec::encode_batch clip",
+                        expected: format!("at least {} samples (one frame)", self.hop_length()),
+                        got: format!("{}", lengths[i]),
+                    });
+                }
+                Ok(h.get(i)?.narrow(1, 0, f)?)
+            })
+            .collect()
+    }
+
     /// Codes `[B, n_q, F]` (any `n_q` up to the checkpoint's) to audio `[B, channels, F * hop]`.
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
         let codes = self.check_codes(codes, "Codec::decode codes")?;

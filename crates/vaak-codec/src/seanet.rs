@@ -7,7 +7,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use vaak_nn::conv::{CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad};
+use vaak_nn::conv::{
+    conv1d_inference, CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad, Conv1dOpts,
+};
 use vaak_nn::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 use vaak_nn::weights::weight_norm;
 
@@ -91,7 +93,8 @@ pub(crate) fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Res
                 .collect();
             let total = idx.len();
             let idx = Tensor::from_vec(idx, total, x.device())?;
-            let out = x.index_select(&idx, 2)?;
+            // candle's index_select wants a contiguous source (x may be a narrowed view).
+            let out = x.contiguous()?.index_select(&idx, 2)?;
             out.narrow(2, 0, total - extra)
         }
     }
@@ -140,6 +143,65 @@ impl SConv {
         &mut self.conv
     }
 
+    /// [`Self::forward`] on a zero-padded batch whose item `i` holds `lengths[i]` valid
+    /// samples: item `i`'s output (its first returned-length frames) equals `forward` on its
+    /// valid samples alone. In reference mode each item gets its own edge padding (reflect
+    /// or zeros, and HF's extra right padding) before the batched conv; causal convs never
+    /// read past a frame's end, so they run on the batch as it is.
+    pub(crate) fn forward_lengths(
+        &self,
+        x: &Tensor,
+        edge: EdgeMode,
+        lengths: &[usize],
+    ) -> Result<(Tensor, Vec<usize>)> {
+        let cfg = *self.conv.config();
+        let (k, s) = (cfg.effective_kernel(), cfg.stride);
+        if edge == EdgeMode::Causal {
+            return Ok((
+                self.forward(x, edge)?,
+                lengths.iter().map(|&l| l / s).collect(),
+            ));
+        }
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let pad = k.saturating_sub(s);
+        if lengths.iter().all(|&l| l % s == 0 && l > pad) && longest == x.dim(2)? {
+            // No item needs right padding (always so at stride 1) and each is longer than the
+            // left padding (HF's short-clip reflect trick appends zeros first): the left edge
+            // padding is then the same for every item and no frame of an item reads past its
+            // end, so the batch runs as one clip would.
+            return Ok((
+                self.forward(x, edge)?,
+                lengths.iter().map(|&l| l / s).collect(),
+            ));
+        }
+        let parts = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let extra = l.div_ceil(s) * s - l;
+                let xi = x.narrow(0, i, 1)?.narrow(2, 0, l)?;
+                pad1d(&xi, k.saturating_sub(s), extra, self.pad_mode)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let width = parts.iter().map(|p| p.dim(2)).collect::<Result<Vec<_>>>()?;
+        let widest = width.iter().copied().max().unwrap_or(0);
+        let parts = parts
+            .iter()
+            .zip(&width)
+            .map(|(p, &w)| p.pad_with_zeros(2, 0, widest - w))
+            .collect::<Result<Vec<_>>>()?;
+        let opts = Conv1dOpts::new(0, s, cfg.dilation, cfg.groups);
+        let y = conv1d_inference(
+            &Tensor::cat(&parts, 0)?,
+            self.conv.weight(),
+            self.conv.bias(),
+            opts,
+            None,
+        )?;
+        let out = width.iter().map(|&w| (w - k) / s + 1).collect();
+        Ok((y, out))
+    }
+
     pub(crate) fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
         match edge {
             // In training (autograd on) this is `vaak_nn::conv::conv1d_differentiable`, with its
@@ -152,11 +214,9 @@ impl SConv {
                 // HF's `_get_extra_padding_for_conv1d` simplifies to `ceil(len/s)*s - len`.
                 let extra = len.div_ceil(s) * s - len;
                 let padded = pad1d(x, k.saturating_sub(s), extra, self.pad_mode)?;
-                let y = padded.conv1d(self.conv.weight(), 0, s, cfg.dilation, cfg.groups)?;
-                match self.conv.bias() {
-                    Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1))?),
-                    None => Ok(y),
-                }
+                // vaak-nn's inference conv (bias fused); under autograd its differentiable form.
+                let opts = Conv1dOpts::new(0, s, cfg.dilation, cfg.groups);
+                conv1d_inference(&padded, self.conv.weight(), self.conv.bias(), opts, None)
             }
         }
     }
@@ -354,6 +414,20 @@ impl ResBlock {
         })
     }
 
+    /// See [`SConv::forward_lengths`]; the lengths are unchanged (stride 1).
+    fn forward_lengths(&self, x: &Tensor, edge: EdgeMode, lengths: &[usize]) -> Result<Tensor> {
+        let (h, l) = self.conv1.forward_lengths(&x.elu(1.0)?, edge, lengths)?;
+        let (h, _) = self.conv2.forward_lengths(&h.elu(1.0)?, edge, &l)?;
+        let skip = match &self.shortcut {
+            Some(sc) => sc.forward_lengths(x, edge, lengths)?.0,
+            None => x.clone(),
+        };
+        // Reference-mode convs may leave the batch wider or narrower than the input: the
+        // valid frames of every item sit at the front of both.
+        let t = skip.dim(2)?.min(h.dim(2)?);
+        skip.narrow(2, 0, t)? + h.narrow(2, 0, t)?
+    }
+
     fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
         let h = self.conv1.forward(&x.elu(1.0)?, edge)?;
         let h = self.conv2.forward(&h.elu(1.0)?, edge)?;
@@ -416,6 +490,26 @@ impl Layer {
             Self::Res(r) => r.forward(x, edge),
             Self::Lstm(l) => l.forward(x),
             Self::Elu => x.elu(1.0),
+        }
+    }
+
+    /// See [`SConv::forward_lengths`]: the output and each item's valid length after it.
+    fn forward_lengths(
+        &self,
+        x: &Tensor,
+        edge: EdgeMode,
+        lengths: &[usize],
+    ) -> Result<(Tensor, Vec<usize>)> {
+        match self {
+            Self::Conv(c) => c.forward_lengths(x, edge, lengths),
+            Self::ConvTr(c) => {
+                let s = c.conv.config().stride;
+                Ok((c.conv.forward(x)?, lengths.iter().map(|&l| l * s).collect()))
+            }
+            Self::Res(r) => Ok((r.forward_lengths(x, edge, lengths)?, lengths.to_vec())),
+            // Causal over time: padding after an item never reaches its valid frames.
+            Self::Lstm(l) => Ok((l.forward(x)?, lengths.to_vec())),
+            Self::Elu => Ok((x.elu(1.0)?, lengths.to_vec())),
         }
     }
 
@@ -546,6 +640,31 @@ impl Seanet {
     /// Channels the stack expects.
     pub fn in_channels(&self) -> usize {
         self.in_channels
+    }
+
+    /// Whole-clip forward of a zero-padded batch whose item `i` holds `lengths[i]` valid
+    /// samples: the output and each item's valid frames in it, which equal [`Self::forward`]
+    /// on that item alone.
+    pub fn forward_lengths(
+        &self,
+        x: &Tensor,
+        edge: EdgeMode,
+        lengths: &[usize],
+    ) -> Result<(Tensor, Vec<usize>)> {
+        if lengths.len() != x.dim(0)?
+            || lengths.iter().any(|&l| l == 0 || l > x.dim(2).unwrap_or(0))
+        {
+            candle_core::bail!(
+                "Seanet::forward_lengths: lengths {lengths:?} do not fit a batch of shape {:?}",
+                x.dims()
+            );
+        }
+        let mut h = x.clone();
+        let mut lens = lengths.to_vec();
+        for l in &self.layers {
+            (h, lens) = l.forward_lengths(&h, edge, &lens)?;
+        }
+        Ok((h, lens))
     }
 
     /// Whole-clip forward.

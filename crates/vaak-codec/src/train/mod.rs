@@ -33,10 +33,11 @@ pub use config::{
     OptimConfig, QuantizerTrainConfig, TrainDtype,
 };
 pub use data::{Clip, TrainData};
-pub use loss::{MelLoss, MelResolution, MultiResStftLoss, StftResolution};
+pub use loss::{MelLoss, MelResolution, MultiResStftLoss, ReconLoss, StftResolution};
 pub use stft::{Stft, Window};
 pub use trainer::{
-    run_training, CodecRun, CodecTrainer, RunOptions, RunSummary, StepMetrics, ValMetrics,
+    run_training, CodecRun, CodecTrainer, RunOptions, RunSummary, StepMetrics, StepProfile,
+    ValMetrics,
 };
 
 use std::path::PathBuf;

@@ -51,7 +51,7 @@ use vaak_nn::train::{
 use super::config::{CodecTrainConfig, TrainDtype};
 use super::data::{Clip, TrainData};
 use super::disc::{disc_loss, feature_matching_loss, gen_adv_loss, DiscOutput, Discriminators};
-use super::loss::{MelLoss, MultiResStftLoss};
+use super::loss::ReconLoss;
 use super::TrainError;
 use crate::codec::{save_vaak_checkpoint, Codec, Preset};
 
@@ -155,6 +155,105 @@ pub struct StepMetrics {
     pub skipped: bool,
 }
 
+/// Wall seconds of each phase of one training step, measured when profiling is on
+/// ([`CodecTrainer::set_profiling`]); the device is synchronised at each phase boundary, so on
+/// CUDA the numbers are exact but the step is slower than without profiling.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepProfile {
+    /// The training codec rebuilt from the master variables (casts in bf16).
+    pub build_s: f64,
+    /// Encoder, RVQ (straight-through, commitment) and decoder forward.
+    pub forward_s: f64,
+    /// Reconstruction losses forward (time L1, multi-resolution STFT, mel).
+    pub losses_s: f64,
+    /// Discriminator step: forward on real and fake, loss, backward, clipping, AdamW.
+    pub disc_step_s: f64,
+    /// Generator adversarial and feature-matching terms (discriminator forward twice).
+    pub gen_adv_s: f64,
+    /// Backward of the generator's total loss.
+    pub backward_s: f64,
+    /// Gradient norm and clipping.
+    pub clip_s: f64,
+    /// AdamW update.
+    pub optim_s: f64,
+    /// EMA codebook updates and dead-code restarts.
+    pub ema_s: f64,
+    /// Loss values and codes back to the host, perplexities.
+    pub readback_s: f64,
+}
+
+impl StepProfile {
+    /// The sum of the phases.
+    pub fn total_s(&self) -> f64 {
+        self.build_s
+            + self.forward_s
+            + self.losses_s
+            + self.disc_step_s
+            + self.gen_adv_s
+            + self.backward_s
+            + self.clip_s
+            + self.optim_s
+            + self.ema_s
+            + self.readback_s
+    }
+
+    /// Adds `other` phase by phase (for means over steps).
+    pub fn add(&mut self, other: &StepProfile) {
+        self.build_s += other.build_s;
+        self.forward_s += other.forward_s;
+        self.losses_s += other.losses_s;
+        self.disc_step_s += other.disc_step_s;
+        self.gen_adv_s += other.gen_adv_s;
+        self.backward_s += other.backward_s;
+        self.clip_s += other.clip_s;
+        self.optim_s += other.optim_s;
+        self.ema_s += other.ema_s;
+        self.readback_s += other.readback_s;
+    }
+
+    /// Every phase times `f`.
+    pub fn scaled(&self, f: f64) -> StepProfile {
+        StepProfile {
+            build_s: self.build_s * f,
+            forward_s: self.forward_s * f,
+            losses_s: self.losses_s * f,
+            disc_step_s: self.disc_step_s * f,
+            gen_adv_s: self.gen_adv_s * f,
+            backward_s: self.backward_s * f,
+            clip_s: self.clip_s * f,
+            optim_s: self.optim_s * f,
+            ema_s: self.ema_s * f,
+            readback_s: self.readback_s * f,
+        }
+    }
+}
+
+/// Phase timer of one step: a no-op unless profiling is on.
+struct PhaseClock<'a> {
+    device: &'a Device,
+    last: Option<std::time::Instant>,
+}
+
+impl<'a> PhaseClock<'a> {
+    fn new(device: &'a Device, on: bool) -> Self {
+        Self {
+            device,
+            last: on.then(std::time::Instant::now),
+        }
+    }
+
+    /// Seconds since the previous mark (after a device sync), added to `slot`.
+    fn mark(&mut self, slot: &mut f64) -> Result<(), TrainError> {
+        if let Some(t0) = self.last {
+            self.device.synchronize()?;
+            let now = std::time::Instant::now();
+            *slot += (now - t0).as_secs_f64();
+            self.last = Some(now);
+        }
+        Ok(())
+    }
+}
+
 /// Validation at one number of codebooks, averaged over the held-out clips.
 #[derive(Clone, Debug, Serialize)]
 pub struct ValMetrics {
@@ -187,10 +286,12 @@ pub struct CodecTrainer {
     rng: TrainRng,
     step: u64,
     codebooks_ready: bool,
-    stft_loss: Option<MultiResStftLoss>,
-    mel_loss: Option<MelLoss>,
+    /// The STFT and mel losses, sharing their transforms.
+    recon_loss: Option<ReconLoss>,
     dead_threshold: f64,
     adversary: Option<Adversary>,
+    /// Phase times of the last step, when profiling is on.
+    profile: Option<StepProfile>,
 }
 
 impl CodecTrainer {
@@ -249,15 +350,10 @@ impl CodecTrainer {
         )?;
         let schedule = o.schedule(cfg.steps);
         let sr = cfg.model.sample_rate;
-        let stft_loss = if cfg.loss.stft.is_empty() {
+        let recon_loss = if cfg.loss.stft.is_empty() && cfg.loss.mel.is_empty() {
             None
         } else {
-            Some(MultiResStftLoss::new(&cfg.loss.stft, device)?)
-        };
-        let mel_loss = if cfg.loss.mel.is_empty() {
-            None
-        } else {
-            Some(MelLoss::new(&cfg.loss.mel, sr, device)?)
+            Some(ReconLoss::new(&cfg.loss.stft, &cfg.loss.mel, sr, device)?)
         };
         let frames = cfg.segment_samples() / cfg.model.hop_length();
         let dead_threshold = q.dead_code_ratio * (cfg.batch_size * frames) as f64 / k as f64;
@@ -281,15 +377,25 @@ impl CodecTrainer {
             rng,
             step: 0,
             codebooks_ready: false,
-            stft_loss,
-            mel_loss,
+            recon_loss,
             dead_threshold,
             adversary,
+            profile: None,
         })
     }
 
     pub fn config(&self) -> &CodecTrainConfig {
         &self.cfg
+    }
+
+    /// Turns per-phase timing of each step on or off (see [`StepProfile`]).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(StepProfile::default);
+    }
+
+    /// The phase times of the last step (profiling on and a step taken), else `None`.
+    pub fn last_profile(&self) -> Option<&StepProfile> {
+        self.profile.as_ref()
     }
 
     /// Steps completed.
@@ -408,7 +514,11 @@ impl CodecTrainer {
             });
         }
         let b = batch.dim(0)?;
+        let dev = self.device.clone();
+        let mut prof = StepProfile::default();
+        let mut clock = PhaseClock::new(&dev, self.profile.is_some());
         let codec = self.training_codec()?;
+        clock.mark(&mut prof.build_s)?;
         let q = &self.cfg.quantizer;
         let n_q = sample_n_q(
             &mut self.rng,
@@ -419,25 +529,23 @@ impl CodecTrainer {
         );
         let mean_n_q = n_q.iter().sum::<usize>() as f64 / b as f64;
         let out = codec.forward_train(&batch.to_dtype(self.compute)?, &n_q)?;
+        clock.mark(&mut prof.forward_s)?;
         let y = out.audio.to_dtype(DType::F32)?;
         let x = batch.to_dtype(DType::F32)?.detach();
         let w = &self.cfg.loss.weights;
         let time_l1 = (&y - &x)?.abs()?.mean_all()?;
         let mut total = (&time_l1 * w.time_l1)?;
         let zero = || Tensor::zeros((), DType::F32, &self.device);
-        let (sc, mag) = match &self.stft_loss {
+        let (sc, mag, mel) = match &self.recon_loss {
             Some(l) => l.forward(&y, &x)?,
-            None => (zero()?, zero()?),
-        };
-        let mel = match &self.mel_loss {
-            Some(l) => l.forward(&y, &x)?,
-            None => zero()?,
+            None => (zero()?, zero()?, zero()?),
         };
         let commit = out.commitment_loss.to_dtype(DType::F32)?;
         total = (total + (&sc * w.stft_sc)?)?;
         total = (total + (&mag * w.stft_mag)?)?;
         total = (total + (&mel * w.mel)?)?;
         total = (total + (&commit * w.commit)?)?;
+        clock.mark(&mut prof.losses_s)?;
         let adv_cfg = self.cfg.adversarial.clone();
         // The adversarial losses, read back with the other metrics at the end of the step.
         let mut adv_losses = None;
@@ -467,6 +575,7 @@ impl CodecTrainer {
                     self.step + 1
                 );
             }
+            clock.mark(&mut prof.disc_step_s)?;
             let real: Vec<DiscOutput> = a.disc.forward(&x)?.iter().map(|o| o.detach()).collect();
             let fake = a.disc.forward(&y)?;
             let g_adv = gen_adv_loss(&fake, adv_cfg.loss)?;
@@ -475,8 +584,10 @@ impl CodecTrainer {
             total = (total + (&feat * adv_cfg.feat_weight)?)?;
             adv_losses = Some([dl, g_adv, feat]);
             disc_grad_norm = dgn;
+            clock.mark(&mut prof.gen_adv_s)?;
         }
         let mut grads = total.backward()?;
+        clock.mark(&mut prof.backward_s)?;
         let vars: Vec<&Var> = self.params.iter().map(|(_, v)| v).collect();
         let clip = self.cfg.optim.clip_grad_norm;
         let gn = if clip > 0.0 {
@@ -484,6 +595,7 @@ impl CodecTrainer {
         } else {
             grad_norm(&grads, &vars)?
         };
+        clock.mark(&mut prof.clip_s)?;
         let lr = self.schedule.lr_at(self.step);
         let skipped = !gn.is_finite();
         if skipped {
@@ -495,13 +607,34 @@ impl CodecTrainer {
             self.opt.set_lr(lr);
             self.opt.step(&grads)?;
         }
+        clock.mark(&mut prof.optim_s)?;
         let mut perplexity = Vec::with_capacity(out.stages.len());
         let mut restarted = 0;
         if !skipped {
+            let mut rows_f32 = Vec::with_capacity(out.stages.len());
             for (e, (rows, codes)) in self.emas.iter_mut().zip(&out.stages) {
                 let rows = rows.to_dtype(DType::F32)?;
                 e.update(&rows, codes)?;
-                restarted += e.restart_dead_codes(&rows, &mut self.rng)?.len();
+                rows_f32.push(rows);
+            }
+            // Which codebooks have a code below the restart threshold: every usage vector in
+            // one transfer (one host sync per step, not one per codebook); only those
+            // codebooks go through `restart_dead_codes`, which draws from the RNG only when
+            // it restarts something, so the draws are those of calling it on every codebook.
+            let n = rows_f32.len();
+            let usage: Vec<Tensor> = self.emas[..n]
+                .iter()
+                .map(|e| e.cluster_size().clone())
+                .collect();
+            let k = self.cfg.model.codebook_size;
+            let usage = Tensor::cat(&usage, 0)?.to_vec1::<f32>()?;
+            for (i, (e, rows)) in self.emas.iter_mut().zip(&rows_f32).enumerate() {
+                let has_dead = usage[i * k..(i + 1) * k]
+                    .iter()
+                    .any(|&s| (s as f64) < e.threshold);
+                if has_dead {
+                    restarted += e.restart_dead_codes(rows, &mut self.rng)?.len();
+                }
                 // Keep the EMA sums in the form a checkpoint restores them in (entries x
                 // smoothed usage, `EmaCodebook::from_state`), so resuming is bit-exact; this
                 // moves the sums by float rounding only.
@@ -514,6 +647,7 @@ impl CodecTrainer {
                 )?;
             }
         }
+        clock.mark(&mut prof.ema_s)?;
         // Every loss and every stage's codes come back to the host in one transfer (one sync
         // per step instead of one per number); f32 holds the codes exactly (< 2^24).
         let mut losses = vec![total, time_l1, sc, mag, mel, commit];
@@ -547,6 +681,10 @@ impl CodecTrainer {
         } else {
             AdvTerms::default()
         };
+        clock.mark(&mut prof.readback_s)?;
+        if self.profile.is_some() {
+            self.profile = Some(prof);
+        }
         self.step += 1;
         Ok(StepMetrics {
             step: self.step,
@@ -760,6 +898,47 @@ impl CodecTrainer {
             .and_then(|v| v.as_bool())
             .unwrap_or(t.step > 0);
         t.schedule = t.cfg.optim.schedule(t.cfg.steps);
+        Ok(())
+    }
+
+    /// Starts this (fresh) run from a codec export (`config.json` + `model.safetensors`, the
+    /// layout [`CodecTrainer::export`] writes and `models/vaak-16k` holds): its weights and
+    /// codebooks (EMA usage restarts at 1 per code), marked ready so no k-means runs. The
+    /// optimizer, step, schedule and RNG stay fresh. The export's model config must equal
+    /// this trainer's.
+    pub fn init_from_export(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| TrainError::io(&cfg_path, e))?;
+        let model =
+            crate::config::CodecConfig::from_vaak_json(&text, &cfg_path.display().to_string())?;
+        if model != self.cfg.model {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: "its model config differs from the training config's model".into(),
+            });
+        }
+        let weights = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&weights, &self.device)
+            .map_err(|e| TrainError::io(&weights, e))?;
+        assign_vars(&self.params, &tensors).map_err(|e| TrainError::Checkpoint {
+            path: weights.clone(),
+            reason: e.to_string(),
+        })?;
+        let q = self.cfg.quantizer.clone();
+        for i in 0..self.emas.len() {
+            let name = codebook_name(i);
+            let embed = tensors.get(&name).ok_or_else(|| TrainError::Checkpoint {
+                path: weights.clone(),
+                reason: format!("missing tensor {name}"),
+            })?;
+            self.emas[i] = EmaCodebook::new(
+                embed.to_dtype(DType::F32)?,
+                q.ema_decay,
+                q.ema_epsilon,
+                self.dead_threshold,
+            )?;
+        }
+        self.codebooks_ready = true;
         Ok(())
     }
 

@@ -184,5 +184,8 @@ fn respond(
         },
         output.display()
     );
+    if let Some(t) = &reply.text {
+        println!("text stream: {t:?}");
+    }
     Ok(())
 }

@@ -162,6 +162,7 @@ fn load_examples(
     cfg: &S2sTrainConfig,
     tok: &AudioTokenizer,
     cache_dir: &Path,
+    text: bool,
 ) -> Result<Vec<S2sExample>> {
     let mut cache = CodeCache::open(cache_dir, tok)
         .with_context(|| format!("opening the code cache {}", cache_dir.display()))?;
@@ -173,6 +174,7 @@ fn load_examples(
             tok,
             &mut cache,
             a.include_bad,
+            text,
             &mut || b.inc(1),
         )?;
         b.finish_and_clear();
@@ -275,8 +277,34 @@ pub fn train_s2s(a: S2sTrainArgs) -> Result<()> {
         tok.spec().cardinality,
         tok.spec().frame_rate
     );
+    // The text stream of the model this run trains: the initial model's, the resumed run's,
+    // or the config's.
+    let text_vocab = if let Some(init) = &a.init {
+        let c = std::fs::read_to_string(init.join("config.json"))
+            .with_context(|| format!("reading {}", init.join("config.json").display()))?;
+        serde_json::from_str::<vaak_s2s::S2sConfig>(&c)
+            .with_context(|| format!("parsing {}", init.join("config.json").display()))?
+            .text_vocab_size
+    } else if let Some(ck) = &existing {
+        ck.state
+            .metadata
+            .get("model_config")
+            .and_then(|m| m["text_vocab_size"].as_u64())
+            .map(|v| v as usize)
+    } else {
+        cfg.model_config(tok.spec())?.text_vocab_size
+    };
+    let chars = vaak_s2s::text::CharTokenizer::VOCAB;
+    if let Some(v) = text_vocab.filter(|&v| v != chars) {
+        bail!(
+            "the model's text stream has {v} ids, but `vaak train s2s` builds text only as              character ids ({chars}: set `text: chars` and leave text_vocab_size null)"
+        );
+    }
+    if text_vocab.is_some() {
+        tracing::info!("text stream: tgt.txt as {chars} character ids over the voiced frames");
+    }
     let cache_dir = a.cache.clone().unwrap_or_else(|| out.join("code_cache"));
-    let examples = load_examples(&a, &data, &cfg, &tok, &cache_dir)?;
+    let examples = load_examples(&a, &data, &cfg, &tok, &cache_dir, text_vocab.is_some())?;
 
     let mut trainer = match existing {
         Some(ck) => {

@@ -111,7 +111,8 @@ fn main() -> Result<()> {
     let tok = AudioTokenizer::load(&cfg.codec, cfg.data.codebooks, &dev)?;
     let mut cc = CodeCache::open(&cache, &tok)?;
     let (pairs, _) = parallel_pairs(&data)?;
-    let (examples, rep) = build_pair_examples(&pairs, &tok, &mut cc, false, &mut || {})?;
+    let text = cfg.model_config(tok.spec())?.text_vocab_size.is_some();
+    let (examples, rep) = build_pair_examples(&pairs, &tok, &mut cc, false, text, &mut || {})?;
     let trainer = S2sTrainer::new(cfg.clone(), tok.spec(), examples, None, &dev)?;
     let (train, val) = (trainer.train_examples(), trainer.val_examples());
     eprintln!(

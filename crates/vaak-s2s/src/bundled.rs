@@ -46,7 +46,7 @@ pub fn export_info() -> Result<ExportInfo> {
 pub fn model(device: &Device) -> Result<S2sModel> {
     let cfg = config()?;
     let file: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(WEIGHTS, device)?;
-    Ok(S2sModel::from_tensors(&cfg, &file, device)?.0)
+    S2sModel::from_tensors_inference(&cfg, &file, device)
 }
 
 /// The bundled model with its codec (the embedded `vaak-16k`), ready for

@@ -43,6 +43,7 @@ pub mod generate;
 pub mod model;
 mod nn;
 pub mod speech;
+pub mod text;
 pub mod train;
 
 pub use cond::{Emotion, Language, SlotCondition};

@@ -894,6 +894,12 @@ impl S2sModel {
     /// shapes the config implies: a mismatch names the tensor and both shapes. Returns the
     /// variables too, so training can resume from them.
     pub fn load(dir: &Path, device: &Device) -> Result<(Self, VarMap)> {
+        let (cfg, file) = Self::read_export(dir, device)?;
+        Self::from_tensors(&cfg, &file, device)
+    }
+
+    /// The config and the named tensors of an export directory.
+    fn read_export(dir: &Path, device: &Device) -> Result<(S2sConfig, HashMap<String, Tensor>)> {
         let cp = dir.join("config.json");
         let text = std::fs::read_to_string(&cp).map_err(|e| S2sError::Io {
             path: cp.clone(),
@@ -912,53 +918,92 @@ impl S2sModel {
             });
         }
         let file: HashMap<String, Tensor> = candle_core::safetensors::load(&wp, device)?;
-        Self::from_tensors(&cfg, &file, device)
+        Ok((cfg, file))
     }
 
     /// Builds the model of `cfg` from named tensors (a safetensors file's contents), checking
     /// every tensor: a missing, extra or wrongly shaped one is an error naming it. Tensors of
-    /// another dtype (an f16 export) are converted to the variables' dtype.
+    /// another dtype (an f16 export) are converted to the variables' dtype. The model runs on
+    /// the returned variables (for training from these weights); inference is faster on
+    /// [`Self::from_tensors_inference`].
     pub fn from_tensors(
         cfg: &S2sConfig,
         file: &HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<(Self, VarMap)> {
         let (_, vm) = Self::init(cfg, device)?;
+        let checked = Self::check_tensors(&vm, file)?;
         {
             let data = vm
                 .data()
                 .lock()
                 .map_err(|_| S2sError::BadInput("variable map lock poisoned".into()))?;
-            let mut names: Vec<&String> = data.keys().collect();
-            names.sort();
-            for name in names {
-                let var = &data[name];
-                let expected = var.dims().to_vec();
-                let Some(t) = file.get(name) else {
-                    return Err(S2sError::MissingTensor {
-                        name: name.clone(),
-                        expected,
-                    });
-                };
-                if t.dims() != expected.as_slice() {
-                    return Err(S2sError::ShapeMismatch {
-                        name: name.clone(),
-                        expected,
-                        found: t.dims().to_vec(),
-                    });
-                }
-                var.set(&t.to_dtype(var.dtype())?)?;
-            }
-            let mut extra: Vec<&String> = file.keys().filter(|n| !data.contains_key(*n)).collect();
-            extra.sort();
-            if let Some(n) = extra.first() {
-                return Err(S2sError::UnexpectedTensor {
-                    name: (*n).clone(),
-                    found: file[*n].dims().to_vec(),
-                });
+            for (name, t) in &checked {
+                data[name].set(t)?;
             }
         }
         let m = Self::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, device))?;
         Ok((m, vm))
+    }
+
+    /// [`Self::from_tensors`] for inference: the weights are plain tensors, not variables, so
+    /// no operation records a backward graph (less time and memory per step). Same checks.
+    pub fn from_tensors_inference(
+        cfg: &S2sConfig,
+        file: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let (_, vm) = Self::init(cfg, device)?;
+        let checked = Self::check_tensors(&vm, file)?;
+        drop(vm);
+        Self::new(cfg, VarBuilder::from_tensors(checked, DType::F32, device))
+    }
+
+    /// [`Self::load`] for inference: plain tensors (see [`Self::from_tensors_inference`]).
+    pub fn load_inference(dir: &Path, device: &Device) -> Result<Self> {
+        let (cfg, file) = Self::read_export(dir, device)?;
+        Self::from_tensors_inference(&cfg, &file, device)
+    }
+
+    /// Every variable of `vm` found in `file` with its shape, converted to its dtype; a
+    /// missing, extra or wrongly shaped tensor is an error naming it.
+    fn check_tensors(
+        vm: &VarMap,
+        file: &HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>> {
+        let data = vm
+            .data()
+            .lock()
+            .map_err(|_| S2sError::BadInput("variable map lock poisoned".into()))?;
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let mut out = HashMap::with_capacity(names.len());
+        for name in names {
+            let var = &data[name];
+            let expected = var.dims().to_vec();
+            let Some(t) = file.get(name) else {
+                return Err(S2sError::MissingTensor {
+                    name: name.clone(),
+                    expected,
+                });
+            };
+            if t.dims() != expected.as_slice() {
+                return Err(S2sError::ShapeMismatch {
+                    name: name.clone(),
+                    expected,
+                    found: t.dims().to_vec(),
+                });
+            }
+            out.insert(name.clone(), t.to_dtype(var.dtype())?);
+        }
+        let mut extra: Vec<&String> = file.keys().filter(|n| !data.contains_key(*n)).collect();
+        extra.sort();
+        if let Some(n) = extra.first() {
+            return Err(S2sError::UnexpectedTensor {
+                name: (*n).clone(),
+                found: file[*n].dims().to_vec(),
+            });
+        }
+        Ok(out)
     }
 }

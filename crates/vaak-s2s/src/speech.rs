@@ -11,6 +11,7 @@ use crate::cond::SlotCondition;
 use crate::error::{Result, S2sError};
 use crate::generate::{GenerationConfig, S2sStream};
 use crate::model::S2sModel;
+use crate::text::CharTokenizer;
 use crate::train::{AudioTokenizer, ExportInfo};
 
 /// Speaker embeddings shipped with a model: `<model>/voices/<name>.npy`.
@@ -44,6 +45,9 @@ pub struct Reply {
     pub reply_frames: usize,
     /// The reply stopped at the frame limit instead of an end of turn.
     pub truncated: bool,
+    /// What the model's text stream said (its character ids decoded, see
+    /// [`crate::text::CharTokenizer`]); `None` for a model without a character text stream.
+    pub text: Option<String>,
 }
 
 impl SpeechModel {
@@ -51,7 +55,7 @@ impl SpeechModel {
     /// tokens are the model's.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let info = ExportInfo::read(dir)?;
-        let (model, _) = S2sModel::load(dir, device)?;
+        let model = S2sModel::load_inference(dir, device)?;
         Self::from_parts(
             model,
             info,
@@ -194,6 +198,7 @@ impl SpeechModel {
         }
         st.end_source(0)?;
         let mut reply = Vec::new();
+        let mut text_ids = Vec::new();
         let mut truncated = false;
         // Each step completes at most one frame; the delayed codebooks add a few steps.
         let limit = self.model.config().decoder_steps(max_frames) + 1;
@@ -204,6 +209,7 @@ impl SpeechModel {
                 break;
             }
             if let Some(Some(o)) = st.step(&StreamMask::All)?.into_iter().next() {
+                text_ids.extend(o.text.filter(|&t| (t as usize) < CharTokenizer::VOCAB));
                 reply.extend(o.frames);
                 if o.end_of_turn && reply.len() >= max_frames {
                     truncated = true;
@@ -212,11 +218,14 @@ impl SpeechModel {
             steps += 1;
         }
         let audio = self.tok.decode(&reply)?;
+        let text = (self.model.config().text_vocab_size == Some(CharTokenizer::VOCAB))
+            .then(|| CharTokenizer.decode(&text_ids));
         Ok(Reply {
             audio,
             source_frames: frames.len(),
             reply_frames: reply.len(),
             truncated,
+            text,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use vaak_audio::io::{write_wav, WavFormat};
+use vaak_s2s::text::CharTokenizer;
 use vaak_s2s::train::{
     build_clip_examples, build_pair_examples, AudioTokenizer, CodeCache, PairFiles,
 };
@@ -39,6 +40,7 @@ fn pair(dir: &Path, id: &str) -> PairFiles {
         tokens_npy: None,
         tgt_lang: Some("ru".into()),
         emotion: Some("happy".into()),
+        tgt_txt: None,
         bad: false,
     }
 }
@@ -122,7 +124,8 @@ fn builders_cache_codes_and_skip_broken_samples() {
         with_tokens,
     ];
     let mut cache = CodeCache::open(&cache_dir, &tok).unwrap();
-    let (ex, rep) = build_pair_examples(&pairs, &tok, &mut cache, false, &mut || {}).unwrap();
+    let (ex, rep) =
+        build_pair_examples(&pairs, &tok, &mut cache, false, false, &mut || {}).unwrap();
     let ids: Vec<&str> = ex.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["good", "with_tokens"]);
     assert_eq!((rep.used, rep.bad, rep.skipped.len()), (2, 1, 4), "{rep:?}");
@@ -147,6 +150,59 @@ fn builders_cache_codes_and_skip_broken_samples() {
     assert!(g.prosody[2] > 0.9, "{:?}", g.prosody);
     assert_eq!(ex[1].target[1], vec![7, 63]);
     // Asked for, the flagged pair is used.
-    let (ex, rep) = build_pair_examples(&[flagged], &tok, &mut cache, true, &mut || {}).unwrap();
+    let (ex, rep) =
+        build_pair_examples(&[flagged], &tok, &mut cache, true, false, &mut || {}).unwrap();
     assert_eq!((ex.len(), rep.bad), (1, 0));
+}
+
+#[test]
+fn text_stream_spreads_the_target_text_over_its_voiced_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = AudioTokenizer::load("vaak-16k", Some(2), &Device::Cpu).unwrap();
+    let mut cache = CodeCache::open(&dir.path().join("cache"), &tok).unwrap();
+    // Target: 0.2 s silence, 0.4 s tone, 0.2 s silence (20 frames at 25 Hz).
+    let mut with_text = pair(dir.path(), "with_text");
+    let sr = 16_000;
+    let mut x = vec![0.0f32; 3200];
+    x.extend(
+        (0..6400).map(|i| 0.3 * (2.0 * std::f32::consts::PI * 220.0 * i as f32 / sr as f32).sin()),
+    );
+    x.extend(vec![0.0f32; 3200]);
+    write_wav(&with_text.tgt_wav, &x, sr as u32, WavFormat::Pcm16).unwrap();
+    let txt = dir.path().join("with_text/tgt.txt");
+    std::fs::write(&txt, "Да, 5.\n").unwrap();
+    with_text.tgt_txt = Some(txt);
+    let no_text = pair(dir.path(), "no_text");
+    let (ex, rep) = build_pair_examples(
+        &[with_text, no_text],
+        &tok,
+        &mut cache,
+        false,
+        true,
+        &mut || {},
+    )
+    .unwrap();
+    assert_eq!(ex.len(), 1);
+    assert_eq!(rep.skipped.len(), 1, "{rep:?}");
+    assert_eq!(rep.skipped[0].0, "no_text");
+    let e = &ex[0];
+    let text = e.text.as_ref().unwrap();
+    assert_eq!(text.len(), e.target.len());
+    // Every character, in order, once; only on the voiced middle (frames 5..15).
+    let placed: Vec<(usize, u32)> = text
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t != CharTokenizer::PAD)
+        .map(|(f, &t)| (f, t))
+        .collect();
+    let ids: Vec<u32> = placed.iter().map(|p| p.1).collect();
+    assert_eq!(CharTokenizer.decode(&ids), "да, 5.");
+    assert!(
+        placed.iter().all(|&(f, _)| (4..=15).contains(&f)),
+        "{placed:?}"
+    );
+    assert!(text[..4]
+        .iter()
+        .chain(&text[16..])
+        .all(|&t| t == CharTokenizer::PAD));
 }

@@ -13,7 +13,7 @@ use candle_core::Device;
 use vaak_nn::train::run::{self, RunOptions};
 use vaak_nn::train::CheckpointManager;
 use vaak_nn::StreamMask;
-use vaak_s2s::train::{S2sExample, S2sTrainConfig, S2sTrainer, Stage};
+use vaak_s2s::train::{S2sExample, S2sTrainConfig, S2sTrainer, Stage, TextKind};
 use vaak_s2s::{Frame, GenerationConfig, HeadKind, S2sModel, S2sStream, SlotCondition};
 
 fn examples(n: usize, paired: bool) -> Vec<S2sExample> {
@@ -43,6 +43,8 @@ fn train_config(stage: Stage, steps: u64) -> S2sTrainConfig {
         batch_size: 4,
         seed: 3,
         speaker_dim: 8,
+        // The examples here are hand-built codes without text.
+        text: TextKind::None,
         ..Default::default()
     };
     c.optim.lr = 1e-2;

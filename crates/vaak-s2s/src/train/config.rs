@@ -11,6 +11,21 @@ use vaak_nn::train::LrSchedule;
 use crate::config::{CodecSpec, HeadKind, S2sConfig};
 use crate::error::{Result, S2sError};
 
+/// Where the text stream's tokens come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextKind {
+    /// No text stream (unless `text_vocab_size` asks for one and the examples bring text).
+    None,
+    /// The default: the pairs' `tgt.txt` as [`crate::text::CharTokenizer`] ids spread over
+    /// the target's voiced frames; sets `text_vocab_size` to
+    /// [`crate::text::CharTokenizer::VOCAB`] for a fresh model of a paired stage (`s2s`,
+    /// `cond`); the `lm` stage has no text and ignores it. It measured better than `none`
+    /// (docs/s2s.md, "The text stream").
+    #[default]
+    Chars,
+}
+
 /// The curriculum stage a run trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -181,8 +196,11 @@ pub struct S2sTrainConfig {
     pub preset: String,
     /// Codebook heads of a fresh model.
     pub head: HeadKind,
-    /// Text stream vocabulary of a fresh model (null: no text stream).
+    /// Text stream vocabulary of a fresh model (null: no text stream, unless `text` sets it).
     pub text_vocab_size: Option<usize>,
+    /// The text stream of a fresh model: `chars` (default: the target text, one id per
+    /// character, aligned to the target's voiced frames; stages s2s and cond) or `none`.
+    pub text: TextKind,
     /// Width of the speaker embeddings (`spk.npy`) of a fresh model.
     pub speaker_dim: usize,
     pub stage: Stage,
@@ -207,6 +225,7 @@ impl Default for S2sTrainConfig {
             preset: "small".into(),
             head: HeadKind::Delay,
             text_vocab_size: None,
+            text: TextKind::Chars,
             speaker_dim: 192,
             stage: Stage::Lm,
             steps: 20_000,
@@ -255,6 +274,13 @@ impl S2sTrainConfig {
         }
         if self.text_vocab_size == Some(0) {
             return Err(train_err("text_vocab_size", "must be at least 1 (or null)"));
+        }
+        let chars = crate::text::CharTokenizer::VOCAB;
+        if self.text == TextKind::Chars && self.text_vocab_size.is_some_and(|v| v != chars) {
+            return Err(train_err(
+                "text_vocab_size",
+                format!("text: chars has {chars} ids; leave text_vocab_size null"),
+            ));
         }
         if self.speaker_dim == 0 {
             return Err(train_err("speaker_dim", "must be at least 1"));
@@ -334,7 +360,10 @@ impl S2sTrainConfig {
     pub fn model_config(&self, codec: CodecSpec) -> Result<S2sConfig> {
         let mut m = S2sConfig::preset(&self.preset, codec)?;
         m.head = self.head;
-        m.text_vocab_size = self.text_vocab_size;
+        m.text_vocab_size = match self.text {
+            TextKind::Chars if self.stage.paired() => Some(crate::text::CharTokenizer::VOCAB),
+            _ => self.text_vocab_size,
+        };
         m.speaker_dim = self.speaker_dim;
         m.max_source_frames = self.data.max_source_frames;
         m.max_target_frames = self.data.max_target_frames;

@@ -32,6 +32,7 @@ use crate::cond::{Emotion, Language};
 use crate::config::CodecSpec;
 use crate::encoder::Frame;
 use crate::error::{Result, S2sError};
+use crate::text::{align_uniform, voiced_frames, CharTokenizer};
 
 /// One training example: codes per frame (`[T][K]`) and its conditioning. An unpaired clip
 /// has an empty `source` (only the `lm` stage uses it).
@@ -499,6 +500,8 @@ pub struct PairFiles {
     pub tgt_lang: Option<String>,
     /// Emotion name; `None`: neutral.
     pub emotion: Option<String>,
+    /// The target's text (`tgt.txt`), read when the model has a text stream.
+    pub tgt_txt: Option<PathBuf>,
     /// The cascade marked the sample bad.
     pub bad: bool,
 }
@@ -574,6 +577,7 @@ pub fn parallel_pairs(data: &Path) -> Result<(Vec<PairFiles>, Vec<Skipped>)> {
                         tokens_npy: Some(s.paths.tokens_npy.clone()),
                         tgt_lang: Some(s.meta.tgt_lang.clone()).filter(|l| !l.is_empty()),
                         emotion,
+                        tgt_txt: Some(s.paths.tgt_txt.clone()),
                         bad: s.meta.status.as_deref().is_some_and(|st| st != "ok"),
                     });
                 }
@@ -604,11 +608,16 @@ pub fn read_speaker(path: &Path) -> Result<Vec<f32>> {
 /// emotion from the pair's metadata. Pairs marked bad are left out unless `include_bad`; a
 /// pair with a missing or unreadable file, an unknown language or emotion is skipped and
 /// counted, never an error.
+///
+/// With `text`, each example also gets its target text (`tgt_txt`) as [`CharTokenizer`] ids
+/// spread over the target's voiced frames ([`crate::text::align_uniform`]); a pair without a
+/// readable, non-empty text is then skipped and counted.
 pub fn build_pair_examples(
     pairs: &[PairFiles],
     tok: &AudioTokenizer,
     cache: &mut CodeCache,
     include_bad: bool,
+    text: bool,
     on_item: &mut dyn FnMut(),
 ) -> Result<(Vec<S2sExample>, BuildReport)> {
     let mut out = Vec::new();
@@ -619,7 +628,7 @@ pub fn build_pair_examples(
             rep.bad += 1;
             continue;
         }
-        match pair_example(p, tok, cache) {
+        match pair_example(p, tok, cache, text) {
             Ok(ex) => out.push(ex),
             Err(e) => rep.skipped.push((p.id.clone(), e.to_string())),
         }
@@ -631,7 +640,30 @@ pub fn build_pair_examples(
     Ok((out, rep))
 }
 
-fn pair_example(p: &PairFiles, tok: &AudioTokenizer, cache: &mut CodeCache) -> Result<S2sExample> {
+/// The target text of `p` as [`CharTokenizer`] ids aligned to `frames` target frames.
+fn aligned_text(p: &PairFiles, tok: &AudioTokenizer, frames: usize) -> Result<Vec<u32>> {
+    let path = p.tgt_txt.as_ref().ok_or_else(|| {
+        S2sError::BadInput("the model has a text stream but the pair has no tgt.txt".into())
+    })?;
+    let raw = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let ids = CharTokenizer.encode(&raw);
+    if ids.is_empty() {
+        return Err(S2sError::BadInput(format!(
+            "{}: empty target text",
+            path.display()
+        )));
+    }
+    let samples = tok.read_audio(&p.tgt_wav)?;
+    let voiced = voiced_frames(&samples, tok.sample_rate(), tok.spec().frame_rate, frames);
+    Ok(align_uniform(&ids, &voiced))
+}
+
+fn pair_example(
+    p: &PairFiles,
+    tok: &AudioTokenizer,
+    cache: &mut CodeCache,
+    text: bool,
+) -> Result<S2sExample> {
     let (source, _) = cache.get(&p.src_wav, tok)?;
     let (mut target, pros) = cache.get(&p.tgt_wav, tok)?;
     if let Some(tp) = p.tokens_npy.as_ref().filter(|t| t.is_file()) {
@@ -661,11 +693,16 @@ fn pair_example(p: &PairFiles, tok: &AudioTokenizer, cache: &mut CodeCache) -> R
         Some(e) => e.parse::<Emotion>()?,
         None => Emotion::default(),
     };
+    let text = if text {
+        Some(aligned_text(p, tok, target.len())?)
+    } else {
+        None
+    };
     Ok(S2sExample {
         id: p.id.clone(),
         source,
         target,
-        text: None,
+        text,
         speaker,
         emotion,
         language,

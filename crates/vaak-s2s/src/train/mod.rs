@@ -10,7 +10,9 @@ pub mod trainer;
 pub use baselines::{
     copy_accuracy, model_accuracy, unigram_accuracy, unigram_codes, CodebookAccuracy,
 };
-pub use config::{CondConfig, DataConfig, LossConfig, OptimConfig, S2sTrainConfig, Stage};
+pub use config::{
+    CondConfig, DataConfig, LossConfig, OptimConfig, S2sTrainConfig, Stage, TextKind,
+};
 pub use data::{
     build_clip_examples, build_pair_examples, parallel_pairs, prosody, read_codes, read_speaker,
     write_codes, AudioTokenizer, BuildReport, CodeCache, PairFiles, Prosody, S2sExample,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vaak_server::ServeConfig;
+use vaak_server::{PipelineMode, ServeConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -39,6 +39,37 @@ pub struct ServeArgs {
     /// Print the default serve.toml and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Answer with a pipeline of published models instead of the S2S model:
+    /// `translate` (ASR → MT → TTS in the speaker's voice) or `converse` (ASR → an LLM →
+    /// TTS). See docs/serve.md, "Pipeline mode".
+    #[arg(long, value_name = "translate|converse")]
+    pipeline: Option<PipelineMode>,
+    /// Whisper checkpoint (pipeline.asr.weights): a directory or hf://openai/whisper-large-v3.
+    #[arg(long, value_name = "LOCATION")]
+    asr: Option<String>,
+    /// Translation model (pipeline.translator.weights), e.g. hf://facebook/m2m100_1.2B.
+    #[arg(long, value_name = "LOCATION")]
+    translator: Option<String>,
+    /// Translator kind (pipeline.translator.kind): m2m100, nllb, marian or openai.
+    #[arg(long, value_name = "KIND")]
+    translator_kind: Option<String>,
+    /// OpenAI-compatible API root of the LLM (pipeline.llm.base_url), e.g.
+    /// http://127.0.0.1:11434/v1 (Ollama).
+    #[arg(long, value_name = "URL")]
+    llm_url: Option<String>,
+    /// LLM model name (pipeline.llm.model).
+    #[arg(long, value_name = "NAME")]
+    llm_model: Option<String>,
+    /// OpenVoice converter (pipeline.tts.converter): a directory,
+    /// hf://myshell-ai/OpenVoiceV2/converter, or `none` (plain espeak-ng voice).
+    #[arg(long, value_name = "LOCATION")]
+    tts_converter: Option<String>,
+    /// The language users speak (pipeline.source_lang): en, ru, hi, te.
+    #[arg(long, value_name = "LANG")]
+    source_lang: Option<String>,
+    /// The reply language (pipeline.target_lang).
+    #[arg(long, value_name = "LANG")]
+    target_lang: Option<String>,
 }
 
 /// The configuration the flags and the file give.
@@ -71,6 +102,34 @@ pub fn config(args: &ServeArgs) -> Result<ServeConfig> {
     if !args.allow_origin.is_empty() {
         cfg.security.allowed_origins = args.allow_origin.clone();
     }
+    let p = &mut cfg.pipeline;
+    if let Some(m) = args.pipeline {
+        p.mode = m;
+    }
+    if let Some(w) = &args.asr {
+        p.asr.weights = Some(w.clone());
+    }
+    if let Some(w) = &args.translator {
+        p.translator.weights = Some(w.clone());
+    }
+    if let Some(k) = &args.translator_kind {
+        p.translator.kind = k.clone();
+    }
+    if let Some(u) = &args.llm_url {
+        p.llm.base_url = Some(u.clone());
+    }
+    if let Some(m) = &args.llm_model {
+        p.llm.model = Some(m.clone());
+    }
+    if let Some(c) = &args.tts_converter {
+        p.tts.converter = Some(c.clone());
+    }
+    if let Some(l) = &args.source_lang {
+        p.source_lang = l.clone();
+    }
+    if let Some(l) = &args.target_lang {
+        p.target_lang = Some(l.clone());
+    }
     Ok(cfg)
 }
 
@@ -85,9 +144,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    eprintln!(
-        "vaak serve: http://{}:{}/ (codec {}, s2s {}, device {})",
-        cfg.host, cfg.port, cfg.codec, cfg.s2s, cfg.device
-    );
+    if cfg.pipeline.enabled() {
+        eprintln!(
+            "vaak serve: http://{}:{}/ (pipeline {}, device {})",
+            cfg.host,
+            cfg.port,
+            cfg.pipeline.mode.name(),
+            cfg.device
+        );
+    } else {
+        eprintln!(
+            "vaak serve: http://{}:{}/ (codec {}, s2s {}, device {})",
+            cfg.host, cfg.port, cfg.codec, cfg.s2s, cfg.device
+        );
+    }
     rt.block_on(vaak_server::serve(cfg)).context("vaak serve")
 }

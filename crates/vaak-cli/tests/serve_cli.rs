@@ -35,6 +35,29 @@ fn public_bind_without_key_and_origin_is_refused() {
     );
 }
 
+#[test]
+fn pipeline_without_its_models_names_the_missing_key() {
+    let o = vaak(&["serve", "--pipeline", "converse", "--port", "0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("pipeline.asr.weights"), "{}", text(&o));
+    let o = vaak(&[
+        "serve",
+        "--pipeline",
+        "converse",
+        "--asr",
+        "/nonexistent/whisper",
+        "--tts-converter",
+        "none",
+        "--port",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("pipeline.llm.base_url"), "{}", text(&o));
+    let o = vaak(&["serve", "--pipeline", "chat"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("translate, converse"), "{}", text(&o));
+}
+
 /// Starts `vaak serve ARGS --port P` and returns its /health body.
 fn health_of_server(args: &[&str]) -> String {
     // Pick a free port, then hand it to the server.

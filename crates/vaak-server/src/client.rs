@@ -140,6 +140,9 @@ pub struct TurnRecord {
     pub audio_samples: u64,
     pub ended: Option<TurnEndReason>,
     pub flushed: bool,
+    /// Pipeline modes: the `transcript` and `reply` METAs.
+    pub transcript: Option<String>,
+    pub reply: Option<String>,
 }
 
 impl TurnRecord {
@@ -589,17 +592,12 @@ fn on_frame(s: &mut ClientStats, frame: &Frame, received_us: u64) -> Option<Even
                     let rec = turn_record(s, *turn);
                     rec.speech_end_us = Some(*speech_end_t_us);
                     rec.endpoint_ms = Some(*endpoint_ms);
-                    rec.stages_ms = BTreeMap::from([
-                        ("endpoint".to_string(), stages_ms.endpoint),
-                        ("encode_flush".to_string(), stages_ms.encode_flush),
-                        (
-                            "first_decoder_step".to_string(),
-                            stages_ms.first_decoder_step,
-                        ),
-                        ("codec_decode".to_string(), stages_ms.codec_decode),
-                        ("server_total".to_string(), stages_ms.server_total),
-                    ]);
+                    rec.stages_ms = stages_ms.clone();
                 }
+                Meta::Transcript { turn, text } => {
+                    turn_record(s, *turn).transcript = Some(text.clone())
+                }
+                Meta::Reply { turn, text } => turn_record(s, *turn).reply = Some(text.clone()),
             }
             Some(Event::Meta(m))
         }),

@@ -47,6 +47,19 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("--pipeline {mode} needs {key}: {why}")]
+    PipelineMissing {
+        mode: &'static str,
+        key: &'static str,
+        why: String,
+    },
+    #[error(
+        "--pipeline {mode}: this vaak-server was built without the `pipeline` feature; \
+         rebuild with `--features pipeline` (vaak-cli enables it by default)"
+    )]
+    PipelineNotBuilt { mode: &'static str },
+    #[error("pipeline {stage}: {reason}")]
+    Pipeline { stage: &'static str, reason: String },
     #[error("model worker: {0}")]
     Worker(String),
 }

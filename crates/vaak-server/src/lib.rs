@@ -10,12 +10,15 @@
 //! - [`worker`]: the model worker thread stepping every session as one batch.
 //! - [`vad`]: earshot VAD with speech start/stop and endpointing.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`pipeline`]: pipeline mode (ASR → MT or LLM → voice-preserving TTS; the models behind
+//!   the `pipeline` cargo feature).
 
 pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod pipeline;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -23,6 +26,8 @@ pub mod static_files;
 pub mod vad;
 pub mod worker;
 
-pub use config::{LimitsConfig, SecurityConfig, ServeConfig, VadConfig};
+pub use config::{
+    LimitsConfig, PipelineConfig, PipelineMode, SecurityConfig, ServeConfig, VadConfig,
+};
 pub use error::{Result, ServeError};
 pub use server::{load_models, serve, start, start_with_models, ModelInfo, RunningServer};

@@ -320,15 +320,11 @@ pub enum TurnEndReason {
     Truncated,
 }
 
-/// Per-stage latency of one reply, in milliseconds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
-pub struct Stages {
-    pub endpoint: f64,
-    pub encode_flush: f64,
-    pub first_decoder_step: f64,
-    pub codec_decode: f64,
-    pub server_total: f64,
-}
+/// Per-stage latency of one reply, in milliseconds, by stage name. S2S modes:
+/// `endpoint`, `encode_flush`, `first_decoder_step`, `codec_decode`, `server_total`;
+/// pipeline modes: `endpoint`, `asr`, `first_token`, `first_tts_audio`, `first_audio_sent`
+/// (each from the end of the turn; see `docs/protocol.md`).
+pub type Stages = std::collections::BTreeMap<String, f64>;
 
 /// META payloads (s→c), tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -343,6 +339,17 @@ pub enum Meta {
         speech_end_t_us: u64,
         endpoint_ms: f64,
         stages_ms: Stages,
+    },
+    /// Pipeline modes: what the user said in `turn` (the whole turn's transcript).
+    Transcript {
+        turn: u32,
+        text: String,
+    },
+    /// Pipeline modes: the reply's text (the translation, or the LLM's reply as far as it
+    /// was spoken), when the reply is complete.
+    Reply {
+        turn: u32,
+        text: String,
     },
 }
 

@@ -19,9 +19,10 @@ use tokio::sync::watch;
 use vaak_codec::{Codec, Preset};
 use vaak_s2s::{GenerationConfig, SpeechModel};
 
-use crate::config::ServeConfig;
+use crate::config::{PipelineMode, ServeConfig};
 use crate::error::{Result, ServeError};
 use crate::metrics::Metrics;
+use crate::pipeline::PipelineHandle;
 use crate::protocol::Mode;
 use crate::session;
 use crate::static_files;
@@ -36,10 +37,17 @@ pub struct ModelInfo {
     pub has_s2s: bool,
     pub codec: String,
     pub s2s: String,
+    /// The pipeline that answers instead of the S2S model (`off`: none).
+    pub pipeline: PipelineMode,
 }
 
 impl ModelInfo {
     pub fn modes(&self) -> Vec<Mode> {
+        match self.pipeline {
+            PipelineMode::Translate => return vec![Mode::Translate],
+            PipelineMode::Converse => return vec![Mode::Converse],
+            PipelineMode::Off => {}
+        }
         if self.has_s2s {
             Mode::ALL.to_vec()
         } else {
@@ -54,6 +62,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub info: ModelInfo,
     pub worker: Mutex<mpsc::Sender<Cmd>>,
+    /// Pipeline mode's engine (`None`: the S2S model or echo answers).
+    pub pipeline: Option<Arc<PipelineHandle>>,
     free_slots: Mutex<Vec<usize>>,
     pub started: Instant,
     next_id: AtomicU64,
@@ -105,13 +115,19 @@ impl Drop for SlotGuard {
     }
 }
 
-/// Opens the device, the codec and the S2S model of `cfg`.
+/// Opens the device, the codec and the S2S model of `cfg` (no S2S model in pipeline mode;
+/// the pipeline's models load in [`start_with_models`]).
 pub fn load_models(cfg: &ServeConfig) -> Result<(Models, ModelInfo)> {
     let device = vaak_nn::parse_device(&cfg.device).map_err(|e| ServeError::Device {
         spec: cfg.device.clone(),
         source: Box::new(e),
     })?;
-    let s2s = match cfg.s2s.as_str() {
+    let s2s_spec = if cfg.pipeline.enabled() {
+        "none"
+    } else {
+        cfg.s2s.as_str()
+    };
+    let s2s = match s2s_spec {
         "none" => None,
         "bundled" => Some(
             vaak_s2s::bundled::load(&device).map_err(|e| ServeError::S2s {
@@ -168,7 +184,8 @@ pub fn load_models(cfg: &ServeConfig) -> Result<(Models, ModelInfo)> {
         voices: s2s.as_ref().map(|m| m.voices()).unwrap_or_default(),
         has_s2s: s2s.is_some(),
         codec: cfg.codec.clone(),
-        s2s: cfg.s2s.clone(),
+        s2s: s2s_spec.to_string(),
+        pipeline: cfg.pipeline.mode,
     };
     Ok((Models { codec, s2s, device }, info))
 }
@@ -256,6 +273,17 @@ pub async fn start_with_models(
     info: ModelInfo,
 ) -> Result<RunningServer> {
     cfg.validate()?;
+    let pipeline = if cfg.pipeline.enabled() {
+        let (p, dev) = (cfg.pipeline.clone(), cfg.device.clone());
+        let h = tokio::task::spawn_blocking(move || PipelineHandle::start(&p, &dev))
+            .await
+            .map_err(|e| ServeError::Worker(e.to_string()))??;
+        Some(Arc::new(h))
+    } else {
+        None
+    };
+    let mut info = info;
+    info.pipeline = cfg.pipeline.mode;
     let metrics = Arc::new(Metrics::new());
     let frame_ms = 1000.0 * info.frame_samples as f64 / info.sample_rate as f64;
     let frames = |s: f64| ((s * 1000.0) / frame_ms).ceil() as usize;
@@ -297,6 +325,7 @@ pub async fn start_with_models(
         metrics,
         info,
         worker: Mutex::new(worker.sender()),
+        pipeline,
         started: Instant::now(),
         next_id: AtomicU64::new(0),
         shutdown: stop_rx.clone(),
@@ -351,6 +380,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         "max_sessions": st.cfg.max_sessions,
         "codec": st.info.codec,
         "s2s": st.info.s2s,
+        "pipeline": st.info.pipeline.name(),
         "modes": st.info.modes().iter().map(|m| m.name()).collect::<Vec<_>>(),
         "sample_rate": st.info.sample_rate,
     });

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use vaak_audio::resample::StreamResampler;
 use vaak_s2s::{Emotion, Language, SlotCondition};
 
+use crate::pipeline::{Act, PipeEvent, PipelineTurns};
 use crate::protocol::{
     Control, ErrorCode, ErrorMsg, Frame, Hello, Meta, MsgType, Stages, TurnEndReason, TurnMode,
     Welcome, WelcomeLimits,
@@ -121,6 +122,8 @@ struct Session {
     /// (stream position in samples after the frame, client t_us of the frame).
     positions: VecDeque<(u64, u64)>,
     fed: u64,
+    /// Pipeline mode: the turns' progress through ASR, MT/LLM and TTS.
+    pipe: Option<PipelineTurns>,
 }
 
 /// Serves one connection; `auth` is the verdict of the upgrade request.
@@ -172,6 +175,22 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
         slot: guard.slot,
         events: ev_tx,
     });
+    let (pipe, pipe_rx) = match &st.pipeline {
+        Some(h) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let p = PipelineTurns::new(
+                h.clone(),
+                guard.slot,
+                st.info.sample_rate,
+                st.info.frame_samples,
+                st.cfg.limits.max_turn_s,
+                tx,
+                flushed.clone(),
+            );
+            (Some(p), Some(rx))
+        }
+        None => (None, None),
+    };
     let welcome = Welcome {
         protocol: crate::protocol::VERSION,
         session: id.clone(),
@@ -234,10 +253,14 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
         expect_seq: None,
         positions: VecDeque::new(),
         fed: 0,
+        pipe,
     };
-    s.main_loop(&mut stream, ev_rx, guard)
+    s.main_loop(&mut stream, ev_rx, pipe_rx, guard)
         .instrument(span.clone())
         .await;
+    if let Some(p) = &s.pipe {
+        p.close();
+    }
     let _ = ctrl.send(Out::Close);
     let _ = w.await;
     span.in_scope(|| tracing::info!("session ended"));
@@ -317,10 +340,13 @@ fn check_hello(h: &Hello, st: &AppState) -> Result<(), String> {
 }
 
 fn check_settings(h: &Hello, st: &AppState) -> Result<(), String> {
-    if !st.info.modes().contains(&h.mode) {
+    let modes = st.info.modes();
+    if !modes.contains(&h.mode) {
+        let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
         return Err(format!(
-            "mode {} needs an S2S model; this server serves: echo",
-            h.mode.name()
+            "mode {} is not served here; this server serves: {}",
+            h.mode.name(),
+            names.join(", ")
         ));
     }
     h.emotion
@@ -379,6 +405,7 @@ impl Session {
         &mut self,
         stream: &mut Incoming,
         mut events: mpsc::Receiver<WorkerEvent>,
+        mut pipe_events: Option<mpsc::UnboundedReceiver<PipeEvent>>,
         _guard: SlotGuard,
     ) {
         let limits = self.st.cfg.limits.clone();
@@ -409,6 +436,16 @@ impl Session {
                 e = events.recv() => {
                     let Some(e) = e else { return };
                     self.on_event(e);
+                    self.pump();
+                }
+                e = async {
+                    match pipe_events.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(e) = e else { return };
+                    self.on_pipe_event(e);
                     self.pump();
                 }
                 _ = tick.tick() => {
@@ -518,10 +555,13 @@ impl Session {
             self.positions.pop_front();
         }
         let events = self.vad.push(&x);
-        self.st.send(Cmd::Audio {
-            slot: self.slot,
-            samples: x,
-        });
+        match &mut self.pipe {
+            Some(p) => p.push_audio(&x),
+            None => self.st.send(Cmd::Audio {
+                slot: self.slot,
+                samples: x,
+            }),
+        }
         for e in events {
             self.on_vad(e);
         }
@@ -556,6 +596,9 @@ impl Session {
                     speaking: true,
                     prob,
                 });
+                if let (Phase::UserTurn { .. }, Some(p)) = (self.phase, &mut self.pipe) {
+                    p.speech_resumed();
+                }
                 match self.phase {
                     Phase::Idle => self.start_user_turn(false, speech_ms),
                     Phase::Replying { .. } => {
@@ -573,6 +616,9 @@ impl Session {
                 });
                 if self.paused_at.is_some() {
                     self.resume_false_interruption();
+                }
+                if let (Phase::UserTurn { .. }, Some(p)) = (self.phase, &mut self.pipe) {
+                    p.speech_paused(self.fed);
                 }
             }
             VadEvent::Endpoint {
@@ -622,12 +668,15 @@ impl Session {
                 .wrapping_add(turn as u64),
             voice: self.hello.voice.clone(),
         };
-        self.st.send(Cmd::StartTurn {
-            slot: self.slot,
-            turn,
-            start_sample,
-            setup,
-        });
+        match &mut self.pipe {
+            Some(p) => p.start_turn(turn, start_sample),
+            None => self.st.send(Cmd::StartTurn {
+                slot: self.slot,
+                turn,
+                start_sample,
+                setup,
+            }),
+        }
         self.phase = Phase::UserTurn { turn, manual };
         self.turn_start_pos = self.fed;
         self.vad.begin_turn();
@@ -644,12 +693,16 @@ impl Session {
                 prob: 0.0,
             });
         }
-        self.st.send(Cmd::EndTurn {
-            slot: self.slot,
-            turn,
-            end_sample: self.fed,
-            at: Instant::now(),
-        });
+        let mut acts = Vec::new();
+        match &mut self.pipe {
+            Some(p) => acts = p.end_turn(self.fed, Instant::now(), endpoint_ms, speech_end_t_us),
+            None => self.st.send(Cmd::EndTurn {
+                slot: self.slot,
+                turn,
+                end_sample: self.fed,
+                at: Instant::now(),
+            }),
+        }
         self.st.metrics.turns.inc();
         self.st
             .metrics
@@ -660,16 +713,20 @@ impl Session {
             endpoint_ms,
         });
         self.phase = Phase::Replying { turn };
+        self.apply(acts);
     }
 
     /// Barge-in: stop the reply of `turn` everywhere, now.
     fn interrupt(&mut self, turn: u32) {
         self.flushed.fetch_max(turn as u64 + 1, Ordering::SeqCst);
         self.queue.retain(|a| a.turn().is_none_or(|t| t > turn));
-        self.st.send(Cmd::Cancel {
-            slot: self.slot,
-            turn,
-        });
+        match &mut self.pipe {
+            Some(p) => p.cancel(turn),
+            None => self.st.send(Cmd::Cancel {
+                slot: self.slot,
+                turn,
+            }),
+        }
         self.control(&Control::Flush { turn });
         self.control(&Control::TurnEnded {
             turn,
@@ -781,13 +838,16 @@ impl Session {
                     turn,
                     speech_end_t_us,
                     endpoint_ms,
-                    stages_ms: Stages {
-                        endpoint: endpoint_ms,
-                        encode_flush: stages.encode_flush * 1000.0,
-                        first_decoder_step: stages.first_decoder_step * 1000.0,
-                        codec_decode: stages.codec_decode * 1000.0,
-                        server_total: stages.server_total * 1000.0,
-                    },
+                    stages_ms: Stages::from([
+                        ("endpoint".to_string(), endpoint_ms),
+                        ("encode_flush".to_string(), stages.encode_flush * 1000.0),
+                        (
+                            "first_decoder_step".to_string(),
+                            stages.first_decoder_step * 1000.0,
+                        ),
+                        ("codec_decode".to_string(), stages.codec_decode * 1000.0),
+                        ("server_total".to_string(), stages.server_total * 1000.0),
+                    ]),
                 });
             }
             WorkerEvent::Audio { turn, pcm } => {
@@ -816,6 +876,29 @@ impl Session {
                     self.phase = Phase::Idle;
                     let _ = self.vad.end_turn();
                 }
+            }
+        }
+    }
+
+    fn on_pipe_event(&mut self, e: PipeEvent) {
+        let acts = match &mut self.pipe {
+            Some(p) => p.on_event(e),
+            None => return,
+        };
+        self.apply(acts);
+    }
+
+    /// Carries out what the pipeline asks for, through the same lanes as S2S replies.
+    fn apply(&mut self, acts: Vec<Act>) {
+        for a in acts {
+            match a {
+                Act::Meta(m) => self.meta(&m),
+                Act::Error(m) => self.error(ErrorCode::Internal, m, false),
+                Act::Audio { turn, pcm } => self.on_event(WorkerEvent::Audio { turn, pcm }),
+                Act::Done { turn } => self.on_event(WorkerEvent::TurnDone {
+                    turn,
+                    reason: TurnEndReason::Done,
+                }),
             }
         }
     }
@@ -854,8 +937,18 @@ impl Session {
                     AudioOut::After(_) => 0,
                 };
                 let a = self.queue.pop_front().expect("front exists");
+                let turn = a.turn();
                 match self.audio_tx.try_send(a) {
-                    Ok(()) => self.sent_samples += n,
+                    Ok(()) => {
+                        self.sent_samples += n;
+                        if let (Some(t), Some(p)) = (turn, &mut self.pipe) {
+                            if p.wants_first_sent(t) {
+                                if let Some(m) = p.on_first_sent(t, &self.st.metrics) {
+                                    self.meta(&m);
+                                }
+                            }
+                        }
+                    }
                     Err(mpsc::error::TrySendError::Full(a)) => {
                         self.queue.push_front(a);
                         break;

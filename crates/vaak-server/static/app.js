@@ -226,6 +226,10 @@ function onMeta(m) {
       stages: m.stages_ms,
     });
     recordLatency(m.turn);
+  } else if (m.kind === "transcript") {
+    $("transcript").textContent = m.text || "(nothing heard)";
+  } else if (m.kind === "reply") {
+    $("reply").textContent = m.text;
   }
 }
 

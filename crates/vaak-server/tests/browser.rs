@@ -386,3 +386,66 @@ async fn headless_chromium_streams_the_mic_and_plays_the_reply() {
     assert!(!s["latenciesMs"].as_array().unwrap().is_empty(), "{s}");
     server.shutdown().await.expect("server shutdown");
 }
+
+/// The same page against pipeline mode (`converse`): the tiny Whisper and OpenVoice fixtures,
+/// espeak-ng, and a loopback LLM streaming its reply over SSE.
+#[cfg(feature = "pipeline")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_talks_to_the_converse_pipeline() {
+    use vaak_server::PipelineMode;
+    use vaak_teachers::mt::loopback::{LoopbackChatServer, LoopbackOptions};
+
+    let Some(program) = chromium() else {
+        if in_ci() {
+            panic!("chromium is not installed and CI is set: apt-get install chromium");
+        }
+        eprintln!("\n\n=== SKIPPED: headless browser test (pipeline): no chromium on PATH ===\n\n");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let wav = speech_wav(tmp.path());
+    // The loopback server runs its own runtime: start it off the test's.
+    let llm = std::thread::spawn(|| {
+        LoopbackChatServer::start_with(LoopbackOptions {
+            reply: "Hello from the pipeline. This is the second sentence.".into(),
+            token_interval: Duration::from_millis(10),
+            fail_status: None,
+        })
+        .expect("loopback LLM")
+    })
+    .join()
+    .unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/fixtures/data");
+    let mut cfg = ServeConfig {
+        port: 0,
+        ..ServeConfig::default()
+    };
+    let p = &mut cfg.pipeline;
+    p.mode = PipelineMode::Converse;
+    p.asr.weights = Some(fixtures.join("whisper/tiny80").display().to_string());
+    p.asr
+        .options
+        .insert("max_new_tokens".into(), toml::Value::Integer(3));
+    p.tts.converter = Some(fixtures.join("openvoice/converter").display().to_string());
+    p.llm.base_url = Some(llm.base_url().to_string());
+    p.llm.model = Some("loopback".into());
+    let server = vaak_server::start(cfg).await.expect("starting the server");
+    let base = format!("http://{}", server.addr());
+    let s = run_page(
+        &program,
+        &base,
+        "converse",
+        &wav,
+        &out_dir().join("screenshot-pipeline.png"),
+        |s| num(s, "turns") >= 1.0 && !s["lastLatencyMs"].is_null(),
+    )
+    .await;
+    assert!(
+        s["errors"].as_array().unwrap().is_empty(),
+        "page errors: {s}"
+    );
+    assert!(num(&s, "framesReceived") > 0.0, "{s}");
+    assert!(num(&s, "lastLatencyMs") > 0.0, "{s}");
+    assert!(llm.requests() >= 1);
+    server.shutdown().await.expect("server shutdown");
+}

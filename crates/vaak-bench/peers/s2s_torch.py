@@ -1,18 +1,22 @@
 """PyTorch peer for `vaak bench s2s`: the vaak-s2s model (chunk-causal Conformer encoder,
-cross-attending RoPE decoder with KV cache, delay-pattern codebook heads, conditioning)
-written in eager PyTorch, loading the same `config.json` + `model.safetensors` as vaak.
+cross-attending RoPE decoder with KV cache, delay-pattern heads or the depth transformer over
+the codebooks, conditioning) written in eager PyTorch, loading the same `config.json` +
+`model.safetensors` as vaak.
 
     python s2s_torch.py --model DIR --parity parity.safetensors --cases cases.json \
         --threads N --json out.json
 
 1. Parity first: the teacher-forced logits of the batch in `parity.safetensors` (`src_ids`
-   `[B, T, K]`, `dec_ids` `[B, S, K]`, `lang` `[B]`) and the logits of KV-cached decoder
+   `[B, T, K]`, `dec_ids` `[B, S, K]`, `dec_targets` / `dec_mask` `[B, S, K]` (what the
+   depth transformer is fed), `lang` `[B]`) and the logits of KV-cached decoder (and depth)
    steps over the same inputs, against vaak's (`logits.{k}` `[B, S, V]`): max |difference|.
 2. Then, only if both are within `--tolerance`, the timings of `cases.json`:
    `{"first_frame": {"source_frames", "reps"}, "decoder_step": {"batches", "memory_frames",
    "steps"}, "train_step": {"batch", "source_frames", "target_frames", "reps"} | null}`.
 
-Writes `{"parity": {...}, "timings": {...}, "versions": {...}}`.
+Writes `{"parity": {...}, "timings": {...}, "memory": {case: {"base_mb", "peak_mb"}},
+"versions": {...}}`: the process's RSS when a case starts and its peak during the case (the
+peak is reset through `/proc/self/clear_refs` before each case; Linux only).
 """
 
 import argparse
@@ -40,8 +44,10 @@ def main():
     torch.manual_seed(0)
     with open(f"{args.model}/config.json") as f:
         cfg = json.load(f)
-    if cfg["head"] != "delay" or cfg.get("text_vocab_size") is not None:
-        raise SystemExit("s2s_torch.py implements the delay head without a text stream")
+    if cfg["head"] not in ("delay", "depth") or cfg.get("text_vocab_size") is not None:
+        raise SystemExit("s2s_torch.py implements the delay and depth heads without a text "
+                         "stream")
+    DEPTH = cfg["head"] == "depth"
     W = {k: v.float() for k, v in load_file(f"{args.model}/model.safetensors").items()}
 
     K = cfg["codec"]["num_codebooks"]
@@ -213,10 +219,8 @@ def main():
                   dec_nh)
         return attend(q, mkv[i][0], mkv[i][1], None, a)
 
-    def logits_of(h):
-        return [lin(h, f"heads.{c}") for c in range(K)]
-
     def decoder_full(ids, cond, mkv):
+        # Teacher-forced hidden states [B, S, d] (after the final norm).
         s = ids.shape[1]
         x = dec_embed(ids, cond)
         pos = list(range(s))
@@ -228,7 +232,7 @@ def main():
                                    cos, sin)
             x = x + cross(x, i, mkv)
             x = x + ffn(ln(x, pre + ".norm2"), pre + ".ffn")
-        return logits_of(ln(x, "decoder.norm_out"))
+        return ln(x, "decoder.norm_out")
 
     class DecState:
         """Preallocated self-attention KV cache for `b` rows and `cap` steps."""
@@ -239,7 +243,7 @@ def main():
             self.pos = 0
 
     def decoder_step(st, ids, cond, mkv):
-        # ids [B, 1, K] -> logits per codebook [B, V].
+        # ids [B, 1, K] -> hidden state [B, d].
         x = dec_embed(ids, cond)
         p_ = st.pos
         cos, sin = rope_tables([p_], dec_hd)
@@ -255,30 +259,138 @@ def main():
             x = x + cross(x, i, mkv)
             x = x + ffn(ln(x, pre + ".norm2"), pre + ".ffn")
         st.pos += 1
-        return [l[:, 0] for l in logits_of(ln(x, "decoder.norm_out"))]
+        return ln(x, "decoder.norm_out")[:, 0]
+
+    # ------------------------------------------------- heads: delay or depth transformer
+    def delay_logits(h):
+        return [lin(h, f"heads.{c}") for c in range(K)]
+
+    dep_cfg = cfg["depth"]
+    dep_nh = dep_cfg["num_heads"]
+    dep_hd = dep_cfg["d_model"] // dep_nh
+    dep_layers = dep_cfg["num_layers"]
+    dep_cos, dep_sin = rope_tables(list(range(K)), dep_hd)
+    dep_mask = torch.triu(torch.full((K, K), float("-inf")), diagonal=1)
+
+    def depth_inputs(h, fed):
+        # h [N, d], fed [N, K] (code j-1 feeds position j) -> [N, K, dd].
+        hp = lin(h, "depth.proj")
+        pos = [hp] + [hp + F.embedding(fed[:, j - 1], W[f"depth.emb.{j - 1}.weight"])
+                      for j in range(1, K)]
+        return torch.stack(pos, dim=1)
+
+    def depth_full(h, fed):
+        # Teacher-forced depth logits: h [B, S, d], fed [B, S, K] -> per codebook [B, S, V].
+        b, s, _ = h.shape
+        x = depth_inputs(h.reshape(b * s, -1), fed.reshape(b * s, K))
+        for i in range(dep_layers):
+            pre = f"depth.transformer.layers.{i}"
+            x = x + self_attn_full(ln(x, pre + ".norm1"), pre + ".self_attn", dep_nh, dep_mask,
+                                   dep_cos, dep_sin)
+            x = x + ffn(ln(x, pre + ".norm2"), pre + ".ffn")
+        y = ln(x, "depth.transformer.norm_out")
+        return [lin(y[:, j], f"depth.heads.{j}").reshape(b, s, -1) for j in range(K)]
+
+    def depth_frame(h, teacher=None):
+        # One frame's codes from h [B, d] with a preallocated depth KV cache: per codebook,
+        # greedy (or the teacher's code when given, [B, K]); returns (codes [B, K], logits).
+        b = h.shape[0]
+        hp = lin(h, "depth.proj")[:, None, :]
+        kc = torch.zeros(dep_layers, b, dep_nh, K, dep_hd)
+        vc = torch.zeros(dep_layers, b, dep_nh, K, dep_hd)
+        codes, logits = [], []
+        prev = None
+        for j in range(K):
+            x = hp if j == 0 else hp + F.embedding(prev, W[f"depth.emb.{j - 1}.weight"])[:, None]
+            cos, sin = dep_cos[j:j + 1], dep_sin[j:j + 1]
+            for i in range(dep_layers):
+                pre = f"depth.transformer.layers.{i}"
+                a = pre + ".self_attn"
+                hh = ln(x, pre + ".norm1")
+                q = rope(heads(F.linear(hh, W[a + ".q_proj.weight"]), dep_nh), cos, sin)
+                kc[i, :, :, j:j + 1] = rope(heads(F.linear(hh, W[a + ".k_proj.weight"]), dep_nh),
+                                            cos, sin)
+                vc[i, :, :, j:j + 1] = heads(F.linear(hh, W[a + ".v_proj.weight"]), dep_nh)
+                x = x + attend(q, kc[i, :, :, :j + 1], vc[i, :, :, :j + 1], None, a)
+                x = x + ffn(ln(x, pre + ".norm2"), pre + ".ffn")
+            lj = lin(ln(x, "depth.transformer.norm_out")[:, 0], f"depth.heads.{j}")
+            logits.append(lj)
+            c = lj.argmax(-1) if teacher is None else teacher[:, j]
+            codes.append(lj.argmax(-1))
+            prev = c
+        return torch.stack(codes, dim=-1), logits
+
+    def frame_logits_tf(h, tgt, msk):
+        if DEPTH:
+            fed = torch.where(msk > 0, tgt, torch.full_like(tgt, PAD))
+            return depth_full(h, fed)
+        return delay_logits(h)
+
+    def greedy_codes(h):
+        # h [B, d] -> codes [B, K] (delay: each head's argmax; depth: the depth transformer).
+        if DEPTH:
+            return depth_frame(h)[0]
+        return torch.stack([l.argmax(-1) for l in delay_logits(h)], dim=-1)
+
+    # ---------------------------------------------------------------- memory
+    def rss_mb(field):
+        # VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB.
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return None
+
+    def reset_peak():
+        # Writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS (Linux).
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+        return rss_mb("VmRSS")
+
+    memory = {}
+
+    def record(name, base):
+        peak = rss_mb("VmHWM")
+        if base is not None and peak is not None:
+            memory[name] = {"base_mb": base, "peak_mb": peak}
 
     # ---------------------------------------------------------------- parity
     par = load_file(args.parity)
     src = par["src_ids"].long()
     dec = par["dec_ids"].long()
+    dtg = par["dec_targets"].long()
+    dmk = par["dec_mask"].float()
     lang = par["lang"].long()
     with torch.no_grad():
         cond = cond_vec(lang)
         mem = encoder_full(src)
         mkv = memory_kv(mem)
-        tf = decoder_full(dec, cond, mkv)
+        tf = frame_logits_tf(decoder_full(dec, cond, mkv), dtg, dmk)
         tf_diff = max((tf[c] - par[f"logits.{c}"].float()).abs().max().item() for c in range(K))
         st = DecState(dec.shape[0], dec.shape[1])
-        steps = [decoder_step(st, dec[:, s:s + 1], cond, mkv) for s in range(dec.shape[1])]
-        step_diff = max((steps[s][c] - par[f"logits.{c}"][:, s].float()).abs().max().item()
-                        for s in range(dec.shape[1]) for c in range(K))
+        step_diff = 0.0
+        for s_ in range(dec.shape[1]):
+            h = decoder_step(st, dec[:, s_:s_ + 1], cond, mkv)
+            if DEPTH:
+                fed = torch.where(dmk[:, s_] > 0, dtg[:, s_], torch.full_like(dtg[:, s_], PAD))
+                ls = depth_frame(h, teacher=fed)[1]
+            else:
+                ls = delay_logits(h)
+            step_diff = max(step_diff, max((ls[c] - par[f"logits.{c}"][:, s_].float())
+                                           .abs().max().item() for c in range(K)))
         # Streamed encoder against whole: a check of the peer's own streaming path.
         es = EncState(src.shape[0])
         parts = [encoder_chunk(es, src[:, i:i + chunk]) for i in range(0, src.shape[1], chunk)]
         stream_diff = (torch.cat(parts, dim=1) - mem).abs().max().item()
     parity = {"teacher_forced_max_abs": tf_diff, "kv_steps_max_abs": step_diff,
               "encoder_stream_vs_whole_max_abs": stream_diff, "tolerance": args.tolerance}
-    out = {"parity": parity, "timings": {},
+    out = {"parity": parity, "timings": {}, "memory": memory,
            "versions": {"torch": torch.__version__}, "threads": torch.get_num_threads()}
     ok = tf_diff <= args.tolerance and step_diff <= args.tolerance
     if not ok:
@@ -290,15 +402,17 @@ def main():
     with open(args.cases) as f:
         cases = json.load(f)
     g = torch.Generator().manual_seed(1)
+    # Codebook delays: k for the delay pattern, 0 with the depth transformer.
+    delays = [0] * K if DEPTH else list(range(K))
 
     def codes(b, t):
         return torch.randint(0, card, (b, t, K), generator=g)
 
     def greedy_step(st, ids, cond, mkv):
-        return torch.stack([l.argmax(-1) for l in decoder_step(st, ids, cond, mkv)], dim=-1)
+        return greedy_codes(decoder_step(st, ids, cond, mkv))
 
     # First frame: source streamed but for its last partial chunk; then flush + decoder steps
-    # until frame 0 is complete (K steps with the delay pattern).
+    # until frame 0 is complete (K steps with the delay pattern, 1 with the depth head).
     ff = cases["first_frame"]
     n_src = ff["source_frames"]
     full_chunks = (n_src // chunk) * chunk
@@ -307,6 +421,7 @@ def main():
     times = []
     with torch.no_grad():
         c1 = cond_vec(torch.zeros(1, dtype=torch.long))
+        base = reset_peak()
         for _ in range(ff["reps"] + 1):
             ids = codes(1, n_src)
             es = EncState(1)
@@ -316,17 +431,21 @@ def main():
             mkv = memory_kv(torch.cat(outs, dim=1))
             st = DecState(1, K + 1)
             inp = torch.full((1, 1, K), BOS)
-            for s in range(K):
+            for s in range(max(delays) + 1):
                 y = greedy_step(st, inp, c1, mkv)
                 inp = torch.full((1, 1, K), PAD)
-                inp[0, 0, : s + 1] = y[0, : s + 1]
+                for c in range(K):
+                    if delays[c] <= s:
+                        inp[0, 0, c] = y[0, c]
             times.append(time.perf_counter() - t0)
+        record("first_frame", base)
     out["timings"]["first_frame"] = {"median_s": statistics.median(times[1:])}
 
     ds = cases["decoder_step"]
     out["timings"]["decoder_step"] = {}
     with torch.no_grad():
         for b in ds["batches"]:
+            base = reset_peak()
             cb = cond_vec(torch.zeros(b, dtype=torch.long))
             mkv = memory_kv(encoder_full(codes(b, ds["memory_frames"])))
             st = DecState(b, ds["steps"] + 2)
@@ -343,9 +462,12 @@ def main():
                 "p50_s": statistics.median(per),
                 "p95_s": per[min(len(per) - 1, math.ceil(0.95 * len(per)) - 1)],
             }
+            record(f"decoder_step_b{b}", base)
+            del st, mkv
 
     tr = cases.get("train_step")
     if tr:
+        base = reset_peak()
         params = {k: v.clone().requires_grad_(True) for k, v in W.items()}
         W.update(params)
         opt = torch.optim.AdamW(list(params.values()), lr=1e-4, betas=(0.9, 0.95),
@@ -354,22 +476,22 @@ def main():
         src = codes(b, tr["source_frames"])
         tgt = codes(b, tr["target_frames"])
         t = tgt.shape[1]
-        steps = t + K - 1
-        # The delay layout (as vaak's S2sModel::layout): inputs and targets per step.
+        steps = t + max(max(delays), 1)
+        # The layout of vaak's S2sModel::layout: inputs and targets per step.
         inp = torch.full((b, steps, K), PAD)
         tgts = torch.zeros((b, steps, K), dtype=torch.long)
         msk = torch.zeros((b, steps, K))
         inp[:, 0, :] = BOS
         for c in range(K):
             for s in range(steps):
-                f = s - c
+                f = s - delays[c]
                 if 0 <= f < t:
                     tgts[:, s, c] = tgt[:, f, c]
                     msk[:, s, c] = 1.0
                 elif f == t and c == 0:
                     tgts[:, s, c] = card + 2
                     msk[:, s, c] = 1.0
-                fi = s - 1 - c
+                fi = s - 1 - delays[c]
                 if s > 0:
                     if 0 <= fi < t:
                         inp[:, s, c] = tgt[:, fi, c]
@@ -382,7 +504,7 @@ def main():
             opt.zero_grad(set_to_none=True)
             cond = cond_vec(lang)
             mkv = memory_kv(encoder_full(src))
-            logits = decoder_full(inp, cond, mkv)
+            logits = frame_logits_tf(decoder_full(inp, cond, mkv), tgts, msk)
             loss = 0.0
             for c in range(K):
                 ce = F.cross_entropy(logits[c].reshape(-1, logits[c].shape[-1]),
@@ -395,6 +517,7 @@ def main():
             times.append(time.perf_counter() - t0)
         out["timings"]["train_step"] = {"median_s": statistics.median(times[1:]),
                                         "frames": b * t}
+        record("train_step", base)
     with open(args.json, "w") as f:
         json.dump(out, f)
 

@@ -124,7 +124,7 @@ pub fn run(args: CascadeBenchArgs) -> Result<()> {
         stage_s: s.stage_s.clone(),
         model_share: model_s / wall,
         orchestration_share: 1.0 - model_s / wall,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: vaak_nn::train::run::peak_host_mb(),
     };
     print!("{}", table(&report));
     write_json(&args.json, &report)
@@ -163,19 +163,6 @@ fn table(r: &CascadeReport) -> String {
         line("peak memory (RSS)", format!("{m:.0} MiB"));
     }
     out
-}
-
-/// Peak resident memory of this process, from Linux's `/proc/self/status`.
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 /// Writes espeak-ng clips, a manifest with two broken rows, and a config using the fixture

@@ -168,7 +168,7 @@ struct ChildOut {
 
 /// CPU seconds used so far by every thread of this process (Linux `schedstat`, ns resolution);
 /// `None` where /proc is not there.
-fn process_cpu_s() -> Option<f64> {
+pub(crate) fn process_cpu_s() -> Option<f64> {
     let mut ns = 0u64;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;

@@ -15,11 +15,13 @@ mod audio;
 mod cascade;
 mod codec;
 mod data;
+mod encodec;
 mod mt;
 pub mod peer;
 pub mod report;
 mod s2s;
 mod serve;
+mod train;
 mod vad;
 mod vc;
 
@@ -27,9 +29,11 @@ pub use audio::{speechlike, AudioBenchArgs};
 pub use cascade::CascadeBenchArgs;
 pub use codec::{CodecBenchArgs, CODEC_CHILD_COMMAND};
 pub use data::DataBenchArgs;
+pub use encodec::EncodecBenchArgs;
 pub use mt::MtBenchArgs;
 pub use s2s::S2sBenchArgs;
 pub use serve::ServeBenchArgs;
+pub use train::TrainBenchArgs;
 pub use vad::VadBenchArgs;
 pub use vc::VcBenchArgs;
 
@@ -50,6 +54,9 @@ pub enum BenchCommand {
     /// threads: vaak's mimi and vaak-16k against candle-transformers' Mimi and transformers'
     /// MimiModel on the same random full-size weights; code agreement; vaak-16k frame rates.
     Codec(CodecBenchArgs),
+    /// EnCodec 24 kHz whole-clip encode (random full-size weights): one clip per call and a
+    /// padded batch, at 1 and 2 threads, against transformers' EncodecModel on the same weights.
+    Encodec(EncodecBenchArgs),
     /// OpenVoice V2 tone-colour conversion: real-time factor at 1, 8 and 32 clips for the tiny
     /// fixture and a random full-size converter, against openvoice-cli (PyTorch) on the same
     /// weights.
@@ -71,6 +78,10 @@ pub enum BenchCommand {
     /// batch 1/8/32/128 and the training step at 1 and 2 threads, against an eager PyTorch
     /// implementation on the same weights after a logits parity check.
     S2s(S2sBenchArgs),
+    /// Codec training: steps/s and peak memory of vaak's trainer (bundled vaak-16k config) at
+    /// batch 8 and 32, f32 and bf16, reconstruction losses only and with the adversarial
+    /// stage, against a PyTorch peer of the same model, losses and optimizer; a phase profile.
+    Train(TrainBenchArgs),
 }
 
 /// Runs one benchmark: prints its table on stdout, progress on stderr, and writes its JSON.
@@ -79,11 +90,13 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Audio(args) => audio::run(args),
         BenchCommand::Cascade(args) => cascade::run(args),
         BenchCommand::Codec(args) => codec::run(args),
+        BenchCommand::Encodec(args) => encodec::run(args),
         BenchCommand::Vc(args) => vc::run(args),
         BenchCommand::Mt(args) => mt::run(args),
         BenchCommand::Data(args) => data::run(args),
         BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Vad(args) => vad::run(args),
         BenchCommand::S2s(args) => s2s::run(args),
+        BenchCommand::Train(args) => train::run(args),
     }
 }

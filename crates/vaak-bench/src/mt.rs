@@ -7,6 +7,10 @@
 //! dir (skipped without Python), or `--model DIR`. Greedy decoding with EOS banned until the
 //! length limit (`min_length = max_length`), so every row generates exactly
 //! `--new-tokens` tokens in both implementations; the notes say whether the ids agree.
+//!
+//! Threads: `--threads N` sets `RAYON_NUM_THREADS` for this process before candle's and
+//! gemm's pools start, and the peer gets `torch.set_num_threads(N)` unless `--peer-threads`
+//! differs; the notes report the counts candle and rayon actually use.
 
 use crate::peer::{self, PeerArgs, PeerTimingArgs};
 use crate::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
@@ -36,6 +40,11 @@ pub struct MtBenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-mt.json")]
     json: PathBuf,
+    /// CPU threads for vaak (sets RAYON_NUM_THREADS, which sizes candle's and gemm's pools,
+    /// before anything starts them) and for the peer unless --peer-threads says otherwise.
+    /// Default: $RAYON_NUM_THREADS, else all logical CPUs.
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(flatten)]
     timing: PeerTimingArgs,
     #[command(flatten)]
@@ -73,6 +82,14 @@ struct Case {
 }
 
 pub fn run(args: MtBenchArgs) -> Result<()> {
+    if let Some(t) = args.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        // Read by candle (per call) and by rayon when its global pool starts, which nothing
+        // has done yet in this process.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let vaak_threads = candle_core::utils::get_num_threads();
+    let peer_threads = args.timing.peer_threads.unwrap_or(vaak_threads);
     let timing = Timing {
         min_time: Duration::from_secs_f64(args.timing.min_time),
         min_iters: 3,
@@ -151,7 +168,7 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
     let peer_out = match &python {
         Some(py) if !measured.is_empty() => {
             let mut out = serde_json::Map::new();
-            for (label, dir) in &models {
+            for (mi, (label, dir)) in models.iter().enumerate() {
                 let list: Vec<serde_json::Value> = measured
                     .iter()
                     .filter(|(c, _, _)| &c.model == dir)
@@ -160,15 +177,14 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
                             "max_length": c.max_length, "forced_bos": c.forced_bos})
                     })
                     .collect();
-                let cases_path = tmp.path().join(format!("cases-{label}.json"));
+                // Labels of `--model` dirs are paths: name the file by position.
+                let cases_path = tmp.path().join(format!("cases-{mi}.json"));
                 std::fs::write(
                     &cases_path,
                     serde_json::to_vec(&serde_json::json!({"cases": list}))?,
-                )?;
-                let threads = args
-                    .timing
-                    .peer_threads
-                    .unwrap_or(Machine::here().logical_cpus);
+                )
+                .with_context(|| format!("writing {}", cases_path.display()))?;
+                let threads = peer_threads;
                 eprintln!("bench mt: measuring transformers on {label} ...");
                 let a = vec![
                     "--model".to_string(),
@@ -190,17 +206,15 @@ pub fn run(args: MtBenchArgs) -> Result<()> {
                     Err(e) => notes.push(format!("Python peer failed on {label}: {e:#}")),
                 }
             }
-            Some((
-                out,
-                args.timing
-                    .peer_threads
-                    .unwrap_or(Machine::here().logical_cpus),
-            ))
+            Some((out, peer_threads))
         }
         _ => None,
     };
 
-    let vaak_threads = Machine::here().logical_cpus;
+    notes.push(format!(
+        "vaak threads: candle get_num_threads() = {vaak_threads}, rayon pool = {}",
+        rayon::current_num_threads()
+    ));
     for (c, secs, ids) in &measured {
         let b = c.sources.len() as f64;
         let toks = b * (c.max_length - 1) as f64;

@@ -20,6 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use vaak_nn::train::run::{current_host_mb, peak_host_mb};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -27,10 +28,12 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use vaak_nn::train::{clip_grad_norm, AdamW, AdamWConfig};
 use vaak_nn::StreamMask;
-use vaak_s2s::{CodecSpec, EncodedChunk, LossWeights, S2sConfig, S2sModel, Sample, SlotCondition};
+use vaak_s2s::{
+    CodecSpec, EncodedChunk, HeadKind, LossWeights, S2sConfig, S2sModel, Sample, SlotCondition,
+};
 
 use crate::peer::{self, PeerArgs};
-use crate::report::{CaseResult, Machine, Measurement, Report};
+use crate::report::{columns, write_json, CaseResult, Machine, Measurement, Report};
 
 const PEER_SCRIPT: &str = include_str!("../peers/s2s_torch.py");
 /// Rows, source frames and target frames of the parity batch (the source is not a multiple
@@ -44,6 +47,10 @@ pub struct S2sBenchArgs {
     /// Model presets (random weights).
     #[arg(long, value_delimiter = ',', default_value = "small,base")]
     presets: Vec<String>,
+    /// Codebook heads: delay (K linear heads, codebook k delayed k steps), depth (a small
+    /// transformer over the codebooks of each frame).
+    #[arg(long, value_delimiter = ',', default_value = "delay,depth")]
+    heads: Vec<String>,
     /// Thread counts (each measured in its own process).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
@@ -86,6 +93,8 @@ struct Timings {
     decoder_step: Vec<(usize, f64, f64)>,
     /// Seconds per step and target frames per step.
     train_step: Option<(f64, usize)>,
+    /// `(case, RSS at its start, peak RSS during it)` in MB.
+    memory: Vec<(String, f64, f64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,8 +104,9 @@ struct ChildOut {
     presets: Vec<(String, Timings)>,
 }
 
-fn model_config(preset: &str) -> Result<S2sConfig> {
+fn model_config(preset: &str, head: HeadKind) -> Result<S2sConfig> {
     let mut cfg = S2sConfig::preset(preset, CodecSpec::default())?;
+    cfg.head = head;
     cfg.max_source_frames = 256;
     cfg.max_target_frames = 256;
     Ok(cfg)
@@ -135,7 +145,8 @@ fn ids_tensor(rows: &[Vec<Vec<u32>>]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (b, t, k), &Device::Cpu)?)
 }
 
-/// The parity batch and vaak's teacher-forced logits of it.
+/// The parity batch and vaak's teacher-forced logits of it, with the decoder layout's
+/// targets and mask (what the depth transformer is fed).
 fn write_parity(model: &S2sModel, path: &Path) -> Result<()> {
     let cfg = model.config();
     let (b, t_src, t_tgt) = PARITY;
@@ -146,12 +157,33 @@ fn write_parity(model: &S2sModel, path: &Path) -> Result<()> {
     let mut out = std::collections::HashMap::new();
     let src: Vec<Vec<Vec<u32>>> = samples.iter().map(|s| s.source.clone()).collect();
     out.insert("src_ids".to_string(), ids_tensor(&src)?);
-    let dec: Vec<Vec<Vec<u32>>> = samples
+    let layouts = samples
         .iter()
         .enumerate()
-        .map(|(i, s)| Ok(model.layout(i, s)?.inputs))
-        .collect::<Result<_>>()?;
+        .map(|(i, s)| Ok(model.layout(i, s)?))
+        .collect::<Result<Vec<_>>>()?;
+    let dec: Vec<Vec<Vec<u32>>> = layouts.iter().map(|l| l.inputs.clone()).collect();
     out.insert("dec_ids".to_string(), ids_tensor(&dec)?);
+    let tgt: Vec<Vec<Vec<u32>>> = layouts
+        .iter()
+        .map(|l| {
+            l.targets
+                .iter()
+                .map(|r| r.iter().map(|t| t.unwrap_or(0)).collect())
+                .collect()
+        })
+        .collect();
+    out.insert("dec_targets".to_string(), ids_tensor(&tgt)?);
+    let msk: Vec<Vec<Vec<u32>>> = layouts
+        .iter()
+        .map(|l| {
+            l.targets
+                .iter()
+                .map(|r| r.iter().map(|t| t.is_some() as u32).collect())
+                .collect()
+        })
+        .collect();
+    out.insert("dec_mask".to_string(), ids_tensor(&msk)?);
     let lang: Vec<i64> = samples
         .iter()
         .map(|s| s.cond.language.index() as i64)
@@ -164,20 +196,61 @@ fn write_parity(model: &S2sModel, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Greedy codes `[B][K]` of one decoder step's hidden states `h: [B, d]`: each delay head's
+/// argmax, or the depth transformer run over the codebooks (each code fed to the next).
 fn greedy(model: &S2sModel, h: &Tensor) -> Result<Vec<Vec<u32>>> {
-    let per: Vec<Vec<u32>> = model
-        .delay_logits(h)?
-        .iter()
-        .map(|l| l.argmax(D::Minus1)?.to_vec1::<u32>())
-        .collect::<candle_core::Result<_>>()?;
-    let b = per[0].len();
+    let b = h.dim(0)?;
+    let per: Vec<Vec<u32>> = match model.config().head {
+        HeadKind::Delay => model
+            .delay_logits(h)?
+            .iter()
+            .map(|l| l.argmax(D::Minus1)?.to_vec1::<u32>())
+            .collect::<candle_core::Result<_>>()?,
+        HeadKind::Depth => {
+            let mut st = model.depth_start(h)?;
+            let mut prev = vec![0u32; b];
+            let mut per = Vec::new();
+            for _ in 0..model.config().codec.num_codebooks {
+                prev = model
+                    .depth_step(&mut st, &prev)?
+                    .argmax(D::Minus1)?
+                    .to_vec1::<u32>()?;
+                per.push(prev.clone());
+            }
+            per
+        }
+    };
     Ok((0..b).map(|r| per.iter().map(|c| c[r]).collect()).collect())
+}
+
+/// Resets the peak RSS to the current RSS (writing 5 to `/proc/self/clear_refs`, Linux) and
+/// returns the current RSS in MB.
+fn reset_peak() -> Option<f64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    current_host_mb()
+}
+
+/// Runs `f` as case `name`, recording the RSS at its start and its peak since then (MB) in
+/// `mem`.
+fn with_memory<T>(
+    name: &str,
+    mem: &mut Vec<(String, f64, f64)>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let base = reset_peak();
+    let out = f()?;
+    if let (Some(b), Some(p)) = (base, peak_host_mb()) {
+        mem.push((name.to_string(), b, p));
+    }
+    Ok(out)
 }
 
 fn first_frame(model: &S2sModel, n_src: usize, reps: usize) -> Result<f64> {
     let cfg = model.config();
     let (k, card) = (cfg.codec.num_codebooks, cfg.codec.cardinality);
     let sp = cfg.audio_specials();
+    let delays = cfg.delays();
+    let max_delay = delays.iter().copied().max().unwrap_or(0);
     let chunk = model.encoder().chunk_size();
     let mut full = (n_src / chunk) * chunk;
     if full == n_src {
@@ -197,12 +270,14 @@ fn first_frame(model: &S2sModel, n_src: usize, reps: usize) -> Result<f64> {
         if let Some(ch) = model.encoder().flush(&mut es, 0)? {
             model.append_memory(&mut ds, &ch)?;
         }
+        // Frame 0 is complete after `max_delay + 1` steps (K with the delay pattern, 1 with
+        // the depth transformer).
         let mut inp = vec![vec![sp.bos; k]];
-        for s in 0..k {
+        for s in 0..=max_delay {
             let h = model.decoder_step(&mut ds, &inp, None, &cond, &StreamMask::All)?;
             let y = greedy(model, &h)?;
             inp = vec![(0..k)
-                .map(|c| if c <= s { y[0][c] } else { sp.pad })
+                .map(|c| if delays[c] <= s { y[0][c] } else { sp.pad })
                 .collect()];
         }
         if rep > 0 {
@@ -298,6 +373,23 @@ fn batches_for(args: &S2sBenchArgs, preset: &str) -> Vec<usize> {
         .collect()
 }
 
+fn parse_head(h: &str) -> Result<HeadKind> {
+    match h {
+        "delay" => Ok(HeadKind::Delay),
+        "depth" => Ok(HeadKind::Depth),
+        other => bail!("--heads: unknown head {other:?}; valid: delay, depth"),
+    }
+}
+
+/// The measured models: `(preset, head)`, named `"{preset} {head}"` in the table and
+/// `{preset}-{head}` on disk.
+fn model_list(args: &S2sBenchArgs) -> Vec<(String, String)> {
+    args.presets
+        .iter()
+        .flat_map(|p| args.heads.iter().map(move |h| (p.clone(), h.clone())))
+        .collect()
+}
+
 fn child(args: &S2sBenchArgs, out: &Path) -> Result<()> {
     let dir = args
         .models_dir
@@ -308,23 +400,30 @@ fn child(args: &S2sBenchArgs, out: &Path) -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let mut presets = Vec::new();
-    for p in &args.presets {
-        let (model, _) = S2sModel::load(&dir.join(p), &Device::Cpu)?;
-        eprintln!("bench s2s [{threads} thread(s)]: vaak {p} first frame ...");
-        let mut t = Timings {
-            first_frame: first_frame(&model, args.source_frames, args.reps)?,
-            ..Default::default()
-        };
-        for b in batches_for(args, p) {
-            eprintln!("bench s2s [{threads} thread(s)]: vaak {p} decoder step, batch {b} ...");
-            let (p50, p95) = decoder_steps(&model, b, args.source_frames, args.steps)?;
+    for (p, h) in model_list(args) {
+        let model = S2sModel::load_inference(&dir.join(format!("{p}-{h}")), &Device::Cpu)?;
+        let say =
+            |what: &str| eprintln!("bench s2s [{threads} thread(s)]: vaak {p} {h} {what} ...");
+        let mut t = Timings::default();
+        say("first frame");
+        t.first_frame = with_memory("first_frame", &mut t.memory, || {
+            first_frame(&model, args.source_frames, args.reps)
+        })?;
+        for b in batches_for(args, &p) {
+            say(&format!("decoder step, batch {b}"));
+            let (p50, p95) = with_memory(&format!("decoder_step_b{b}"), &mut t.memory, || {
+                decoder_steps(&model, b, args.source_frames, args.steps)
+            })?;
             t.decoder_step.push((b, p50, p95));
         }
         if p == "small" && !args.no_train {
-            eprintln!("bench s2s [{threads} thread(s)]: vaak {p} training step ...");
-            t.train_step = Some(train_step(model.config(), args.reps)?);
+            say("training step");
+            let ts = with_memory("train_step", &mut t.memory, || {
+                train_step(model.config(), args.reps)
+            })?;
+            t.train_step = Some(ts);
         }
-        presets.push((p.clone(), t));
+        presets.push((format!("{p} {h}"), t));
     }
     let co = ChildOut {
         threads,
@@ -353,21 +452,31 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
             bail!("--presets: unknown preset {p:?}; valid: tiny, small, base");
         }
     }
+    for h in &args.heads {
+        parse_head(h)?;
+    }
     let mut notes = vec![format!(
-        "random weights; vaak-16k tokens (8 codebooks of 1024), delay heads; greedy steps; \
-         source {} frames",
+        "random weights; vaak-16k tokens (8 codebooks of 1024); greedy steps (delay: the K \
+         heads' argmax; depth: K depth-transformer steps, each code fed to the next); source \
+         {} frames",
         args.source_frames
     )];
     let python = args.peer.interpreter("PyTorch peer", &mut notes);
     let tmp = tempfile::tempdir().context("creating a temp dir")?;
-    for p in &args.presets {
-        let cfg = model_config(p)?;
+    for (p, h) in model_list(&args) {
+        let cfg = model_config(&p, parse_head(&h)?)?;
         let (model, vm) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7)?;
-        S2sModel::save(&cfg, &vm, &tmp.path().join(p))?;
-        write_parity(&model, &tmp.path().join(format!("parity-{p}.safetensors")))?;
+        let name = format!("{p}-{h}");
+        S2sModel::save(&cfg, &vm, &tmp.path().join(&name))?;
+        write_parity(
+            &model,
+            &tmp.path().join(format!("parity-{name}.safetensors")),
+        )?;
         let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
-        notes.push(format!("{p}: {:.1}M parameters", n as f64 / 1e6));
+        notes.push(format!("{p} {h}: {:.1}M parameters", n as f64 / 1e6));
     }
+    let mut memory: Vec<MemoryRow> = Vec::new();
+    let mut versions_noted = false;
     let exe = std::env::current_exe().context("locating the current executable")?;
     let mut cases = Vec::new();
     for &t in &args.threads {
@@ -380,6 +489,8 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
             .arg(tmp.path())
             .arg("--presets")
             .arg(args.presets.join(","))
+            .arg("--heads")
+            .arg(args.heads.join(","))
             .arg("--batch")
             .arg(
                 args.batch
@@ -410,9 +521,22 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
                 c.candle_threads
             ));
         }
-        for (p, vt) in &c.presets {
+        for (label, vt) in &c.presets {
+            // `label` is "{preset} {head}", the model directory "{preset}-{head}".
+            let name = label.replace(' ', "-");
+            let p = label.split(' ').next().unwrap_or(label);
+            for (case, base, peak) in &vt.memory {
+                memory.push(MemoryRow {
+                    model: label.clone(),
+                    case: case.clone(),
+                    implementation: "vaak (candle)".into(),
+                    threads: t,
+                    base_mb: *base,
+                    peak_mb: *peak,
+                });
+            }
             let peer_t = python.as_ref().and_then(|py| {
-                let cases_path = tmp.path().join(format!("cases-{p}.json"));
+                let cases_path = tmp.path().join(format!("cases-{name}.json"));
                 let spec = serde_json::json!({
                     "first_frame": {"source_frames": args.source_frames, "reps": args.reps},
                     "decoder_step": {"batches": batches_for(&args, p),
@@ -428,10 +552,10 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
                 eprintln!("bench s2s [{t} thread(s)]: PyTorch {p} ...");
                 let a = vec![
                     "--model".to_string(),
-                    tmp.path().join(p).display().to_string(),
+                    tmp.path().join(&name).display().to_string(),
                     "--parity".to_string(),
                     tmp.path()
-                        .join(format!("parity-{p}.safetensors"))
+                        .join(format!("parity-{name}.safetensors"))
                         .display()
                         .to_string(),
                     "--cases".to_string(),
@@ -443,7 +567,7 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
                     Ok(v) => {
                         let par = &v["parity"];
                         notes.push(format!(
-                            "{p} parity ({t} thread(s)): teacher-forced logits max |diff| {:.2e}, \
+                            "{label} parity ({t} thread(s)): teacher-forced logits max |diff| {:.2e}, \
                              KV-cached steps {:.2e}, peer's streamed encoder vs whole {:.2e}{}",
                             par["teacher_forced_max_abs"].as_f64().unwrap_or(f64::NAN),
                             par["kv_steps_max_abs"].as_f64().unwrap_or(f64::NAN),
@@ -455,13 +579,30 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
                                 .map(|e| format!(" -- {e}"))
                                 .unwrap_or_default()
                         ));
-                        if t == args.threads[0] && p == &args.presets[0] {
+                        if !versions_noted {
                             notes.extend(peer::versions_note(&v));
+                            versions_noted = true;
+                        }
+                        if let Some(m) = v["memory"].as_object() {
+                            for (case, r) in m {
+                                if let (Some(b), Some(pk)) =
+                                    (r["base_mb"].as_f64(), r["peak_mb"].as_f64())
+                                {
+                                    memory.push(MemoryRow {
+                                        model: label.clone(),
+                                        case: case.clone(),
+                                        implementation: "PyTorch eager".into(),
+                                        threads: t,
+                                        base_mb: b,
+                                        peak_mb: pk,
+                                    });
+                                }
+                            }
                         }
                         Some(v["timings"].clone())
                     }
                     Err(e) => {
-                        notes.push(format!("PyTorch peer failed on {p}: {e:#}"));
+                        notes.push(format!("PyTorch peer failed on {label}: {e:#}"));
                         None
                     }
                 }
@@ -473,7 +614,7 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
             };
             let pt = peer_t.as_ref();
             cases.push(CaseResult {
-                case: format!("{p} first frame (end of source -> frame 1)"),
+                case: format!("{label} first frame (end of source -> frame 1)"),
                 unit: "1/s".into(),
                 vaak: measurement("vaak (candle)", vt.first_frame, 1.0, t),
                 peers: peer_m(pt.and_then(|v| v["first_frame"]["median_s"].as_f64()), 1.0),
@@ -482,7 +623,7 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
                 let pv = pt.map(|v| &v["decoder_step"][b.to_string()]);
                 for (name, sec, key) in [("p50", p50, "p50_s"), ("p95", p95, "p95_s")] {
                     cases.push(CaseResult {
-                        case: format!("{p} decoder step b{b} {name}"),
+                        case: format!("{label} decoder step b{b} {name}"),
                         unit: "frames/s".into(),
                         vaak: measurement("vaak (candle)", sec, b as f64, t),
                         peers: peer_m(pv.and_then(|v| v[key].as_f64()), b as f64),
@@ -491,7 +632,7 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
             }
             if let Some((sec, frames)) = vt.train_step {
                 cases.push(CaseResult {
-                    case: format!("{p} training step b{TRAIN_BATCH} (AdamW)"),
+                    case: format!("{label} training step b{TRAIN_BATCH} (AdamW)"),
                     unit: "frames/s".into(),
                     vaak: measurement("vaak (candle)", sec, frames as f64, t),
                     peers: peer_m(
@@ -507,6 +648,7 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
         machine: Machine::here(),
         input: serde_json::json!({
             "presets": args.presets,
+            "heads": args.heads,
             "threads": args.threads,
             "batch": args.batch,
             "base_max_batch": args.base_max_batch,
@@ -518,7 +660,67 @@ pub fn run(args: S2sBenchArgs) -> Result<()> {
         cases,
         notes,
     };
-    report.emit(&args.json)
+    print!("{}", report.table());
+    print!("{}", memory_table(&memory));
+    write_json(&args.json, &S2sReport { report, memory })
+}
+
+/// Peak resident memory of one case in one process.
+#[derive(Debug, Serialize)]
+struct MemoryRow {
+    /// `"{preset} {head}"`.
+    model: String,
+    /// `first_frame`, `decoder_step_b{B}` or `train_step`.
+    case: String,
+    implementation: String,
+    threads: usize,
+    /// RSS when the case started (the process, its libraries and the loaded model), MB.
+    base_mb: f64,
+    /// Peak RSS during the case, MB.
+    peak_mb: f64,
+}
+
+/// The report with the memory rows beside the timed cases.
+#[derive(Debug, Serialize)]
+struct S2sReport {
+    #[serde(flatten)]
+    report: Report,
+    memory: Vec<MemoryRow>,
+}
+
+/// One line per (model, case, threads): vaak's and the peer's peak RSS and the growth over
+/// the case's start.
+fn memory_table(rows: &[MemoryRow]) -> String {
+    let mut out = vec![[
+        "peak memory (RSS)",
+        "threads",
+        "vaak peak (+case)",
+        "PyTorch peak (+case)",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let cell = |r: Option<&MemoryRow>| {
+        r.map(|r| format!("{:.0} MB (+{:.0})", r.peak_mb, r.peak_mb - r.base_mb))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in rows.iter().filter(|r| r.implementation.starts_with("vaak")) {
+        let peer = rows.iter().find(|p| {
+            !p.implementation.starts_with("vaak")
+                && p.model == r.model
+                && p.case == r.case
+                && p.threads == r.threads
+        });
+        out.push(vec![
+            format!("{} {}", r.model, r.case),
+            r.threads.to_string(),
+            cell(Some(r)),
+            cell(peer),
+        ]);
+    }
+    if out.len() == 1 {
+        return String::new();
+    }
+    columns(&out)
 }
 
 #[cfg(test)]
@@ -527,25 +729,60 @@ mod tests {
 
     #[test]
     fn parity_file_and_measurements_on_a_tiny_model() {
-        let cfg = model_config("tiny").unwrap();
-        let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("parity.safetensors");
-        write_parity(&model, &p).unwrap();
-        let t = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
-        let (b, ts, tt) = PARITY;
-        let k = cfg.codec.num_codebooks;
-        assert_eq!(t["src_ids"].dims(), &[b, ts, k]);
-        let steps = cfg.decoder_steps(tt);
-        assert_eq!(t["dec_ids"].dims(), &[b, steps, k]);
-        assert_eq!(
-            t["logits.0"].dims(),
-            &[b, steps, cfg.audio_specials().vocab()]
-        );
-        // The timed paths run (their times are not asserted); percentiles come sorted.
-        first_frame(&model, 10, 1).unwrap();
-        let (p50, p95) = decoder_steps(&model, 2, 10, 3).unwrap();
-        assert!(p95 >= p50);
+        for head in [HeadKind::Delay, HeadKind::Depth] {
+            let cfg = model_config("tiny", head).unwrap();
+            let (model, _) = S2sModel::init_seeded(&cfg, &Device::Cpu, 7).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("parity.safetensors");
+            write_parity(&model, &p).unwrap();
+            let t = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+            let (b, ts, tt) = PARITY;
+            let k = cfg.codec.num_codebooks;
+            assert_eq!(t["src_ids"].dims(), &[b, ts, k]);
+            let steps = cfg.decoder_steps(tt);
+            for name in ["dec_ids", "dec_targets", "dec_mask"] {
+                assert_eq!(t[name].dims(), &[b, steps, k], "{name}");
+            }
+            assert_eq!(
+                t["logits.0"].dims(),
+                &[b, steps, cfg.audio_specials().vocab()]
+            );
+            // The timed paths run (their times are not asserted); percentiles come sorted.
+            first_frame(&model, 10, 1).unwrap();
+            let (p50, p95) = decoder_steps(&model, 2, 10, 3).unwrap();
+            assert!(p95 >= p50);
+            // Greedy codes are a whole frame per row, inside the codebook.
+            let mut ds = model.decoder_state(1).unwrap();
+            let rows = [codes(4, k, cfg.codec.cardinality, 1)];
+            let refs: Vec<&[Vec<u32>]> = rows.iter().map(|r| r.as_slice()).collect();
+            let (mem, _) = model.encoder().forward(&refs, false).unwrap();
+            let chunk = EncodedChunk {
+                out: mem,
+                mask: StreamMask::All,
+            };
+            model.append_memory(&mut ds, &chunk).unwrap();
+            let cond = model.condition(&[SlotCondition::default()], false).unwrap();
+            let bos = vec![vec![cfg.audio_specials().bos; k]];
+            let h = model
+                .decoder_step(&mut ds, &bos, None, &cond, &StreamMask::All)
+                .unwrap();
+            let y = greedy(&model, &h).unwrap();
+            assert_eq!((y.len(), y[0].len()), (1, k));
+            assert!(y[0]
+                .iter()
+                .all(|&c| c < cfg.audio_specials().vocab() as u32));
+        }
+        // Peak memory is read back on Linux, and a case's peak is at least its start.
+        let mut mem = Vec::new();
+        let v = with_memory("alloc", &mut mem, || {
+            Ok(vec![1u8; 64 << 20].iter().map(|&x| x as u64).sum::<u64>())
+        })
+        .unwrap();
+        assert_eq!(v, 64 << 20);
+        if cfg!(target_os = "linux") {
+            let (_, base, peak) = &mem[0];
+            assert!(peak - base >= 60.0, "{mem:?}");
+        }
         assert_eq!(pct(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
         assert_eq!(pct(&[1.0, 2.0, 3.0, 4.0], 0.95), 4.0);
     }

@@ -15,18 +15,26 @@
 //! 80 ms jitter buffer, and the most sessions held in real time (a ramp over session counts:
 //! every session answered, p95 within 250 ms + endpoint silence, underruns under 1% of reply
 //! frames). `--minutes M` is a soak: RSS (from /proc) and p95 in the first and the last minute.
+//!
+//! `--pipeline translate|converse` benches pipeline mode instead: Whisper → M2M-100 (or a
+//! loopback LLM that streams its reply at `--llm-token-ms` per token) → espeak-ng + OpenVoice.
+//! Models the config does not name come from the tiny published-layout fixtures
+//! (`--fixtures`); the table adds p50/p95 of each stage from the end of the turn (`asr`,
+//! `first_token`, `first_tts_audio`, `first_audio_sent`, as the server reports them in META).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vaak_nn::train::run::current_host_mb;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
 use vaak_server::client::{self, speech, Client, ClientConfig, Event, Mic};
-use vaak_server::config::ServeConfig;
+use vaak_server::config::{PipelineMode, ServeConfig};
 use vaak_server::protocol::{Control, Mode};
 
 use crate::report::{self, Machine};
@@ -74,7 +82,24 @@ pub struct ServeBenchArgs {
     s2s: Option<String>,
     #[arg(long, default_value = "bench-serve.json")]
     json: PathBuf,
+    /// Bench pipeline mode (translate | converse) instead of the S2S model; `--mode` follows.
+    #[arg(long, value_name = "translate|converse")]
+    pipeline: Option<PipelineMode>,
+    /// Where the tiny published-layout fixtures are (Whisper, M2M-100, OpenVoice), for the
+    /// pipeline models the config does not name.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/fixtures/data"))]
+    fixtures: PathBuf,
+    /// Milliseconds per token of the loopback LLM (converse, when the config names no LLM).
+    #[arg(long, default_value_t = 20)]
+    llm_token_ms: u64,
 }
+
+/// Pipeline stages reported per turn (ms from the end of the turn).
+const PIPELINE_STAGES: [&str; 4] = ["asr", "first_token", "first_tts_audio", "first_audio_sent"];
+
+/// The loopback LLM's reply: three sentences, so the first is spoken while the rest streams.
+const LLM_REPLY: &str = "Sure, I can help with that. The first sentence is spoken while the \
+                         rest is still streaming. That is the whole point of this test.";
 
 /// What one session measured.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -93,6 +118,17 @@ struct SessionResult {
     underruns: u64,
     no_reply: usize,
     errors: Vec<String>,
+    /// Pipeline mode: each stage's latency per reply (ms from the end of the turn).
+    stages_ms: BTreeMap<String, Vec<f64>>,
+}
+
+/// p50 and p95 of one stage.
+#[derive(Clone, Debug, Serialize)]
+struct StageStats {
+    stage: String,
+    replies: usize,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
 }
 
 /// A whole run of N sessions.
@@ -117,6 +153,8 @@ struct RunResult {
     no_reply: usize,
     errors: Vec<String>,
     held_real_time: bool,
+    /// Pipeline mode: per-stage latency.
+    stages: Vec<StageStats>,
 }
 
 #[derive(Serialize)]
@@ -140,6 +178,7 @@ struct ServeReport {
     machine: Machine,
     mode: String,
     s2s: String,
+    pipeline: Option<String>,
     endpoint_silence_ms: u64,
     latency: RunResult,
     ramp: Vec<RunResult>,
@@ -154,19 +193,6 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     }
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     Some(sorted[i.min(sorted.len() - 1)])
-}
-
-/// Resident set size of this process in MB (the server runs in it).
-fn rss_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 /// One session: speak, wait for the reply (or barge in), pause, until `until`.
@@ -294,6 +320,11 @@ async fn session(
         if let Some(l) = rec.latency_ms() {
             r.latencies_ms.push(l);
             r.endpoint_ms.push(rec.endpoint_ms.unwrap_or(f64::NAN));
+            for (k, v) in &rec.stages_ms {
+                if PIPELINE_STAGES.contains(&k.as_str()) {
+                    r.stages_ms.entry(k.clone()).or_default().push(*v);
+                }
+            }
             let at = rec.first_audio_us.unwrap_or(0) as f64 / 1e6;
             r.at_s.push(at);
         }
@@ -369,6 +400,22 @@ impl Bench {
         let underruns = sum(|r| r.underruns);
         let no_reply = results.iter().map(|r| r.no_reply).sum();
         let goal = P95_GOAL_MS + endpoint.unwrap_or(self.endpoint_ms as f64);
+        let stages = PIPELINE_STAGES
+            .iter()
+            .filter_map(|k| {
+                let mut v: Vec<f64> = results
+                    .iter()
+                    .flat_map(|r| r.stages_ms.get(*k).cloned().unwrap_or_default())
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                (!v.is_empty()).then(|| StageStats {
+                    stage: k.to_string(),
+                    replies: v.len(),
+                    p50_ms: percentile(&v, 0.5),
+                    p95_ms: percentile(&v, 0.95),
+                })
+            })
+            .collect();
         let run = RunResult {
             sessions: n,
             seconds,
@@ -391,6 +438,7 @@ impl Bench {
             held_real_time: results.iter().all(|r| r.replies > 0)
                 && p95.is_some_and(|p| p <= goal)
                 && (underruns as f64) <= 0.01 * reply_frames as f64,
+            stages,
         };
         Ok((run, results))
     }
@@ -438,9 +486,98 @@ fn table(runs: &[&RunResult]) -> String {
     report::columns(&rows)
 }
 
+/// Per-stage p50/p95 (pipeline mode), from the end of the user's turn.
+fn stage_table(r: &RunResult) -> String {
+    let mut rows = vec![vec![
+        "stage (from end of turn)".to_string(),
+        "replies".into(),
+        "p50 ms".into(),
+        "p95 ms".into(),
+    ]];
+    for s in &r.stages {
+        rows.push(vec![
+            s.stage.clone(),
+            s.replies.to_string(),
+            fmt(s.p50_ms),
+            fmt(s.p95_ms),
+        ]);
+    }
+    report::columns(&rows)
+}
+
+/// Fills the pipeline models the config leaves out from the tiny fixtures; starts the loopback
+/// LLM for `converse` when the config names none.
+fn pipeline_config(
+    cfg: &mut ServeConfig,
+    mode: PipelineMode,
+    args: &ServeBenchArgs,
+) -> Result<Option<vaak_teachers::mt::loopback::LoopbackChatServer>> {
+    let fx = |rel: &str| args.fixtures.join(rel).display().to_string();
+    let p = &mut cfg.pipeline;
+    p.mode = mode;
+    let tiny = p.asr.weights.is_none();
+    if tiny {
+        if !args.fixtures.join("whisper/tiny80").is_dir() {
+            bail!(
+                "no pipeline.asr.weights in the config and no fixtures under {}",
+                args.fixtures.display()
+            );
+        }
+        p.asr.weights = Some(fx("whisper/tiny80"));
+        // The random tiny Whisper babbles: a few tokens keep its text inside the tiny
+        // M2M-100's 64 positions.
+        p.asr
+            .options
+            .insert("max_new_tokens".into(), toml::Value::Integer(3));
+    }
+    if p.tts.converter.is_none() {
+        p.tts.converter = Some(fx("openvoice/converter"));
+    }
+    let mut llm = None;
+    match mode {
+        PipelineMode::Translate => {
+            if p.target_lang.is_none() {
+                p.target_lang = Some("ru".into());
+            }
+            if p.translator.weights.is_none() && p.translator.kind != "openai" {
+                p.translator.kind = "m2m100".into();
+                p.translator.weights = Some(fx("mt_m2m100/e2e_m2m"));
+                p.translator
+                    .options
+                    .insert("max_length".into(), toml::Value::Integer(12));
+                p.translator
+                    .options
+                    .insert("allow_truncated".into(), toml::Value::Boolean(true));
+            }
+        }
+        PipelineMode::Converse => {
+            if p.llm.base_url.is_none() {
+                let s = vaak_teachers::mt::loopback::LoopbackChatServer::start_with(
+                    vaak_teachers::mt::loopback::LoopbackOptions {
+                        reply: LLM_REPLY.into(),
+                        token_interval: Duration::from_millis(args.llm_token_ms),
+                        fail_status: None,
+                    },
+                )
+                .context("starting the loopback LLM")?;
+                p.llm.base_url = Some(s.base_url().to_string());
+                p.llm.model = Some("loopback".into());
+                llm = Some(s);
+            }
+        }
+        PipelineMode::Off => {}
+    }
+    Ok(llm)
+}
+
 pub fn run(args: ServeBenchArgs) -> Result<()> {
-    let mode: Mode = serde_json::from_value(serde_json::json!(args.mode))
-        .with_context(|| format!("--mode {}: echo, translate or converse", args.mode))?;
+    let mode_name = match args.pipeline {
+        Some(PipelineMode::Translate) => "translate",
+        Some(PipelineMode::Converse) => "converse",
+        _ => args.mode.as_str(),
+    };
+    let mode: Mode = serde_json::from_value(serde_json::json!(mode_name))
+        .with_context(|| format!("--mode {mode_name}: echo, translate or converse"))?;
     let ramp: Vec<usize> = args
         .ramp
         .split(',')
@@ -470,6 +607,30 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         };
     }
     let s2s_name = args.s2s.clone().unwrap_or_else(|| cfg.s2s.clone());
+    let _llm = match args.pipeline.filter(|m| *m != PipelineMode::Off) {
+        Some(m) => pipeline_config(&mut cfg, m, &args)?,
+        None => None,
+    };
+    let pipeline_name = cfg.pipeline.enabled().then(|| {
+        let p = &cfg.pipeline;
+        let reply = match p.mode {
+            PipelineMode::Converse => format!(
+                "llm {} ({} ms/token loopback unless configured)",
+                p.llm.base_url.clone().unwrap_or_default(),
+                args.llm_token_ms
+            ),
+            _ => format!(
+                "translator {}",
+                p.translator.weights.clone().unwrap_or_default()
+            ),
+        };
+        format!(
+            "{}: asr {}, {reply}, tts espeak-ng + {}",
+            p.mode.name(),
+            p.asr.weights.clone().unwrap_or_default(),
+            p.tts.converter.clone().unwrap_or_default()
+        )
+    });
     let most = ramp
         .iter()
         .copied()
@@ -492,7 +653,7 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let rss_boot = rss_mb();
+        let rss_boot = current_host_mb();
         let server = vaak_server::start(cfg.clone())
             .await
             .context("starting the server")?;
@@ -511,7 +672,7 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         )];
         eprintln!(
             "latency run: {} sessions, {:.0} s, mode {}",
-            args.sessions, args.seconds, args.mode
+            args.sessions, args.seconds, mode_name
         );
         let (latency, _) = bench.run(args.sessions, args.seconds).await?;
         let mut ramp_runs = Vec::new();
@@ -532,13 +693,13 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
             .max();
         let soak = if args.minutes > 0.0 {
             eprintln!("soak: {} sessions, {} min", args.sessions, args.minutes);
-            let rss_start = rss_mb().unwrap_or(f64::NAN);
+            let rss_start = current_host_mb().unwrap_or(f64::NAN);
             let t_start = client::now_us() as f64 / 1e6;
             let sampler = tokio::spawn(async move {
                 let t = Instant::now();
                 let mut v = Vec::new();
                 loop {
-                    v.push((t.elapsed().as_secs_f64().round(), rss_mb().unwrap_or(f64::NAN)));
+                    v.push((t.elapsed().as_secs_f64().round(), current_host_mb().unwrap_or(f64::NAN)));
                     tokio::time::sleep(Duration::from_secs(15)).await;
                     if t.elapsed().as_secs_f64() > args.minutes * 60.0 + 5.0 {
                         return v;
@@ -546,7 +707,7 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
                 }
             });
             let (run, sessions) = bench.run(args.sessions, args.minutes * 60.0).await?;
-            let rss_end = rss_mb().unwrap_or(f64::NAN);
+            let rss_end = current_host_mb().unwrap_or(f64::NAN);
             let rss_timeline = sampler.await.context("RSS sampler")?;
             let window = 60.0f64.min(args.minutes * 60.0 / 3.0);
             let t_end = t_start + args.minutes * 60.0;
@@ -579,12 +740,21 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         };
         drop(server);
 
-        println!(
-            "vaak bench serve: mode {}, s2s {}, endpoint silence {} ms (min endpointing delay)",
-            args.mode, s2s_name, endpoint_ms
-        );
+        match &pipeline_name {
+            Some(p) => println!(
+                "vaak bench serve: pipeline {p}, endpoint silence {endpoint_ms} ms (min endpointing delay)"
+            ),
+            None => println!(
+                "vaak bench serve: mode {}, s2s {}, endpoint silence {} ms (min endpointing delay)",
+                mode_name, s2s_name, endpoint_ms
+            ),
+        }
         println!("\nlatency run (end of user speech -> first reply audio at the client):");
         print!("{}", table(&[&latency]));
+        if !latency.stages.is_empty() {
+            println!("\nper stage (server side, from the end of the turn):");
+            print!("{}", stage_table(&latency));
+        }
         if !ramp_runs.is_empty() {
             println!("\nramp (held in real time: every session answered, p95 <= {P95_GOAL_MS:.0} ms + endpoint, underruns < 1%):");
             print!("{}", table(&ramp_runs.iter().collect::<Vec<_>>()));
@@ -618,8 +788,9 @@ pub fn run(args: ServeBenchArgs) -> Result<()> {
         let rep = ServeReport {
             benchmark: "serve",
             machine: Machine::here(),
-            mode: args.mode.clone(),
+            mode: mode_name.to_string(),
             s2s: s2s_name.clone(),
+            pipeline: pipeline_name.clone(),
             endpoint_silence_ms: endpoint_ms,
             latency,
             ramp: ramp_runs,
@@ -647,7 +818,7 @@ mod tests {
 
     #[test]
     fn rss_is_read_from_proc() {
-        let mb = rss_mb().expect("/proc/self/status has VmRSS on Linux");
+        let mb = current_host_mb().expect("/proc/self/status has VmRSS on Linux");
         assert!(mb > 0.0);
     }
 }

@@ -5,17 +5,20 @@
 //! full-size one (the published V2 sizes) that the Python peer writes to a temp dir; without a
 //! peer only the tiny one (and any `--converter` given) is measured. Each case converts the
 //! first 1, 8 or 32 clips, one clip per call as upstream does, from a precomputed source and
-//! target embedding; the time covers the spectrogram and the network, not resampling.
+//! target embedding; the time covers the spectrogram and the network, not resampling. For more
+//! than one clip a `batched` case also runs vaak's `convert_batched` (padded batches of up to
+//! `--max-batch` clips, same audio as one by one); its peer figure is upstream's loop.
 
 use crate::audio::speechlike;
+use crate::encodec::wall_and_cpu;
 use crate::peer::{self, PeerArgs, PeerTimingArgs};
-use crate::report::{time_median, CaseResult, Machine, Measurement, Report, Timing};
+use crate::report::{CaseResult, Machine, Measurement, Report, Timing};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use vaak_audio::io::{write_wav, WavFormat};
-use vaak_teachers::vc::{ConverterOptions, ToneColorConverter, DEFAULT_TAU};
+use vaak_teachers::vc::{ConvertItem, ConverterOptions, ToneColorConverter, DEFAULT_TAU};
 use vaak_teachers::AudioRef;
 
 const PEER_SCRIPT: &str = include_str!("../peers/vc_peer.py");
@@ -48,6 +51,9 @@ pub struct VcBenchArgs {
     /// Clip counts per case.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     counts: Vec<usize>,
+    /// Most clips per padded batch in the `batched` cases.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
     /// Length of each synthetic clip in seconds.
     #[arg(long, default_value_t = 2.0)]
     clip_seconds: f64,
@@ -113,6 +119,8 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
     // candle's CPU kernels use this many threads ($RAYON_NUM_THREADS, else all CPUs).
     let threads = candle_core::utils::get_num_threads();
     let mut cases = Vec::new();
+    // (case, vaak process CPU s/pass)
+    let mut cpu_s: Vec<(String, Option<f64>)> = Vec::new();
     for (name, dir) in &converters {
         let conv =
             ToneColorConverter::load(&dir.display().to_string(), &ConverterOptions::default())
@@ -121,7 +129,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
         let src_se = conv.tone_color(AudioRef::new(&clips[0], RATE))?;
         for &n in &args.counts {
             eprintln!("bench vc: vaak, {name} x{n}...");
-            let t = time_median(timing(n), || {
+            let (t, cpu) = wall_and_cpu(timing(n), || {
                 for (i, c) in clips[..n].iter().enumerate() {
                     conv.convert(
                         AudioRef::new(c, RATE),
@@ -134,6 +142,7 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
                 Ok(())
             })?;
             let audio_s = n as f64 * args.clip_seconds;
+            cpu_s.push((format!("{name} x{n}"), cpu));
             eprintln!(
                 "bench vc: vaak, {name} x{n}: {t:.3} s/pass, {:.2} x RT",
                 audio_s / t
@@ -149,6 +158,42 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
                 },
                 peers: Vec::new(),
             });
+            if n > 1 {
+                let items: Vec<ConvertItem<'_>> = clips[..n]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ConvertItem {
+                        src: AudioRef::new(c, RATE),
+                        src_se: &src_se,
+                        tgt_se: &tgt_se,
+                        tau: DEFAULT_TAU,
+                        seed: i as u64,
+                    })
+                    .collect();
+                eprintln!("bench vc: vaak batched, {name} x{n}...");
+                let (t, cpu) = wall_and_cpu(timing(n), || {
+                    for r in conv.convert_batched(&items, args.max_batch) {
+                        r?;
+                    }
+                    Ok(())
+                })?;
+                cpu_s.push((format!("{name} x{n} batched"), cpu));
+                eprintln!(
+                    "bench vc: vaak batched, {name} x{n}: {t:.3} s/pass, {:.2} x RT",
+                    audio_s / t
+                );
+                cases.push(CaseResult {
+                    case: format!("{name} x{n} batched"),
+                    unit: "x RT".into(),
+                    vaak: Measurement {
+                        implementation: format!("vaak (candle), batches of <= {}", args.max_batch),
+                        seconds: t,
+                        throughput: audio_s / t,
+                        threads,
+                    },
+                    peers: Vec::new(),
+                });
+            }
         }
     }
 
@@ -174,15 +219,27 @@ pub fn run(args: VcBenchArgs) -> Result<()> {
             Err(e) => notes.push(format!("Python peer failed: {e:#}")),
             Ok(v) => {
                 for c in cases.iter_mut() {
-                    let n: f64 = c
-                        .case
+                    // A batched case is compared with upstream's one-clip-per-call loop.
+                    let key = c.case.trim_end_matches(" batched").to_string();
+                    let n: f64 = key
                         .rsplit('x')
                         .next()
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(1.0);
                     let audio_s = n * args.clip_seconds;
                     c.peers
-                        .extend(peer::measurements(&v["cases"][&c.case], audio_s));
+                        .extend(peer::measurements(&v["cases"][&key], audio_s));
+                    let peer_cpu = v["cases"][&key][0]["cpu_seconds"].as_f64();
+                    if let Some((_, Some(vaak))) = cpu_s.iter().find(|(k, _)| *k == c.case) {
+                        notes.push(match peer_cpu {
+                            Some(p) => format!(
+                                "CPU s/pass, {}: vaak {vaak:.3}, PyTorch {p:.3}, vaak speed-up {:.2}x",
+                                c.case,
+                                p / vaak
+                            ),
+                            None => format!("CPU s/pass, {}: vaak {vaak:.3}", c.case),
+                        });
+                    }
                 }
                 notes.extend(peer::versions_note(&v));
             }

@@ -338,32 +338,39 @@ fn espeak_openvoice(
     Ok(Arc::new(t))
 }
 
+/// The load options a `whisper` spec asks for (`options`: `dtype` f32 | f16 | bf16 and the
+/// fallback thresholds), on `device`.
+pub fn whisper_load_options(
+    spec: &ModelSpec,
+    device: &Device,
+) -> std::result::Result<WhisperLoadOptions, String> {
+    let o: WhisperSpecOptions = options("asr", spec)?;
+    let mut opts = WhisperLoadOptions {
+        device: device.clone(),
+        ..WhisperLoadOptions::default()
+    };
+    if let Some(d) = o.dtype.as_deref() {
+        opts.dtype = match d {
+            "f32" => DType::F32,
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            _ => return Err(format!("models.asr.options.dtype '{d}': use f32, f16 or bf16")),
+        };
+    }
+    let th = &mut opts.thresholds;
+    th.no_speech_prob = o.no_speech_threshold.unwrap_or(th.no_speech_prob);
+    th.logprob = o.logprob_threshold.unwrap_or(th.logprob);
+    th.compression_ratio = o
+        .compression_ratio_threshold
+        .unwrap_or(th.compression_ratio);
+    Ok(opts)
+}
+
+/// The ASR teacher `spec` names, on `device`.
 pub fn build_asr(spec: &ModelSpec, device: &Device) -> std::result::Result<Arc<dyn Asr>, String> {
     match spec.kind.as_str() {
         "whisper" => {
-            let o: WhisperSpecOptions = options("asr", spec)?;
-            let mut opts = WhisperLoadOptions {
-                device: device.clone(),
-                ..WhisperLoadOptions::default()
-            };
-            if let Some(d) = o.dtype.as_deref() {
-                opts.dtype = match d {
-                    "f32" => DType::F32,
-                    "f16" => DType::F16,
-                    "bf16" => DType::BF16,
-                    _ => {
-                        return Err(format!(
-                            "models.asr.options.dtype '{d}': use f32, f16 or bf16"
-                        ))
-                    }
-                };
-            }
-            let th = &mut opts.thresholds;
-            th.no_speech_prob = o.no_speech_threshold.unwrap_or(th.no_speech_prob);
-            th.logprob = o.logprob_threshold.unwrap_or(th.logprob);
-            th.compression_ratio = o
-                .compression_ratio_threshold
-                .unwrap_or(th.compression_ratio);
+            let opts = whisper_load_options(spec, device)?;
             let w = WhisperAsr::load(&location("asr", spec)?, &opts).map_err(|e| e.to_string())?;
             Ok(Arc::new(w))
         }

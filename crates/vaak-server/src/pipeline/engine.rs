@@ -16,12 +16,12 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use tokio::sync::mpsc as tmpsc;
 use vaak_audio::resample::resample;
-use vaak_teachers::asr::{WhisperAsr, WhisperLoadOptions};
+use vaak_teachers::asr::WhisperAsr;
 use vaak_teachers::mt::{ChatEnd, ChatMessage, OpenAiChat, OpenAiConfig};
-use vaak_teachers::spec::{build_translator_for, weights_location, ModelSpec};
+use vaak_teachers::spec::{build_translator_for, weights_location, whisper_load_options, ModelSpec};
 use vaak_teachers::tts::{EspeakConfig, EspeakTts, VoiceConvertingTts, VoiceConvertingTtsConfig};
 use vaak_teachers::vc::{ConverterOptions, ToneColorConverter};
 use vaak_teachers::{Asr, AsrOptions, AudioRef, Lang, Translator, Tts, TtsRequest};
@@ -35,11 +35,6 @@ const RATE: u32 = 16_000;
 
 fn perr(stage: &'static str) -> impl Fn(String) -> ServeError {
     move |reason| ServeError::Pipeline { stage, reason }
-}
-
-/// `weights` with `revision` applied to an `hf://` location that names none.
-fn location(m: &PipelineModel, key: &str) -> std::result::Result<String, String> {
-    weights_location(key, &spec(m, "whisper")?)
 }
 
 /// The teachers' spec of a pipeline model (the cascade config's keys; options as YAML).
@@ -202,38 +197,29 @@ pub(super) fn spawn(cfg: &PipelineConfig, device: &str) -> Result<(Sender<Job>, 
         .map_err(|e| ServeError::Worker(e.to_string()))?;
     Ok((tx, join))
 }
-
-/// Whisper and the most tokens it may write per window (option `max_new_tokens`).
+/// The pipeline's Whisper and its `max_new_tokens` (a pipeline option; the rest of `options`
+/// is the cascade's `whisper` spec: dtype and thresholds).
 fn load_whisper(
     m: &PipelineModel,
     dev: &Device,
 ) -> std::result::Result<(WhisperAsr, usize), String> {
-    if !(m.kind.is_empty() || m.kind == "whisper") {
+    let mut m = m.clone();
+    let max_new_tokens = match m.options.remove("max_new_tokens") {
+        None => 128,
+        Some(v) => match v.as_integer() {
+            Some(n) if (1..=440).contains(&n) => n as usize,
+            _ => return Err(format!("pipeline.asr.options.max_new_tokens = {v}: use 1..=440")),
+        },
+    };
+    let s = spec(&m, "whisper")?;
+    if s.kind != "whisper" {
         return Err(format!(
             "pipeline.asr.kind '{}': the pipeline runs kind 'whisper'",
-            m.kind
+            s.kind
         ));
     }
-    let mut opts = WhisperLoadOptions {
-        device: dev.clone(),
-        ..WhisperLoadOptions::default()
-    };
-    let mut max_new_tokens = 128;
-    for (k, v) in &m.options {
-        match (k.as_str(), v.as_str(), v.as_integer()) {
-            ("dtype", Some("f32"), _) => opts.dtype = DType::F32,
-            ("dtype", Some("f16"), _) => opts.dtype = DType::F16,
-            ("dtype", Some("bf16"), _) => opts.dtype = DType::BF16,
-            ("max_new_tokens", _, Some(n)) if (1..=440).contains(&n) => max_new_tokens = n as usize,
-            _ => {
-                return Err(format!(
-                    "pipeline.asr.options.{k} = {v}: the pipeline's Whisper takes dtype = \
-                     \"f32\" | \"f16\" | \"bf16\" and max_new_tokens = 1..=440"
-                ))
-            }
-        }
-    }
-    let loc = location(m, "pipeline.asr")?;
+    let opts = whisper_load_options(&s, dev)?;
+    let loc = weights_location("pipeline.asr", &s)?;
     let w = WhisperAsr::load(&loc, &opts).map_err(|e| format!("{loc}: {e}"))?;
     Ok((w, max_new_tokens))
 }

@@ -354,7 +354,11 @@ pub fn whisper_load_options(
             "f32" => DType::F32,
             "f16" => DType::F16,
             "bf16" => DType::BF16,
-            _ => return Err(format!("models.asr.options.dtype '{d}': use f32, f16 or bf16")),
+            _ => {
+                return Err(format!(
+                    "models.asr.options.dtype '{d}': use f32, f16 or bf16"
+                ))
+            }
         };
     }
     let th = &mut opts.thresholds;

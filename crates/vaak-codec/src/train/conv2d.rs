@@ -2,9 +2,17 @@
 //! the discriminators' `(k, 1)` kernels with stride `(3, 1)` and `(3, 9)` kernels with stride
 //! `(1, 2)` and dilation `(d, 1)`.
 //!
-//! candle's `Tensor::conv2d` takes one stride and dilation for both axes, so
-//! [`conv2d_differentiable`] pads explicitly and reshapes every asymmetric case it can into
-//! symmetric native convs (the vendor kernels on a GPU):
+//! On the CPU every case is one 1-D conv along H ([`via_conv1d`]): the `kw` width taps become
+//! channels (strided views, stacked), the output columns fold into the batch, and vaak-nn's
+//! `conv1d_differentiable` (im2col with its adjoint as backward, plus one matmul) convolves
+//! along H. Both passes are gemms. candle 0.11.1's CPU `conv2d` backward computes the input
+//! gradient with its direct `conv_transpose2d` loop, which made a CPU adversarial step of the
+//! bundled codec (batch 2, 1 s crops, scaled-down discriminators) take 27 s, most of it in
+//! that loop.
+//!
+//! Elsewhere (a GPU: the vendor kernels) [`conv2d_differentiable`] pads explicitly and
+//! reshapes every asymmetric case it can into symmetric native convs, since candle's
+//! `Tensor::conv2d` takes one stride and dilation for both axes:
 //!
 //! - width-1 kernels (the period discriminators) fold the independent columns into the batch;
 //! - dilation `d` along H with stride 1 folds the `d` residue classes of rows into the batch
@@ -16,17 +24,14 @@
 //! finite-difference-checked reference to 1e-15 at batch 3, once the input is cut to the
 //! samples the output reads (see `native`). Anything not reducible falls back to a sum over
 //! kernel taps of `[rows, C_in] x [C_in, out]` matmuls on a channels-last view (ops whose
-//! gradients are right in candle 0.11.1, no im2col matrix). On the CPU (2 shared, heavily
-//! loaded cores; rough) the default discriminators' forward on 1 s of 24 kHz audio took 17 s
-//! (MPD) and 11 s (MS-STFT) this way against 28 s and 38 s with the tap sum everywhere, and
-//! forward + backward 105 s and 110 s against 105 s and 119 s. Not timed on a GPU (none was
-//! lent).
+//! gradients are right in candle 0.11.1, no im2col matrix).
 //!
 //! Unit tests check every path and the tap sum against central finite differences (batch 2)
 //! and against each other (batch 3); `tests/disc.rs` checks the discriminators against
 //! PyTorch.
 
 use candle_core::{bail, Result, Tensor};
+use vaak_nn::conv::conv1d_differentiable;
 
 /// Elements `start, start + stride, ..., start + (n - 1) * stride` of `t` along `dim`.
 fn take_strided(t: &Tensor, dim: usize, start: usize, n: usize, stride: usize) -> Result<Tensor> {
@@ -97,7 +102,42 @@ pub fn conv2d_differentiable(
     let x = x
         .pad_with_zeros(2, padding.0, padding.0)?
         .pad_with_zeros(3, padding.1, padding.1)?;
+    if x.device().is_cpu() {
+        return via_conv1d(&x, w, stride, dilation);
+    }
     conv_valid(&x, &w.contiguous()?, stride, dilation)
+}
+
+/// A conv without padding as one 1-D conv along H (see the module docs): `[B, C, H, W]` ->
+/// the `kw` width taps of every output column stacked into channels, `[B * W_out, C * kw, H]`
+/// -> `conv1d_differentiable` with the kernel `[out, C * kw, kh]` -> `[B, out, H_out, W_out]`.
+fn via_conv1d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    dilation: (usize, usize),
+) -> Result<Tensor> {
+    let (b, c_in, h, wd) = x.dims4()?;
+    let (c_out, _, kh, kw) = w.dims4()?;
+    let w_out = out_len(wd, 0, kw, stride.1, dilation.1)?;
+    let taps = (0..kw)
+        .map(|j| take_strided(x, 3, j * dilation.1, w_out, stride.1))
+        .collect::<Result<Vec<_>>>()?;
+    // [B, C, kw, H, W_out]: channel c * kw + j is tap j of input channel c.
+    let cols = Tensor::stack(&taps, 2)?
+        .reshape((b, c_in * kw, h, w_out))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?
+        .reshape((b * w_out, c_in * kw, h))?;
+    let w1 = w
+        .permute((0, 1, 3, 2))?
+        .contiguous()?
+        .reshape((c_out, c_in * kw, kh))?;
+    let y = conv1d_differentiable(&cols, &w1, 0, stride.0, dilation.0, 1)?;
+    let h_out = y.dim(2)?;
+    y.reshape((b, w_out, c_out, h_out))?
+        .permute((0, 2, 3, 1))?
+        .contiguous()
 }
 
 /// A conv without padding, reduced to candle's native `conv2d` (one stride and dilation for
@@ -260,7 +300,8 @@ mod tests {
 
     /// Input and weight gradients (batch 2) agree with central finite differences of
     /// `sum(y * g)` in f64, for each path: the tap sum, the width-1 fold (MPD), the residue
-    /// fold + polyphase (dilated MS-STFT convs), the polyphase alone, candle's own conv2d.
+    /// fold + polyphase (dilated MS-STFT convs), the polyphase alone, candle's own conv2d,
+    /// and the CPU's 1-D conv form.
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
         // (weight shape, padding, stride, dilation, input H, W); the strides leave unread
@@ -277,15 +318,15 @@ mod tests {
         for (case, (w_shape, pad, stride, dil, h, wd)) in cases.into_iter().enumerate() {
             let x = Var::from_tensor(&seq(&[2, 2, h, wd], 3 + case as u64))?;
             let w = Var::from_tensor(&seq(&w_shape, 4))?;
-            for native in [false, true] {
+            for path in ["taps", "native", "conv1d"] {
                 let conv = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
                     let x = x
                         .pad_with_zeros(2, pad.0, pad.0)?
                         .pad_with_zeros(3, pad.1, pad.1)?;
-                    if native {
-                        conv_valid(&x, w, stride, dil)
-                    } else {
-                        conv_taps(&x, w, stride, dil)
+                    match path {
+                        "native" => conv_valid(&x, w, stride, dil),
+                        "conv1d" => via_conv1d(&x, w, stride, dil),
+                        _ => conv_taps(&x, w, stride, dil),
                     }
                 };
                 let y = conv(x.as_tensor(), w.as_tensor())?;
@@ -317,7 +358,7 @@ mod tests {
                         let numeric = (bump(eps)? - bump(-eps)?) / (2.0 * eps);
                         assert!(
                             (numeric - a).abs() < 1e-7,
-                            "case {case} (native {native}): {} grad {i}: analytic {a}, numeric \
+                            "case {case} ({path}): {} grad {i}: analytic {a}, numeric \
                          {numeric}",
                             if is_x { "input" } else { "weight" }
                         );
@@ -347,11 +388,16 @@ mod tests {
             let padded = x
                 .pad_with_zeros(2, pad.0, pad.0)?
                 .pad_with_zeros(3, pad.1, pad.1)?;
-            let fast = conv2d_differentiable(&x, &w, pad, stride, dil)?;
             let slow = conv_taps(&padded, &w, stride, dil)?;
-            assert_eq!(fast.dims(), slow.dims(), "case {case}");
-            let err = (fast - slow)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            assert!(err < 1e-12, "case {case}: {err}");
+            // The CPU path (the 1-D conv form) and the reductions to native convs (the GPU's).
+            for (name, fast) in [
+                ("cpu", conv2d_differentiable(&x, &w, pad, stride, dil)?),
+                ("native", conv_valid(&padded, &w, stride, dil)?),
+            ] {
+                assert_eq!(fast.dims(), slow.dims(), "case {case} {name}");
+                let err = (fast - &slow)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(err < 1e-12, "case {case} {name}: {err}");
+            }
         }
         Ok(())
     }

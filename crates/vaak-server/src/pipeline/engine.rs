@@ -21,7 +21,9 @@ use tokio::sync::mpsc as tmpsc;
 use vaak_audio::resample::resample;
 use vaak_teachers::asr::WhisperAsr;
 use vaak_teachers::mt::{ChatEnd, ChatMessage, OpenAiChat, OpenAiConfig};
-use vaak_teachers::spec::{build_translator_for, weights_location, whisper_load_options, ModelSpec};
+use vaak_teachers::spec::{
+    build_translator_for, weights_location, whisper_load_options, ModelSpec,
+};
 use vaak_teachers::tts::{EspeakConfig, EspeakTts, VoiceConvertingTts, VoiceConvertingTtsConfig};
 use vaak_teachers::vc::{ConverterOptions, ToneColorConverter};
 use vaak_teachers::{Asr, AsrOptions, AudioRef, Lang, Translator, Tts, TtsRequest};
@@ -208,7 +210,11 @@ fn load_whisper(
         None => 128,
         Some(v) => match v.as_integer() {
             Some(n) if (1..=440).contains(&n) => n as usize,
-            _ => return Err(format!("pipeline.asr.options.max_new_tokens = {v}: use 1..=440")),
+            _ => {
+                return Err(format!(
+                    "pipeline.asr.options.max_new_tokens = {v}: use 1..=440"
+                ))
+            }
         },
     };
     let s = spec(&m, "whisper")?;

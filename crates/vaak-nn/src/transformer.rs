@@ -420,6 +420,140 @@ impl Norm {
     }
 }
 
+/// Rows up to which [`linear`] streams the weight itself instead of calling the gemm.
+const FEW_ROWS: usize = 8;
+
+/// `Linear::forward`; with at most [`FEW_ROWS`] rows (a streaming step) on the CPU in f32
+/// without autograd it is [`rows_times_wt`]: each weight row is read once, straight from
+/// memory, while the gemm would pack the whole `[out, in]` weight first for so few rows.
+/// Equals the gemm to float rounding (another summation order).
+fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let w = l.weight();
+    let (n, k) = w.dims2()?;
+    let rows = x.elem_count() / k.max(1);
+    let fast = rows <= FEW_ROWS
+        && x.dim(D::Minus1)? == k
+        && [Some(x), Some(w), l.bias()]
+            .iter()
+            .flatten()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+    if !fast || rows == 0 {
+        return l.forward(x);
+    }
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    let xv = x.flatten_all()?.to_vec1::<f32>()?;
+    let bias = l.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
+    let mut out = vec![0f32; rows * n];
+    {
+        let (ws, wl) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv)) = &*ws else {
+            candle_core::bail!("linear: expected a CPU f32 weight");
+        };
+        let wv = &wv[wl.start_offset()..wl.start_offset() + n * k];
+        rows_times_wt(&xv, wv, k, bias.as_deref(), &mut out);
+    }
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = n;
+    Tensor::from_vec(out, dims, x.device())
+}
+
+/// `out[r, o] = bias[o] + sum_i x[r, i] * w[o, i]` for `x` `[rows, k]`, `w` `[n, k]` and
+/// `out` `[rows, n]`, all row-major: one pass over `w`, every row of `x` against each weight
+/// row while it is in L1. AVX2 + FMA when the CPU has them, else portable 8-lane sums.
+pub(crate) fn rows_times_wt(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    let n = w.len().checked_div(k).unwrap_or(0);
+    let rows = x.len().checked_div(k).unwrap_or(0);
+    debug_assert_eq!(out.len(), rows * n);
+    for r0 in (0..rows).step_by(4) {
+        let rb = (rows - r0).min(4);
+        let xb = &x[r0 * k..(r0 + rb) * k];
+        let ob = &mut out[r0 * n..(r0 + rb) * n];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the features were just detected; slices sized as documented.
+                unsafe { rows_times_wt_avx2(xb, rb, w, n, k, ob) };
+                continue;
+            }
+        }
+        rows_times_wt_portable(xb, rb, w, n, k, ob);
+    }
+    if let Some(b) = bias {
+        for row in out.chunks_mut(n.max(1)) {
+            for (o, bv) in row.iter_mut().zip(b) {
+                *o += bv;
+            }
+        }
+    }
+}
+
+fn rows_times_wt_portable(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    for o in 0..n {
+        let wr = &w[o * k..(o + 1) * k];
+        for r in 0..rb {
+            let xr = &x[r * k..(r + 1) * k];
+            let mut acc = [0f32; 8];
+            let (wc, wt) = wr.split_at(k - k % 8);
+            for (a, b) in wc.chunks_exact(8).zip(xr.chunks_exact(8)) {
+                for j in 0..8 {
+                    acc[j] += a[j] * b[j];
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for (a, b) in wt.iter().zip(&xr[k - k % 8..]) {
+                s += a * b;
+            }
+            out[r * n + o] = s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // `r` indexes two accumulator arrays and `x`'s rows
+unsafe fn rows_times_wt_avx2(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+    let k16 = k - k % 16;
+    let k8 = k - k % 8;
+    let xp = x.as_ptr();
+    for o in 0..n {
+        let wp = w.as_ptr().add(o * k);
+        let mut acc0 = [_mm256_setzero_ps(); 4];
+        let mut acc1 = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < k16 {
+            let w0 = _mm256_loadu_ps(wp.add(i));
+            let w1 = _mm256_loadu_ps(wp.add(i + 8));
+            for r in 0..rb {
+                let xr = xp.add(r * k + i);
+                acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, acc0[r]);
+                acc1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(8)), w1, acc1[r]);
+            }
+            i += 16;
+        }
+        if i < k8 {
+            let w0 = _mm256_loadu_ps(wp.add(i));
+            for r in 0..rb {
+                acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(r * k + i)), w0, acc0[r]);
+            }
+        }
+        for r in 0..rb {
+            let mut s = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+            for j in k8..k {
+                s += *wp.add(j) * *xp.add(r * k + j);
+            }
+            *out.get_unchecked_mut(r * n + o) = s;
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Ffn {
     linear1: Linear,
@@ -444,7 +578,7 @@ impl Ffn {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.linear1.forward(x)?;
+        let h = linear(&self.linear1, x)?;
         let h = match self.kind {
             FfnKind::Gelu => h.gelu_erf()?,
             FfnKind::SwiGlu => {
@@ -453,7 +587,7 @@ impl Ffn {
                 (candle_nn::ops::silu(&gate)? * up)?
             }
         };
-        self.linear2.forward(&h)
+        linear(&self.linear2, &h)
     }
 }
 
@@ -507,9 +641,9 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
-        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = heads(linear(&self.q_proj, x)?, self.num_heads)?;
+        let k = heads(linear(&self.k_proj, x)?, self.num_kv_heads)?;
+        let v = heads(linear(&self.v_proj, x)?, self.num_kv_heads)?;
         let q = rope.apply(&q, &inp.cos, &inp.sin, train)?;
         let k = rope.apply(&k, &inp.cos, &inp.sin, train)?;
         Ok((q, k, v))
@@ -564,7 +698,7 @@ impl Attention {
             .to_dtype(dtype)?
             .reshape((b, kv, g * t, s))?;
         let y = p.matmul(v)?.reshape((b, h, t, hd))?.transpose(1, 2)?;
-        self.o_proj.forward(&y.reshape((b, t, h * hd))?)
+        linear(&self.o_proj, &y.reshape((b, t, h * hd))?)
     }
 }
 
@@ -1599,5 +1733,55 @@ impl StreamingModule for StreamingTransformer {
 
     fn reset_slots(&mut self, mask: &StreamMask) -> Result<()> {
         self.cache.reset_slots(mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`linear`]'s few-rows path against candle's `Linear` (the gemm) on awkward widths,
+    /// row counts around [`FEW_ROWS`] and the kernel's 4-row blocks, with and without bias,
+    /// and a non-contiguous input.
+    #[test]
+    fn few_rows_linear_matches_the_gemm() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(k, n) in &[
+            (1, 3),
+            (7, 5),
+            (8, 9),
+            (15, 4),
+            (16, 16),
+            (17, 33),
+            (513, 70),
+        ] {
+            for rows in [1, 2, 3, 4, 5, 8, 9] {
+                for bias in [false, true] {
+                    let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
+                    let b = bias.then(|| Tensor::randn(0f32, 1., n, &dev)).transpose()?;
+                    let l = Linear::new(w, b);
+                    let x = Tensor::randn(0f32, 1., (1, rows, k), &dev)?;
+                    let got = linear(&l, &x)?;
+                    let want = l.forward(&x)?;
+                    assert_eq!(got.dims(), want.dims());
+                    let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                    assert!(
+                        d <= 1e-5 * scale,
+                        "k {k} n {n} rows {rows} bias {bias}: {d}"
+                    );
+                }
+            }
+        }
+        // A transposed (strided) input takes the same path after a copy.
+        let w = Tensor::randn(0f32, 1., (6, 10), &dev)?;
+        let l = Linear::new(w, None);
+        let x = Tensor::randn(0f32, 1., (1, 10, 3), &dev)?.transpose(1, 2)?;
+        let d = (linear(&l, &x)? - l.forward(&x.contiguous()?)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d <= 1e-5, "{d}");
+        Ok(())
     }
 }

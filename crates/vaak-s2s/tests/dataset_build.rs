@@ -206,3 +206,27 @@ fn text_stream_spreads_the_target_text_over_its_voiced_frames() {
         .chain(&text[16..])
         .all(|&t| t == CharTokenizer::PAD));
 }
+
+/// A code cache is keyed by the codec's weights, not only its name: retraining the codec
+/// (its codebooks move) starts a fresh cache instead of reusing stale codes.
+#[test]
+fn code_cache_key_follows_the_codec_weights() {
+    use vaak_codec::Codec;
+    let same = |c: Codec| AudioTokenizer::new(c, "vaak-16k", Some(2)).unwrap();
+    let a = same(Codec::bundled_vaak_16k(&Device::Cpu).unwrap());
+    let b = same(Codec::bundled_vaak_16k(&Device::Cpu).unwrap());
+    assert_eq!(a.cache_key(), b.cache_key());
+    let mut retrained = Codec::bundled_vaak_16k(&Device::Cpu).unwrap();
+    let rvq = retrained.residual_vq().unwrap();
+    let moved = (rvq.codebooks()[3].embed() * 1.001).unwrap();
+    retrained
+        .set_codebook(3, vaak_nn::rvq::Codebook::new(moved).unwrap())
+        .unwrap();
+    let c = same(retrained);
+    assert_ne!(a.cache_key(), c.cache_key());
+    assert!(
+        c.cache_key().starts_with("vaak-16k#2#"),
+        "{}",
+        c.cache_key()
+    );
+}

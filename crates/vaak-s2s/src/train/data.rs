@@ -151,6 +151,27 @@ pub struct AudioTokenizer {
     /// `vaak-16k` or the export directory (recorded in caches and model exports).
     name: String,
     num_codebooks: usize,
+    /// A hash of the codec's codebooks: a retrained codec of the same name gets a new one.
+    fingerprint: u64,
+}
+
+/// FNV-1a over the bits of every codebook entry: cheap, and any training step changes it
+/// (the codebooks move with the encoder), so caches never outlive the weights they came from.
+fn codec_fingerprint(codec: &Codec) -> Result<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for cb in codec.residual_vq()?.codebooks() {
+        for v in cb
+            .embed()
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+        {
+            for b in v.to_bits().to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+    Ok(h)
 }
 
 impl AudioTokenizer {
@@ -179,10 +200,12 @@ impl AudioTokenizer {
             )));
         }
         codec.set_num_codebooks(n)?;
+        let fingerprint = codec_fingerprint(&codec)?;
         Ok(Self {
             codec,
             name: name.to_string(),
             num_codebooks: n,
+            fingerprint,
         })
     }
 
@@ -207,9 +230,13 @@ impl AudioTokenizer {
         }
     }
 
-    /// A key naming the codec and codebook count (cache validity).
+    /// A key naming the codec, its weights (a fingerprint of the codebooks) and the codebook
+    /// count (cache validity).
     pub fn cache_key(&self) -> String {
-        format!("{}#{}", self.name, self.num_codebooks)
+        format!(
+            "{}#{}#{:016x}",
+            self.name, self.num_codebooks, self.fingerprint
+        )
     }
 
     /// Mono samples at [`Self::sample_rate`] to frames `[T][K]`.

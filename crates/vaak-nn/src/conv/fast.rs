@@ -1,6 +1,6 @@
 //! The inference conv path: `conv1d` and `conv_transpose1d` (grouped, dilated, strided,
-//! padded, with a fused bias) as one im2col / col2im pass plus one `gemm` per batch item and
-//! group, in the `[batch, channels, time]` layout the models use, with no layout copies.
+//! padded, with a fused bias) as cache-sized im2col / col2im blocks, each with one `gemm`, in
+//! the `[batch, channels, time]` layout the models use, with no layout copies.
 //!
 //! # Why not candle's CPU conv
 //!
@@ -12,8 +12,26 @@
 //! the product `W [C_out, C * k] x cols` already is the `[C_out, L_out]` output, groups write
 //! into their own rows of one output buffer, and the bias is the initial value of the output
 //! that the `gemm` accumulates into. A 1x1 conv (stride 1, no padding) multiplies the input
-//! directly. The transpose is one `gemm` (`W^T [C_out * k, C_in] x x [C_in, T]`) and one
-//! overlap-add pass into the bias-filled output.
+//! directly. The transpose is a `gemm` (`W^T [C_out * k, C_in] x x [C_in, T]`) and an
+//! overlap-add into the bias-filled output.
+//!
+//! # Threads
+//!
+//! The work is cut into tasks of (item, group, block of output columns): each copies its own
+//! input window (zeros outside the item's valid samples), unfolds it in a per-thread scratch
+//! buffer that stays in cache, and runs a single-threaded `gemm` into its own columns of the
+//! output. The tasks run on the rayon pool with candle's thread count, so the copies scale
+//! with the threads as well as the multiply (with a `gemm` per call, only the multiply did).
+//! A call with fewer tasks than threads runs them in turn with a multi-threaded `gemm`. The
+//! transpose's tasks own blocks of output samples and recompute the few input frames whose
+//! taps straddle two blocks, so no two tasks add into the same sample.
+//!
+//! # Fusion
+//!
+//! [`conv1d_fused`] also applies an activation to the input while copying the window (each
+//! has `act(0) = 0`, so padding stays zero) and adds a residual as part of the output's
+//! initial value: HiFi-GAN's `x + conv(lrelu(conv(lrelu(x))))` costs the two convs and
+//! nothing else. [`elu`] and [`leaky_relu`] are single parallel passes for what is not fused.
 //!
 //! # Lengths: batching without padding effects
 //!
@@ -359,6 +377,17 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer `i` floats in (a method, so closures capture the `Send` wrapper whole).
+    ///
+    /// # Safety
+    /// `i` must lie inside the buffer.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `i` inside the buffer.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// Threads for the fast path: candle's count, capped by the rayon pool it runs in.
 fn threads() -> usize {
     candle_core::utils::get_num_threads()
@@ -369,7 +398,8 @@ fn threads() -> usize {
 /// Cache-sized blocks of output columns: at most `BLOCK_ELEMS / rows` columns (at least
 /// `MIN_BLOCK_COLS`), but small enough that `items x blocks` gives every thread a few tasks.
 fn block_cols(rows: usize, len: usize, items: usize, threads: usize) -> usize {
-    let mut block = (BLOCK_ELEMS / rows.max(1)).max(MIN_BLOCK_COLS);
+    // Multiples of 16 columns: whole gemm micro-tiles along time.
+    let mut block = (BLOCK_ELEMS / rows.max(1) / 16 * 16).max(MIN_BLOCK_COLS);
     let want = TASKS_PER_THREAD * threads;
     if threads > 1 && items < want {
         let per_item = want.div_ceil(items);
@@ -462,14 +492,13 @@ fn conv1d_blocks(
     let out = OutPtr(out.as_mut_ptr());
     let [s0, s1, s2] = x.s;
     run_tasks(tasks, parallel, |task| {
-        let out = out;
         let blk = task % n_blocks;
         let (bi, gi) = (task / n_blocks / groups, task / n_blocks % groups);
         let t_start = blk * block;
         let n = block.min(l_out - t_start);
         let row0 = bi * c_out + gi * c_out_g;
         // SAFETY: this task alone writes rows row0 .. row0 + c_out_g, columns t_start .. +n.
-        let dst = unsafe { out.0.add(row0 * l_out + t_start) };
+        let dst = unsafe { out.at(row0 * l_out + t_start) };
         if read_dst {
             for o in 0..c_out_g {
                 // SAFETY: as above, one row of this task's block.
@@ -611,10 +640,11 @@ fn unfold(
     }
 }
 
-/// Column blocks hold about this many floats (256 KiB: cache-sized).
-const BLOCK_ELEMS: usize = 1 << 16;
-/// The fewest output columns per block (so the gemm stays wide).
-const MIN_BLOCK_COLS: usize = 64;
+/// Column blocks hold about this many floats (512 KiB: half a core's L2 here).
+const BLOCK_ELEMS: usize = 1 << 17;
+/// The fewest output columns per block (so the gemm stays wide and packing its weights
+/// stays a small share).
+const MIN_BLOCK_COLS: usize = 128;
 /// Tasks per thread wanted for load balance when a call has few (item, group) pairs.
 const TASKS_PER_THREAD: usize = 4;
 
@@ -771,7 +801,6 @@ fn transpose_blocks(
     let out = OutPtr(out.as_mut_ptr());
     let [_, s1, s2] = x.s;
     run_tasks(tasks, parallel, |task| {
-        let out = out;
         let blk = task % n_blocks;
         let (bi, gi) = (task / n_blocks / groups, task / n_blocks % groups);
         let p0 = blk * block;
@@ -779,7 +808,7 @@ fn transpose_blocks(
         let row0 = bi * c_out + gi * c_out_g;
         let ys = |o: usize| {
             // SAFETY: this task alone writes rows row0 .. row0 + c_out_g, samples p0 .. p1.
-            unsafe { std::slice::from_raw_parts_mut(out.0.add((row0 + o) * l_out + p0), p1 - p0) }
+            unsafe { std::slice::from_raw_parts_mut(out.at((row0 + o) * l_out + p0), p1 - p0) }
         };
         if let Some(bv) = bias {
             for o in 0..c_out_g {

@@ -1,13 +1,14 @@
 //! The inference conv path (`conv1d_inference`, `conv_transpose1d_inference`) against candle's
 //! reference convs on random shapes (groups, dilation, stride, asymmetric padding, strided
-//! inputs), its per-item lengths against one-item calls, and its fallback under autograd.
+//! inputs), its per-item lengths against one-item calls, its fused input activation and
+//! residual, 1 against 2 threads, and its fallback under autograd.
 
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vaak_nn::conv::{
-    conv1d_differentiable, conv1d_inference, conv_transpose1d_differentiable,
-    conv_transpose1d_inference, leaky_relu, Conv1dOpts, ConvTranspose1dOpts,
+    conv1d_differentiable, conv1d_fused, conv1d_inference, conv_transpose1d_differentiable,
+    conv_transpose1d_inference, elu, leaky_relu, Conv1dOpts, ConvTranspose1dOpts, Fused, InputAct,
 };
 
 const TOL: f32 = 1e-5;
@@ -312,4 +313,223 @@ fn long_transposes_spanning_many_gemm_blocks_match_the_differentiable_one() {
         let mine = batched.narrow(0, 0, 1).unwrap().narrow(2, 0, n).unwrap();
         assert_close(&mine, &alone, "long transpose, lengths");
     }
+}
+
+/// Runs `f` inside a rayon pool of `threads` threads (the fast path uses at most that many).
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn fused_activation_and_residual_match_the_composed_ops() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    for case in 0..40 {
+        let groups = [1, 1, 2, 3][rng.random_range(0..4)];
+        let c_in = groups * rng.random_range(1..6);
+        let c_out = groups * rng.random_range(1..6);
+        let k = rng.random_range(1..8);
+        let stride = rng.random_range(1..4);
+        let dilation = rng.random_range(1..4);
+        let pad_left = rng.random_range(0..6);
+        let pad_right = rng.random_range(0..6);
+        let b = rng.random_range(1..4);
+        let k_eff = dilation * (k - 1) + 1;
+        let l = k_eff + rng.random_range(0..300);
+        let x = if case % 2 == 0 {
+            randn(&mut rng, &[b, c_in, l])
+        } else {
+            randn(&mut rng, &[b, c_in, l + 5]).narrow(2, 2, l).unwrap()
+        };
+        let w = randn(&mut rng, &[c_out, c_in / groups, k]);
+        let bias = randn(&mut rng, &[c_out]);
+        let opts = Conv1dOpts {
+            pad_left,
+            pad_right,
+            stride,
+            dilation,
+            groups,
+        };
+        let l_out = (l + pad_left + pad_right - k_eff) / stride + 1;
+        // A transposed view as residual in half the cases.
+        let residual = if case % 3 == 0 {
+            randn(&mut rng, &[b, l_out, c_out]).transpose(1, 2).unwrap()
+        } else {
+            randn(&mut rng, &[b, c_out, l_out])
+        };
+        let act = [InputAct::None, InputAct::LeakyRelu(0.1), InputAct::Elu(1.0)][case % 3];
+        let lens: Vec<usize> = (0..b).map(|_| rng.random_range(1..=l)).collect();
+        let lengths = (case % 4 == 1).then_some(lens.as_slice());
+        let fused = Fused {
+            input_act: act,
+            residual: Some(&residual),
+        };
+        // Reference: the activation, masking and residual as separate candle ops.
+        let xa = match act {
+            InputAct::None => x.clone(),
+            InputAct::LeakyRelu(s) => candle_nn::ops::leaky_relu(&x, s as f64).unwrap(),
+            InputAct::Elu(a) => x.elu(a as f64).unwrap(),
+        };
+        let xa = match lengths {
+            Some(ls) => {
+                let mut m = vec![0f32; b * l];
+                for (i, &n) in ls.iter().enumerate() {
+                    m[i * l..i * l + n].fill(1.0);
+                }
+                let m = Tensor::from_vec(m, (b, 1, l), &Device::Cpu).unwrap();
+                xa.broadcast_mul(&m).unwrap()
+            }
+            None => xa,
+        };
+        let want = xa
+            .pad_with_zeros(2, pad_left, pad_right)
+            .unwrap()
+            .conv1d(&w, 0, stride, dilation, groups)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, c_out, 1)).unwrap())
+            .unwrap()
+            .add(&residual)
+            .unwrap();
+        for threads in [1, 2] {
+            let got = in_pool(threads, || {
+                conv1d_fused(&x, &w, Some(&bias), opts, lengths, fused).unwrap()
+            });
+            assert_close(
+                &got,
+                &want,
+                &format!("fused case {case} {opts:?} k {k} {act:?} threads {threads}"),
+            );
+        }
+        // The fallback (tracked weight) computes the same.
+        let wv = Var::from_tensor(&w).unwrap();
+        let tracked = conv1d_fused(&x, wv.as_tensor(), Some(&bias), opts, lengths, fused).unwrap();
+        assert_close(&tracked, &want, &format!("fused fallback case {case}"));
+    }
+}
+
+#[test]
+fn one_and_two_threads_agree_on_long_convs_and_transposes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    // (c_in, c_out, k, stride, dilation, groups, batch, length): few channels and long
+    // signals (many column blocks), a 1x1 conv, a strided one, groups.
+    let shapes = [
+        (32, 32, 11, 1, 5, 1, 1, 9000),
+        (16, 32, 1, 1, 1, 1, 2, 4097),
+        (24, 48, 4, 2, 1, 3, 2, 3001),
+        (1, 32, 7, 1, 1, 1, 1, 12345),
+        (192, 384, 5, 1, 1, 1, 3, 173),
+    ];
+    for (c_in, c_out, k, stride, dilation, groups, b, l) in shapes {
+        let x = randn(&mut rng, &[b, c_in, l]);
+        let w = randn(&mut rng, &[c_out, c_in / groups, k]);
+        let bias = randn(&mut rng, &[c_out]);
+        let pad = (k - 1) * dilation / 2;
+        let opts = Conv1dOpts::new(pad, stride, dilation, groups);
+        let want = x
+            .conv1d(&w, pad, stride, dilation, groups)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, c_out, 1)).unwrap())
+            .unwrap();
+        let lens: Vec<usize> = (0..b).map(|i| l - i * l / 3).collect();
+        for threads in [1, 2] {
+            let got = in_pool(threads, || {
+                conv1d_inference(&x, &w, Some(&bias), opts, None).unwrap()
+            });
+            assert_close(
+                &got,
+                &want,
+                &format!("conv {c_in}->{c_out} k {k} t{threads}"),
+            );
+            // Lengths: item i alone on its valid samples.
+            let batched = in_pool(threads, || {
+                conv1d_inference(&x, &w, Some(&bias), opts, Some(&lens)).unwrap()
+            });
+            for (i, &n) in lens.iter().enumerate() {
+                let alone = conv1d_inference(
+                    &x.narrow(0, i, 1).unwrap().narrow(2, 0, n).unwrap(),
+                    &w,
+                    Some(&bias),
+                    opts,
+                    None,
+                )
+                .unwrap();
+                let m = alone.dim(2).unwrap();
+                let mine = batched.narrow(0, i, 1).unwrap().narrow(2, 0, m).unwrap();
+                assert_close(&mine, &alone, &format!("conv lengths item {i} t{threads}"));
+            }
+        }
+    }
+    // Transposes: HiFi-GAN-like upsamplers (k = 2 * stride) and an odd one, with groups.
+    let tshapes = [
+        (64, 32, 16, 8, 4, 1, 1, 700),
+        (32, 16, 4, 2, 1, 1, 2, 5000),
+        (12, 6, 7, 3, 2, 2, 2, 999),
+    ];
+    for (c_in, c_out_g, k, stride, padding, groups, b, t) in tshapes {
+        let x = randn(&mut rng, &[b, c_in, t]);
+        let w = randn(&mut rng, &[c_in, c_out_g, k]);
+        let bias = randn(&mut rng, &[c_out_g * groups]);
+        let opts = ConvTranspose1dOpts {
+            stride,
+            padding,
+            output_padding: 0,
+            dilation: 1,
+            groups,
+        };
+        let want = conv_transpose1d_differentiable(&x, &w, stride, padding, 0, 1, groups)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, (), 1)).unwrap())
+            .unwrap();
+        let lens: Vec<usize> = (0..b).map(|i| t - i * t / 3).collect();
+        for threads in [1, 2] {
+            let got = in_pool(threads, || {
+                conv_transpose1d_inference(&x, &w, Some(&bias), opts, None).unwrap()
+            });
+            assert_close(
+                &got,
+                &want,
+                &format!("transpose k {k} s {stride} t{threads}"),
+            );
+            let batched = in_pool(threads, || {
+                conv_transpose1d_inference(&x, &w, Some(&bias), opts, Some(&lens)).unwrap()
+            });
+            for (i, &n) in lens.iter().enumerate() {
+                let alone = conv_transpose1d_inference(
+                    &x.narrow(0, i, 1).unwrap().narrow(2, 0, n).unwrap(),
+                    &w,
+                    Some(&bias),
+                    opts,
+                    None,
+                )
+                .unwrap();
+                let m = alone.dim(2).unwrap();
+                let mine = batched.narrow(0, i, 1).unwrap().narrow(2, 0, m).unwrap();
+                assert_close(&mine, &alone, &format!("transpose lengths {i} t{threads}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_ops_match_candle_bit_for_bit() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    // Big enough for the parallel chunks, with a ragged tail.
+    let x = (randn(&mut rng, &[3, 17, 4001]) * 4.0).unwrap();
+    for threads in [1, 2] {
+        let (e, lr) = in_pool(threads, || {
+            (elu(&x, 1.0).unwrap(), leaky_relu(&x, 0.1).unwrap())
+        });
+        assert_eq!(max_diff(&e, &x.elu(1.0).unwrap()), 0.0, "elu t{threads}");
+        let want = candle_nn::ops::leaky_relu(&x, 0.1).unwrap();
+        assert_eq!(max_diff(&lr, &want), 0.0, "leaky_relu t{threads}");
+    }
+    let xt = x.transpose(1, 2).unwrap();
+    assert_eq!(
+        max_diff(&elu(&xt, 0.5).unwrap(), &xt.elu(0.5).unwrap()),
+        0.0,
+        "elu strided"
+    );
 }

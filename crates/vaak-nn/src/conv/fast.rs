@@ -1,6 +1,6 @@
 //! The inference conv path: `conv1d` and `conv_transpose1d` (grouped, dilated, strided,
-//! padded, with a fused bias) as one im2col / col2im pass plus one `gemm` per batch item and
-//! group, in the `[batch, channels, time]` layout the models use, with no layout copies.
+//! padded, with a fused bias) as cache-sized im2col / col2im blocks, each with one `gemm`, in
+//! the `[batch, channels, time]` layout the models use, with no layout copies.
 //!
 //! # Why not candle's CPU conv
 //!
@@ -12,8 +12,26 @@
 //! the product `W [C_out, C * k] x cols` already is the `[C_out, L_out]` output, groups write
 //! into their own rows of one output buffer, and the bias is the initial value of the output
 //! that the `gemm` accumulates into. A 1x1 conv (stride 1, no padding) multiplies the input
-//! directly. The transpose is one `gemm` (`W^T [C_out * k, C_in] x x [C_in, T]`) and one
-//! overlap-add pass into the bias-filled output.
+//! directly. The transpose is a `gemm` (`W^T [C_out * k, C_in] x x [C_in, T]`) and an
+//! overlap-add into the bias-filled output.
+//!
+//! # Threads
+//!
+//! The work is cut into tasks of (item, group, block of output columns): each copies its own
+//! input window (zeros outside the item's valid samples), unfolds it in a per-thread scratch
+//! buffer that stays in cache, and runs a single-threaded `gemm` into its own columns of the
+//! output. The tasks run on the rayon pool with candle's thread count, so the copies scale
+//! with the threads as well as the multiply (with a `gemm` per call, only the multiply did).
+//! A call with fewer tasks than threads runs them in turn with a multi-threaded `gemm`. The
+//! transpose's tasks own blocks of output samples and recompute the few input frames whose
+//! taps straddle two blocks, so no two tasks add into the same sample.
+//!
+//! # Fusion
+//!
+//! [`conv1d_fused`] also applies an activation to the input while copying the window (each
+//! has `act(0) = 0`, so padding stays zero) and adds a residual as part of the output's
+//! initial value: HiFi-GAN's `x + conv(lrelu(conv(lrelu(x))))` costs the two convs and
+//! nothing else. [`elu`] and [`leaky_relu`] are single parallel passes for what is not fused.
 //!
 //! # Lengths: batching without padding effects
 //!
@@ -139,6 +157,56 @@ fn weight_vec(w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// An activation applied to the conv's input as it is read, so that `conv(act(x))` needs no
+/// pass of its own. Each has `act(0) = 0`: the zero padding and the samples past `lengths`
+/// stay zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum InputAct {
+    #[default]
+    None,
+    /// `leaky_relu` with this slope (candle's formula, `max(x, 0) + min(x, 0) * slope`).
+    LeakyRelu(f32),
+    /// `elu` with this alpha (candle's formula: `x` when its sign is positive, else
+    /// `(exp(x) - 1) * alpha`).
+    Elu(f32),
+}
+
+impl InputAct {
+    #[inline(always)]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Self::None => v,
+            Self::LeakyRelu(s) => v.max(0.0) + v.min(0.0) * s,
+            Self::Elu(a) => {
+                if v.is_sign_positive() {
+                    v
+                } else {
+                    (v.exp() - 1.0) * a
+                }
+            }
+        }
+    }
+
+    /// The activation as candle ops (the fallback paths).
+    fn apply_tensor(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::None => Ok(x.clone()),
+            Self::LeakyRelu(s) => leaky_relu(x, s as f64),
+            Self::Elu(a) => elu(x, a as f64),
+        }
+    }
+}
+
+/// What [`conv1d_fused`] does besides the conv: an activation of its input and a residual
+/// added to its output, each fused into the pass that already touches the data.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fused<'a> {
+    /// Applied to every input sample as the conv reads it.
+    pub input_act: InputAct,
+    /// Added to the output (`[B, C_out, L_out]`, any layout): `conv(..) + residual`.
+    pub residual: Option<&'a Tensor>,
+}
+
 /// `conv1d` for inference, `x` `[B, C_in, L]`, `w` `[C_out, C_in / groups, k]`, optional
 /// `bias` `[C_out]` and per-item valid `lengths` (see the [module docs](self)); the result is
 /// `[B, C_out, (L + pad_left + pad_right - dilation * (k - 1) - 1) / stride + 1]`,
@@ -149,6 +217,20 @@ pub fn conv1d_inference(
     bias: Option<&Tensor>,
     opts: Conv1dOpts,
     lengths: Option<&[usize]>,
+) -> Result<Tensor> {
+    conv1d_fused(x, w, bias, opts, lengths, Fused::default())
+}
+
+/// [`conv1d_inference`] of `fused.input_act(x)`, plus `fused.residual`: on the fast path the
+/// activation is applied while the input window is copied and the residual is the initial
+/// value of the output (with the bias) that the `gemm` accumulates into.
+pub fn conv1d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    opts: Conv1dOpts,
+    lengths: Option<&[usize]>,
+    fused: Fused<'_>,
 ) -> Result<Tensor> {
     const F: &str = "conv1d_inference";
     let Conv1dOpts {
@@ -184,8 +266,18 @@ pub fn conv1d_inference(
         bail!("{F}: input of length {l} (+ {pad_left} + {pad_right} padding) is shorter than the kernel span {k_eff}");
     }
     let l_out = (padded - k_eff) / stride + 1;
-    if !fast_ok(x, w, bias) {
-        let x = mask_lengths(x, lengths)?;
+    if let Some(r) = fused.residual {
+        if r.dims() != [b, c_out, l_out] {
+            bail!(
+                "{F}: residual has shape {:?}, expected [{b}, {c_out}, {l_out}]",
+                r.dims()
+            );
+        }
+    }
+    let res_ok = fused.residual.is_none_or(|r| fast_ok(r, w, None));
+    if !fast_ok(x, w, bias) || !res_ok {
+        // act(0) = 0, so masking before the activation is masking after it.
+        let x = fused.input_act.apply_tensor(&mask_lengths(x, lengths)?)?;
         let x = x.pad_with_zeros(2, pad_left, pad_right)?;
         let tracked = [Some(&x), Some(w), bias]
             .iter()
@@ -198,176 +290,363 @@ pub fn conv1d_inference(
             // needs a contiguous kernel, see the module docs of `conv`).
             x.conv1d(&w.contiguous()?, 0, stride, dilation, groups)?
         };
-        return match bias {
-            Some(bv) => y.broadcast_add(&bv.reshape((1, c_out, 1))?),
+        let y = match bias {
+            Some(bv) => y.broadcast_add(&bv.reshape((1, c_out, 1))?)?,
+            None => y,
+        };
+        return match fused.residual {
+            Some(r) => y + r,
             None => Ok(y),
         };
     }
     let bias = bias_vec(bias, c_out, F)?;
     let w = weight_vec(w)?;
-    let c_out_g = c_out / groups;
-    let width = c_in_g * k;
+    let geom = ConvGeom {
+        b,
+        c_in_g,
+        c_out,
+        c_out_g: c_out / groups,
+        groups,
+        l,
+        l_out,
+        k,
+        stride,
+        dilation,
+        pad_left,
+        act: fused.input_act,
+    };
     let mut out = vec![0f32; b * c_out * l_out];
-    if let Some(bv) = &bias {
-        for (r, row) in out.chunks_mut(l_out).enumerate() {
-            row.fill(bv[r % c_out]);
-        }
-    }
-    let par = parallelism();
     with_cpu_f32(&w, |wv, wl| {
         let wv = &wv[wl.start_offset()..];
         with_cpu_f32(x, |xv, xl| {
-            let st = xl.stride();
-            let (s0, s1, s2) = (st[0], st[1], st[2]);
-            let xv = &xv[xl.start_offset()..];
-            // A 1x1 conv over unpadded, whole rows multiplies the input as it lies.
-            let direct =
-                k == 1 && stride == 1 && pad_left == 0 && pad_right == 0 && lengths.is_none();
-            // Output columns per im2col block: the block stays cache-sized however long the
-            // input (at least MIN_BLOCK_COLS columns, so the gemm stays wide).
-            let threads = candle_core::utils::get_num_threads().max(1);
-            let block = if direct {
-                l_out
-            } else {
-                (BLOCK_ELEMS * threads / width)
-                    .max(MIN_BLOCK_COLS)
-                    .min(l_out)
-            };
-            let mut cols = if direct {
-                Vec::new()
-            } else {
-                vec![0f32; width * block]
-            };
-            for bi in 0..b {
-                let valid = lengths.map_or(l, |ls| ls[bi].min(l));
-                for g in 0..groups {
-                    let xg = &xv[bi * s0 + g * c_in_g * s1..];
-                    let dst = &mut out[(bi * c_out + g * c_out_g) * l_out..];
-                    let lhs = &wv[g * c_out_g * width..];
-                    for t_start in (0..l_out).step_by(block) {
-                        let n = block.min(l_out - t_start);
-                        let (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize) = if direct {
-                            (xg.as_ptr(), s1 as isize, s2 as isize)
-                        } else {
-                            im2col(
-                                &mut cols[..width * n],
-                                xg,
-                                (s1, s2),
-                                Geom {
-                                    c: c_in_g,
-                                    k,
-                                    stride,
-                                    dilation,
-                                    pad_left,
-                                    valid,
-                                    t_start,
-                                    n,
-                                },
-                            );
-                            (cols.as_ptr(), n as isize, 1)
-                        };
-                        // SAFETY: dst holds c_out_g rows of l_out from which columns
-                        // t_start..t_start + n are written; lhs c_out_g rows of `width`; rhs
-                        // `width` rows of n columns at the given strides, all inside their
-                        // buffers (checked shapes above).
-                        unsafe {
-                            gemm::gemm(
-                                c_out_g,
-                                n,
-                                width,
-                                dst.as_mut_ptr().add(t_start),
-                                1,
-                                l_out as isize,
-                                bias.is_some(),
-                                lhs.as_ptr(),
-                                1,
-                                width as isize,
-                                rhs,
-                                rhs_cs,
-                                rhs_rs,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                par,
-                            );
-                        }
-                    }
+            let xs = Strided::new(xv, xl);
+            match fused.residual {
+                Some(r) => with_cpu_f32(r, |rv, rl| {
+                    let rs = Strided::new(rv, rl);
+                    conv1d_blocks(&geom, wv, xs, bias.as_deref(), Some(rs), lengths, &mut out);
+                    Ok(())
+                }),
+                None => {
+                    conv1d_blocks(&geom, wv, xs, bias.as_deref(), None, lengths, &mut out);
+                    Ok(())
                 }
             }
-            Ok(())
         })
     })?;
     Tensor::from_vec(out, (b, c_out, l_out), x.device())
 }
 
-/// im2col blocks hold about this many floats per thread (cache-sized: 512 KiB).
-const BLOCK_ELEMS: usize = 1 << 17;
-/// The fewest output columns per im2col block.
-const MIN_BLOCK_COLS: usize = 128;
+/// A 3-D f32 view: data from the layout's start offset, and its strides.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    v: &'a [f32],
+    s: [usize; 3],
+}
 
-/// The sizes of one channel-major unfold of output columns `t_start .. t_start + n`.
+impl<'a> Strided<'a> {
+    fn new(v: &'a [f32], l: &Layout) -> Self {
+        let st = l.stride();
+        Self {
+            v: &v[l.start_offset()..],
+            s: [st[0], st[1], st[2]],
+        }
+    }
+}
+
+/// The sizes of one (checked) fast-path conv.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    c: usize,
+struct ConvGeom {
+    b: usize,
+    c_in_g: usize,
+    c_out: usize,
+    c_out_g: usize,
+    groups: usize,
+    l: usize,
+    l_out: usize,
     k: usize,
     stride: usize,
     dilation: usize,
     pad_left: usize,
-    /// Input samples that are read; the rest (and the padding) read as zero.
-    valid: usize,
-    t_start: usize,
-    n: usize,
+    act: InputAct,
 }
 
-/// Fills `cols` `[c * k, n]`: row `(ci, j)`, column `t` is
-/// `x[ci, (t_start + t) * stride + j * dilation - pad_left]`, zero outside `0..valid`. `x` is
-/// addressed by `(channel stride, time stride)`.
-fn im2col(cols: &mut [f32], x: &[f32], (sc, st): (usize, usize), g: Geom) {
-    let Geom {
-        c,
+/// A raw output pointer that tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes its own disjoint region (see the callers).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `i` floats in (a method, so closures capture the `Send` wrapper whole).
+    ///
+    /// # Safety
+    /// `i` must lie inside the buffer.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `i` inside the buffer.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// Threads for the fast path: candle's count, capped by the rayon pool it runs in.
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+        .min(rayon::current_num_threads())
+        .max(1)
+}
+
+/// Cache-sized blocks of output columns: at most `BLOCK_ELEMS / rows` columns (at least
+/// `MIN_BLOCK_COLS`), but small enough that `items x blocks` gives every thread a few tasks.
+fn block_cols(rows: usize, len: usize, items: usize, threads: usize) -> usize {
+    // Multiples of 16 columns: whole gemm micro-tiles along time.
+    let mut block = (BLOCK_ELEMS / rows.max(1) / 16 * 16).max(MIN_BLOCK_COLS);
+    let want = TASKS_PER_THREAD * threads;
+    if threads > 1 && items < want {
+        let per_item = want.div_ceil(items);
+        block = block.min(
+            len.div_ceil(per_item)
+                .next_multiple_of(16)
+                .max(MIN_BLOCK_COLS),
+        );
+    }
+    block.min(len).max(1)
+}
+
+/// Runs `task(i)` for `i in 0..n`: over the rayon pool when `parallel`, else in order.
+fn run_tasks(n: usize, parallel: bool, task: impl Fn(usize) + Sync + Send) {
+    if parallel {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(task);
+    } else {
+        (0..n).for_each(task);
+    }
+}
+
+thread_local! {
+    /// Per-thread im2col scratch (window and columns), reused across calls.
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's scratch buffers, grown to `a` and `b` floats. The buffers are
+/// taken out while `f` runs, so a re-entrant call (work stealing) gets fresh ones.
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    let (mut va, mut vb) = SCRATCH.with(|s| s.take());
+    if va.len() < a {
+        va.resize(a, 0.0);
+    }
+    if vb.len() < b {
+        vb.resize(b, 0.0);
+    }
+    let r = f(&mut va[..a], &mut vb[..b]);
+    SCRATCH.with(|s| s.set((va, vb)));
+    r
+}
+
+/// The fast conv: tasks over (item, group, block of output columns), each filling its block's
+/// initial value (bias plus residual), copying its input window (activation applied, zeros
+/// outside the item's valid samples), unfolding it and running one `gemm` into its block.
+fn conv1d_blocks(
+    g: &ConvGeom,
+    wv: &[f32],
+    x: Strided<'_>,
+    bias: Option<&[f32]>,
+    residual: Option<Strided<'_>>,
+    lengths: Option<&[usize]>,
+    out: &mut [f32],
+) {
+    let ConvGeom {
+        b,
+        c_in_g,
+        c_out,
+        c_out_g,
+        groups,
+        l,
+        l_out,
         k,
         stride,
         dilation,
         pad_left,
-        valid,
-        t_start,
-        n,
-    } = g;
-    for ci in 0..c {
-        let src = &x[ci * sc..];
-        for j in 0..k {
-            let row = &mut cols[(ci * k + j) * n..(ci * k + j + 1) * n];
-            // Input position of output column t: t * stride + off - pad_left.
-            let off = j * dilation;
-            // First output column that reads at or after sample 0, and the end of those that
-            // read before `valid`; then the same range within this block.
-            let g0 = pad_left.saturating_sub(off).div_ceil(stride);
-            let g1 = if valid + pad_left > off {
-                (valid + pad_left - off).div_ceil(stride)
-            } else {
-                0
-            };
-            let t0 = g0.saturating_sub(t_start).min(n);
-            let t1 = g1.saturating_sub(t_start).min(n).max(t0);
-            row[..t0].fill(0.0);
-            row[t1..].fill(0.0);
-            if t1 > t0 {
-                let p0 = (t_start + t0) * stride + off - pad_left;
-                let dst = &mut row[t0..t1];
-                if stride == 1 && st == 1 {
-                    dst.copy_from_slice(&src[p0..p0 + (t1 - t0)]);
-                } else {
-                    let step = stride * st;
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        *d = src[(p0 * st) + i * step];
+        act,
+    } = *g;
+    let width = c_in_g * k;
+    let k_eff = dilation * (k - 1) + 1;
+    // A 1x1 conv over unpadded, whole rows without activation multiplies the input as it lies.
+    let direct = k == 1
+        && stride == 1
+        && pad_left == 0
+        && l_out == l
+        && lengths.is_none()
+        && act == InputAct::None;
+    let threads = threads();
+    let block = block_cols(width, l_out, b * groups, threads);
+    let n_blocks = l_out.div_ceil(block);
+    let tasks = b * groups * n_blocks;
+    // Fewer tasks than threads: run them in turn and let the gemm use the threads.
+    let parallel = threads > 1 && tasks >= threads;
+    let par = if parallel {
+        Parallelism::None
+    } else {
+        parallelism()
+    };
+    let read_dst = bias.is_some() || residual.is_some();
+    let out = OutPtr(out.as_mut_ptr());
+    let [s0, s1, s2] = x.s;
+    run_tasks(tasks, parallel, |task| {
+        let blk = task % n_blocks;
+        let (bi, gi) = (task / n_blocks / groups, task / n_blocks % groups);
+        let t_start = blk * block;
+        let n = block.min(l_out - t_start);
+        let row0 = bi * c_out + gi * c_out_g;
+        // SAFETY: this task alone writes rows row0 .. row0 + c_out_g, columns t_start .. +n.
+        let dst = unsafe { out.at(row0 * l_out + t_start) };
+        if read_dst {
+            for o in 0..c_out_g {
+                // SAFETY: as above, one row of this task's block.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(o * l_out), n) };
+                row.fill(bias.map_or(0.0, |bv| bv[gi * c_out_g + o]));
+                if let Some(r) = residual {
+                    let [r0, r1, r2] = r.s;
+                    let src = &r.v[bi * r0 + (gi * c_out_g + o) * r1 + t_start * r2..];
+                    if r2 == 1 {
+                        row.iter_mut().zip(&src[..n]).for_each(|(d, s)| *d += s);
+                    } else {
+                        row.iter_mut()
+                            .enumerate()
+                            .for_each(|(t, d)| *d += src[t * r2]);
                     }
                 }
             }
         }
+        let xg = &x.v[bi * s0 + gi * c_in_g * s1..];
+        let lhs = &wv[gi * c_out_g * width..];
+        let valid = lengths.map_or(l, |ls| ls[bi].min(l));
+        let span = (n - 1) * stride + k_eff;
+        let (win_len, cols_len) = if direct {
+            (0, 0)
+        } else if k == 1 {
+            (c_in_g * span, 0)
+        } else {
+            (c_in_g * span, width * n)
+        };
+        with_scratch(win_len, cols_len, |win, cols| {
+            let (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize) = if direct {
+                (xg[t_start * s2..].as_ptr(), s1 as isize, s2 as isize)
+            } else {
+                // Input sample of window position q: q + t_start * stride - pad_left.
+                let first = (t_start * stride) as isize - pad_left as isize;
+                fill_window(win, xg, (s1, s2), c_in_g, span, first, valid, act);
+                if k == 1 {
+                    (win.as_ptr(), span as isize, stride as isize)
+                } else {
+                    unfold(cols, win, c_in_g, span, k, stride, dilation, n);
+                    (cols.as_ptr(), n as isize, 1)
+                }
+            };
+            // SAFETY: dst holds c_out_g rows (stride l_out) of which this task owns columns
+            // 0..n; lhs c_out_g rows of `width`; rhs `width` rows of n columns at the given
+            // strides, all inside their buffers (shapes checked by the caller).
+            unsafe {
+                gemm::gemm(
+                    c_out_g,
+                    n,
+                    width,
+                    dst,
+                    1,
+                    l_out as isize,
+                    read_dst,
+                    lhs.as_ptr(),
+                    1,
+                    width as isize,
+                    rhs,
+                    rhs_cs,
+                    rhs_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        });
+    });
+}
+
+/// Fills `win` `[c, span]` with `act(x[ci, first + q])`, zero where `first + q` lies outside
+/// `0..valid`. `x` is addressed by `(channel stride, time stride)`.
+#[allow(clippy::too_many_arguments)]
+fn fill_window(
+    win: &mut [f32],
+    x: &[f32],
+    (sc, st): (usize, usize),
+    c: usize,
+    span: usize,
+    first: isize,
+    valid: usize,
+    act: InputAct,
+) {
+    // Window positions q0 .. q1 read samples inside 0..valid.
+    let q0 = (-first).clamp(0, span as isize) as usize;
+    let q1 = (valid as isize - first).clamp(q0 as isize, span as isize) as usize;
+    for ci in 0..c {
+        let row = &mut win[ci * span..(ci + 1) * span];
+        row[..q0].fill(0.0);
+        row[q1..].fill(0.0);
+        if q1 > q0 {
+            let p0 = (first + q0 as isize) as usize;
+            let src = &x[ci * sc + p0 * st..];
+            let dst = &mut row[q0..q1];
+            match (act, st) {
+                (InputAct::None, 1) => dst.copy_from_slice(&src[..q1 - q0]),
+                (_, 1) => dst
+                    .iter_mut()
+                    .zip(&src[..q1 - q0])
+                    .for_each(|(d, &s)| *d = act.apply(s)),
+                _ => dst
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, d)| *d = act.apply(src[i * st])),
+            }
+        }
     }
 }
+
+/// Channel-major im2col of a window: `cols` `[c * k, n]`, row `(ci, j)`, column `t` is
+/// `win[ci, t * stride + j * dilation]`.
+#[allow(clippy::too_many_arguments)]
+fn unfold(
+    cols: &mut [f32],
+    win: &[f32],
+    c: usize,
+    span: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    n: usize,
+) {
+    for ci in 0..c {
+        let src = &win[ci * span..(ci + 1) * span];
+        for j in 0..k {
+            let row = &mut cols[(ci * k + j) * n..(ci * k + j + 1) * n];
+            let s = &src[j * dilation..];
+            if stride == 1 {
+                row.copy_from_slice(&s[..n]);
+            } else {
+                row.iter_mut()
+                    .enumerate()
+                    .for_each(|(t, d)| *d = s[t * stride]);
+            }
+        }
+    }
+}
+
+/// Column blocks hold about this many floats (512 KiB: half a core's L2 here).
+const BLOCK_ELEMS: usize = 1 << 17;
+/// The fewest output columns per block (so the gemm stays wide and packing its weights
+/// stays a small share).
+const MIN_BLOCK_COLS: usize = 128;
+/// Tasks per thread wanted for load balance when a call has few (item, group) pairs.
+const TASKS_PER_THREAD: usize = 4;
 
 /// `conv_transpose1d` for inference, `x` `[B, C_in, T]`, `w` `[C_in, C_out / groups, k]`,
 /// optional `bias` `[C_out]` and per-item valid input `lengths` (frames past them read as
@@ -435,75 +714,156 @@ pub fn conv_transpose1d_inference(
     let bias = bias_vec(bias, c_out, F)?;
     let w = weight_vec(w)?;
     let c_in_g = c_in / groups;
-    let rows = c_out_g * k;
     let mut out = vec![0f32; b * c_out * l_out];
-    if let Some(bv) = &bias {
-        for (r, row) in out.chunks_mut(l_out).enumerate() {
-            row.fill(bv[r % c_out]);
-        }
-    }
-    let par = parallelism();
     with_cpu_f32(&w, |wv, wl| {
         let wv = &wv[wl.start_offset()..];
         with_cpu_f32(x, |xv, xl| {
-            let st = xl.stride();
-            let (s0, s1, s2) = (st[0], st[1], st[2]);
-            let xv = &xv[xl.start_offset()..];
-            // Input frames per gemm block, so the block's columns stay cache-sized.
-            let threads = candle_core::utils::get_num_threads().max(1);
-            let block = (BLOCK_ELEMS * threads / rows).max(MIN_BLOCK_COLS).min(t);
-            let mut cols = vec![0f32; rows * block];
-            for bi in 0..b {
-                // Frames past the item's length contribute nothing.
-                let tv = lengths.map_or(t, |ls| ls[bi].min(t));
-                for g in 0..groups {
-                    let xg = &xv[bi * s0 + g * c_in_g * s1..];
-                    let lhs = &wv[g * c_in_g * rows..];
-                    let dst = &mut out[(bi * c_out + g * c_out_g) * l_out..];
-                    for t_start in (0..tv).step_by(block) {
-                        let n = block.min(tv - t_start);
-                        // cols[(o, j), t] = sum_c w[c, o, j] x[c, t_start + t]: lhs row (o, j)
-                        // is at o * k + j (stride 1), its column c at c * rows.
-                        // SAFETY: cols holds rows x n; lhs c_in_g blocks of `rows`; rhs c_in_g
-                        // rows of n samples from t_start at its strides.
-                        unsafe {
-                            gemm::gemm(
-                                rows,
-                                n,
-                                c_in_g,
-                                cols.as_mut_ptr(),
-                                1,
-                                n as isize,
-                                false,
-                                lhs.as_ptr(),
-                                rows as isize,
-                                1,
-                                xg.as_ptr().add(t_start * s2),
-                                s2 as isize,
-                                s1 as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                par,
-                            );
-                        }
-                        for o in 0..c_out_g {
-                            let y = &mut dst[o * l_out..(o + 1) * l_out];
-                            for j in 0..k {
-                                let src = &cols[(o * k + j) * n..(o * k + j + 1) * n];
-                                let off = t_start * stride + j * dilation;
-                                overlap_add(y, src, off, stride, padding);
-                            }
-                        }
-                    }
-                }
-            }
+            let g = TrGeom {
+                b,
+                t,
+                c_in_g,
+                c_out_g,
+                groups,
+                l_out,
+                k,
+                stride,
+                padding,
+                dilation,
+            };
+            transpose_blocks(
+                &g,
+                wv,
+                Strided::new(xv, xl),
+                bias.as_deref(),
+                lengths,
+                &mut out,
+            );
             Ok(())
         })
     })?;
     Tensor::from_vec(out, (b, c_out, l_out), x.device())
+}
+
+/// The sizes of one (checked) fast-path transpose.
+#[derive(Clone, Copy, Debug)]
+struct TrGeom {
+    b: usize,
+    t: usize,
+    c_in_g: usize,
+    c_out_g: usize,
+    groups: usize,
+    l_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+}
+
+/// The fast transpose: tasks over (item, group, block of output samples), each running one
+/// `gemm` over the input frames that reach its block (`W^T x`, `[C_out_g * k, frames]`) and
+/// overlap-adding the products into its own block, bias-filled. Neighbouring blocks share
+/// the few frames whose taps straddle their border and compute those twice.
+fn transpose_blocks(
+    g: &TrGeom,
+    wv: &[f32],
+    x: Strided<'_>,
+    bias: Option<&[f32]>,
+    lengths: Option<&[usize]>,
+    out: &mut [f32],
+) {
+    let TrGeom {
+        b,
+        t,
+        c_in_g,
+        c_out_g,
+        groups,
+        l_out,
+        k,
+        stride,
+        padding,
+        dilation,
+    } = *g;
+    let rows = c_out_g * k;
+    let c_out = c_out_g * groups;
+    let k_eff = dilation * (k - 1) + 1;
+    let threads = threads();
+    // Output samples per block: a cache-sized number of input frames times the stride.
+    let frames = block_cols(rows, t, b * groups, threads);
+    let block = (frames * stride).min(l_out);
+    let n_blocks = l_out.div_ceil(block);
+    let tasks = b * groups * n_blocks;
+    let parallel = threads > 1 && tasks >= threads;
+    let par = if parallel {
+        Parallelism::None
+    } else {
+        parallelism()
+    };
+    let out = OutPtr(out.as_mut_ptr());
+    let [_, s1, s2] = x.s;
+    run_tasks(tasks, parallel, |task| {
+        let blk = task % n_blocks;
+        let (bi, gi) = (task / n_blocks / groups, task / n_blocks % groups);
+        let p0 = blk * block;
+        let p1 = (p0 + block).min(l_out);
+        let row0 = bi * c_out + gi * c_out_g;
+        let ys = |o: usize| {
+            // SAFETY: this task alone writes rows row0 .. row0 + c_out_g, samples p0 .. p1.
+            unsafe { std::slice::from_raw_parts_mut(out.at((row0 + o) * l_out + p0), p1 - p0) }
+        };
+        if let Some(bv) = bias {
+            for o in 0..c_out_g {
+                ys(o).fill(bv[gi * c_out_g + o]);
+            }
+        }
+        // Frame f writes samples f * stride + j * dilation - padding, j < k: the frames
+        // that reach p0 .. p1 (frames past the item's length contribute nothing).
+        let tv = lengths.map_or(t, |ls| ls[bi].min(t));
+        let f0 = (p0 + padding).saturating_sub(k_eff - 1).div_ceil(stride);
+        let f1 = ((p1 - 1 + padding) / stride + 1).min(tv);
+        if f1 <= f0 {
+            return;
+        }
+        let nt = f1 - f0;
+        let xg = &x.v[bi * x.s[0] + gi * c_in_g * s1..];
+        let lhs = &wv[gi * c_in_g * rows..];
+        with_scratch(0, rows * nt, |_, cols| {
+            // cols[(o, j), f] = sum_c w[c, o, j] x[c, f0 + f]: lhs row (o, j) is at o * k + j
+            // (stride 1), its column c at c * rows.
+            // SAFETY: cols holds rows x nt; lhs c_in_g blocks of `rows`; rhs c_in_g rows of
+            // nt frames from f0 at its strides, all inside their buffers.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    nt,
+                    c_in_g,
+                    cols.as_mut_ptr(),
+                    1,
+                    nt as isize,
+                    false,
+                    lhs.as_ptr(),
+                    rows as isize,
+                    1,
+                    xg.as_ptr().add(f0 * s2),
+                    s2 as isize,
+                    s1 as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            for o in 0..c_out_g {
+                let y = ys(o);
+                for j in 0..k {
+                    let src = &cols[(o * k + j) * nt..(o * k + j + 1) * nt];
+                    let off = f0 * stride + j * dilation;
+                    overlap_add(y, src, off, stride, padding + p0);
+                }
+            }
+        });
+    });
 }
 
 /// `y[t * stride + off - padding] += src[t]` for every `t` that lands inside `y`.
@@ -519,29 +879,57 @@ fn overlap_add(y: &mut [f32], src: &[f32], off: usize, stride: usize, padding: u
     }
 }
 
-/// `leaky_relu(x, slope)` (`max(x, 0) + slope * min(x, 0)`) in one pass over a CPU f32
-/// tensor; other tensors, or tracked ones, go through candle's composed op.
-pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+/// Elements per parallel chunk of the elementwise ops (below two chunks they run serially).
+const MAP_CHUNK: usize = 1 << 15;
+
+/// `act` over every element of an untracked CPU f32 tensor into a new contiguous one, in
+/// parallel chunks when the tensor is big; `None` for any other tensor.
+fn map_f32(x: &Tensor, act: InputAct) -> Result<Option<Tensor>> {
     if !(x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op()) {
-        return candle_nn::ops::leaky_relu(x, slope);
+        return Ok(None);
     }
     let x = if x.is_contiguous() {
         x.clone()
     } else {
         x.contiguous()?
     };
-    let s = slope as f32;
     let out = with_cpu_f32(&x, |v, l| {
         let Some((a, e)) = l.contiguous_offsets() else {
-            bail!("leaky_relu: input is not contiguous");
+            bail!("elementwise: input is not contiguous");
         };
         let src = &v[a..e];
         let mut out = vec![0f32; src.len()];
-        // candle's formula, so the values are the same bits: max(x, 0) + min(x, 0) * slope.
-        for (o, &v) in out.iter_mut().zip(src) {
-            *o = v.max(0.0) + v.min(0.0) * s;
+        let body = |(o, s): (&mut [f32], &[f32])| {
+            o.iter_mut().zip(s).for_each(|(o, &v)| *o = act.apply(v));
+        };
+        if threads() > 1 && src.len() >= 2 * MAP_CHUNK {
+            use rayon::prelude::*;
+            out.par_chunks_mut(MAP_CHUNK)
+                .zip(src.par_chunks(MAP_CHUNK))
+                .for_each(body);
+        } else {
+            body((&mut out, src));
         }
         Ok(out)
     })?;
-    Tensor::from_vec(out, x.shape(), x.device())
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+}
+
+/// `leaky_relu(x, slope)` (`max(x, 0) + slope * min(x, 0)`) in one (parallel) pass over a CPU
+/// f32 tensor; other tensors, or tracked ones, go through candle's composed op.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    match map_f32(x, InputAct::LeakyRelu(slope as f32))? {
+        Some(y) => Ok(y),
+        None => candle_nn::ops::leaky_relu(x, slope),
+    }
+}
+
+/// `elu(x, alpha)` with candle's formula (the same bits as `Tensor::elu`), in one parallel
+/// pass over a big CPU f32 tensor (candle's CPU unary ops run on one thread); other tensors,
+/// or tracked ones, go through `Tensor::elu`.
+pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    match map_f32(x, InputAct::Elu(alpha as f32))? {
+        Some(y) => Ok(y),
+        None => x.elu(alpha),
+    }
 }

@@ -15,7 +15,8 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
 use candle_nn::ops::sigmoid;
 use candle_nn::VarBuilder;
 use vaak_nn::conv::{
-    conv1d_inference, conv_transpose1d_inference, leaky_relu, Conv1dOpts, ConvTranspose1dOpts,
+    conv1d_fused, conv_transpose1d_inference, leaky_relu, Conv1dOpts, ConvTranspose1dOpts, Fused,
+    InputAct,
 };
 use vaak_nn::weights::weight_norm;
 
@@ -75,8 +76,19 @@ impl Conv1d {
 
     /// As [`Self::forward`], reading the samples of item `i` past `lengths[i]` as zeros.
     pub fn forward_lengths(&self, x: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {
+        self.forward_fused(x, lengths, Fused::default())
+    }
+
+    /// As [`Self::forward_lengths`] of `fused.input_act(x)`, plus `fused.residual`, in one
+    /// pass (see `vaak_nn::conv::conv1d_fused`).
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        lengths: Option<&[usize]>,
+        fused: Fused<'_>,
+    ) -> Result<Tensor> {
         let opts = Conv1dOpts::new(self.padding, 1, self.dilation, 1);
-        conv1d_inference(x, &self.weight, self.bias.as_ref(), opts, lengths)
+        conv1d_fused(x, &self.weight, self.bias.as_ref(), opts, lengths, fused)
     }
 }
 
@@ -313,18 +325,25 @@ impl ResBlock {
 
     /// `lengths`: valid samples per item (see [`Generator::forward_lengths`]).
     fn forward(&self, x: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {
+        // Each conv reads leaky_relu(input) and the residual add is the initial value of the
+        // second conv's output: no pass over the signal besides the convs themselves.
+        fn act(residual: Option<&Tensor>) -> Fused<'_> {
+            Fused {
+                input_act: InputAct::LeakyRelu(LRELU_SLOPE as f32),
+                residual,
+            }
+        }
         let mut x = x.clone();
         match self {
             Self::One(pairs) => {
                 for (c1, c2) in pairs {
-                    let xt = c1.forward_lengths(&leaky_relu(&x, LRELU_SLOPE)?, lengths)?;
-                    let xt = c2.forward_lengths(&leaky_relu(&xt, LRELU_SLOPE)?, lengths)?;
-                    x = (xt + x)?;
+                    let xt = c1.forward_fused(&x, lengths, act(None))?;
+                    x = c2.forward_fused(&xt, lengths, act(Some(&x)))?;
                 }
             }
             Self::Two(convs) => {
                 for c in convs {
-                    x = (c.forward_lengths(&leaky_relu(&x, LRELU_SLOPE)?, lengths)? + x)?;
+                    x = c.forward_fused(&x, lengths, act(Some(&x)))?;
                 }
             }
         }
@@ -453,9 +472,12 @@ impl Generator {
             }
             x = (xs.expect("at least one resblock kernel") / self.n_kernels as f64)?;
         }
-        let x = leaky_relu(&x, TORCH_DEFAULT_LRELU)?;
+        let post = Fused {
+            input_act: InputAct::LeakyRelu(TORCH_DEFAULT_LRELU as f32),
+            residual: None,
+        };
         self.conv_post
-            .forward_lengths(&x, lengths.as_deref())?
+            .forward_fused(&x, lengths.as_deref(), post)?
             .tanh()
     }
 }

@@ -8,7 +8,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use vaak_nn::conv::{
-    conv1d_inference, CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad, Conv1dOpts,
+    conv1d_inference, elu, CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad,
+    Conv1dOpts,
 };
 use vaak_nn::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 use vaak_nn::weights::weight_norm;
@@ -416,8 +417,8 @@ impl ResBlock {
 
     /// See [`SConv::forward_lengths`]; the lengths are unchanged (stride 1).
     fn forward_lengths(&self, x: &Tensor, edge: EdgeMode, lengths: &[usize]) -> Result<Tensor> {
-        let (h, l) = self.conv1.forward_lengths(&x.elu(1.0)?, edge, lengths)?;
-        let (h, _) = self.conv2.forward_lengths(&h.elu(1.0)?, edge, &l)?;
+        let (h, l) = self.conv1.forward_lengths(&elu(x, 1.0)?, edge, lengths)?;
+        let (h, _) = self.conv2.forward_lengths(&elu(&h, 1.0)?, edge, &l)?;
         let skip = match &self.shortcut {
             Some(sc) => sc.forward_lengths(x, edge, lengths)?.0,
             None => x.clone(),
@@ -429,8 +430,8 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
-        let h = self.conv1.forward(&x.elu(1.0)?, edge)?;
-        let h = self.conv2.forward(&h.elu(1.0)?, edge)?;
+        let h = self.conv1.forward(&elu(x, 1.0)?, edge)?;
+        let h = self.conv2.forward(&elu(&h, 1.0)?, edge)?;
         let skip = match &self.shortcut {
             Some(sc) => sc.forward(x, edge)?,
             None => x.clone(),
@@ -442,8 +443,8 @@ impl ResBlock {
 impl StreamingModule for ResBlock {
     fn step(&mut self, xs: &StreamTensor, mask: &StreamMask) -> Result<StreamTensor> {
         // Stride-1 causal convs emit one frame per input frame, so both branches line up.
-        let h = self.conv1.conv.step(&xs.map(|x| x.elu(1.0))?, mask)?;
-        let h = self.conv2.conv.step(&h.map(|x| x.elu(1.0))?, mask)?;
+        let h = self.conv1.conv.step(&xs.map(|x| elu(x, 1.0))?, mask)?;
+        let h = self.conv2.conv.step(&h.map(|x| elu(x, 1.0))?, mask)?;
         let skip = match &mut self.shortcut {
             Some(sc) => sc.conv.step(xs, mask)?,
             None => xs.clone(),
@@ -489,7 +490,7 @@ impl Layer {
             Self::ConvTr(c) => c.conv.forward(x),
             Self::Res(r) => r.forward(x, edge),
             Self::Lstm(l) => l.forward(x),
-            Self::Elu => x.elu(1.0),
+            Self::Elu => elu(x, 1.0),
         }
     }
 
@@ -509,7 +510,7 @@ impl Layer {
             Self::Res(r) => Ok((r.forward_lengths(x, edge, lengths)?, lengths.to_vec())),
             // Causal over time: padding after an item never reaches its valid frames.
             Self::Lstm(l) => Ok((l.forward(x)?, lengths.to_vec())),
-            Self::Elu => Ok((x.elu(1.0)?, lengths.to_vec())),
+            Self::Elu => Ok((elu(x, 1.0)?, lengths.to_vec())),
         }
     }
 
@@ -519,7 +520,7 @@ impl Layer {
             Self::ConvTr(c) => c.conv.step(xs, mask),
             Self::Res(r) => r.step(xs, mask),
             Self::Lstm(l) => l.step(xs, mask),
-            Self::Elu => xs.map(|x| x.elu(1.0)),
+            Self::Elu => xs.map(|x| elu(x, 1.0)),
         }
     }
 

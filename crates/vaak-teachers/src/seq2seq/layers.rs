@@ -13,7 +13,7 @@
 //! Every tensor fed to a matmul is made contiguous first (see the README's candle 0.11 traps).
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::cache::{Encoded, KvCache};
 use super::fused::{self, KeyLimits};
@@ -100,12 +100,40 @@ impl LayerConfig {
 /// transformers' LayerNorm eps for all three models.
 pub const LN_EPS: f64 = 1e-5;
 
-fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
-    if bias {
-        candle_nn::linear(i, o, vb)
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)
+/// A projection `x @ W^T (+ b)` whose weight is kept transposed (`[in, out]`, contiguous).
+///
+/// gemm works on `dst^T = W x^T` for a row-major output; with `W` stored row-major (as
+/// checkpoints hold it, and as `candle_nn::Linear` uses it) every call repacks the whole
+/// weight into column panels, which costs about as much as the product itself at decoder-step
+/// sizes (a few dozen rows). Stored as `W^T` the weight is already in the kernel's layout.
+pub struct Linear {
+    w_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// From a checkpoint's `[out, in]` weight and optional `[out]` bias.
+    pub fn new(weight: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        Ok(Self {
+            w_t: weight.t()?.contiguous()?,
+            bias,
+        })
     }
+
+    /// `[rows, in]` to `[rows, out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.w_t)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
+    let w = vb.get((o, i), "weight")?;
+    let b = if bias { Some(vb.get(o, "bias")?) } else { None };
+    Linear::new(&w, b)
 }
 
 /// `x @ w^T (+ b)` on a `[B, T, i]` input, through a 2-D matmul.

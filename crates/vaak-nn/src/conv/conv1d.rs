@@ -86,18 +86,13 @@ impl Spec {
             dilation,
             groups,
         } = *self;
-        if stride == 0 || dilation == 0 || groups == 0 {
-            bail!(
-                "{f}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1"
-            );
-        }
-        if x.rank() != 3 || w.rank() != 3 {
-            bail!(
-                "{f}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
-                x.dims(),
-                w.dims()
-            );
-        }
+        super::check_conv_args(
+            f,
+            x,
+            w,
+            "[out, in/groups, kernel]",
+            (stride, dilation, groups),
+        )?;
         let (_, c_in, l) = x.dims3()?;
         let (c_out, c_in_g, k) = w.dims3()?;
         if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {

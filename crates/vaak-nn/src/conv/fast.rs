@@ -240,16 +240,13 @@ pub fn conv1d_fused(
         dilation,
         groups,
     } = opts;
-    if stride == 0 || dilation == 0 || groups == 0 {
-        bail!("{F}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
-    }
-    if x.rank() != 3 || w.rank() != 3 {
-        bail!(
-            "{F}: input must be [batch, in, time] and weight [out, in/groups, kernel], got {:?} and {:?}",
-            x.dims(),
-            w.dims()
-        );
-    }
+    super::check_conv_args(
+        F,
+        x,
+        w,
+        "[out, in/groups, kernel]",
+        (stride, dilation, groups),
+    )?;
     let (b, c_in, l) = x.dims3()?;
     let (c_out, c_in_g, k) = w.dims3()?;
     if c_in_g * groups != c_in || c_out % groups != 0 || k == 0 {
@@ -668,16 +665,13 @@ pub fn conv_transpose1d_inference(
         dilation,
         groups,
     } = opts;
-    if stride == 0 || dilation == 0 || groups == 0 {
-        bail!("{F}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
-    }
-    if x.rank() != 3 || w.rank() != 3 {
-        bail!(
-            "{F}: input must be [batch, in, time] and weight [in, out/groups, kernel], got {:?} and {:?}",
-            x.dims(),
-            w.dims()
-        );
-    }
+    super::check_conv_args(
+        F,
+        x,
+        w,
+        "[in, out/groups, kernel]",
+        (stride, dilation, groups),
+    )?;
     let (b, c_in, t) = x.dims3()?;
     let (w_in, c_out_g, k) = w.dims3()?;
     if w_in != c_in || c_in % groups != 0 || k == 0 || c_out_g == 0 || t == 0 {

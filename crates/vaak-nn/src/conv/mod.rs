@@ -74,6 +74,28 @@ pub use transpose::{conv_transpose1d_differentiable, CausalConvTranspose1d};
 
 use candle_core::{bail, Result, Tensor};
 
+/// The checks every 1-D conv entry point makes first: stride, dilation and groups at least 1,
+/// and a `[batch, in, time]` input with a rank-3 weight (`weight` names its layout in the error).
+pub(crate) fn check_conv_args(
+    f: &str,
+    x: &Tensor,
+    w: &Tensor,
+    weight: &str,
+    (stride, dilation, groups): (usize, usize, usize),
+) -> Result<()> {
+    if stride == 0 || dilation == 0 || groups == 0 {
+        bail!("{f}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
+    }
+    if x.rank() != 3 || w.rank() != 3 {
+        bail!(
+            "{f}: input must be [batch, in, time] and weight {weight}, got {:?} and {:?}",
+            x.dims(),
+            w.dims()
+        );
+    }
+    Ok(())
+}
+
 use crate::streaming::StreamMask;
 
 /// Shape and options of a causal conv or conv-transpose.

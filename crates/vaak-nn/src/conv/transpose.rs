@@ -32,16 +32,13 @@ pub fn conv_transpose1d_differentiable(
     groups: usize,
 ) -> Result<Tensor> {
     const F: &str = "conv_transpose1d_differentiable";
-    if stride == 0 || dilation == 0 || groups == 0 {
-        bail!("{F}: stride ({stride}), dilation ({dilation}) and groups ({groups}) must be >= 1");
-    }
-    if x.rank() != 3 || w.rank() != 3 {
-        bail!(
-            "{F}: input must be [batch, in, time] and weight [in, out/groups, kernel], got {:?} and {:?}",
-            x.dims(),
-            w.dims()
-        );
-    }
+    super::check_conv_args(
+        F,
+        x,
+        w,
+        "[in, out/groups, kernel]",
+        (stride, dilation, groups),
+    )?;
     let (_, c_in, t) = x.dims3()?;
     let (w_in, c_out_g, k) = w.dims3()?;
     if w_in != c_in {

@@ -8,8 +8,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use vaak_nn::conv::{
-    conv1d_inference, elu, CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad,
-    Conv1dOpts,
+    conv1d_fused, elu, CausalConv1d, CausalConvConfig, CausalConvTranspose1d, CausalPad,
+    Conv1dOpts, Fused, InputAct,
 };
 use vaak_nn::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 use vaak_nn::weights::weight_norm;
@@ -93,6 +93,15 @@ pub(crate) fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Res
     }
 }
 
+/// SEANet's ELU (alpha 1) as a fused conv input activation, or none.
+fn elu_act(on: bool) -> InputAct {
+    if on {
+        InputAct::Elu(1.0)
+    } else {
+        InputAct::None
+    }
+}
+
 /// A SEANet conv: causal streaming via [`CausalConv1d`], reference-mode whole clip via
 /// explicit padding.
 #[derive(Clone, Debug)]
@@ -147,11 +156,22 @@ impl SConv {
         edge: EdgeMode,
         lengths: &[usize],
     ) -> Result<(Tensor, Vec<usize>)> {
+        self.forward_lengths_of(x, false, edge, lengths)
+    }
+
+    /// [`Self::forward_lengths`] of `elu(x)` when `elu_input`, the ELU fused into the conv.
+    fn forward_lengths_of(
+        &self,
+        x: &Tensor,
+        elu_input: bool,
+        edge: EdgeMode,
+        lengths: &[usize],
+    ) -> Result<(Tensor, Vec<usize>)> {
         let cfg = *self.conv.config();
         let (k, s) = (cfg.effective_kernel(), cfg.stride);
         if edge == EdgeMode::Causal {
             return Ok((
-                self.forward(x, edge)?,
+                self.forward_of(x, elu_input, None, edge)?,
                 lengths.iter().map(|&l| l / s).collect(),
             ));
         }
@@ -163,7 +183,7 @@ impl SConv {
             // padding is then the same for every item and no frame of an item reads past its
             // end, so the batch runs as one clip would.
             return Ok((
-                self.forward(x, edge)?,
+                self.forward_of(x, elu_input, None, edge)?,
                 lengths.iter().map(|&l| l / s).collect(),
             ));
         }
@@ -184,22 +204,48 @@ impl SConv {
             .map(|(p, &w)| p.pad_with_zeros(2, 0, widest - w))
             .collect::<Result<Vec<_>>>()?;
         let opts = Conv1dOpts::new(0, s, cfg.dilation, cfg.groups);
-        let y = conv1d_inference(
+        let y = conv1d_fused(
             &Tensor::cat(&parts, 0)?,
             self.conv.weight(),
             self.conv.bias(),
             opts,
             None,
+            Fused {
+                input_act: elu_act(elu_input),
+                residual: None,
+            },
         )?;
         let out = width.iter().map(|&w| (w - k) / s + 1).collect();
         Ok((y, out))
     }
 
     pub(crate) fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
+        self.forward_of(x, false, None, edge)
+    }
+
+    /// `conv(elu(x)) + residual` (`elu` only when `elu_input`). In reference mode both fuse
+    /// into the conv's passes: the ELU as the input is read (ELU commutes with the edge
+    /// padding, since `elu(0) = 0`), the residual as the output's starting value.
+    fn forward_of(
+        &self,
+        x: &Tensor,
+        elu_input: bool,
+        residual: Option<&Tensor>,
+        edge: EdgeMode,
+    ) -> Result<Tensor> {
         match edge {
             // In training (autograd on) this is `vaak_nn::conv::conv1d_differentiable`, with its
             // im2col custom ops on the CPU in f32.
-            EdgeMode::Causal => self.conv.forward(x),
+            EdgeMode::Causal => {
+                let y = match elu_input {
+                    true => self.conv.forward(&elu(x, 1.0)?)?,
+                    false => self.conv.forward(x)?,
+                };
+                match residual {
+                    Some(r) => y + r,
+                    None => Ok(y),
+                }
+            }
             EdgeMode::Reference => {
                 let cfg = self.conv.config();
                 let (k, s) = (cfg.effective_kernel(), cfg.stride);
@@ -209,7 +255,18 @@ impl SConv {
                 let padded = pad1d(x, k.saturating_sub(s), extra, self.pad_mode)?;
                 // vaak-nn's inference conv (bias fused); under autograd its differentiable form.
                 let opts = Conv1dOpts::new(0, s, cfg.dilation, cfg.groups);
-                conv1d_inference(&padded, self.conv.weight(), self.conv.bias(), opts, None)
+                let fused = Fused {
+                    input_act: elu_act(elu_input),
+                    residual,
+                };
+                conv1d_fused(
+                    &padded,
+                    self.conv.weight(),
+                    self.conv.bias(),
+                    opts,
+                    None,
+                    fused,
+                )
             }
         }
     }
@@ -498,8 +555,8 @@ impl ResBlock {
 
     /// See [`SConv::forward_lengths`]; the lengths are unchanged (stride 1).
     fn forward_lengths(&self, x: &Tensor, edge: EdgeMode, lengths: &[usize]) -> Result<Tensor> {
-        let (h, l) = self.conv1.forward_lengths(&elu(x, 1.0)?, edge, lengths)?;
-        let (h, _) = self.conv2.forward_lengths(&elu(&h, 1.0)?, edge, &l)?;
+        let (h, l) = self.conv1.forward_lengths_of(x, true, edge, lengths)?;
+        let (h, _) = self.conv2.forward_lengths_of(&h, true, edge, &l)?;
         let skip = match &self.shortcut {
             Some(sc) => sc.forward_lengths(x, edge, lengths)?.0,
             None => x.clone(),
@@ -511,13 +568,13 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
-        let h = self.conv1.forward(&elu(x, 1.0)?, edge)?;
-        let h = self.conv2.forward(&elu(&h, 1.0)?, edge)?;
+        let h = self.conv1.forward_of(x, true, None, edge)?;
         let skip = match &self.shortcut {
             Some(sc) => sc.forward(x, edge)?,
             None => x.clone(),
         };
-        skip + h
+        // Stride 1 keeps the length in both modes, so the skip is the 1x1 conv's residual.
+        self.conv2.forward_of(&h, true, Some(&skip), edge)
     }
 }
 
@@ -743,8 +800,15 @@ impl Seanet {
         }
         let mut h = x.clone();
         let mut lens = lengths.to_vec();
-        for l in &self.layers {
-            (h, lens) = l.forward_lengths(&h, edge, &lens)?;
+        let mut layers = self.layers.iter().peekable();
+        while let Some(l) = layers.next() {
+            (h, lens) = match (l, layers.peek()) {
+                (Layer::Elu, Some(Layer::Conv(c))) => {
+                    layers.next();
+                    c.forward_lengths_of(&h, true, edge, &lens)?
+                }
+                _ => l.forward_lengths(&h, edge, &lens)?,
+            };
         }
         Ok((h, lens))
     }
@@ -752,8 +816,16 @@ impl Seanet {
     /// Whole-clip forward.
     pub fn forward(&self, x: &Tensor, edge: EdgeMode) -> Result<Tensor> {
         let mut h = x.clone();
-        for l in &self.layers {
-            h = l.forward(&h, edge)?;
+        let mut layers = self.layers.iter().peekable();
+        while let Some(l) = layers.next() {
+            h = match (l, layers.peek()) {
+                // The ELU before a conv is read into the conv's input window instead.
+                (Layer::Elu, Some(Layer::Conv(c))) => {
+                    layers.next();
+                    c.forward_of(&h, true, None, edge)?
+                }
+                _ => l.forward(&h, edge)?,
+            };
         }
         Ok(h)
     }

@@ -15,7 +15,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::cache::{Encoded, KvCache};
+use super::cache::{Encoded, KvCache, SelfKv};
 use super::fused::{self, KeyLimits};
 
 /// Query rows per key group up to which a CPU attention takes the fused kernel rather than
@@ -404,21 +404,15 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         self_mask: (Option<&Tensor>, &KeyLimits),
-        past: &mut Option<(Tensor, Tensor)>,
+        (past, filled, hint): (&mut Option<SelfKv>, usize, usize),
         cross: &(Tensor, Tensor),
         cross_mask: (Option<&Tensor>, &KeyLimits),
     ) -> candle_core::Result<Tensor> {
         let x = residual(self.norm, &self.self_ln, x, |h| {
             let (k, v) = self.self_attn.keys_values(h)?;
-            let (k, v) = match past.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            let y = self
-                .self_attn
-                .attend_limited(h, (&k, &v), self_mask.0, self_mask.1)?;
-            *past = Some((k, v));
-            Ok(y)
+            let (k, v) = SelfKv::extend(past, (&k, &v), filled, hint)?;
+            self.self_attn
+                .attend_limited(h, (&k, &v), self_mask.0, self_mask.1)
         })?;
         let x = residual(self.norm, &self.cross_ln, &x, |h| {
             self.cross_attn
@@ -517,12 +511,13 @@ impl DecoderStack {
             causal: Some((l, cache.len())),
         };
         let mut x = x.clone();
-        let (past, cross, cross_mask) = cache.parts();
+        let filled = cache.len();
+        let ((past, hint), cross, cross_mask) = cache.parts();
         for (layer, (past, cross)) in self.layers.iter().zip(past.iter_mut().zip(cross)) {
             x = layer.forward(
                 &x,
                 (self_mask.as_ref(), &self_limits),
-                past,
+                (past, filled, hint),
                 cross,
                 cross_mask,
             )?;

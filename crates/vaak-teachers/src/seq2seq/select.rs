@@ -46,21 +46,7 @@ impl RowRule {
 /// `[rows, vocab]` f32 scores with each row's rule applied, on their device.
 pub fn apply_rules(scores: &Tensor, rules: &[RowRule]) -> Result<Tensor> {
     let (rows, vocab) = scores.dims2()?;
-    if rules.len() != rows {
-        return Err(TeacherError::BadInput(format!(
-            "select: {} row rules for {rows} rows",
-            rules.len()
-        )));
-    }
-    if let Some(t) = rules
-        .iter()
-        .flat_map(|r| r.forced.iter().chain(&r.banned))
-        .find(|&&t| t as usize >= vocab)
-    {
-        return Err(TeacherError::BadInput(format!(
-            "select: token {t} is outside the vocabulary ({vocab})"
-        )));
-    }
+    check_rules(rules, rows, vocab)?;
     if rules.iter().all(RowRule::is_noop) {
         return Ok(scores.clone());
     }
@@ -101,7 +87,109 @@ pub fn apply_rules(scores: &Tensor, rules: &[RowRule]) -> Result<Tensor> {
 /// Greedy choice per row of `[rows, vocab]` logits under `rules`: the arg-max of the processed
 /// scores (the first index on ties) and its log-softmax value over the processed row (`-inf`
 /// when the whole row is banned).
+///
+/// On the CPU (f32) it is one threaded pass over the rows ([`greedy_pick_cpu`]) instead of the
+/// half-dozen whole-tensor passes (rules, arg-max, gather, shift, exp, sum) of the device path.
 pub fn greedy_pick(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>> {
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        return greedy_pick_cpu(logits, rules);
+    }
+    greedy_pick_tensor(logits, rules)
+}
+
+/// [`greedy_pick`] on the CPU: per row, in parallel, the rule applied to a scratch copy, the
+/// arg-max as candle's (the first maximum; a NaN never wins unless it comes first) and the
+/// log-sum-exp around it.
+fn greedy_pick_cpu(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>> {
+    use rayon::prelude::*;
+    let (rows, vocab) = logits.dims2()?;
+    check_rules(rules, rows, vocab)?;
+    if vocab == 0 {
+        return Err(TeacherError::BadInput("select: empty vocabulary".into()));
+    }
+    let logits = logits.contiguous()?;
+    let (storage, layout) = logits.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return Err(TeacherError::BadInput(
+            "select: expected f32 logits on the CPU".into(),
+        ));
+    };
+    let data = &data[layout.start_offset()..layout.start_offset() + rows * vocab];
+    Ok(data
+        .par_chunks(vocab)
+        .zip(rules)
+        .map_init(Vec::new, |scratch: &mut Vec<f32>, (row, rule)| {
+            let row = if rule.is_noop() {
+                row
+            } else {
+                scratch.clear();
+                scratch.extend_from_slice(row);
+                rule.apply(scratch);
+                &scratch[..]
+            };
+            let (mut best, mut tok) = (row[0], 0usize);
+            for (i, &v) in row.iter().enumerate().skip(1) {
+                if best < v {
+                    best = v;
+                    tok = i;
+                }
+            }
+            if !best.is_finite() {
+                // All -inf (or an infinite/NaN maximum): the device path's NaN, reported as -inf.
+                return (tok as u32, f32::NEG_INFINITY);
+            }
+            let sum: f32 = row.iter().map(|&v| exp_nonpositive(v - best)).sum();
+            let lp = -sum.ln();
+            (tok as u32, if lp.is_nan() { f32::NEG_INFINITY } else { lp })
+        })
+        .collect())
+}
+
+/// `exp(x)` for `x <= 0` (the shifted scores of a softmax), in plain arithmetic the compiler
+/// vectorizes, where libm's `expf` is one call per element: `2^n * p(r)` with
+/// `x = n ln 2 + r`, `|r| <= ln 2 / 2`, `p` the degree-6 Taylor polynomial (relative error
+/// about 2e-7, close to one f32 ulp). Below -87 it returns about 1.6e-38 instead of a smaller
+/// value or 0, which no sum of ones and more noticed; NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4b40_0000);
+    p * f32::from_bits((ni.wrapping_add(127) as u32) << 23)
+}
+
+fn check_rules(rules: &[RowRule], rows: usize, vocab: usize) -> Result<()> {
+    if rules.len() != rows {
+        return Err(TeacherError::BadInput(format!(
+            "select: {} row rules for {rows} rows",
+            rules.len()
+        )));
+    }
+    if let Some(t) = rules
+        .iter()
+        .flat_map(|r| r.forced.iter().chain(&r.banned))
+        .find(|&&t| t as usize >= vocab)
+    {
+        return Err(TeacherError::BadInput(format!(
+            "select: token {t} is outside the vocabulary ({vocab})"
+        )));
+    }
+    Ok(())
+}
+
+/// [`greedy_pick`] in whole-tensor ops (any device).
+fn greedy_pick_tensor(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>> {
     let x = apply_rules(logits, rules)?;
     let tok = x.argmax_keepdim(D::Minus1)?;
     // The chosen value is the row's maximum (NaN aside), so it is the shift of the
@@ -384,6 +472,56 @@ mod tests {
         assert!((got[1].1 - (2.5 - lse(&[1.0, 0.0, 2.5]))).abs() < 1e-6);
         // Forced then banned: nothing is left.
         assert_eq!(got[2], (0, f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn exp_nonpositive_is_within_an_ulp_or_two_of_libm() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 87.0 / 200_000.0;
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn cpu_greedy_pick_equals_the_tensor_path() {
+        // An odd vocabulary, ties, bans, a forced row, a forced-and-banned row, an all-banned
+        // row, a row with a NaN after its maximum and one starting with NaN.
+        let (rows, vocab) = (9, 1031);
+        let x = Tensor::randn(0f32, 3.0, (rows, vocab), &Device::Cpu).unwrap();
+        let mut v = x.to_vec2::<f32>().unwrap();
+        v[1][7] = 50.0;
+        v[1][900] = 50.0;
+        v[6][3] = 40.0;
+        v[6][500] = f32::NAN;
+        v[7][0] = f32::NAN;
+        let x = Tensor::new(v, &Device::Cpu).unwrap();
+        let rule = |forced: Option<u32>, banned: Vec<u32>| RowRule { forced, banned };
+        let rules = vec![
+            rule(None, vec![]),
+            rule(None, vec![]),
+            rule(None, vec![0, 2, 1030]),
+            rule(Some(17), vec![]),
+            rule(Some(17), vec![17]),
+            rule(None, (0..vocab as u32).collect()),
+            rule(None, vec![]),
+            rule(None, vec![5]),
+            rule(None, vec![1]),
+        ];
+        let got = greedy_pick_cpu(&x, &rules).unwrap();
+        let want = greedy_pick_tensor(&x, &rules).unwrap();
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.0, w.0, "row {r}: {got:?} vs {want:?}");
+            let same = (g.1 == w.1) || (g.1 - w.1).abs() < 1e-5;
+            assert!(same, "row {r}: {g:?} vs {w:?}");
+        }
+        assert_eq!(got[1].0, 7, "first of the tied maxima");
+        assert_eq!(got[4].1, f32::NEG_INFINITY);
     }
 
     #[test]

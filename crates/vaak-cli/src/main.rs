@@ -83,6 +83,7 @@ fn main() -> Result<()> {
     // one whatever RUST_BACKTRACE says, while a panic still prints one under RUST_BACKTRACE=1
     // (the panic hook reads only RUST_BACKTRACE). Set before any thread starts.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     match cli.command {
@@ -96,6 +97,30 @@ fn main() -> Result<()> {
         Command::Train(cmd) => train::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::S2s(cmd) => s2s::run(cmd),
+    }
+}
+
+/// glibc hands every allocation over 128 KiB to a fresh `mmap` and unmaps it when freed, so
+/// each conv layer's output (megabytes per clip) is paid again in page faults and zeroing on
+/// every call: 16% of an EnCodec encode (`vaak bench encodec`). Serving such blocks from the
+/// heap and keeping freed memory for the next call trades a resident high-water mark for that.
+/// Environment overrides (`MALLOC_MMAP_THRESHOLD_`, ...) still win.
+fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MMAP_THRESHOLD_MAX: libc::c_int = 32 << 20; // glibc's ceiling on 64-bit
+        const KEEP_ON_TRIM: libc::c_int = libc::c_int::MAX;
+        let set_by_user = |name: &str| std::env::var_os(name).is_some();
+        // SAFETY: mallopt only adjusts allocator parameters; it is called before any thread
+        // starts, and a rejected value leaves glibc's default in place.
+        unsafe {
+            if !set_by_user("MALLOC_MMAP_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX);
+            }
+            if !set_by_user("MALLOC_TRIM_THRESHOLD_") {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_ON_TRIM);
+            }
+        }
     }
 }
 

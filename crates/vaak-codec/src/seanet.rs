@@ -86,16 +86,8 @@ pub(crate) fn pad1d(x: &Tensor, left: usize, right: usize, mode: PadMode) -> Res
             } else {
                 (x.clone(), 0)
             };
-            let n = x.dim(2)?;
-            let idx: Vec<u32> = (0..left)
-                .map(|i| (left - i) as u32)
-                .chain((0..n).map(|i| i as u32))
-                .chain((0..right).map(|j| (n - 2 - j) as u32))
-                .collect();
-            let total = idx.len();
-            let idx = Tensor::from_vec(idx, total, x.device())?;
-            // candle's index_select wants a contiguous source (x may be a narrowed view).
-            let out = x.contiguous()?.index_select(&idx, 2)?;
+            let out = vaak_nn::pad::reflect_pad_last(&x, left, right)?;
+            let total = out.dim(2)?;
             out.narrow(2, 0, total - extra)
         }
     }
@@ -265,7 +257,8 @@ impl SConvTr {
 /// and names as PyTorch `nn.LSTM`; the state is `(h, c)` per layer, `[B, H]` each.
 #[derive(Clone, Debug)]
 pub(crate) struct SLstm {
-    /// Per layer: `W_ih^T` `[I, 4H]`, `W_hh^T` `[H, 4H]`, `b_ih + b_hh` `[4H]`.
+    /// Per layer: `W_ih^T` `[I, 4H]`, `W_hh` `[4H, H]` (as stored: one row per gate unit, the
+    /// layout the CPU recurrence streams), `b_ih + b_hh` `[4H]`.
     layers: Vec<(Tensor, Tensor, Tensor)>,
     hidden: usize,
     state: Option<Vec<(Tensor, Tensor)>>,
@@ -282,11 +275,7 @@ impl SLstm {
             let w_hh = vb.get_with_hints((4 * dim, dim), &format!("weight_hh_l{l}"), init)?;
             let b_ih = vb.get_with_hints(4 * dim, &format!("bias_ih_l{l}"), init)?;
             let b_hh = vb.get_with_hints(4 * dim, &format!("bias_hh_l{l}"), init)?;
-            layers.push((
-                w_ih.t()?.contiguous()?,
-                w_hh.t()?.contiguous()?,
-                (b_ih + b_hh)?,
-            ));
+            layers.push((w_ih.t()?.contiguous()?, w_hh.contiguous()?, (b_ih + b_hh)?));
         }
         Ok(Self {
             layers,
@@ -318,10 +307,16 @@ impl SLstm {
                 .matmul(w_ih)?
                 .broadcast_add(bias)?
                 .reshape((b, t, h4))?;
+            if let Some((out, h, cs)) = recur_cpu(&xp, w_hh, h0, c0)? {
+                finals.push((h, cs));
+                inp = out;
+                continue;
+            }
+            let w_hh_t = w_hh.t()?;
             let (mut h, mut cs) = (h0.clone(), c0.clone());
             let mut outs = Vec::with_capacity(t);
             for step in 0..t {
-                let gates = (xp.narrow(1, step, 1)?.squeeze(1)? + h.matmul(w_hh)?)?;
+                let gates = (xp.narrow(1, step, 1)?.squeeze(1)? + h.matmul(&w_hh_t)?)?;
                 let hs = self.hidden;
                 let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hs)?)?;
                 let f = candle_nn::ops::sigmoid(&gates.narrow(1, hs, hs)?)?;
@@ -344,6 +339,92 @@ impl SLstm {
         let init = self.zero_state(b, x.dtype(), x.device())?;
         Ok(self.run(x, &init)?.0)
     }
+}
+
+/// Gate units per parallel task of the CPU recurrence's matrix-vector product.
+const LSTM_UNITS_PER_TASK: usize = 256;
+
+/// Outputs `[B, T, H]` and final `(h, c)` of one LSTM layer.
+type LstmRun = (Tensor, Tensor, Tensor);
+
+/// The LSTM recurrence for an untracked CPU f32 layer: `xp` `[B, T, 4H]` (the input projection
+/// plus both biases), `w_hh` `[4H, H]`, states `[B, H]`; returns the outputs `[B, T, H]` and the
+/// final `(h, c)`, or `None` for any other tensors. Each frame reads `w_hh` once (split across
+/// the rayon pool by gate units) and updates the gates in place, where the composed candle ops
+/// would make ~10 tensors per frame and run the product on one thread.
+fn recur_cpu(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<Option<LstmRun>> {
+    use rayon::prelude::*;
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
+    if ![xp, w_hh, h0, c0].into_iter().all(cpu_f32) {
+        return Ok(None);
+    }
+    let (b, t, h4) = xp.dims3()?;
+    let hs = h4 / 4;
+    let xp = xp.flatten_all()?.to_vec1::<f32>()?;
+    let w = w_hh.flatten_all()?.to_vec1::<f32>()?;
+    let mut h = h0.flatten_all()?.to_vec1::<f32>()?;
+    let mut c = c0.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; b * t * hs];
+    let parallel = candle_core::utils::get_num_threads() > 1 && h4 >= 2 * LSTM_UNITS_PER_TASK;
+    let tasks = h4.div_ceil(LSTM_UNITS_PER_TASK);
+    // Per task: its gate units' pre-activations for every batch row, `[B, units]`.
+    let mut parts: Vec<Vec<f32>> = (0..tasks)
+        .map(|i| vec![0f32; b * LSTM_UNITS_PER_TASK.min(h4 - i * LSTM_UNITS_PER_TASK)])
+        .collect();
+    use vaak_nn::activation::{sigmoid_in_place, tanh_in_place};
+    let mut gates = vec![0f32; h4];
+    let mut tanh_c = vec![0f32; hs];
+    for step in 0..t {
+        let product = |(part, rows): (&mut Vec<f32>, &[f32])| {
+            vaak_nn::transformer::rows_times_wt(&h, rows, hs, None, part);
+        };
+        if parallel {
+            parts
+                .par_iter_mut()
+                .zip(w.par_chunks(LSTM_UNITS_PER_TASK * hs))
+                .for_each(product);
+        } else {
+            parts
+                .iter_mut()
+                .zip(w.chunks(LSTM_UNITS_PER_TASK * hs))
+                .for_each(product);
+        }
+        for r in 0..b {
+            let xr = &xp[(r * t + step) * h4..][..h4];
+            for (task, part) in parts.iter().enumerate() {
+                let units = part.len() / b;
+                let at = task * LSTM_UNITS_PER_TASK;
+                for ((g, p), x) in gates[at..at + units]
+                    .iter_mut()
+                    .zip(&part[r * units..(r + 1) * units])
+                    .zip(&xr[at..at + units])
+                {
+                    *g = p + x;
+                }
+            }
+            // PyTorch's gate order: input, forget, cell, output.
+            sigmoid_in_place(&mut gates[..2 * hs]);
+            tanh_in_place(&mut gates[2 * hs..3 * hs]);
+            sigmoid_in_place(&mut gates[3 * hs..]);
+            let c = &mut c[r * hs..(r + 1) * hs];
+            for (j, cj) in c.iter_mut().enumerate() {
+                *cj = gates[hs + j] * *cj + gates[j] * gates[2 * hs + j];
+            }
+            tanh_c.copy_from_slice(c);
+            tanh_in_place(&mut tanh_c);
+            let h = &mut h[r * hs..(r + 1) * hs];
+            for ((hj, o), tc) in h.iter_mut().zip(&gates[3 * hs..]).zip(&tanh_c) {
+                *hj = o * tc;
+            }
+            out[(r * t + step) * hs..(r * t + step + 1) * hs].copy_from_slice(h);
+        }
+    }
+    let dev = h0.device();
+    Ok(Some((
+        Tensor::from_vec(out, (b, t, hs), dev)?,
+        Tensor::from_vec(h, (b, hs), dev)?,
+        Tensor::from_vec(c, (b, hs), dev)?,
+    )))
 }
 
 impl StreamingModule for SLstm {
@@ -719,6 +800,44 @@ mod tests {
             .to_vec1::<f32>()?;
         // torch: pad([1,2,0,0], (3,0), reflect) = [0,0,2,1,2,0,0] -> drop the 2 appended zeros.
         assert_eq!(y, vec![0., 0., 2., 1., 2.]);
+        Ok(())
+    }
+
+    /// The CPU recurrence against the composed candle ops (the path autograd and other
+    /// devices take), over a batch of 2 and both layers (the rayon split is on wherever candle uses more
+    /// than one thread).
+    #[test]
+    fn cpu_lstm_recurrence_equals_the_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        // 4H = 1024 gate units: four parallel tasks.
+        let dim = 256;
+        let vm = candle_nn::VarMap::new();
+        let lstm = SLstm::new(dim, 2, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        let x = Tensor::randn(0f32, 1., (2, dim, 9), &dev)?;
+        let init = lstm.zero_state(2, DType::F32, &dev)?;
+        // Tracked weights send `run` down the composed path.
+        let tracked: Vec<(Tensor, Tensor, Tensor)> = lstm
+            .layers
+            .iter()
+            .map(|(a, b, c)| {
+                let var =
+                    |t: &Tensor| candle_core::Var::from_tensor(t).map(|v| v.as_tensor().clone());
+                Ok((var(a)?, var(b)?, var(c)?))
+            })
+            .collect::<Result<_>>()?;
+        let composed = SLstm {
+            layers: tracked,
+            ..lstm.clone()
+        };
+        let (want, want_state) = composed.run(&x, &init)?;
+        let (got, got_state) = lstm.run(&x, &init)?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        assert!(max_diff(&got, &want)? < 1e-5);
+        for ((h, c), (wh, wc)) in got_state.iter().zip(&want_state) {
+            assert!(max_diff(h, wh)? < 1e-5 && max_diff(c, wc)? < 1e-5);
+        }
         Ok(())
     }
 }

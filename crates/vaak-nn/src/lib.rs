@@ -1,14 +1,16 @@
 //! vaak-nn: the candle building blocks of vaak's own models.
 //!
 //! Streaming modules with per-slot state, causal convolutions (one differentiable conv with a
-//! fast CPU path), a transformer with rotating and per-slot KV caches and cross-attention, residual
+//! fast CPU path), reflect padding, vectorised activations, a transformer with rotating and per-slot KV caches and cross-attention, residual
 //! vector quantization, weight loading from local paths or `hf://`, a training kit with the
 //! training run every model shares (`train::run`), and the one parser of device names
 //! ([`parse_device`]).
 
+pub mod activation;
 pub mod conv;
 pub mod device;
 pub mod error;
+pub mod pad;
 pub mod rvq;
 pub mod streaming;
 pub mod train;

@@ -461,7 +461,7 @@ fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
 /// `out[r, o] = bias[o] + sum_i x[r, i] * w[o, i]` for `x` `[rows, k]`, `w` `[n, k]` and
 /// `out` `[rows, n]`, all row-major: one pass over `w`, every row of `x` against each weight
 /// row while it is in L1. AVX2 + FMA when the CPU has them, else portable 8-lane sums.
-pub(crate) fn rows_times_wt(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+pub fn rows_times_wt(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
     let n = w.len().checked_div(k).unwrap_or(0);
     let rows = x.len().checked_div(k).unwrap_or(0);
     debug_assert_eq!(out.len(), rows * n);

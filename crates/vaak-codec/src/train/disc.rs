@@ -303,7 +303,7 @@ impl PeriodDisc {
         let (b, _, t) = x.dims3()?;
         let p = self.period;
         let x = if t % p != 0 {
-            reflect_pad_right(x, p - t % p)?
+            vaak_nn::pad::reflect_pad_last(x, 0, p - t % p)?
         } else {
             x.clone()
         };
@@ -321,17 +321,6 @@ impl PeriodDisc {
             features,
         })
     }
-}
-
-/// Reflect-pads the last axis of `[B, C, T]` by `n < T` on the right (PyTorch
-/// `F.pad(x, (0, n), "reflect")`); index_select keeps it differentiable.
-fn reflect_pad_right(x: &Tensor, n: usize) -> Result<Tensor> {
-    let t = x.dim(2)?;
-    let idx: Vec<u32> = (0..t as u32)
-        .chain((0..n).map(|j| (t - 2 - j) as u32))
-        .collect();
-    let len = idx.len();
-    Ok(x.index_select(&Tensor::from_vec(idx, len, x.device())?, 2)?)
 }
 
 /// EnCodec's STFT discriminator at one resolution.

@@ -221,7 +221,7 @@ impl Stft {
                     self.n_fft
                 );
             }
-            reflect_pad(x, p)?
+            vaak_nn::pad::reflect_pad_last(x, p, p)?
         } else {
             x.clone()
         };
@@ -401,25 +401,6 @@ impl CustomOp1 for RealDftAdjoint {
     }
 }
 
-/// Reflect-pads the last axis of `[B, T]` by `p` on both sides (`T > p`), as
-/// `torch.nn.functional.pad(mode="reflect")`; differentiable (index_select).
-pub fn reflect_pad(x: &Tensor, p: usize) -> Result<Tensor> {
-    let t = x.dim(1)?;
-    if p == 0 {
-        return Ok(x.clone());
-    }
-    if t <= p {
-        bail!("reflect_pad: pad {p} needs more than {p} samples, got {t}");
-    }
-    let idx: Vec<u32> = (0..p)
-        .map(|i| (p - i) as u32)
-        .chain((0..t).map(|i| i as u32))
-        .chain((0..p).map(|j| (t - 2 - j) as u32))
-        .collect();
-    let n = idx.len();
-    x.index_select(&Tensor::from_vec(idx, n, x.device())?, 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,7 +467,7 @@ mod tests {
     #[test]
     fn centre_padding_reflects() -> Result<()> {
         let x = Tensor::new(&[[0f32, 1., 2., 3., 4.]], &Device::Cpu)?;
-        let y = reflect_pad(&x, 2)?.to_vec2::<f32>()?;
+        let y = vaak_nn::pad::reflect_pad_last(&x, 2, 2)?.to_vec2::<f32>()?;
         assert_eq!(y[0], vec![2., 1., 0., 1., 2., 3., 4., 3., 2.]);
         let stft = Stft::new(8, 2, 8, Window::Hann, true, &Device::Cpu)?;
         assert_eq!(stft.frames(5), 3);

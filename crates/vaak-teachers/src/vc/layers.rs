@@ -157,11 +157,12 @@ impl Wn {
         let mut x = x.clone();
         let mut out: Option<Tensor> = None;
         for i in 0..n {
-            let mut x_in = self.in_layers[i].forward(&x)?;
-            if let Some(g) = &g {
-                x_in = x_in.broadcast_add(&g.narrow(1, i * 2 * h, 2 * h)?)?;
-            }
-            let acts = (x_in.narrow(1, 0, h)?.tanh()? * sigmoid(&x_in.narrow(1, h, h)?)?)?;
+            let x_in = self.in_layers[i].forward(&x)?;
+            let g_i = g
+                .as_ref()
+                .map(|g| g.narrow(1, i * 2 * h, 2 * h))
+                .transpose()?;
+            let acts = vaak_nn::activation::gated_tanh_sigmoid(&x_in, g_i.as_ref())?;
             let rs = self.res_skip[i].forward(&acts)?;
             let skip = if i + 1 < n {
                 x = (x + rs.narrow(1, 0, h)?)?.broadcast_mul(mask)?;

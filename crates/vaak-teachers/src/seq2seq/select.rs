@@ -99,7 +99,7 @@ pub fn greedy_pick(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>
 
 /// [`greedy_pick`] on the CPU: per row, in parallel, the rule applied to a scratch copy, the
 /// arg-max as candle's (the first maximum; a NaN never wins unless it comes first) and the
-/// log-sum-exp around it.
+/// log-sum-exp around it (vaak-nn's vectorised `exp`, not libm's one call per element).
 fn greedy_pick_cpu(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>> {
     use rayon::prelude::*;
     let (rows, vocab) = logits.dims2()?;
@@ -118,55 +118,38 @@ fn greedy_pick_cpu(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>
     Ok(data
         .par_chunks(vocab)
         .zip(rules)
-        .map_init(Vec::new, |scratch: &mut Vec<f32>, (row, rule)| {
-            let row = if rule.is_noop() {
-                row
-            } else {
-                scratch.clear();
-                scratch.extend_from_slice(row);
-                rule.apply(scratch);
-                &scratch[..]
-            };
-            let (mut best, mut tok) = (row[0], 0usize);
-            for (i, &v) in row.iter().enumerate().skip(1) {
-                if best < v {
-                    best = v;
-                    tok = i;
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(scratch, shifted): &mut (Vec<f32>, Vec<f32>), (row, rule)| {
+                let row = if rule.is_noop() {
+                    row
+                } else {
+                    scratch.clear();
+                    scratch.extend_from_slice(row);
+                    rule.apply(scratch);
+                    &scratch[..]
+                };
+                let (mut best, mut tok, mut nan) = (row[0], 0usize, false);
+                for (i, &v) in row.iter().enumerate() {
+                    nan |= v.is_nan();
+                    if best < v {
+                        best = v;
+                        tok = i;
+                    }
                 }
-            }
-            if !best.is_finite() {
-                // All -inf (or an infinite/NaN maximum): the device path's NaN, reported as -inf.
-                return (tok as u32, f32::NEG_INFINITY);
-            }
-            let sum: f32 = row.iter().map(|&v| exp_nonpositive(v - best)).sum();
-            let lp = -sum.ln();
-            (tok as u32, if lp.is_nan() { f32::NEG_INFINITY } else { lp })
-        })
+                if nan || !best.is_finite() {
+                    // A NaN, an infinite maximum or an all -inf row: the device path's NaN,
+                    // reported as -inf.
+                    return (tok as u32, f32::NEG_INFINITY);
+                }
+                shifted.clear();
+                shifted.extend(row.iter().map(|&v| v - best));
+                vaak_nn::activation::exp_in_place(shifted);
+                let sum: f32 = shifted.iter().sum();
+                (tok as u32, -sum.ln())
+            },
+        )
         .collect())
-}
-
-/// `exp(x)` for `x <= 0` (the shifted scores of a softmax), in plain arithmetic the compiler
-/// vectorizes, where libm's `expf` is one call per element: `2^n * p(r)` with
-/// `x = n ln 2 + r`, `|r| <= ln 2 / 2`, `p` the degree-6 Taylor polynomial (relative error
-/// about 2e-7, close to one f32 ulp). Below -87 it returns about 1.6e-38 instead of a smaller
-/// value or 0, which no sum of ones and more noticed; NaN stays NaN.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let x = if x < -87.0 { -87.0 } else { x };
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let ni = (t.to_bits() as i32).wrapping_sub(0x4b40_0000);
-    p * f32::from_bits((ni.wrapping_add(127) as u32) << 23)
 }
 
 fn check_rules(rules: &[RowRule], rows: usize, vocab: usize) -> Result<()> {
@@ -472,20 +455,6 @@ mod tests {
         assert!((got[1].1 - (2.5 - lse(&[1.0, 0.0, 2.5]))).abs() < 1e-6);
         // Forced then banned: nothing is left.
         assert_eq!(got[2], (0, f32::NEG_INFINITY));
-    }
-
-    #[test]
-    fn exp_nonpositive_is_within_an_ulp_or_two_of_libm() {
-        let mut worst = 0f32;
-        for i in 0..=200_000 {
-            let x = -(i as f32) * 87.0 / 200_000.0;
-            let (got, want) = (exp_nonpositive(x), x.exp());
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 5e-7, "relative error {worst}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(f32::NEG_INFINITY) < 1e-37);
-        assert!(exp_nonpositive(f32::NAN).is_nan());
     }
 
     #[test]

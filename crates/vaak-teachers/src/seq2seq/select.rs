@@ -129,27 +129,69 @@ fn greedy_pick_cpu(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>
                     rule.apply(scratch);
                     &scratch[..]
                 };
-                let (mut best, mut tok, mut nan) = (row[0], 0usize, false);
-                for (i, &v) in row.iter().enumerate() {
-                    nan |= v.is_nan();
-                    if best < v {
-                        best = v;
-                        tok = i;
-                    }
-                }
+                let (best, nan) = max_and_nan(row);
                 if nan || !best.is_finite() {
                     // A NaN, an infinite maximum or an all -inf row: the device path's NaN,
-                    // reported as -inf.
+                    // reported as -inf, with candle's arg-max (a NaN first wins, later ones never).
+                    let (mut best, mut tok) = (row[0], 0usize);
+                    for (i, &v) in row.iter().enumerate() {
+                        if best < v {
+                            best = v;
+                            tok = i;
+                        }
+                    }
                     return (tok as u32, f32::NEG_INFINITY);
                 }
+                let tok = row.iter().position(|&v| v == best).unwrap_or(0);
                 shifted.clear();
                 shifted.extend(row.iter().map(|&v| v - best));
                 vaak_nn::activation::exp_in_place(shifted);
-                let sum: f32 = shifted.iter().sum();
-                (tok as u32, -sum.ln())
+                (tok as u32, -lane_sum(shifted).ln())
             },
         )
         .collect())
+}
+
+/// Lanes of the vectorisable reductions below.
+const LANES: usize = 16;
+
+/// The maximum of a non-empty row and whether it holds a NaN, in `LANES` independent lanes (a
+/// strict left-to-right `max` would not vectorise).
+fn max_and_nan(row: &[f32]) -> (f32, bool) {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+            nan[i] |= c[i].is_nan();
+        }
+    }
+    let mut best = f32::NEG_INFINITY;
+    let mut any_nan = false;
+    for (&v, &n) in m
+        .iter()
+        .zip(&nan)
+        .chain(tail.iter().zip(std::iter::repeat(&false)))
+    {
+        best = if v > best { v } else { best };
+        any_nan |= n || v.is_nan();
+    }
+    (best, any_nan)
+}
+
+/// A sum in `LANES` partial sums (a strict left-to-right sum would not vectorise).
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn check_rules(rules: &[RowRule], rows: usize, vocab: usize) -> Result<()> {

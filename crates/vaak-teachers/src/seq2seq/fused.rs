@@ -39,7 +39,8 @@ impl KeyLimits {
 }
 
 /// Attention of `q` `[N, H, M, Dh]` (already scaled) over keys and values `[N, H, S, Dh]`, all
-/// f32 on the CPU, to `[N, H, M, Dh]`.
+/// f32 on the CPU, to `[N, H, M, Dh]`. Keys and values are read in place when each (item, head)
+/// block of `S * Dh` is contiguous, as in the first `S` positions of a longer cache buffer.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -47,9 +48,22 @@ pub fn attention(
     limits: &KeyLimits,
 ) -> candle_core::Result<Tensor> {
     let q = q.contiguous()?;
-    let k = k.contiguous()?;
-    let v = v.contiguous()?;
-    q.apply_op3_no_bwd(&k, &v, &Fused { limits })
+    let blocks = |t: &Tensor| -> candle_core::Result<Tensor> {
+        if head_blocks(t.layout()).is_some() {
+            Ok(t.clone())
+        } else {
+            t.contiguous()
+        }
+    };
+    q.apply_op3_no_bwd(&blocks(k)?, &blocks(v)?, &Fused { limits })
+}
+
+/// `(start, item stride, head stride)` of a `[N, H, S, Dh]` layout whose `[S, Dh]` blocks are
+/// each contiguous; `None` otherwise.
+fn head_blocks(l: &Layout) -> Option<(usize, usize, usize)> {
+    let st = l.stride();
+    let (_, _, _, dh) = l.shape().dims4().ok()?;
+    (st.len() == 4 && st[3] == 1 && st[2] == dh).then_some((l.start_offset(), st[0], st[1]))
 }
 
 struct Fused<'a> {
@@ -104,12 +118,15 @@ impl CustomOp3 for Fused<'_> {
                 )));
             }
         }
+        let (Some(kb), Some(vb)) = (head_blocks(kl), head_blocks(vl)) else {
+            return Err(candle_core::Error::Msg(
+                "fused attention: keys/values blocks are not contiguous".into(),
+            ));
+        };
         let (q, k, v) = match (qs, ks, vs) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => (
-                &q[ql.start_offset()..],
-                &k[kl.start_offset()..],
-                &v[vl.start_offset()..],
-            ),
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                (&q[ql.start_offset()..], k.as_slice(), v.as_slice())
+            }
             (q, k, _) => {
                 let dt = if matches!(q, CpuStorage::F32(_)) {
                     k.dtype()
@@ -126,8 +143,10 @@ impl CustomOp3 for Fused<'_> {
         let limits = self.limits;
         out.par_chunks_mut(m * dh).enumerate().for_each(|(nh, o)| {
             let item = nh / h;
-            let kb = &k[nh * s * dh..(nh + 1) * s * dh];
-            let vb = &v[nh * s * dh..(nh + 1) * s * dh];
+            let block = |(start, si, sh): (usize, usize, usize)| start + item * si + (nh % h) * sh;
+            let (ko, vo) = (block(kb), block(vb));
+            let kb = &k[ko..ko + s * dh];
+            let vb = &v[vo..vo + s * dh];
             let mut p = vec![0f32; s];
             for r in 0..m {
                 let qr = &q[(nh * m + r) * dh..(nh * m + r + 1) * dh];
@@ -219,6 +238,25 @@ mod tests {
             let q = Tensor::randn(0f32, 1.0, (n, h, m, dh), &dev).unwrap();
             let got = attention(&q, &k, &v, &limits).unwrap();
             let want = reference(&q, &k, &v, &limits);
+            // The same keys as the filled prefix of a longer buffer, read in place.
+            let long = |t: &Tensor| {
+                let pad = Tensor::randn(0f32, 1.0, (n, h, 5, dh), &dev).unwrap();
+                Tensor::cat(&[t, &pad], 2).unwrap().narrow(2, 0, s).unwrap()
+            };
+            let (kp, vp) = (long(&k), long(&v));
+            assert!(!kp.is_contiguous());
+            let strided = attention(&q, &kp, &vp, &limits).unwrap();
+            let diff = (&got - strided)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "m {m}: strided keys");
             let err = (got - want)
                 .unwrap()
                 .abs()

@@ -338,6 +338,7 @@ pub fn greedy_search<D: Decoder + ?Sized>(
         })
         .collect();
     let mut sum_lp = vec![0f64; n];
+    cache.reserve(max_lens.iter().copied().max().unwrap_or(0));
     // Items still decoding, in cache row order.
     let mut active: Vec<usize> = (0..n).filter(|&i| max_lens[i] > prompt_len).collect();
     if active.len() < n && !active.is_empty() {
@@ -438,6 +439,7 @@ fn beam_search<M: Seq2Seq + ?Sized>(
     let keep_k = 2.max(1 + p.eos_token_ids.len()) * k;
     let start = p.decoder_start_token_id;
     let mut cache = model.start_cache(enc, k)?;
+    cache.reserve(max_lens.iter().copied().max().unwrap_or(0));
     let mut items: Vec<BeamItem> = max_lens
         .iter()
         .map(|&max_len| BeamItem {

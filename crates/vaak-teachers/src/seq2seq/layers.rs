@@ -15,8 +15,9 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::cache::{Encoded, KvCache};
+use super::cache::{Encoded, KvCache, SelfKv};
 use super::fused::{self, KeyLimits};
+use super::rows;
 
 /// Query rows per key group up to which a CPU attention takes the fused kernel rather than
 /// per-(group, head) matmuls (decoder steps: one per row, or one per beam of an item).
@@ -120,13 +121,67 @@ impl Linear {
         })
     }
 
-    /// `[rows, in]` to `[rows, out]`.
+    /// `[rows, in]` to `[rows, out]`; up to [`rows::MAX_ROWS`] f32 rows on an AVX-512 CPU go
+    /// through [`rows::rows_times`] (decoder steps), the rest through candle's matmul.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = self.forward_rows(x)? {
+            return Ok(y);
+        }
         let y = x.matmul(&self.w_t)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// [`rows::rows_times`] when it applies, else `None`.
+    fn forward_rows(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (rows, k) = x.dims2()?;
+        let fits = rows <= rows::MAX_ROWS
+            && k > 0
+            && [Some(x), Some(&self.w_t), self.bias.as_ref()]
+                .into_iter()
+                .flatten()
+                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+            && rows::available();
+        if !fits {
+            return Ok(None);
+        }
+        let n = self.w_t.dim(1)?;
+        let x = x.contiguous()?;
+        let bias = self.bias.as_ref().map(|b| b.contiguous()).transpose()?;
+        let mut out = vec![0f32; rows * n];
+        {
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = self.w_t.storage_and_layout();
+            let bs = bias.as_ref().map(|b| b.storage_and_layout());
+            let b = match &bs {
+                Some((s, l)) => Some(f32s(s, l, n)?),
+                None => None,
+            };
+            rows::rows_times(
+                f32s(&xs, xl, rows * k)?,
+                f32s(&ws, wl, k * n)?,
+                k,
+                b,
+                &mut out,
+            );
+        }
+        Tensor::from_vec(out, (rows, n), x.device()).map(Some)
+    }
+}
+
+/// The `len` f32s of a CPU tensor's storage from its layout's offset.
+fn f32s<'a>(
+    s: &'a candle_core::Storage,
+    l: &candle_core::Layout,
+    len: usize,
+) -> candle_core::Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+            Ok(&v[l.start_offset()..l.start_offset() + len])
+        }
+        _ => Err(candle_core::Error::Msg("linear: expected CPU f32".into())),
     }
 }
 
@@ -404,21 +459,15 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         self_mask: (Option<&Tensor>, &KeyLimits),
-        past: &mut Option<(Tensor, Tensor)>,
+        (past, filled, hint): (&mut Option<SelfKv>, usize, usize),
         cross: &(Tensor, Tensor),
         cross_mask: (Option<&Tensor>, &KeyLimits),
     ) -> candle_core::Result<Tensor> {
         let x = residual(self.norm, &self.self_ln, x, |h| {
             let (k, v) = self.self_attn.keys_values(h)?;
-            let (k, v) = match past.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            let y = self
-                .self_attn
-                .attend_limited(h, (&k, &v), self_mask.0, self_mask.1)?;
-            *past = Some((k, v));
-            Ok(y)
+            let (k, v) = SelfKv::extend(past, (&k, &v), filled, hint)?;
+            self.self_attn
+                .attend_limited(h, (&k, &v), self_mask.0, self_mask.1)
         })?;
         let x = residual(self.norm, &self.cross_ln, &x, |h| {
             self.cross_attn
@@ -517,12 +566,13 @@ impl DecoderStack {
             causal: Some((l, cache.len())),
         };
         let mut x = x.clone();
-        let (past, cross, cross_mask) = cache.parts();
+        let filled = cache.len();
+        let ((past, hint), cross, cross_mask) = cache.parts();
         for (layer, (past, cross)) in self.layers.iter().zip(past.iter_mut().zip(cross)) {
             x = layer.forward(
                 &x,
                 (self_mask.as_ref(), &self_limits),
-                past,
+                (past, filled, hint),
                 cross,
                 cross_mask,
             )?;
@@ -537,10 +587,9 @@ impl DecoderStack {
 
 /// The output projection `x @ W^T (+ bias)` to f32 logits.
 pub struct LmHead {
-    /// `[d_model, vocab]`, contiguous.
-    w_t: Tensor,
-    /// `[vocab]` (Marian's `final_logits_bias`).
-    bias: Option<Tensor>,
+    /// `[vocab, d_model]` weight kept transposed, with the optional `[vocab]` bias (Marian's
+    /// `final_logits_bias`).
+    proj: Linear,
     vocab: usize,
 }
 
@@ -549,8 +598,7 @@ impl LmHead {
     pub fn new(weight: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
         let vocab = weight.dim(0)?;
         Ok(Self {
-            w_t: weight.t()?.contiguous()?,
-            bias,
+            proj: Linear::new(weight, bias)?,
             vocab,
         })
     }
@@ -562,10 +610,9 @@ impl LmHead {
     /// `[rows, l, D]` to f32 logits `[rows, l, vocab]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (rows, l, d) = x.dims3()?;
-        let mut logits = x.contiguous()?.reshape((rows * l, d))?.matmul(&self.w_t)?;
-        if let Some(b) = &self.bias {
-            logits = logits.broadcast_add(b)?;
-        }
+        let logits = self
+            .proj
+            .forward(&x.contiguous()?.reshape((rows * l, d))?)?;
         logits.reshape((rows, l, self.vocab))?.to_dtype(DType::F32)
     }
 }

@@ -12,6 +12,8 @@
 //! - [`select`]: the logits processors, greedy arg-max and beam top-k on the logits' device
 //!   (only chosen ids and scores reach the host).
 //! - [`config`]: one `generation_config.json` reader.
+//! - [`fused`], [`rows`]: the CPU kernels of a decoder step (attention over cached keys, the
+//!   projections of a few rows).
 //!
 //! Each model keeps only what is its own: its config.json, embeddings and positions (Whisper's
 //! convolutions and learned tables, M2M-100's fairseq sinusoids, Marian's sinusoids and
@@ -24,6 +26,7 @@ pub mod fused;
 pub mod generate;
 pub mod layers;
 pub mod model;
+pub mod rows;
 pub mod select;
 
 pub use cache::{Encoded, KvCache};

@@ -46,21 +46,7 @@ impl RowRule {
 /// `[rows, vocab]` f32 scores with each row's rule applied, on their device.
 pub fn apply_rules(scores: &Tensor, rules: &[RowRule]) -> Result<Tensor> {
     let (rows, vocab) = scores.dims2()?;
-    if rules.len() != rows {
-        return Err(TeacherError::BadInput(format!(
-            "select: {} row rules for {rows} rows",
-            rules.len()
-        )));
-    }
-    if let Some(t) = rules
-        .iter()
-        .flat_map(|r| r.forced.iter().chain(&r.banned))
-        .find(|&&t| t as usize >= vocab)
-    {
-        return Err(TeacherError::BadInput(format!(
-            "select: token {t} is outside the vocabulary ({vocab})"
-        )));
-    }
+    check_rules(rules, rows, vocab)?;
     if rules.iter().all(RowRule::is_noop) {
         return Ok(scores.clone());
     }
@@ -101,7 +87,134 @@ pub fn apply_rules(scores: &Tensor, rules: &[RowRule]) -> Result<Tensor> {
 /// Greedy choice per row of `[rows, vocab]` logits under `rules`: the arg-max of the processed
 /// scores (the first index on ties) and its log-softmax value over the processed row (`-inf`
 /// when the whole row is banned).
+///
+/// On the CPU (f32) it is one threaded pass over the rows ([`greedy_pick_cpu`]) instead of the
+/// half-dozen whole-tensor passes (rules, arg-max, gather, shift, exp, sum) of the device path.
 pub fn greedy_pick(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>> {
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        return greedy_pick_cpu(logits, rules);
+    }
+    greedy_pick_tensor(logits, rules)
+}
+
+/// [`greedy_pick`] on the CPU: per row, in parallel, the rule applied to a scratch copy, the
+/// arg-max as candle's (the first maximum; a NaN never wins unless it comes first) and the
+/// log-sum-exp around it (vaak-nn's vectorised `exp`, not libm's one call per element).
+fn greedy_pick_cpu(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>> {
+    use rayon::prelude::*;
+    let (rows, vocab) = logits.dims2()?;
+    check_rules(rules, rows, vocab)?;
+    if vocab == 0 {
+        return Err(TeacherError::BadInput("select: empty vocabulary".into()));
+    }
+    let logits = logits.contiguous()?;
+    let (storage, layout) = logits.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return Err(TeacherError::BadInput(
+            "select: expected f32 logits on the CPU".into(),
+        ));
+    };
+    let data = &data[layout.start_offset()..layout.start_offset() + rows * vocab];
+    Ok(data
+        .par_chunks(vocab)
+        .zip(rules)
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(scratch, shifted): &mut (Vec<f32>, Vec<f32>), (row, rule)| {
+                let row = if rule.is_noop() {
+                    row
+                } else {
+                    scratch.clear();
+                    scratch.extend_from_slice(row);
+                    rule.apply(scratch);
+                    &scratch[..]
+                };
+                let (best, nan) = max_and_nan(row);
+                if nan || !best.is_finite() {
+                    // A NaN, an infinite maximum or an all -inf row: the device path's NaN,
+                    // reported as -inf, with candle's arg-max (a NaN first wins, later ones never).
+                    let (mut best, mut tok) = (row[0], 0usize);
+                    for (i, &v) in row.iter().enumerate() {
+                        if best < v {
+                            best = v;
+                            tok = i;
+                        }
+                    }
+                    return (tok as u32, f32::NEG_INFINITY);
+                }
+                let tok = row.iter().position(|&v| v == best).unwrap_or(0);
+                shifted.clear();
+                shifted.extend(row.iter().map(|&v| v - best));
+                vaak_nn::activation::exp_in_place(shifted);
+                (tok as u32, -lane_sum(shifted).ln())
+            },
+        )
+        .collect())
+}
+
+/// Lanes of the vectorisable reductions below.
+const LANES: usize = 16;
+
+/// The maximum of a non-empty row and whether it holds a NaN, in `LANES` independent lanes (a
+/// strict left-to-right `max` would not vectorise).
+fn max_and_nan(row: &[f32]) -> (f32, bool) {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+            nan[i] |= c[i].is_nan();
+        }
+    }
+    let mut best = f32::NEG_INFINITY;
+    let mut any_nan = false;
+    for (&v, &n) in m
+        .iter()
+        .zip(&nan)
+        .chain(tail.iter().zip(std::iter::repeat(&false)))
+    {
+        best = if v > best { v } else { best };
+        any_nan |= n || v.is_nan();
+    }
+    (best, any_nan)
+}
+
+/// A sum in `LANES` partial sums (a strict left-to-right sum would not vectorise).
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn check_rules(rules: &[RowRule], rows: usize, vocab: usize) -> Result<()> {
+    if rules.len() != rows {
+        return Err(TeacherError::BadInput(format!(
+            "select: {} row rules for {rows} rows",
+            rules.len()
+        )));
+    }
+    if let Some(t) = rules
+        .iter()
+        .flat_map(|r| r.forced.iter().chain(&r.banned))
+        .find(|&&t| t as usize >= vocab)
+    {
+        return Err(TeacherError::BadInput(format!(
+            "select: token {t} is outside the vocabulary ({vocab})"
+        )));
+    }
+    Ok(())
+}
+
+/// [`greedy_pick`] in whole-tensor ops (any device).
+fn greedy_pick_tensor(logits: &Tensor, rules: &[RowRule]) -> Result<Vec<(u32, f32)>> {
     let x = apply_rules(logits, rules)?;
     let tok = x.argmax_keepdim(D::Minus1)?;
     // The chosen value is the row's maximum (NaN aside), so it is the shift of the
@@ -384,6 +497,42 @@ mod tests {
         assert!((got[1].1 - (2.5 - lse(&[1.0, 0.0, 2.5]))).abs() < 1e-6);
         // Forced then banned: nothing is left.
         assert_eq!(got[2], (0, f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn cpu_greedy_pick_equals_the_tensor_path() {
+        // An odd vocabulary, ties, bans, a forced row, a forced-and-banned row, an all-banned
+        // row, a row with a NaN after its maximum and one starting with NaN.
+        let (rows, vocab) = (9, 1031);
+        let x = Tensor::randn(0f32, 3.0, (rows, vocab), &Device::Cpu).unwrap();
+        let mut v = x.to_vec2::<f32>().unwrap();
+        v[1][7] = 50.0;
+        v[1][900] = 50.0;
+        v[6][3] = 40.0;
+        v[6][500] = f32::NAN;
+        v[7][0] = f32::NAN;
+        let x = Tensor::new(v, &Device::Cpu).unwrap();
+        let rule = |forced: Option<u32>, banned: Vec<u32>| RowRule { forced, banned };
+        let rules = vec![
+            rule(None, vec![]),
+            rule(None, vec![]),
+            rule(None, vec![0, 2, 1030]),
+            rule(Some(17), vec![]),
+            rule(Some(17), vec![17]),
+            rule(None, (0..vocab as u32).collect()),
+            rule(None, vec![]),
+            rule(None, vec![5]),
+            rule(None, vec![1]),
+        ];
+        let got = greedy_pick_cpu(&x, &rules).unwrap();
+        let want = greedy_pick_tensor(&x, &rules).unwrap();
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.0, w.0, "row {r}: {got:?} vs {want:?}");
+            let same = (g.1 == w.1) || (g.1 - w.1).abs() < 1e-5;
+            assert!(same, "row {r}: {g:?} vs {w:?}");
+        }
+        assert_eq!(got[1].0, 7, "first of the tied maxima");
+        assert_eq!(got[4].1, f32::NEG_INFINITY);
     }
 
     #[test]

@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use vaak_audio::io::{decode_file, write_wav, WavFormat};
+use vaak_audio::metrics::snr_db;
 use vaak_codec::codec::published_mimi_name;
-use vaak_codec::{Codec, CodecConfig, HfCodecConfig, HfMimiConfig, Preset};
+use vaak_codec::{Codec, CodecConfig, HfCodecConfig, HfMimiConfig, Preset, StepWeights};
 use vaak_nn::streaming::StreamMask;
 use vaak_nn::weights::LoadOptions;
 
@@ -89,6 +90,10 @@ pub struct CodecBenchArgs {
     /// Also measure vaak-16k at hop 320 / 640 / 1280 (50 / 25 / 12.5 Hz), random weights.
     #[arg(long)]
     frame_rates: bool,
+    /// Storages of vaak mimi's latent-transformer step weights to measure (f32, bf16, f16);
+    /// each half one is also compared with f32: equal codes and SNR of the decoded audio.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    weights_dtype: Vec<StepWeights>,
     /// Frames of codes the transformers peer decodes per step (it has no streaming decoder).
     #[arg(long, default_value_t = 16)]
     peer_window: usize,
@@ -164,6 +169,26 @@ struct ChildOut {
     rows: Vec<Row>,
     /// Streamed codes `[frame][codebook]` per Mimi implementation.
     codes: HashMap<String, Vec<Vec<u32>>>,
+    /// Half step weights against f32, per half storage measured.
+    #[serde(default)]
+    fidelity: Vec<Fidelity>,
+}
+
+/// How far vaak mimi with half-precision step weights strays from its f32 steps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fidelity {
+    pub weights: String,
+    pub threads: usize,
+    /// Equal (frame, codebook) pairs of the streamed codes, half vs f32.
+    pub codes_equal_fraction: f64,
+    /// Frames whose first (semantic) code differs.
+    pub first_code_differs: usize,
+    pub frames: usize,
+    /// SNR (dB) of the half stream's decoded audio (its own codes) against the f32 stream's.
+    pub snr_db_end_to_end: f64,
+    /// SNR (dB) of the half decoder fed the f32 codes against the f32 decoded audio: the
+    /// decoder transformer's share, without code flips.
+    pub snr_db_decoder_only: f64,
 }
 
 /// CPU seconds used so far by every thread of this process (Linux `schedstat`, ns resolution);
@@ -177,12 +202,14 @@ pub(crate) fn process_cpu_s() -> Option<f64> {
     Some(ns as f64 * 1e-9)
 }
 
-/// Per-frame encode and decode wall times, process CPU times and codes of one stream.
+/// Per-frame encode and decode wall times, process CPU times, codes and decoded audio (batch
+/// row 0, vaak only) of one stream.
 struct Timed {
     enc: Vec<f64>,
     dec: Vec<f64>,
     cpu: Option<Vec<f64>>,
     codes: Vec<Vec<u32>>,
+    audio: Vec<f32>,
 }
 
 /// Times `frames` steps of `step` (after a warm-up on a separate state made by `fresh`).
@@ -190,7 +217,7 @@ fn stream<S>(
     audio: &[f32],
     hop: usize,
     mut fresh: impl FnMut() -> Result<S>,
-    mut step: impl FnMut(&mut S, &[f32]) -> Result<(f64, f64, Vec<u32>)>,
+    mut step: impl FnMut(&mut S, &[f32]) -> Result<(f64, f64, Vec<u32>, Vec<f32>)>,
 ) -> Result<Timed> {
     let n = audio.len() / hop;
     let mut warm = fresh()?;
@@ -199,10 +226,12 @@ fn stream<S>(
     }
     let mut s = fresh()?;
     let (mut enc, mut dec, mut codes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut decoded = Vec::new();
     let mut cpu = Some(Vec::new());
     for i in 0..n {
         let c0 = process_cpu_s();
-        let (e, d, c) = step(&mut s, &audio[i * hop..(i + 1) * hop])?;
+        let (e, d, c, y) = step(&mut s, &audio[i * hop..(i + 1) * hop])?;
+        decoded.extend(y);
         match (c0, process_cpu_s(), cpu.as_mut()) {
             (Some(a), Some(b), Some(v)) => v.push(b - a),
             _ => cpu = None,
@@ -218,6 +247,7 @@ fn stream<S>(
         dec,
         cpu,
         codes,
+        audio: decoded,
     })
 }
 
@@ -268,12 +298,17 @@ fn stream_vaak(codec: &Codec, audio: &[f32]) -> Result<Timed> {
             let t0 = Instant::now();
             let codes = s.encode_step(&x, &StreamMask::All)?;
             let t1 = Instant::now();
-            let mut out = Vec::new();
+            let (mut out, mut y) = (Vec::new(), None);
             if let Some(c) = &codes {
-                s.decode_step(c, &StreamMask::All)?;
+                y = s.decode_step(c, &StreamMask::All)?;
                 out = frame_codes(c)?;
             }
-            Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64(), out))
+            let dt = t1.elapsed().as_secs_f64();
+            let y = match y {
+                Some(y) => y.get(0)?.flatten_all()?.to_vec1::<f32>()?,
+                None => Vec::new(),
+            };
+            Ok(((t1 - t0).as_secs_f64(), dt, out, y))
         },
     )
 }
@@ -306,7 +341,12 @@ fn stream_candle(weights: &Path, codebooks: usize, audio: &[f32]) -> Result<(Tim
                 m.decode_step(&codes)?;
                 out = frame_codes(c)?;
             }
-            Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64(), out))
+            Ok((
+                (t1 - t0).as_secs_f64(),
+                t1.elapsed().as_secs_f64(),
+                out,
+                Vec::new(),
+            ))
         },
     )?;
     Ok((t, hop))
@@ -351,17 +391,40 @@ fn child(args: &CodecBenchArgs, out: &Path) -> Result<()> {
     .with_context(|| format!("vaak mimi from {}", weights.display()))?;
     mimi.set_num_codebooks(args.codebooks)?;
     let case = format!("mimi 24 kHz, {} codebooks", args.codebooks);
-    eprintln!("bench codec [{threads} thread(s)]: vaak mimi...");
-    let t = stream_vaak(&mimi, &audio24)?;
-    rows.push(make_row(
-        &case,
-        "vaak mimi",
-        threads,
-        mimi.hop_length(),
-        24_000,
-        &t,
-    ));
-    codes.insert("vaak mimi".to_string(), t.codes);
+    // f32 first: every half storage is compared with it.
+    let mut kinds = vec![StepWeights::F32];
+    kinds.extend(
+        args.weights_dtype
+            .iter()
+            .filter(|k| **k != StepWeights::F32),
+    );
+    kinds.dedup();
+    let mut reference: Option<Timed> = None;
+    let mut fidelity = Vec::new();
+    for kind in kinds {
+        mimi.set_step_weights(kind)?;
+        let name = vaak_mimi_name(kind);
+        eprintln!("bench codec [{threads} thread(s)]: {name}...");
+        let t = stream_vaak(&mimi, &audio24)?;
+        rows.push(make_row(
+            &case,
+            &name,
+            threads,
+            mimi.hop_length(),
+            24_000,
+            &t,
+        ));
+        match &reference {
+            None => reference = Some(t),
+            Some(r) => {
+                fidelity.push(half_fidelity(&mimi, kind, threads, r, &t)?);
+                codes.insert(name, t.codes);
+            }
+        }
+    }
+    if let Some(r) = reference {
+        codes.insert("vaak mimi".to_string(), r.codes);
+    }
     drop(mimi);
 
     eprintln!("bench codec [{threads} thread(s)]: candle-transformers mimi...");
@@ -430,9 +493,56 @@ fn child(args: &CodecBenchArgs, out: &Path) -> Result<()> {
         candle_threads,
         rows,
         codes,
+        fidelity,
     };
     std::fs::write(out, serde_json::to_vec(&out_v)?)
         .with_context(|| format!("writing {}", out.display()))
+}
+
+/// Row name of vaak mimi with `kind` step weights (plain "vaak mimi" for f32).
+fn vaak_mimi_name(kind: StepWeights) -> String {
+    match kind {
+        StepWeights::F32 => "vaak mimi".to_string(),
+        k => format!("vaak mimi ({k} steps)"),
+    }
+}
+
+/// Codes and audio of a half-weights stream `half` against the f32 stream `reference`, and
+/// the half decoder alone on the f32 codes (an untimed second pass).
+fn half_fidelity(
+    codec: &Codec,
+    kind: StepWeights,
+    threads: usize,
+    reference: &Timed,
+    half: &Timed,
+) -> Result<Fidelity> {
+    let g = agreement(&reference.codes, &half.codes);
+    let first_code_differs = reference
+        .codes
+        .iter()
+        .zip(&half.codes)
+        .filter(|(a, b)| a.first() != b.first())
+        .count();
+    let n = reference.audio.len().min(half.audio.len());
+    let snr_db_end_to_end = snr_db(&reference.audio[..n], &half.audio[..n])?;
+    let mut s = codec.streamer(1)?;
+    let mut dec = Vec::new();
+    for c in &reference.codes {
+        let codes = Tensor::from_slice(c, (1, c.len(), 1), &Device::Cpu)?;
+        if let Some(y) = s.decode_step(&codes, &StreamMask::All)? {
+            dec.extend(y.get(0)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    let n = reference.audio.len().min(dec.len());
+    Ok(Fidelity {
+        weights: kind.to_string(),
+        threads,
+        codes_equal_fraction: g.equal_fraction,
+        first_code_differs,
+        frames: reference.codes.len().min(half.codes.len()),
+        snr_db_end_to_end,
+        snr_db_decoder_only: snr_db(&reference.audio[..n], &dec[..n])?,
+    })
 }
 
 /// Saves random full-size Mimi weights made in Rust under the published (transformers) names.
@@ -556,6 +666,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the vaak binary")?;
     let mut rows = Vec::new();
     let mut codes: HashMap<String, Vec<Vec<u32>>> = HashMap::new();
+    let mut fidelity = Vec::new();
     for &t in &args.threads {
         let out = dir.path().join(format!("child_{t}.json"));
         let mut cmd = Command::new(&exe);
@@ -568,6 +679,8 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
             .arg("--weights-dir")
             .arg(&weights)
             .args(["--codebooks", &args.codebooks.to_string()]);
+        let kinds: Vec<String> = args.weights_dtype.iter().map(|k| k.to_string()).collect();
+        cmd.arg("--weights-dtype").arg(kinds.join(","));
         if args.frame_rates {
             cmd.arg("--frame-rates");
         }
@@ -592,6 +705,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
             ));
         }
         rows.extend(c.rows);
+        fidelity.extend(c.fidelity);
         for (k, v) in c.codes {
             codes.entry(k).or_insert(v);
         }
@@ -658,7 +772,21 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
         }
     }
 
-    let table = table(&rows, &agree, &notes);
+    let mut table = table(&rows, &agree, &notes);
+    for f in &fidelity {
+        table.push_str(&format!(
+            "step weights {} vs f32 ({} thread(s)): {:.1}% codes equal, first code differs in \
+             {} of {} frames; decoded audio SNR {:.1} dB end to end, {:.1} dB decoder only \
+             (f32 codes)\n",
+            f.weights,
+            f.threads,
+            100.0 * f.codes_equal_fraction,
+            f.first_code_differs,
+            f.frames,
+            f.snr_db_end_to_end,
+            f.snr_db_decoder_only
+        ));
+    }
     print!("{table}");
     let report = serde_json::json!({
         "benchmark": "codec",
@@ -667,6 +795,7 @@ pub fn run(args: CodecBenchArgs) -> Result<()> {
                   "codebooks": args.codebooks, "weights": weights.display().to_string()},
         "rows": rows,
         "code_agreement": agree,
+        "step_weights_fidelity": fidelity,
         "notes": notes,
     });
     write_json(&args.json, &report)

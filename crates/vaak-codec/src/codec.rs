@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use vaak_nn::conv::CausalConvConfig;
 use vaak_nn::rvq::{Codebook, CodebookStorage, ResidualVq, RvqConfig};
 use vaak_nn::streaming::{StreamMask, StreamTensor, StreamingModule};
-use vaak_nn::transformer::{StreamingTransformer, Transformer};
+use vaak_nn::transformer::{StepWeights, StreamingTransformer, Transformer};
 use vaak_nn::weights::{LoadOptions, WeightLocation, Weights};
 
 use crate::config::{CodecConfig, HfCodecConfig, HfEncodecConfig, HfMimiConfig, PadMode};
@@ -283,6 +283,26 @@ impl Codec {
     /// Switches whole-clip edge handling (e.g. [`EdgeMode::Causal`] to match a stream).
     pub fn set_edge_mode(&mut self, edge: EdgeMode) {
         self.edge = edge;
+    }
+
+    /// Makes the streaming steps of Mimi's latent transformers read half-precision copies of
+    /// their weights (f32 accumulation; see [`StepWeights`]), made once here; streamers made
+    /// afterwards use them. [`StepWeights::F32`] (the default) restores exact f32 steps.
+    /// Whole-clip calls, the convs and the quantizer stay f32; codecs without a latent
+    /// transformer are unchanged.
+    pub fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
+        if let Some(l) = &mut self.latent {
+            l.enc_transformer.set_step_weights(kind)?;
+            l.dec_transformer.set_step_weights(kind)?;
+        }
+        Ok(())
+    }
+
+    /// The storage the latent transformers' streaming steps read.
+    pub fn step_weights(&self) -> StepWeights {
+        self.latent
+            .as_ref()
+            .map_or(StepWeights::F32, |l| l.enc_transformer.step_weights())
     }
 
     /// Uses the first `n` codebooks.

@@ -67,3 +67,4 @@ pub use config::{
 };
 pub use error::{CodecError, Result, UnknownName};
 pub use seanet::{EdgeMode, Seanet};
+pub use vaak_nn::transformer::StepWeights;

@@ -108,7 +108,7 @@ pub struct TransformerConfig {
     pub bias: bool,
     pub causal: bool,
     /// Limited left context: a query at `t` sees keys in `(t - context, t]`. Streaming caches
-    /// then hold exactly `context` entries in a ring.
+    /// then keep the last `context` entries (and a few spare) in a ring.
     pub context: Option<usize>,
     /// RoPE base period.
     pub max_period: f64,
@@ -423,11 +423,112 @@ impl Norm {
 /// Rows up to which [`linear`] streams the weight itself instead of calling the gemm.
 const FEW_ROWS: usize = 8;
 
+/// Storage of the weights a streaming step reads ([`Transformer::set_step_weights`]).
+///
+/// A step of a few rows is bound by reading the weights, so half-precision storage halves
+/// its cost; products still accumulate in f32 and activations stay f32. Only the few-rows
+/// CPU path ([`FEW_ROWS`] rows or fewer, no autograd) reads the half copy: whole-sequence
+/// forwards, training and other devices keep the f32 weights, which stay loaded.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum StepWeights {
+    /// The loaded f32 weights (exact; the default).
+    #[default]
+    F32,
+    /// bfloat16 copies (8-bit mantissa, f32's range).
+    Bf16,
+    /// IEEE half copies (11-bit mantissa, range up to 65504): closer to f32 for weights of
+    /// ordinary magnitude.
+    F16,
+}
+
+impl StepWeights {
+    pub const ALL: [StepWeights; 3] = [Self::F32, Self::Bf16, Self::F16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for StepWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StepWeights {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown step weights {s:?}; expected f32, bf16 or f16"))
+    }
+}
+
+/// A half-precision copy of a `[n, k]` weight, row-major, as raw 16-bit patterns.
+#[derive(Debug)]
+struct HalfWeight {
+    bits: Vec<u16>,
+    f16: bool,
+}
+
+impl HalfWeight {
+    fn new(w: &Tensor, kind: StepWeights) -> Result<Option<Self>> {
+        let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(match kind {
+            StepWeights::F32 => None,
+            StepWeights::Bf16 => Some(Self {
+                bits: v
+                    .iter()
+                    .map(|&x| half::bf16::from_f32(x).to_bits())
+                    .collect(),
+                f16: false,
+            }),
+            StepWeights::F16 => Some(Self {
+                bits: v
+                    .iter()
+                    .map(|&x| half::f16::from_f32(x).to_bits())
+                    .collect(),
+                f16: true,
+            }),
+        })
+    }
+}
+
+/// A linear layer and, in a half [`StepWeights`] mode, the copy its streaming steps read.
+#[derive(Clone, Debug)]
+struct Proj {
+    lin: Linear,
+    half: Option<std::sync::Arc<HalfWeight>>,
+}
+
+impl Proj {
+    fn new(lin: Linear) -> Self {
+        Self { lin, half: None }
+    }
+
+    fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
+        self.half = HalfWeight::new(self.lin.weight(), kind)?.map(std::sync::Arc::new);
+        Ok(())
+    }
+
+    /// [`linear`], with the half copy on the few-rows path when there is one.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        linear(&self.lin, self.half.as_deref(), x)
+    }
+}
+
 /// `Linear::forward`; with at most [`FEW_ROWS`] rows (a streaming step) on the CPU in f32
 /// without autograd it is [`rows_times_wt`]: each weight row is read once, straight from
 /// memory, while the gemm would pack the whole `[out, in]` weight first for so few rows.
 /// Equals the gemm to float rounding (another summation order).
-fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+/// With `half`, the few-rows path reads that copy of the weight instead (see [`StepWeights`]).
+fn linear(l: &Linear, half: Option<&HalfWeight>, x: &Tensor) -> Result<Tensor> {
     let w = l.weight();
     let (n, k) = w.dims2()?;
     let rows = x.elem_count() / k.max(1);
@@ -445,7 +546,9 @@ fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
     let xv = x.flatten_all()?.to_vec1::<f32>()?;
     let bias = l.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
     let mut out = vec![0f32; rows * n];
-    {
+    if let Some(h) = half {
+        rows_times_half_wt(&xv, &h.bits, h.f16, k, bias.as_deref(), &mut out);
+    } else {
         let (ws, wl) = w.storage_and_layout();
         let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv)) = &*ws else {
             candle_core::bail!("linear: expected a CPU f32 weight");
@@ -463,6 +566,52 @@ fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
 /// row while it is in L1. AVX2 + FMA when the CPU has them, else portable 8-lane sums.
 pub fn rows_times_wt(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
     let n = w.len().checked_div(k).unwrap_or(0);
+    rows_times_any(x, w.as_ptr().cast(), W_F32, n, k, bias, out);
+}
+
+/// [`rows_times_wt`] with `w` stored as bf16 or (`f16`) IEEE half bit patterns: each weight
+/// is widened to f32 exactly, then the same f32 sums.
+fn rows_times_half_wt(
+    x: &[f32],
+    w: &[u16],
+    f16: bool,
+    k: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let n = w.len().checked_div(k).unwrap_or(0);
+    let kind = if f16 { W_F16 } else { W_BF16 };
+    rows_times_any(x, w.as_ptr().cast(), kind, n, k, bias, out);
+}
+
+/// Weight storages of the few-rows kernels (a const parameter, so each gets its own loop).
+const W_F32: u8 = 0;
+const W_BF16: u8 = 1;
+const W_F16: u8 = 2;
+
+/// Weight `i` of a `W`-stored buffer as f32.
+///
+/// # Safety
+/// `w` points to at least `i + 1` elements of the storage `W` names.
+#[inline(always)]
+unsafe fn weight_at<const W: u8>(w: *const u8, i: usize) -> f32 {
+    match W {
+        W_F32 => *w.cast::<f32>().add(i),
+        W_BF16 => half::bf16::from_bits(*w.cast::<u16>().add(i)).to_f32(),
+        _ => half::f16::from_bits(*w.cast::<u16>().add(i)).to_f32(),
+    }
+}
+
+/// The shared driver: `w` holds `n * k` elements of storage `kind`.
+fn rows_times_any(
+    x: &[f32],
+    w: *const u8,
+    kind: u8,
+    n: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let rows = x.len().checked_div(k).unwrap_or(0);
     debug_assert_eq!(out.len(), rows * n);
     for r0 in (0..rows).step_by(4) {
@@ -471,13 +620,30 @@ pub fn rows_times_wt(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: 
         let ob = &mut out[r0 * n..(r0 + rb) * n];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                // SAFETY: the features were just detected; slices sized as documented.
-                unsafe { rows_times_wt_avx2(xb, rb, w, n, k, ob) };
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                // SAFETY: the features were just detected; `w` holds `n * k` elements of
+                // `kind` (callers' contract), the slices are sized as documented.
+                unsafe {
+                    match kind {
+                        W_F32 => rows_times_wt_avx2::<W_F32>(xb, rb, w, n, k, ob),
+                        W_BF16 => rows_times_wt_avx2::<W_BF16>(xb, rb, w, n, k, ob),
+                        _ => rows_times_wt_avx2::<W_F16>(xb, rb, w, n, k, ob),
+                    }
+                }
                 continue;
             }
         }
-        rows_times_wt_portable(xb, rb, w, n, k, ob);
+        // SAFETY: as above.
+        unsafe {
+            match kind {
+                W_F32 => rows_times_wt_portable::<W_F32>(xb, rb, w, n, k, ob),
+                W_BF16 => rows_times_wt_portable::<W_BF16>(xb, rb, w, n, k, ob),
+                _ => rows_times_wt_portable::<W_F16>(xb, rb, w, n, k, ob),
+            }
+        }
     }
     if let Some(b) = bias {
         for row in out.chunks_mut(n.max(1)) {
@@ -488,31 +654,64 @@ pub fn rows_times_wt(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: 
     }
 }
 
-fn rows_times_wt_portable(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+/// # Safety
+/// `w` holds `n * k` elements of storage `W`.
+unsafe fn rows_times_wt_portable<const W: u8>(
+    x: &[f32],
+    rb: usize,
+    w: *const u8,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let k8 = k - k % 8;
     for o in 0..n {
-        let wr = &w[o * k..(o + 1) * k];
+        let base = o * k;
         for r in 0..rb {
             let xr = &x[r * k..(r + 1) * k];
             let mut acc = [0f32; 8];
-            let (wc, wt) = wr.split_at(k - k % 8);
-            for (a, b) in wc.chunks_exact(8).zip(xr.chunks_exact(8)) {
+            for i in (0..k8).step_by(8) {
                 for j in 0..8 {
-                    acc[j] += a[j] * b[j];
+                    acc[j] += weight_at::<W>(w, base + i + j) * xr[i + j];
                 }
             }
             let mut s: f32 = acc.iter().sum();
-            for (a, b) in wt.iter().zip(&xr[k - k % 8..]) {
-                s += a * b;
+            for (i, xv) in xr.iter().enumerate().skip(k8) {
+                s += weight_at::<W>(w, base + i) * xv;
             }
             out[r * n + o] = s;
         }
     }
 }
 
+/// Eight weights from `w + i` of storage `W`, widened to f32.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8<const W: u8>(w: *const u8, i: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    match W {
+        W_F32 => _mm256_loadu_ps(w.cast::<f32>().add(i)),
+        W_BF16 => {
+            // bf16 is the top half of an f32: widen and shift.
+            let h = _mm_loadu_si128(w.cast::<u16>().add(i).cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+        _ => _mm256_cvtph_ps(_mm_loadu_si128(w.cast::<u16>().add(i).cast())),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // `r` indexes two accumulator arrays and `x`'s rows
-unsafe fn rows_times_wt_avx2(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+unsafe fn rows_times_wt_avx2<const W: u8>(
+    x: &[f32],
+    rb: usize,
+    w: *const u8,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -524,13 +723,13 @@ unsafe fn rows_times_wt_avx2(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize
     let k8 = k - k % 8;
     let xp = x.as_ptr();
     for o in 0..n {
-        let wp = w.as_ptr().add(o * k);
+        let base = o * k;
         let mut acc0 = [_mm256_setzero_ps(); 4];
         let mut acc1 = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i < k16 {
-            let w0 = _mm256_loadu_ps(wp.add(i));
-            let w1 = _mm256_loadu_ps(wp.add(i + 8));
+            let w0 = load8::<W>(w, base + i);
+            let w1 = load8::<W>(w, base + i + 8);
             for r in 0..rb {
                 let xr = xp.add(r * k + i);
                 acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, acc0[r]);
@@ -539,7 +738,7 @@ unsafe fn rows_times_wt_avx2(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize
             i += 16;
         }
         if i < k8 {
-            let w0 = _mm256_loadu_ps(wp.add(i));
+            let w0 = load8::<W>(w, base + i);
             for r in 0..rb {
                 acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(r * k + i)), w0, acc0[r]);
             }
@@ -547,7 +746,7 @@ unsafe fn rows_times_wt_avx2(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize
         for r in 0..rb {
             let mut s = hsum(_mm256_add_ps(acc0[r], acc1[r]));
             for j in k8..k {
-                s += *wp.add(j) * *xp.add(r * k + j);
+                s += weight_at::<W>(w, base + j) * *xp.add(r * k + j);
             }
             *out.get_unchecked_mut(r * n + o) = s;
         }
@@ -556,8 +755,8 @@ unsafe fn rows_times_wt_avx2(x: &[f32], rb: usize, w: &[f32], n: usize, k: usize
 
 #[derive(Clone, Debug)]
 struct Ffn {
-    linear1: Linear,
-    linear2: Linear,
+    linear1: Proj,
+    linear2: Proj,
     kind: FfnKind,
     hidden: usize,
 }
@@ -570,15 +769,20 @@ impl Ffn {
             FfnKind::SwiGlu => 2 * h,
         };
         Ok(Self {
-            linear1: candle_nn::linear_b(d, in_rows, cfg.bias, vb.pp("linear1"))?,
-            linear2: candle_nn::linear_b(h, d, cfg.bias, vb.pp("linear2"))?,
+            linear1: Proj::new(candle_nn::linear_b(d, in_rows, cfg.bias, vb.pp("linear1"))?),
+            linear2: Proj::new(candle_nn::linear_b(h, d, cfg.bias, vb.pp("linear2"))?),
             kind: cfg.ffn,
             hidden: h,
         })
     }
 
+    fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
+        self.linear1.set_step_weights(kind)?;
+        self.linear2.set_step_weights(kind)
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = linear(&self.linear1, x)?;
+        let h = self.linear1.forward(x)?;
         let h = match self.kind {
             FfnKind::Gelu => h.gelu_erf()?,
             FfnKind::SwiGlu => {
@@ -587,7 +791,7 @@ impl Ffn {
                 (candle_nn::ops::silu(&gate)? * up)?
             }
         };
-        linear(&self.linear2, &h)
+        self.linear2.forward(&h)
     }
 }
 
@@ -601,10 +805,10 @@ struct AttnInputs {
 
 #[derive(Clone, Debug)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -617,14 +821,36 @@ impl Attention {
         let (d, hd) = (cfg.d_model, cfg.head_dim());
         let (h, kv) = (cfg.num_heads, cfg.kv_heads());
         Ok(Self {
-            q_proj: candle_nn::linear_b(d, h * hd, cfg.bias, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(kv_dim, kv * hd, cfg.bias, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(kv_dim, kv * hd, cfg.bias, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_b(h * hd, d, cfg.bias, vb.pp("o_proj"))?,
+            q_proj: Proj::new(candle_nn::linear_b(d, h * hd, cfg.bias, vb.pp("q_proj"))?),
+            k_proj: Proj::new(candle_nn::linear_b(
+                kv_dim,
+                kv * hd,
+                cfg.bias,
+                vb.pp("k_proj"),
+            )?),
+            v_proj: Proj::new(candle_nn::linear_b(
+                kv_dim,
+                kv * hd,
+                cfg.bias,
+                vb.pp("v_proj"),
+            )?),
+            o_proj: Proj::new(candle_nn::linear_b(h * hd, d, cfg.bias, vb.pp("o_proj"))?),
             num_heads: h,
             num_kv_heads: kv,
             head_dim: hd,
         })
+    }
+
+    fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
+        for p in [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+        ] {
+            p.set_step_weights(kind)?;
+        }
+        Ok(())
     }
 
     /// Projects and rotates: `q: [B, H, T, hd]`, `k, v: [B, Hkv, T, hd]`, all contiguous.
@@ -641,9 +867,9 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(linear(&self.q_proj, x)?, self.num_heads)?;
-        let k = heads(linear(&self.k_proj, x)?, self.num_kv_heads)?;
-        let v = heads(linear(&self.v_proj, x)?, self.num_kv_heads)?;
+        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
         let q = rope.apply(&q, &inp.cos, &inp.sin, train)?;
         let k = rope.apply(&k, &inp.cos, &inp.sin, train)?;
         Ok((q, k, v))
@@ -653,6 +879,7 @@ impl Attention {
     fn cross_q(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         self.q_proj
+            .lin
             .forward(x)?
             .reshape((b, t, self.num_heads, self.head_dim))?
             .transpose(1, 2)?
@@ -668,8 +895,8 @@ impl Attention {
                 .contiguous()
         };
         Ok((
-            heads(self.k_proj.forward(m)?)?,
-            heads(self.v_proj.forward(m)?)?,
+            heads(self.k_proj.lin.forward(m)?)?,
+            heads(self.v_proj.lin.forward(m)?)?,
         ))
     }
 
@@ -698,7 +925,7 @@ impl Attention {
             .to_dtype(dtype)?
             .reshape((b, kv, g * t, s))?;
         let y = p.matmul(v)?.reshape((b, h, t, hd))?.transpose(1, 2)?;
-        linear(&self.o_proj, &y.reshape((b, t, h * hd))?)
+        self.o_proj.forward(&y.reshape((b, t, h * hd))?)
     }
 }
 
@@ -795,6 +1022,7 @@ pub struct Transformer {
     rope: Rope,
     dtype: DType,
     device: Device,
+    step_weights: StepWeights,
 }
 
 impl Transformer {
@@ -829,11 +1057,29 @@ impl Transformer {
             rope: Rope::new(cfg),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            step_weights: StepWeights::F32,
         })
     }
 
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
+    }
+
+    /// Makes streaming steps read `kind` copies of the self-attention and feed-forward
+    /// weights (see [`StepWeights`]); made once here, dropped again by [`StepWeights::F32`].
+    /// Cross-attention projections stay f32. Clones made before this call keep their mode.
+    pub fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.self_attn.set_step_weights(kind)?;
+            layer.ffn.set_step_weights(kind)?;
+        }
+        self.step_weights = kind;
+        Ok(())
+    }
+
+    /// The storage streaming steps read (see [`Self::set_step_weights`]).
+    pub fn step_weights(&self) -> StepWeights {
+        self.step_weights
     }
 
     pub fn options(&self) -> &TransformerOptions {
@@ -1435,6 +1681,12 @@ impl KvRing {
     }
 }
 
+/// Ring entries a limited-context cache holds beyond its context: a step of up to
+/// `RING_SLACK + 1` frames then writes its keys in place without overwriting one the step's
+/// own first query still sees, so it attends over the ring directly instead of over a copy
+/// of the ring with the new keys appended.
+const RING_SLACK: usize = FEW_ROWS - 1;
+
 /// Per-slot KV caches for the whole stack: one ring per layer and one position per slot.
 /// Slots start, stop and reset independently; [`Transformer::step_slots`] advances the live
 /// ones in one batched step.
@@ -1443,6 +1695,8 @@ pub struct SlotKvCache {
     layers: Vec<KvRing>,
     pos: Vec<usize>,
     capacity: usize,
+    /// Entries per ring: `capacity`, plus [`RING_SLACK`] when rotating.
+    ring: usize,
     rotating: bool,
     num_kv_heads: usize,
     head_dim: usize,
@@ -1466,7 +1720,12 @@ impl SlotKvCache {
             Some(c) => (c, true),
             None => (cfg.max_seq_len, false),
         };
-        let shape = (batch_size, cfg.kv_heads(), capacity, cfg.head_dim());
+        let ring = if rotating {
+            capacity + RING_SLACK
+        } else {
+            capacity
+        };
+        let shape = (batch_size, cfg.kv_heads(), ring, cfg.head_dim());
         let layers = (0..cfg.num_layers)
             .map(|_| {
                 Ok(KvRing {
@@ -1479,6 +1738,7 @@ impl SlotKvCache {
             layers,
             pos: vec![0; batch_size],
             capacity,
+            ring,
             rotating,
             num_kv_heads: cfg.kv_heads(),
             head_dim: cfg.head_dim(),
@@ -1506,7 +1766,8 @@ impl SlotKvCache {
         self.rotating
     }
 
-    /// Layer `i`'s raw key and value buffers `[B, Hkv, capacity, head_dim]` (for inspection).
+    /// Layer `i`'s raw key and value buffers `[B, Hkv, entries, head_dim]` (for inspection);
+    /// a rotating ring holds a few entries beyond its capacity.
     pub fn layer_kv(&self, i: usize) -> Option<(&Tensor, &Tensor)> {
         self.layers.get(i).map(|r| (&r.k, &r.v))
     }
@@ -1529,7 +1790,7 @@ impl SlotKvCache {
         }
         // Stale entries are masked out by position anyway; zeroing keeps them from ever
         // carrying non-finite values into a product with a zero weight.
-        let shape = (1, self.num_kv_heads, self.capacity, self.head_dim);
+        let shape = (1, self.num_kv_heads, self.ring, self.head_dim);
         let zeros = Tensor::zeros(shape, self.dtype, &self.device)?;
         for i in 0..b {
             if mask.is_active(i) {
@@ -1558,7 +1819,7 @@ impl SlotKvCache {
         }
         let last = next - 1;
         if self.rotating {
-            Some(last - (last - j) % self.capacity)
+            Some(last - (last - j) % self.ring)
         } else {
             Some(j)
         }
@@ -1567,6 +1828,7 @@ impl SlotKvCache {
     fn plan(&self, spec: &MaskSpec, rope: &Rope, t: usize, mask: &StreamMask) -> Result<StepPlan> {
         let b = self.batch_size();
         let cap = self.capacity;
+        let ring = self.ring;
         if !self.rotating {
             for (i, &p) in self.pos.iter().enumerate() {
                 if mask.is_active(i) && p + t > cap {
@@ -1583,14 +1845,14 @@ impl SlotKvCache {
 
         // Which keys the attention sees, and their absolute positions per slot.
         let max_next = self.pos.iter().map(|&p| p + t).max().unwrap_or(t);
-        let mode = if self.rotating && t > 1 {
+        let mode = if self.rotating && t > ring - cap + 1 {
             let max_pos = self.pos.iter().copied().max().unwrap_or(0);
             AttendMode::Concat {
-                ring_len: max_pos.min(cap),
+                ring_len: max_pos.min(ring),
             }
         } else {
             AttendMode::InPlace {
-                len: max_next.min(cap),
+                len: max_next.min(ring),
             }
         };
         let s = match mode {
@@ -1617,13 +1879,13 @@ impl SlotKvCache {
         }
         let mask_t = Tensor::from_vec(m, (rows, 1, 1, t, s), &self.device)?;
 
-        // Only the last `cap` new frames survive in a ring.
-        let n = t.min(cap);
+        // Only the last `ring` new frames survive in a ring.
+        let n = t.min(ring);
         let src_start = t - n;
-        let start = |p: usize| (p + src_start) % cap;
+        let start = |p: usize| (p + src_start) % ring;
         let write = if all_active && same_pos {
             let offset = start(self.pos[0]);
-            let first = n.min(cap - offset);
+            let first = n.min(ring - offset);
             WritePlan::Slice {
                 src_start,
                 first,
@@ -1633,7 +1895,7 @@ impl SlotKvCache {
         } else {
             let mut idx = Vec::with_capacity(b * n);
             for &p in &self.pos {
-                idx.extend((0..n).map(|i| ((start(p) + i) % cap) as u32));
+                idx.extend((0..n).map(|i| ((start(p) + i) % ring) as u32));
             }
             let shape = (b, self.num_kv_heads, n, self.head_dim);
             let idx = Tensor::from_vec(idx, (b, 1, n, 1), &self.device)?
@@ -1761,7 +2023,7 @@ mod tests {
                     let b = bias.then(|| Tensor::randn(0f32, 1., n, &dev)).transpose()?;
                     let l = Linear::new(w, b);
                     let x = Tensor::randn(0f32, 1., (1, rows, k), &dev)?;
-                    let got = linear(&l, &x)?;
+                    let got = linear(&l, None, &x)?;
                     let want = l.forward(&x)?;
                     assert_eq!(got.dims(), want.dims());
                     let d = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -1777,11 +2039,171 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (6, 10), &dev)?;
         let l = Linear::new(w, None);
         let x = Tensor::randn(0f32, 1., (1, 10, 3), &dev)?.transpose(1, 2)?;
-        let d = (linear(&l, &x)? - l.forward(&x.contiguous()?)?)?
+        let d = (linear(&l, None, &x)? - l.forward(&x.contiguous()?)?)?
             .abs()?
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(d <= 1e-5, "{d}");
+        Ok(())
+    }
+
+    /// Rounds `v` to the half storage `kind` and back: exactly what the kernel widens.
+    fn rounded(v: &[f32], kind: StepWeights) -> Vec<f32> {
+        v.iter()
+            .map(|&x| match kind {
+                StepWeights::Bf16 => half::bf16::from_f32(x).to_f32(),
+                StepWeights::F16 => half::f16::from_f32(x).to_f32(),
+                StepWeights::F32 => x,
+            })
+            .collect()
+    }
+
+    /// The half kernels widen each weight exactly and then sum as the f32 kernel does, so on
+    /// weights already rounded to half they equal it bit for bit (awkward widths, 1..9 rows).
+    #[test]
+    fn half_kernels_equal_the_f32_kernel_on_rounded_weights() {
+        let mut seed = 0x2545_f491_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for &(k, n) in &[
+            (1, 3),
+            (7, 5),
+            (8, 9),
+            (15, 4),
+            (16, 16),
+            (17, 33),
+            (513, 70),
+        ] {
+            for rows in [1, 2, 3, 4, 5, 8, 9] {
+                let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+                let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+                let bias: Vec<f32> = (0..n).map(|_| next()).collect();
+                for kind in [StepWeights::Bf16, StepWeights::F16] {
+                    let h = HalfWeight::new(
+                        &Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap(),
+                        kind,
+                    )
+                    .unwrap()
+                    .unwrap();
+                    let mut got = vec![0f32; rows * n];
+                    rows_times_half_wt(&x, &h.bits, h.f16, k, Some(&bias), &mut got);
+                    let mut want = vec![0f32; rows * n];
+                    rows_times_wt(&x, &rounded(&w, kind), k, Some(&bias), &mut want);
+                    let gb: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                    let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(gb, wb, "{kind} k {k} n {n} rows {rows}");
+                }
+            }
+        }
+    }
+
+    /// A small stack with biases, layer scales, a final norm and a ring that wraps.
+    fn half_test_cfg() -> TransformerConfig {
+        TransformerConfig {
+            d_model: 48,
+            num_heads: 4,
+            num_layers: 2,
+            dim_feedforward: 80,
+            context: Some(5),
+            layer_scale: Some(0.5),
+            bias: true,
+            final_norm: true,
+            ..Default::default()
+        }
+    }
+
+    fn half_test_stack(weights: &std::collections::HashMap<String, Tensor>) -> Result<Transformer> {
+        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+        Transformer::new(&half_test_cfg(), vb)
+    }
+
+    /// Streams `x` through `m` in chunks of 1, 2 and 3 frames (the ring wraps).
+    fn stream(m: &Transformer, x: &Tensor) -> Result<Tensor> {
+        let mut cache = m.rotating_cache(1)?;
+        let t = x.dim(1)?;
+        let (mut at, mut outs, mut c) = (0, Vec::new(), 0);
+        while at < t {
+            let n = [1, 2, 3][c % 3].min(t - at);
+            outs.push(m.step(&x.narrow(1, at, n)?, &mut cache)?);
+            at += n;
+            c += 1;
+        }
+        Tensor::cat(&outs, 1)
+    }
+
+    /// Half step weights: the stream equals (to f32 rounding) the f32 stack whose linear
+    /// weights were rounded to that half type beforehand, i.e. the mode changes nothing but
+    /// the stored weights; against the unrounded stack the error stays within what the
+    /// storage's precision explains. Whole-sequence forwards keep the f32 weights exactly.
+    #[test]
+    fn half_step_weights_equal_a_stack_with_rounded_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        Transformer::new(
+            &half_test_cfg(),
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+        )?;
+        let mut weights = std::collections::HashMap::new();
+        for (name, var) in vm.data().lock().expect("varmap").iter() {
+            let t = Tensor::randn(0f32, 0.3, var.dims(), &dev)?;
+            let t = if name.contains("norm") || name.contains("layer_scale") {
+                (t + 1.0)?
+            } else {
+                t
+            };
+            weights.insert(name.clone(), t);
+        }
+        let x = Tensor::randn(0f32, 1.0, (1, 13, 48), &dev)?;
+        let f32_stack = half_test_stack(&weights)?;
+        let want_f32 = stream(&f32_stack, &x)?;
+        let scale = want_f32.abs()?.max_all()?.to_scalar::<f32>()?;
+        // Five unit roundoffs of the storage (2^-9 bf16, 2^-12 f16) relative to the output's
+        // peak; measured 0.35% (bf16) and 0.05% (f16) on this stack.
+        for (kind, tol) in [(StepWeights::Bf16, 1e-2f32), (StepWeights::F16, 1.25e-3)] {
+            let mut m = half_test_stack(&weights)?;
+            m.set_step_weights(kind)?;
+            assert_eq!(m.step_weights(), kind);
+            let got = stream(&m, &x)?;
+            let linear_w = |name: &str| name.contains("_proj.") || name.contains(".linear");
+            let rw = weights
+                .iter()
+                .map(|(n, t)| {
+                    let t = if linear_w(n) && n.ends_with(".weight") {
+                        let v = rounded(&t.flatten_all()?.to_vec1::<f32>()?, kind);
+                        Tensor::from_vec(v, t.dims(), &dev)?
+                    } else {
+                        t.clone()
+                    };
+                    Ok((n.clone(), t))
+                })
+                .collect::<Result<std::collections::HashMap<_, _>>>()?;
+            let want = stream(&half_test_stack(&rw)?, &x)?;
+            let d = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d <= 1e-5 * scale, "{kind} vs rounded f32 stack: {d}");
+            let d = (&got - &want_f32)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                d > 0.0 && d <= tol * scale,
+                "{kind} vs f32: {d} (scale {scale})"
+            );
+            // Whole-sequence forwards (many rows) stay on the f32 weights.
+            let whole = (m.forward(&x)? - f32_stack.forward(&x)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(whole, 0.0, "{kind}: whole-sequence forward changed");
+            m.set_step_weights(StepWeights::F32)?;
+            let back = (stream(&m, &x)? - &want_f32)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(back, 0.0, "{kind}: F32 did not restore the f32 steps");
+        }
+        assert_eq!("bf16".parse::<StepWeights>(), Ok(StepWeights::Bf16));
+        assert!("f64".parse::<StepWeights>().is_err());
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod device;
 pub mod error;
 pub mod rvq;
+pub mod simd;
 pub mod streaming;
 pub mod train;
 pub mod transformer;

@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod pad;
 pub mod rvq;
+pub mod simd;
 pub mod streaming;
 pub mod train;
 pub mod transformer;

@@ -533,3 +533,150 @@ fn elementwise_ops_match_candle_bit_for_bit() {
         "elu strided"
     );
 }
+
+/// `act(x)` with samples at or past each item's length zeroed, as separate candle ops.
+fn act_and_mask(x: &Tensor, act: InputAct, lengths: Option<&[usize]>) -> Tensor {
+    let xa = match act {
+        InputAct::None => x.clone(),
+        InputAct::LeakyRelu(s) => candle_nn::ops::leaky_relu(x, s as f64).unwrap(),
+        InputAct::Elu(a) => x.elu(a as f64).unwrap(),
+    };
+    let Some(ls) = lengths else { return xa };
+    let (b, _, l) = x.dims3().unwrap();
+    let mut m = vec![0f32; b * l];
+    for (i, &n) in ls.iter().enumerate() {
+        m[i * l..i * l + n.min(l)].fill(1.0);
+    }
+    let m = Tensor::from_vec(m, (b, 1, l), &Device::Cpu).unwrap();
+    xa.broadcast_mul(&m).unwrap()
+}
+
+/// The few-column paths (a streaming step: a conv with one output column, a transpose with up
+/// to 8 input frames, which read each weight row once instead of running im2col + gemm)
+/// against candle's conv and the differentiable transpose, on wide weights that split into
+/// several thread tasks, channel counts that are no multiple of the SIMD widths, groups,
+/// stride, dilation, padding, lengths, fused activation and residual, on 1 and 2 threads.
+/// The column counts reach past both thresholds into the gemm path, for the border.
+#[test]
+fn few_column_convs_and_transposes_match_the_references() {
+    let mut rng = ChaCha8Rng::seed_from_u64(53);
+    for (case, n) in (1..=9).chain([15, 16, 17, 18]).enumerate() {
+        let groups = [1, 3, 1, 2][case % 4];
+        let c_in = groups * [301, 67, 130][case % 3];
+        let c_out = groups * [97, 13, 41][case % 3];
+        let k = [5, 3, 1, 7, 2][case % 5];
+        let stride = 1 + case % 3;
+        let dilation = 1 + case % 2;
+        let b = 1 + case % 2;
+        let k_eff = dilation * (k - 1) + 1;
+        // The padded input length that gives exactly n output columns.
+        let need = (n - 1) * stride + k_eff;
+        let (pad_left, pad_right) = if need > case % 4 + case % 3 {
+            (case % 4, case % 3)
+        } else {
+            (0, 0)
+        };
+        let l = need - pad_left - pad_right;
+        let x = if case % 2 == 0 {
+            randn(&mut rng, &[b, c_in, l])
+        } else {
+            randn(&mut rng, &[b, c_in, l + 4]).narrow(2, 1, l).unwrap()
+        };
+        let w = randn(&mut rng, &[c_out, c_in / groups, k]);
+        let bias = randn(&mut rng, &[c_out]);
+        let opts = Conv1dOpts {
+            pad_left,
+            pad_right,
+            stride,
+            dilation,
+            groups,
+        };
+        let l_out = n;
+        let residual = if case % 3 == 0 {
+            randn(&mut rng, &[b, l_out, c_out]).transpose(1, 2).unwrap()
+        } else {
+            randn(&mut rng, &[b, c_out, l_out])
+        };
+        let act = [InputAct::None, InputAct::LeakyRelu(0.1), InputAct::Elu(1.0)][case % 3];
+        let lens: Vec<usize> = (0..b).map(|i| (l - i * l / 3).max(1)).collect();
+        let lengths = (case % 2 == 1).then_some(lens.as_slice());
+        let want = act_and_mask(&x, act, lengths)
+            .pad_with_zeros(2, pad_left, pad_right)
+            .unwrap()
+            .conv1d(&w, 0, stride, dilation, groups)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, c_out, 1)).unwrap())
+            .unwrap();
+        let fused = Fused {
+            input_act: act,
+            residual: Some(&residual),
+        };
+        for threads in [1, 2] {
+            let (plain, with_res) = in_pool(threads, || {
+                let y = conv1d_fused(
+                    &x,
+                    &w,
+                    Some(&bias),
+                    opts,
+                    lengths,
+                    Fused {
+                        residual: None,
+                        ..fused
+                    },
+                );
+                (
+                    y.unwrap(),
+                    conv1d_fused(&x, &w, Some(&bias), opts, lengths, fused).unwrap(),
+                )
+            });
+            let what =
+                format!("few conv n {n} (l_out {l_out}) {opts:?} k {k} {act:?} threads {threads}");
+            assert_close(&plain, &want, &what);
+            assert_close(
+                &with_res,
+                &(&want + &residual).unwrap(),
+                &format!("{what} + residual"),
+            );
+        }
+
+        // The transpose with n input frames.
+        let c_out_g = [37, 5, 64][case % 3];
+        let kt = [7, 4, 1, 16, 3][case % 5];
+        let tstride = 1 + case % 4;
+        let k_eff = dilation * (kt - 1) + 1;
+        let full = (n - 1) * tstride + k_eff;
+        let padding = (case % 3).min(full.saturating_sub(1) / 2);
+        let output_padding = case % tstride.max(dilation);
+        let topts = ConvTranspose1dOpts {
+            stride: tstride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+        };
+        let x = randn(&mut rng, &[b, c_in, n]);
+        let w = randn(&mut rng, &[c_in, c_out_g, kt]);
+        let bias = randn(&mut rng, &[c_out_g * groups]);
+        let tl: Vec<usize> = (0..b).map(|i| n - i * n / 2).collect();
+        let tlengths = (case % 2 == 0).then_some(tl.as_slice());
+        let want = conv_transpose1d_differentiable(
+            &act_and_mask(&x, InputAct::None, tlengths),
+            &w,
+            tstride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+        )
+        .unwrap()
+        .broadcast_add(&bias.reshape((1, (), 1)).unwrap())
+        .unwrap();
+        for threads in [1, 2] {
+            let got = in_pool(threads, || {
+                conv_transpose1d_inference(&x, &w, Some(&bias), topts, tlengths).unwrap()
+            });
+            let what = format!("few transpose t {n} {topts:?} k {kt} threads {threads}");
+            assert_close(&got, &want, &what);
+        }
+    }
+}

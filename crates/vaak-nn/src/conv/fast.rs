@@ -465,6 +465,9 @@ fn conv1d_blocks(
         pad_left,
         act,
     } = *g;
+    if l_out <= FEW_CONV_COLS {
+        return conv1d_few(g, wv, x, bias, residual, lengths, out);
+    }
     let width = c_in_g * k;
     let k_eff = dilation * (k - 1) + 1;
     // A 1x1 conv over unpadded, whole rows without activation multiplies the input as it lies.
@@ -500,18 +503,7 @@ fn conv1d_blocks(
             for o in 0..c_out_g {
                 // SAFETY: as above, one row of this task's block.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.add(o * l_out), n) };
-                row.fill(bias.map_or(0.0, |bv| bv[gi * c_out_g + o]));
-                if let Some(r) = residual {
-                    let [r0, r1, r2] = r.s;
-                    let src = &r.v[bi * r0 + (gi * c_out_g + o) * r1 + t_start * r2..];
-                    if r2 == 1 {
-                        row.iter_mut().zip(&src[..n]).for_each(|(d, s)| *d += s);
-                    } else {
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(t, d)| *d += src[t * r2]);
-                    }
-                }
+                init_row(row, bias, residual, bi, gi * c_out_g + o, t_start);
             }
         }
         let xg = &x.v[bi * s0 + gi * c_in_g * s1..];
@@ -564,6 +556,218 @@ fn conv1d_blocks(
                     false,
                     par,
                 );
+            }
+        });
+    });
+}
+
+/// Sets `row`, output channel `ch` of item `bi` from column `t_start` on, to its initial value:
+/// the bias plus the residual.
+fn init_row(
+    row: &mut [f32],
+    bias: Option<&[f32]>,
+    residual: Option<Strided<'_>>,
+    bi: usize,
+    ch: usize,
+    t_start: usize,
+) {
+    row.fill(bias.map_or(0.0, |bv| bv[ch]));
+    if let Some(r) = residual {
+        let [r0, r1, r2] = r.s;
+        let src = &r.v[bi * r0 + ch * r1 + t_start * r2..];
+        let n = row.len();
+        if r2 == 1 {
+            row.iter_mut().zip(&src[..n]).for_each(|(d, s)| *d += s);
+        } else {
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(t, d)| *d += src[t * r2]);
+        }
+    }
+}
+
+/// Input frames up to which a transpose streams its weight once through
+/// [`crate::simd::cols_axpy`] instead of running a `gemm` over the transposed weight, whose
+/// packing dominates at such sizes (a streaming step). Measured on Mimi's decoder (one
+/// thread): 1024 -> 512, k 16 on 2 frames took 13.5 ms of CPU through the gemm and 2.7 ms
+/// here; at 16 frames the gemm is ahead again (1.3-1.6 ms against 2.2 ms for 512 -> 256, k 12).
+const FEW_FRAMES: usize = 8;
+/// Output columns up to which a conv streams its weight rows through
+/// [`crate::simd::rows_dot_cols`]. The gemm reads a conv's `[C_out, C_in * k]` weight in
+/// place well enough that the kernel only won at a single column in the same measurement
+/// (0.03 against 0.10 ms; at 2 columns they were even within the noise of a loaded machine).
+const FEW_CONV_COLS: usize = 1;
+/// Weight floats per task of the few-column paths: enough that a task outweighs its
+/// scheduling, few enough that a big layer splits over every thread.
+const FEW_TASK_ELEMS: usize = 1 << 16;
+
+/// Splits `c_out_g` output channels into chunks for `items` (item, group) pairs of
+/// `elems_per_ch` weight floats each: `(chunk size, chunks)`.
+fn few_chunks(c_out_g: usize, elems_per_ch: usize, items: usize, threads: usize) -> (usize, usize) {
+    if threads <= 1 {
+        return (c_out_g, 1);
+    }
+    let want = (TASKS_PER_THREAD * threads).div_ceil(items);
+    let by_size = (c_out_g * elems_per_ch / FEW_TASK_ELEMS).max(1);
+    let per = want.min(by_size).clamp(1, c_out_g);
+    let chunk = c_out_g.div_ceil(per);
+    (chunk, c_out_g.div_ceil(chunk))
+}
+
+/// The few-column conv: tasks over (item, group, block of output channels), each unfolding
+/// the item's whole (short) input time-major (`[l_out, c_in_g * k]`) and streaming its
+/// channels' weight rows once against all the columns ([`crate::simd::rows_dot_cols`]).
+fn conv1d_few(
+    g: &ConvGeom,
+    wv: &[f32],
+    x: Strided<'_>,
+    bias: Option<&[f32]>,
+    residual: Option<Strided<'_>>,
+    lengths: Option<&[usize]>,
+    out: &mut [f32],
+) {
+    let ConvGeom {
+        b,
+        c_in_g,
+        c_out,
+        c_out_g,
+        groups,
+        l,
+        l_out,
+        k,
+        stride,
+        dilation,
+        pad_left,
+        act,
+    } = *g;
+    let width = c_in_g * k;
+    let span = (l_out - 1) * stride + dilation * (k - 1) + 1;
+    let threads = threads();
+    let (chunk, per) = few_chunks(c_out_g, width, b * groups, threads);
+    let tasks = b * groups * per;
+    let read_dst = bias.is_some() || residual.is_some();
+    let out = OutPtr(out.as_mut_ptr());
+    let [s0, s1, s2] = x.s;
+    run_tasks(tasks, threads > 1 && tasks > 1, |task| {
+        let (bi, gi, ci) = (task / per / groups, task / per % groups, task % per);
+        let o0 = ci * chunk;
+        let m = chunk.min(c_out_g - o0);
+        let ch0 = gi * c_out_g + o0;
+        // SAFETY: this task alone writes the m whole rows from channel ch0 of item bi.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(out.at((bi * c_out + ch0) * l_out), m * l_out)
+        };
+        if read_dst {
+            for (o, row) in dst.chunks_mut(l_out).enumerate() {
+                init_row(row, bias, residual, bi, ch0 + o, 0);
+            }
+        }
+        let xg = &x.v[bi * s0 + gi * c_in_g * s1..];
+        let valid = lengths.map_or(l, |ls| ls[bi].min(l));
+        with_scratch(c_in_g * span, l_out * width, |win, cols| {
+            fill_window(
+                win,
+                xg,
+                (s1, s2),
+                c_in_g,
+                span,
+                -(pad_left as isize),
+                valid,
+                act,
+            );
+            for t in 0..l_out {
+                let row = &mut cols[t * width..(t + 1) * width];
+                for ci in 0..c_in_g {
+                    let src = &win[ci * span + t * stride..];
+                    for j in 0..k {
+                        row[ci * k + j] = src[j * dilation];
+                    }
+                }
+            }
+            crate::simd::rows_dot_cols(
+                &wv[ch0 * width..],
+                width,
+                m,
+                cols,
+                width,
+                l_out,
+                dst,
+                l_out,
+            );
+        });
+    });
+}
+
+/// The few-frame transpose: tasks over (item, group, block of output channels), each
+/// streaming its channels' columns of the weight once ([`crate::simd::cols_axpy`]) into
+/// `[frames, channels * k]` sums and overlap-adding those into its own bias-filled rows.
+fn transpose_few(
+    g: &TrGeom,
+    wv: &[f32],
+    x: Strided<'_>,
+    bias: Option<&[f32]>,
+    lengths: Option<&[usize]>,
+    out: &mut [f32],
+) {
+    let TrGeom {
+        b,
+        t,
+        c_in_g,
+        c_out_g,
+        groups,
+        l_out,
+        k,
+        stride,
+        padding,
+        dilation,
+    } = *g;
+    let rows = c_out_g * k;
+    let c_out = c_out_g * groups;
+    let threads = threads();
+    let (chunk, per) = few_chunks(c_out_g, c_in_g * k, b * groups, threads);
+    let tasks = b * groups * per;
+    let out = OutPtr(out.as_mut_ptr());
+    let [s0, s1, s2] = x.s;
+    run_tasks(tasks, threads > 1 && tasks > 1, |task| {
+        let (bi, gi, ci) = (task / per / groups, task / per % groups, task % per);
+        let o0 = ci * chunk;
+        let m = chunk.min(c_out_g - o0);
+        let ch0 = gi * c_out_g + o0;
+        // SAFETY: this task alone writes the m whole rows from channel ch0 of item bi.
+        let y = unsafe {
+            std::slice::from_raw_parts_mut(out.at((bi * c_out + ch0) * l_out), m * l_out)
+        };
+        if let Some(bv) = bias {
+            for (o, row) in y.chunks_mut(l_out).enumerate() {
+                row.fill(bv[ch0 + o]);
+            }
+        }
+        let tv = lengths.map_or(t, |ls| ls[bi].min(t));
+        if tv == 0 {
+            return;
+        }
+        let rc = m * k;
+        let xg = &x.v[bi * s0 + gi * c_in_g * s1..];
+        with_scratch(c_in_g * tv, tv * rc, |xc, acc| {
+            for (c, row) in xc.chunks_mut(tv).enumerate() {
+                for (f, v) in row.iter_mut().enumerate() {
+                    *v = xg[c * s1 + f * s2];
+                }
+            }
+            acc.fill(0.0);
+            let w = &wv[gi * c_in_g * rows + o0 * k..];
+            crate::simd::cols_axpy(w, rows, c_in_g, rc, xc, tv, acc);
+            // Frame f, tap j lands on output sample f * stride + j * dilation - padding.
+            for (o, yr) in y.chunks_mut(l_out).enumerate() {
+                for f in 0..tv {
+                    let sums = &acc[f * rc + o * k..f * rc + (o + 1) * k];
+                    for (j, &v) in sums.iter().enumerate() {
+                        let p = f * stride + j * dilation;
+                        if p >= padding && p - padding < l_out {
+                            yr[p - padding] += v;
+                        }
+                    }
+                }
             }
         });
     });
@@ -777,6 +981,9 @@ fn transpose_blocks(
         padding,
         dilation,
     } = *g;
+    if t <= FEW_FRAMES {
+        return transpose_few(g, wv, x, bias, lengths, out);
+    }
     let rows = c_out_g * k;
     let c_out = c_out_g * groups;
     let k_eff = dilation * (k - 1) + 1;

@@ -411,8 +411,10 @@ type LstmRun = (Tensor, Tensor, Tensor);
 /// would make ~10 tensors per frame and run the product on one thread.
 fn recur_cpu(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<Option<LstmRun>> {
     use rayon::prelude::*;
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
-    if ![xp, w_hh, h0, c0].into_iter().all(cpu_f32) {
+    if ![xp, w_hh, h0, c0]
+        .into_iter()
+        .all(vaak_nn::cpu::is_untracked_cpu_f32)
+    {
         return Ok(None);
     }
     let (b, t, h4) = xp.dims3()?;

@@ -6,7 +6,9 @@
 //! FMA, picked at run time; elsewhere the standard library's), accurate to a few ulp, and
 //! `sigmoid`/`tanh` are built on it with an absolute error below 1e-6.
 
-use candle_core::{bail, DType, Result, Storage, Tensor};
+use candle_core::{bail, Result, Tensor};
+
+use crate::cpu::{is_untracked_cpu_f32, with_contiguous_f32};
 
 /// Elements per parallel chunk of the tensor ops (below two chunks they run serially).
 const CHUNK: usize = 1 << 14;
@@ -77,8 +79,7 @@ pub fn gated_tanh_sigmoid(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
             );
         }
     }
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
-    if !(cpu_f32(x) && bias.is_none_or(cpu_f32)) {
+    if !(is_untracked_cpu_f32(x) && bias.is_none_or(is_untracked_cpu_f32)) {
         let x = match bias {
             Some(g) => x.broadcast_add(g)?,
             None => x.clone(),
@@ -91,15 +92,7 @@ pub fn gated_tanh_sigmoid(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         .map(|g| g.flatten_all()?.to_vec1::<f32>())
         .transpose()?;
     let mut out = vec![0f32; b * h * t];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
-            bail!("gated_tanh_sigmoid: expected a CPU f32 tensor");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("gated_tanh_sigmoid: input is not contiguous");
-        };
-        let src = &v[start..end];
+    with_contiguous_f32(&x, "gated_tanh_sigmoid", |src| {
         // Output row `r` = (item i, channel c) reads rows (i, c) and (i, H + c) of `x`.
         let row = |r: usize, o: &mut [f32]| {
             let (i, c) = (r / h, r % h);
@@ -138,7 +131,7 @@ pub fn gated_tanh_sigmoid(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
                 row(r, o);
             }
         }
-    }
+    })?;
     Tensor::from_vec(out, (b, h, t), x.device())
 }
 
@@ -191,7 +184,7 @@ unsafe fn exp8_avx2(v: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn grid() -> Vec<f32> {
         (0..20_001).map(|i| -100.0 + i as f32 * 0.01).collect()

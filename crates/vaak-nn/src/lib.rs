@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod pad;

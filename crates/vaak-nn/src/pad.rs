@@ -1,7 +1,9 @@
 //! Reflect padding of the last axis (`torch.nn.functional.pad(mode="reflect")`), the one
 //! implementation the codecs, their STFT losses and discriminators share.
 
-use candle_core::{bail, DType, Result, Storage, Tensor};
+use candle_core::{bail, Result, Tensor};
+
+use crate::cpu::{is_untracked_cpu_f32, with_contiguous_f32};
 
 /// Rows per parallel task of the CPU copy (below two tasks it runs serially).
 const ROWS_PER_TASK: usize = 64;
@@ -24,7 +26,7 @@ pub fn reflect_pad_last(x: &Tensor, left: usize, right: usize) -> Result<Tensor>
     if left >= t || right >= t {
         bail!("reflect_pad_last: pads ({left}, {right}) need more samples than the axis's {t}");
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+    if is_untracked_cpu_f32(x) {
         return reflect_rows_cpu(x, left, right);
     }
     let idx: Vec<u32> = (0..left)
@@ -43,15 +45,7 @@ fn reflect_rows_cpu(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
     let out_t = left + t + right;
     let rows = x.elem_count() / t;
     let mut out = vec![0f32; rows * out_t];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
-            bail!("reflect_pad_last: expected a CPU f32 tensor");
-        };
-        let Some((a, e)) = layout.contiguous_offsets() else {
-            bail!("reflect_pad_last: input is not contiguous");
-        };
-        let src = &v[a..e];
+    with_contiguous_f32(&x, "reflect_pad_last", |src| {
         let pad_row = |(o, s): (&mut [f32], &[f32])| {
             for i in 0..left {
                 o[i] = s[left - i];
@@ -70,7 +64,7 @@ fn reflect_rows_cpu(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
         } else {
             out.chunks_mut(out_t).zip(src.chunks(t)).for_each(pad_row);
         }
-    }
+    })?;
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("checked above") = out_t;
     Tensor::from_vec(out, shape, x.device())
@@ -79,7 +73,7 @@ fn reflect_rows_cpu(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn matches_torch_reflect_on_rows() -> Result<()> {

@@ -537,7 +537,7 @@ fn linear(l: &Linear, half: Option<&HalfWeight>, x: &Tensor) -> Result<Tensor> {
         && [Some(x), Some(w), l.bias()]
             .iter()
             .flatten()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+            .all(|t| crate::cpu::is_untracked_cpu_f32(t));
     if !fast || rows == 0 {
         return l.forward(x);
     }
@@ -2002,21 +2002,25 @@ impl StreamingModule for StreamingTransformer {
 mod tests {
     use super::*;
 
+    /// Awkward `(in, out)` widths for the few-rows kernels: below, at and past the 8- and
+    /// 16-lane blocks.
+    const FEW_ROWS_SHAPES: &[(usize, usize)] = &[
+        (1, 3),
+        (7, 5),
+        (8, 9),
+        (15, 4),
+        (16, 16),
+        (17, 33),
+        (513, 70),
+    ];
+
     /// [`linear`]'s few-rows path against candle's `Linear` (the gemm) on awkward widths,
     /// row counts around [`FEW_ROWS`] and the kernel's 4-row blocks, with and without bias,
     /// and a non-contiguous input.
     #[test]
     fn few_rows_linear_matches_the_gemm() -> Result<()> {
         let dev = Device::Cpu;
-        for &(k, n) in &[
-            (1, 3),
-            (7, 5),
-            (8, 9),
-            (15, 4),
-            (16, 16),
-            (17, 33),
-            (513, 70),
-        ] {
+        for &(k, n) in FEW_ROWS_SHAPES {
             for rows in [1, 2, 3, 4, 5, 8, 9] {
                 for bias in [false, true] {
                     let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
@@ -2069,15 +2073,7 @@ mod tests {
             seed ^= seed << 5;
             (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
         };
-        for &(k, n) in &[
-            (1, 3),
-            (7, 5),
-            (8, 9),
-            (15, 4),
-            (16, 16),
-            (17, 33),
-            (513, 70),
-        ] {
+        for &(k, n) in FEW_ROWS_SHAPES {
             for rows in [1, 2, 3, 4, 5, 8, 9] {
                 let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
                 let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();

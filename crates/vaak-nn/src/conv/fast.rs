@@ -49,10 +49,11 @@
 //! transpose; there the lengths are applied as a mask. So callers need one call for inference
 //! and training.
 
-use candle_core::{bail, DType, Layout, Result, Storage, Tensor};
+use candle_core::{bail, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;
 
 use super::{conv1d_differentiable, conv_transpose1d_differentiable};
+use crate::cpu::{is_untracked_cpu_f32, with_contiguous_f32};
 
 /// Options of [`conv1d_inference`]: PyTorch's, except that the zero padding may differ between
 /// the two ends (a causal conv pads only on the left).
@@ -110,9 +111,7 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &Layout) -> Result<R>) -> 
 /// Whether the fast path applies: CPU, f32 and nothing tracked by autograd.
 fn fast_ok(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
     let all = [Some(x), Some(w), bias];
-    all.iter()
-        .flatten()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+    all.iter().flatten().all(|t| is_untracked_cpu_f32(t))
 }
 
 /// Checks `lengths` against the batch.
@@ -1086,7 +1085,7 @@ const MAP_CHUNK: usize = 1 << 15;
 /// `act` over every element of an untracked CPU f32 tensor into a new contiguous one, in
 /// parallel chunks when the tensor is big; `None` for any other tensor.
 fn map_f32(x: &Tensor, act: InputAct) -> Result<Option<Tensor>> {
-    if !(x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op()) {
+    if !is_untracked_cpu_f32(x) {
         return Ok(None);
     }
     let x = if x.is_contiguous() {
@@ -1094,11 +1093,7 @@ fn map_f32(x: &Tensor, act: InputAct) -> Result<Option<Tensor>> {
     } else {
         x.contiguous()?
     };
-    let out = with_cpu_f32(&x, |v, l| {
-        let Some((a, e)) = l.contiguous_offsets() else {
-            bail!("elementwise: input is not contiguous");
-        };
-        let src = &v[a..e];
+    let out = with_contiguous_f32(&x, "elementwise", |src| {
         let mut out = vec![0f32; src.len()];
         let body = |(o, s): (&mut [f32], &[f32])| {
             o.iter_mut().zip(s).for_each(|(o, &v)| *o = act.apply(v));
@@ -1111,7 +1106,7 @@ fn map_f32(x: &Tensor, act: InputAct) -> Result<Option<Tensor>> {
         } else {
             body((&mut out, src));
         }
-        Ok(out)
+        out
     })?;
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }

@@ -184,6 +184,12 @@ mod tests {
     use candle_core::{Device, D};
 
     /// The matmul path with an additive mask built from the same limits.
+    /// The largest absolute difference between two tensors of one shape.
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, limits: &KeyLimits) -> Tensor {
         let (n, _, m, _) = q.dims4().unwrap();
         let s = k.dim(2).unwrap();
@@ -246,27 +252,9 @@ mod tests {
             let (kp, vp) = (long(&k), long(&v));
             assert!(!kp.is_contiguous());
             let strided = attention(&q, &kp, &vp, &limits).unwrap();
-            let diff = (&got - strided)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs(&got, &strided);
             assert_eq!(diff, 0.0, "m {m}: strided keys");
-            let err = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = max_abs(&got, &want);
             assert!(err < 1e-5, "m {m}, {limits:?}: {err}");
         }
     }

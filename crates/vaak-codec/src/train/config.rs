@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use vaak_audio::augment::AugmentConfig;
-use vaak_nn::train::LrSchedule;
+use vaak_nn::train::{BalancerConfig, LrSchedule};
 
 use super::disc::{AdvLoss, DiscConfig};
 use super::loss::{MelResolution, StftResolution};
@@ -216,6 +216,11 @@ pub struct LossConfig {
     /// Multi-scale mel loss scales (an empty list turns it off).
     pub mel: Vec<MelResolution>,
     pub weights: LossWeights,
+    /// EnCodec's loss balancer (off by default). When on, the weights of the terms computed
+    /// from the decoded audio (time L1, STFT SC and log-magnitude, mel, and the adversarial
+    /// and feature-matching weights) become each term's share of the gradient that reaches
+    /// the audio, whatever the loss's own scale; the commitment loss is added as is.
+    pub balancer: BalancerConfig,
 }
 
 impl Default for LossConfig {
@@ -236,6 +241,7 @@ impl Default for LossConfig {
             stft: vec![r(256), r(512), r(1024)],
             mel: vec![m(128, 16), m(256, 32), m(512, 64), m(1024, 80)],
             weights: LossWeights::default(),
+            balancer: BalancerConfig::default(),
         }
     }
 }
@@ -420,6 +426,19 @@ impl CodecTrainConfig {
         if self.loss.stft.is_empty() && self.loss.mel.is_empty() && self.loss.weights.time_l1 == 0.0
         {
             return Err(bad("loss", "no reconstruction loss is on".into()));
+        }
+        let b = &self.loss.balancer;
+        if b.enabled && !(0.0..1.0).contains(&b.ema_decay) {
+            return Err(bad(
+                "loss.balancer.ema_decay",
+                format!("{} not in [0, 1)", b.ema_decay),
+            ));
+        }
+        if b.enabled && !(b.total_norm > 0.0 && b.total_norm.is_finite()) {
+            return Err(bad(
+                "loss.balancer.total_norm",
+                format!("{} is not a positive number", b.total_norm),
+            ));
         }
         Ok(())
     }

@@ -8,7 +8,9 @@
 //! straight-through RVQ where each item uses a random number of codebooks with probability
 //! `quantizer.dropout_prob`, causal SEANet decoder). The loss is
 //! `time_l1·|y − x|₁ + stft_sc·SC + stft_mag·logmag + mel·mel + commit·commitment`; its
-//! gradient is clipped to a global norm and AdamW steps with the warm-up + cosine rate. Then
+//! gradient is clipped to a global norm and AdamW steps with the warm-up + cosine rate (with
+//! `loss.balancer` on, the terms taken from the audio are balanced first: see
+//! `vaak_nn::train::balancer`). Then
 //! each codebook takes an EMA step on the residuals assigned to it, and codes whose EMA usage
 //! fell below `dead_code_ratio` of the mean are restarted from this batch's residuals. The
 //! codebooks are initialised by k-means on the latents of the first `kmeans_batches` batches.
@@ -44,8 +46,8 @@ use vaak_audio::metrics::{si_sdr_db, snr_db, MelDistance, MelDistanceConfig};
 use vaak_nn::rvq::{kmeans_init, sample_n_q, seeded_randn, Codebook, EmaCodebook};
 use vaak_nn::train::run::{self, Intervals, Metric, RunModel, Validation};
 use vaak_nn::train::{
-    assign_vars, clip_grad_norm, grad_norm, AdamW, AdamWConfig, Checkpoint, CheckpointManager,
-    LrSchedule, TrainRng, TrainState,
+    assign_vars, clip_grad_norm, grad_norm, AdamW, AdamWConfig, BalancedTerm, Checkpoint,
+    CheckpointManager, LossBalancer, LrSchedule, TrainRng, TrainState,
 };
 
 use super::config::{CodecTrainConfig, TrainDtype};
@@ -153,6 +155,9 @@ pub struct StepMetrics {
     pub disc_grad_norm: f64,
     /// The update was skipped (non-finite gradient norm).
     pub skipped: bool,
+    /// With the loss balancer: each balanced term's gradient norm with respect to the decoded
+    /// audio (per item, averaged), before balancing.
+    pub term_grad_norms: Vec<(&'static str, f64)>,
 }
 
 /// Wall seconds of each phase of one training step, measured when profiling is on
@@ -290,6 +295,8 @@ pub struct CodecTrainer {
     recon_loss: Option<ReconLoss>,
     dead_threshold: f64,
     adversary: Option<Adversary>,
+    /// EnCodec's loss balancer, when `loss.balancer.enabled`.
+    balancer: Option<LossBalancer>,
     /// Phase times of the last step, when profiling is on.
     profile: Option<StepProfile>,
 }
@@ -365,6 +372,11 @@ impl CodecTrainer {
         } else {
             None
         };
+        let balancer = cfg
+            .loss
+            .balancer
+            .enabled
+            .then(|| LossBalancer::new(cfg.loss.balancer.clone()));
         Ok(Self {
             cfg,
             device: device.clone(),
@@ -380,6 +392,7 @@ impl CodecTrainer {
             recon_loss,
             dead_threshold,
             adversary,
+            balancer,
             profile: None,
         })
     }
@@ -532,12 +545,19 @@ impl CodecTrainer {
         clock.mark(&mut prof.forward_s)?;
         let y = out.audio.to_dtype(DType::F32)?;
         let x = batch.to_dtype(DType::F32)?.detach();
+        // With the balancer, the losses are taken on a detached copy of the audio so that
+        // each one's gradient with respect to it can be read separately.
+        let y_loss = match &self.balancer {
+            Some(_) => Some(Var::from_tensor(&y.detach())?),
+            None => None,
+        };
+        let y_in = y_loss.as_ref().map(|v| v.as_tensor()).unwrap_or(&y);
         let w = &self.cfg.loss.weights;
-        let time_l1 = (&y - &x)?.abs()?.mean_all()?;
+        let time_l1 = (y_in - &x)?.abs()?.mean_all()?;
         let mut total = (&time_l1 * w.time_l1)?;
         let zero = || Tensor::zeros((), DType::F32, &self.device);
         let (sc, mag, mel) = match &self.recon_loss {
-            Some(l) => l.forward(&y, &x)?,
+            Some(l) => l.forward(y_in, &x)?,
             None => (zero()?, zero()?, zero()?),
         };
         let commit = out.commitment_loss.to_dtype(DType::F32)?;
@@ -577,7 +597,7 @@ impl CodecTrainer {
             }
             clock.mark(&mut prof.disc_step_s)?;
             let real: Vec<DiscOutput> = a.disc.forward(&x)?.iter().map(|o| o.detach()).collect();
-            let fake = a.disc.forward(&y)?;
+            let fake = a.disc.forward(y_in)?;
             let g_adv = gen_adv_loss(&fake, adv_cfg.loss)?;
             let feat = feature_matching_loss(&real, &fake)?;
             total = (total + (&g_adv * adv_cfg.adv_weight)?)?;
@@ -586,7 +606,51 @@ impl CodecTrainer {
             disc_grad_norm = dgn;
             clock.mark(&mut prof.gen_adv_s)?;
         }
-        let mut grads = total.backward()?;
+        let mut term_norms = Vec::new();
+        let mut grads = match (&mut self.balancer, &y_loss) {
+            (Some(bal), Some(y_var)) => {
+                let mut terms = vec![
+                    BalancedTerm {
+                        name: "time_l1",
+                        weight: w.time_l1,
+                        loss: &time_l1,
+                    },
+                    BalancedTerm {
+                        name: "stft_sc",
+                        weight: w.stft_sc,
+                        loss: &sc,
+                    },
+                    BalancedTerm {
+                        name: "stft_mag",
+                        weight: w.stft_mag,
+                        loss: &mag,
+                    },
+                    BalancedTerm {
+                        name: "mel",
+                        weight: w.mel,
+                        loss: &mel,
+                    },
+                ];
+                if let Some([_, g_adv, feat]) = &adv_losses {
+                    terms.push(BalancedTerm {
+                        name: "gen_adv",
+                        weight: adv_cfg.adv_weight,
+                        loss: g_adv,
+                    });
+                    terms.push(BalancedTerm {
+                        name: "feat",
+                        weight: adv_cfg.feat_weight,
+                        loss: feat,
+                    });
+                }
+                let balanced = bal.balance(y_var, &terms)?;
+                term_norms = balanced.norms;
+                // d/dy of sum(y * g) is g: the balanced gradient enters the decoder here.
+                let surrogate = (&y * balanced.grad.detach())?.sum_all()?;
+                (surrogate + (&commit * w.commit)?)?.backward()?
+            }
+            _ => total.backward()?,
+        };
         clock.mark(&mut prof.backward_s)?;
         let vars: Vec<&Var> = self.params.iter().map(|(_, v)| v).collect();
         let clip = self.cfg.optim.clip_grad_norm;
@@ -705,6 +769,7 @@ impl CodecTrainer {
             gen_adv: adv.gen_adv,
             feat: adv.feat,
             disc_grad_norm: adv.disc_grad_norm,
+            term_grad_norms: term_norms,
         })
     }
 
@@ -796,6 +861,7 @@ impl CodecTrainer {
             metadata: serde_json::json!({
                 "config": self.cfg,
                 "codebooks_ready": self.codebooks_ready,
+                "balancer": self.balancer.as_ref().map(|b| b.state()),
             }),
         };
         Ok((model, opt, state))
@@ -898,6 +964,15 @@ impl CodecTrainer {
             .and_then(|v| v.as_bool())
             .unwrap_or(t.step > 0);
         t.schedule = t.cfg.optim.schedule(t.cfg.steps);
+        if let Some(b) = &mut t.balancer {
+            // A run that turns the balancer on at resume starts its running norms afresh.
+            match ckpt.state.metadata.get("balancer") {
+                Some(v) if !v.is_null() => b
+                    .load_state(v)
+                    .map_err(|e| ck_err(format!("metadata.balancer: {e}")))?,
+                _ => *b = LossBalancer::new(b.config().clone()),
+            }
+        }
         Ok(())
     }
 
@@ -997,6 +1072,19 @@ impl Adversary {
             },
         )?;
         Ok(Self { disc, params, opt })
+    }
+}
+
+/// The `metrics.jsonl` key of a balanced term's gradient norm.
+fn term_grad_norm_key(term: &str) -> &'static str {
+    match term {
+        "time_l1" => "grad_norm_time_l1",
+        "stft_sc" => "grad_norm_stft_sc",
+        "stft_mag" => "grad_norm_stft_mag",
+        "mel" => "grad_norm_mel",
+        "gen_adv" => "grad_norm_gen_adv",
+        "feat" => "grad_norm_feat",
+        _ => "grad_norm_other",
     }
 }
 
@@ -1139,6 +1227,9 @@ impl RunModel for CodecRun<'_> {
             ("restarted", Metric::Count(m.restarted as u64)),
             ("skipped", Metric::Count(m.skipped as u64)),
         ];
+        for &(term, n) in &m.term_grad_norms {
+            v.push((term_grad_norm_key(term), Metric::Mean(n)));
+        }
         if m.adversarial {
             v.extend([
                 ("disc_loss", Metric::Mean(m.disc_loss)),

@@ -175,6 +175,7 @@ impl LossBalancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::streaming::max_abs_diff;
     use candle_core::Device;
 
     fn output() -> Var {
@@ -252,14 +253,7 @@ mod tests {
         let n_small = out.norms[1].1;
         assert!(n_big > 100.0 * n_small, "{n_big} vs {n_small}");
         let expect = (part(&g_big, n_big, 0.25) + part(&g_small, n_small, 0.75)).unwrap();
-        let diff = (&out.grad - &expect)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&out.grad, &expect).unwrap();
         assert!(diff < 1e-6, "{diff}");
         // Scaling a loss by a constant changes nothing.
         let bigger = big.affine(1e6, 0.0).unwrap();
@@ -281,14 +275,7 @@ mod tests {
                 ],
             )
             .unwrap();
-        let diff = (&out2.grad - &out.grad)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&out2.grad, &out.grad).unwrap();
         assert!(diff < 1e-6, "{diff}");
         // A zero weight leaves the term out: the other one gets the whole norm.
         let mut b3 = LossBalancer::new(BalancerConfig {

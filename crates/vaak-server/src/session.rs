@@ -146,7 +146,7 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
     if let Err(m) = auth {
         tracing::info!(reason = %m, "connection refused");
         fatal(ErrorCode::Unauthorized, m);
-        let _ = w.await;
+        finish(w, &mut stream).await;
         return;
     }
     let Some(guard) = st.acquire() else {
@@ -157,7 +157,7 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
                 st.cfg.max_sessions
             ),
         );
-        let _ = w.await;
+        finish(w, &mut stream).await;
         return;
     };
     let id = st.session_id();
@@ -166,7 +166,7 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
         Ok(h) => h,
         Err((code, m)) => {
             fatal(code, m);
-            let _ = w.await;
+            finish(w, &mut stream).await;
             return;
         }
     };
@@ -218,7 +218,7 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
             Ok(r) => Some(r),
             Err(e) => {
                 fatal(ErrorCode::BadRequest, format!("sample_rate: {e}"));
-                let _ = w.await;
+                finish(w, &mut stream).await;
                 return;
             }
         }
@@ -262,8 +262,30 @@ pub async fn run(socket: WebSocket, st: Arc<AppState>, auth: Result<(), String>)
         p.close();
     }
     let _ = ctrl.send(Out::Close);
-    let _ = w.await;
+    finish(w, &mut stream).await;
     span.in_scope(|| tracing::info!("session ended"));
+}
+
+/// How long a closing session waits for the client's close frame.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Waits for the writer (which sends the close frame), then reads until the client's close
+/// (or [`CLOSE_DRAIN`]). Dropping a socket with unread input makes the kernel send a reset,
+/// and a reset can discard the final ERROR and close frames before the client reads them
+/// (seen with a client still sending when it was rate-limited).
+async fn finish(
+    writer: tokio::task::JoinHandle<()>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+) {
+    let _ = writer.await;
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {

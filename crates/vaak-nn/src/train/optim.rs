@@ -235,6 +235,16 @@ impl AdamW {
             // a variable feeds an op like `mul` or `sqr` (weight norm), its gradient keeps that
             // step's forward graph. The moments below outlive the step, so they must not.
             let g = g.detach().to_dtype(wd)?;
+            let t = p.step as i32;
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2 = 1.0 - c.beta2.powi(t);
+            let step_size = c.lr / bc1;
+            if let Some((theta, m, v)) = fused_cpu_update(p, &g, c, step_size, bc2)? {
+                p.var.set(&theta)?;
+                p.exp_avg = m;
+                p.exp_avg_sq = v;
+                continue;
+            }
             let mut theta = p.var.as_tensor().detach().to_dtype(wd)?;
             // Scalars enter through `affine` (a host f64 folded into the kernel), not as
             // device tensors: no host-to-device copy per scalar, which on CUDA costs a sync.
@@ -243,10 +253,6 @@ impl AdamW {
             }
             let m = (&p.exp_avg + (&g - &p.exp_avg)?.affine(1.0 - c.beta1, 0.0)?)?;
             let v = (p.exp_avg_sq.affine(c.beta2, 0.0)? + g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
-            let t = p.step as i32;
-            let bc1 = 1.0 - c.beta1.powi(t);
-            let bc2 = 1.0 - c.beta2.powi(t);
-            let step_size = c.lr / bc1;
             let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), c.eps)?;
             let upd = m.affine(-step_size, 0.0)?.div(&denom)?;
             let theta = (theta + upd)?;
@@ -327,6 +333,68 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// The AdamW update of one CPU f32 parameter in one pass: the same f32 arithmetic, in the same
+/// order, as the tensor ops of [`AdamW::step`] (each `affine` is `x * mul + add` in f32), which
+/// take about twelve passes over the parameter and allocate as many tensors. `None` when the
+/// parameter, its gradient or its moments are not contiguous CPU f32 tensors.
+fn fused_cpu_update(
+    p: &Param,
+    g: &Tensor,
+    c: &AdamWConfig,
+    step_size: f64,
+    bc2: f64,
+) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
+    use crate::cpu::with_contiguous_f32;
+    let theta = p.var.as_tensor();
+    let all = [theta, g, &p.exp_avg, &p.exp_avg_sq];
+    if !all
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    {
+        return Ok(None);
+    }
+    // Multiplying by 1 is exact, so no decay needs no branch.
+    let decay = if p.decay {
+        (1.0 - c.lr * c.weight_decay) as f32
+    } else {
+        1.0
+    };
+    let (one_m_b1, b2, one_m_b2) = (
+        (1.0 - c.beta1) as f32,
+        c.beta2 as f32,
+        (1.0 - c.beta2) as f32,
+    );
+    let (inv_sqrt_bc2, eps) = ((1.0 / bc2.sqrt()) as f32, c.eps as f32);
+    let neg_step = (-step_size) as f32;
+    let n = theta.elem_count();
+    let (mut th2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    with_contiguous_f32(theta, "AdamW", |th| {
+        with_contiguous_f32(g, "AdamW", |gv| {
+            with_contiguous_f32(&p.exp_avg, "AdamW", |m| {
+                with_contiguous_f32(&p.exp_avg_sq, "AdamW", |v| {
+                    let outs = th2.iter_mut().zip(m2.iter_mut().zip(v2.iter_mut()));
+                    let ins = th.iter().zip(gv.iter().zip(m.iter().zip(v)));
+                    for ((&t, (&gi, (&mi, &vi))), (to, (mo, vo))) in ins.zip(outs) {
+                        let mi = mi + (gi - mi) * one_m_b1;
+                        let vi = vi * b2 + gi * gi * one_m_b2;
+                        let denom = vi.sqrt() * inv_sqrt_bc2 + eps;
+                        *to = t * decay + (mi * neg_step) / denom;
+                        *mo = mi;
+                        *vo = vi;
+                    }
+                })
+            })
+        })
+    })????;
+    let shape = theta.shape();
+    let dev = theta.device();
+    Ok(Some((
+        Tensor::from_vec(th2, shape, dev)?,
+        Tensor::from_vec(m2, shape, dev)?,
+        Tensor::from_vec(v2, shape, dev)?,
+    )))
 }
 
 #[cfg(test)]

@@ -189,8 +189,8 @@ fn write_parity(model: &S2sModel, path: &Path) -> Result<()> {
         .map(|s| s.cond.language.index() as i64)
         .collect();
     out.insert("lang".to_string(), Tensor::from_vec(lang, b, &Device::Cpu)?);
-    for (c, l) in tf.logits.iter().enumerate() {
-        out.insert(format!("logits.{c}"), l.clone());
+    for c in 0..tf.logits.dim(2)? {
+        out.insert(format!("logits.{c}"), tf.codebook_logits(c)?.contiguous()?);
     }
     candle_core::safetensors::save(&out, path)?;
     Ok(())

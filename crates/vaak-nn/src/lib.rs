@@ -11,6 +11,7 @@ pub mod conv;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod pad;
 pub mod rvq;
 pub mod simd;

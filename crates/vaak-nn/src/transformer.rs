@@ -328,43 +328,18 @@ impl Rope {
                 RopeKind::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
             };
         }
-        // The fused kernels have no backward: same maths from primitive ops.
-        let (b, _, t, hd) = x.dims4()?;
-        let h = hd / 2;
-        let (c, s) = match cos.rank() {
-            2 => (cos.reshape((1, 1, t, h))?, sin.reshape((1, 1, t, h))?),
-            _ => (cos.reshape((b, 1, t, h))?, sin.reshape((b, 1, t, h))?),
-        };
-        match self.kind {
-            RopeKind::RotateHalf => {
-                let x1 = x.narrow(D::Minus1, 0, h)?;
-                let x2 = x.narrow(D::Minus1, h, h)?;
-                let y1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
-                let y2 = (x1.broadcast_mul(&s)? + x2.broadcast_mul(&c)?)?;
-                Tensor::cat(&[y1, y2], D::Minus1)
-            }
-            RopeKind::Interleaved => {
-                let dims = x.dims().to_vec();
-                let xr = x.reshape((dims[0], dims[1], t, h, 2))?;
-                let x1 = xr.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
-                let x2 = xr.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
-                let y1 = (x1.broadcast_mul(&c)? - x2.broadcast_mul(&s)?)?;
-                let y2 = (x1.broadcast_mul(&s)? + x2.broadcast_mul(&c)?)?;
-                Tensor::stack(&[y1, y2], D::Minus1)?.reshape(dims)
-            }
-        }
+        // candle's fused kernels have no backward; vaak's do.
+        crate::fused::rope(x, cos, sin, self.kind == RopeKind::Interleaved)
     }
 }
 
-/// Softmax over the last axis: fused for inference, from primitive ops for training.
+/// Softmax over the last axis: candle's kernel for inference, vaak's differentiable one for
+/// training.
 fn softmax(x: &Tensor, train: bool) -> Result<Tensor> {
     if !train {
         return candle_nn::ops::softmax_last_dim(x);
     }
-    // The max is a constant shift for stability; it carries no gradient.
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    crate::fused::softmax_last_dim(x)
 }
 
 #[derive(Clone, Debug)]
@@ -398,24 +373,10 @@ impl Norm {
                 Self::Rms { w, eps } => candle_nn::ops::rms_norm(&x, w, *eps as f32),
             };
         }
-        // The fused norms have no backward; statistics in f32 for half-precision inputs.
-        let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
-        let y = match self {
-            Self::Layer { eps, .. } => {
-                let xc = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
-                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-                xc.broadcast_div(&(var + *eps)?.sqrt()?)?
-            }
-            Self::Rms { eps, .. } => {
-                let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
-                xf.broadcast_div(&(ms + *eps)?.sqrt()?)?
-            }
-        }
-        .to_dtype(dtype)?;
+        // candle's fused norms have no backward; vaak's do.
         match self {
-            Self::Layer { w, b, .. } => y.broadcast_mul(w)?.broadcast_add(b),
-            Self::Rms { w, .. } => y.broadcast_mul(w),
+            Self::Layer { w, b, eps } => crate::fused::layer_norm(x, w, b, *eps),
+            Self::Rms { w, eps } => crate::fused::rms_norm(x, w, *eps),
         }
     }
 }
@@ -539,7 +500,7 @@ fn linear(l: &Linear, half: Option<&HalfWeight>, x: &Tensor) -> Result<Tensor> {
             .flatten()
             .all(|t| crate::cpu::is_untracked_cpu_f32(t));
     if !fast || rows == 0 {
-        return l.forward(x);
+        return crate::fused::linear(l, x);
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
@@ -784,11 +745,11 @@ impl Ffn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.linear1.forward(x)?;
         let h = match self.kind {
-            FfnKind::Gelu => h.gelu_erf()?,
+            FfnKind::Gelu => crate::fused::gelu_erf(&h)?,
             FfnKind::SwiGlu => {
                 let gate = h.narrow(D::Minus1, 0, self.hidden)?;
                 let up = h.narrow(D::Minus1, self.hidden, self.hidden)?;
-                (candle_nn::ops::silu(&gate)? * up)?
+                (crate::fused::silu(&gate)? * up)?
             }
         };
         self.linear2.forward(&h)

@@ -79,23 +79,24 @@ impl ConformerBlock {
     }
 
     fn ffn1(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.ffn1_in.forward(&self.ffn1_norm.forward(x, train)?)?;
-        let h = self.ffn1_out.forward(&h.silu()?)?;
+        let h = vaak_nn::fused::linear(&self.ffn1_in, &self.ffn1_norm.forward(x, train)?)?;
+        let h = vaak_nn::fused::linear(&self.ffn1_out, &vaak_nn::fused::silu(&h)?)?;
         x + (h * 0.5)?
     }
 
     /// `[B, T, d]` to the GLU output `[B, d, T]` the conv takes.
     fn conv_pre(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.conv_in.forward(&self.conv_norm.forward(x, train)?)?;
+        let h = vaak_nn::fused::linear(&self.conv_in, &self.conv_norm.forward(x, train)?)?;
         let d = h.dim(2)? / 2;
         let a = h.narrow(2, 0, d)?;
         let g = h.narrow(2, d, d)?;
-        let sig = (g.neg()?.exp()? + 1.0)?.recip()?;
+        let sig = vaak_nn::fused::sigmoid(&g)?;
         (a * sig)?.transpose(1, 2)?.contiguous()
     }
 
     fn conv_post(&self, x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv_out.forward(&c.transpose(1, 2)?.silu()?)?;
+        let y =
+            vaak_nn::fused::linear(&self.conv_out, &vaak_nn::fused::silu(&c.transpose(1, 2)?)?)?;
         x + y
     }
 

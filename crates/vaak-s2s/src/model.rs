@@ -29,7 +29,6 @@ use crate::cond::{CondEncoder, SlotCondition};
 use crate::config::{HeadKind, S2sConfig, Specials};
 use crate::encoder::{EncodedChunk, Encoder, Frame};
 use crate::error::{Result, S2sError};
-use crate::nn::nll;
 
 /// One training pair.
 #[derive(Clone, Debug, Default)]
@@ -58,8 +57,10 @@ pub struct Layout {
 /// Teacher-forced outputs of a batch with their targets.
 #[derive(Debug)]
 pub struct TeacherForced {
-    /// Per codebook, `[B, S, V]` with `V = cardinality + 3`.
-    pub logits: Vec<Tensor>,
+    /// `[B, S, K, V]` with `V = cardinality + 3`: every codebook's logits in one tensor, so the
+    /// loss is one cross-entropy (per-codebook slices would each cost a full-size zero-padded
+    /// gradient in the backward). [`TeacherForced::codebook_logits`] gives one codebook's.
+    pub logits: Tensor,
     /// `[B, S, Vt]` with `Vt = text_vocab_size + 3`.
     pub text_logits: Option<Tensor>,
     /// `[B, S, K]` u32 (ignored positions hold 0) and `[B, S, K]` f32 1/0 weights.
@@ -67,6 +68,45 @@ pub struct TeacherForced {
     pub target_mask: Tensor,
     pub text_targets: Option<Tensor>,
     pub text_mask: Option<Tensor>,
+}
+
+impl TeacherForced {
+    /// Codebook `c`'s logits `[B, S, V]` (a view of [`Self::logits`]).
+    pub fn codebook_logits(&self, c: usize) -> Result<Tensor> {
+        Ok(self.logits.narrow(2, c, 1)?.squeeze(2)?)
+    }
+}
+
+/// The biases of `heads`, if they have them.
+fn head_biases(heads: &[Linear]) -> Option<Vec<Tensor>> {
+    heads.iter().map(|h| h.bias().cloned()).collect()
+}
+
+/// The `K` delay heads `[N, d] -> [N, V]` as one matmul against their stacked weights:
+/// `[N, K, V]`.
+fn stacked_heads(heads: &[Linear], x: &Tensor) -> candle_core::Result<Tensor> {
+    let n = x.dim(0)?;
+    let v = heads[0].weight().dim(0)?;
+    let w = Tensor::cat(&heads.iter().map(|h| h.weight()).collect::<Vec<_>>(), 0)?;
+    let mut y = x.matmul(&w.t()?)?;
+    if let Some(b) = head_biases(heads) {
+        y = y.broadcast_add(&Tensor::cat(&b, 0)?)?;
+    }
+    y.reshape((n, heads.len(), v))
+}
+
+/// Head `j` applied to position `j` of every item, `x: [N, K, d]` -> `[N, K, V]`, as one
+/// batched matmul over the stacked weights (the depth transformer's per-codebook outputs).
+fn per_codebook_heads(heads: &[Linear], x: &Tensor) -> candle_core::Result<Tensor> {
+    let w = Tensor::stack(&heads.iter().map(|h| h.weight()).collect::<Vec<_>>(), 0)?;
+    let mut y = x
+        .transpose(0, 1)?
+        .contiguous()?
+        .matmul(&w.transpose(1, 2)?)?;
+    if let Some(b) = head_biases(heads) {
+        y = y.broadcast_add(&Tensor::stack(&b, 0)?.unsqueeze(1)?)?;
+    }
+    y.transpose(0, 1)
 }
 
 /// Weights of the per-codebook and text cross-entropies in the total loss.
@@ -566,13 +606,12 @@ impl S2sModel {
             .map(|hd| hd.forward(&h))
             .transpose()?;
         let logits = match &self.heads {
-            Heads::Delay(heads) => heads
-                .iter()
-                .map(|hd| hd.forward(&h))
-                .collect::<candle_core::Result<Vec<_>>>()?,
+            Heads::Delay(heads) => {
+                stacked_heads(heads, &h.reshape((b * steps, ()))?)?.reshape((b, steps, k, ()))?
+            }
             Heads::Depth(dh) => {
                 let dd = self.cfg.depth.d_model;
-                let hp = dh.proj.forward(&h)?.reshape((b * steps, 1, dd))?;
+                let hp = vaak_nn::fused::linear(&dh.proj, &h)?.reshape((b * steps, 1, dd))?;
                 let flat_t = targets.reshape((b * steps, k))?;
                 let flat_m = target_mask.reshape((b * steps, k))?;
                 // Teacher forcing: ignored targets feed PAD.
@@ -598,13 +637,7 @@ impl S2sModel {
                 }
                 let x = Tensor::cat(&pos, 1)?;
                 let y = dh.transformer.forward_at(&x, 0, train)?;
-                (0..k)
-                    .map(|j| {
-                        dh.heads[j]
-                            .forward(&y.narrow(1, j, 1)?.squeeze(1)?)?
-                            .reshape((b, steps, sp.vocab()))
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?
+                per_codebook_heads(&dh.heads, &y)?.reshape((b, steps, k, sp.vocab()))?
             }
         };
         Ok(TeacherForced {
@@ -619,44 +652,54 @@ impl S2sModel {
 
     /// Per-codebook (and text) masked cross-entropy, weighted into a total, with accuracies.
     pub fn loss(&self, tf: &TeacherForced, w: &LossWeights) -> Result<LossOutput> {
-        let k = tf.logits.len();
+        let (b, s, k, v) = tf.logits.dims4()?;
         if w.codebooks.len() != k {
             return Err(S2sError::BadInput(format!(
                 "loss weights: {} codebook weights for {k} codebooks",
                 w.codebooks.len()
             )));
         }
-        let masked = |logits: &Tensor, tgt: &Tensor, m: &Tensor| -> Result<(Tensor, Tensor)> {
-            let v = logits.dim(D::Minus1)?;
-            let n = tgt.elem_count();
-            let l = logits.reshape((n, v))?;
-            let t = tgt.reshape(n)?;
-            let m = m.reshape(n)?;
-            let count = (m.sum_all()? + 1e-9)?;
-            let ce = (nll(&l, &t)? * &m)?.sum_all()?.div(&count)?;
-            let hit = l.argmax(D::Minus1)?.eq(&t)?.to_dtype(DType::F32)?;
-            let acc = (hit * &m)?.sum_all()?.div(&count)?;
-            Ok((ce, acc))
+        // Per-position cross-entropy and argmax hits of `[N, V]` logits.
+        let nll_and_hits = |logits: &Tensor, tgt: &Tensor| -> Result<(Tensor, Tensor)> {
+            let ce = vaak_nn::fused::cross_entropy_rows(logits, tgt)?;
+            let hit = logits.argmax(D::Minus1)?.eq(tgt)?.to_dtype(DType::F32)?;
+            Ok((ce, hit))
         };
-        let mut total: Option<Tensor> = None;
-        let (mut per, mut acc) = (Vec::with_capacity(k), Vec::with_capacity(k));
-        for (c, logits) in tf.logits.iter().enumerate() {
-            let tgt = tf.targets.narrow(2, c, 1)?.squeeze(2)?;
-            let m = tf.target_mask.narrow(2, c, 1)?.squeeze(2)?;
-            let (ce, a) = masked(logits, &tgt, &m)?;
-            total = Some(add(total, (&ce * w.codebooks[c])?)?);
-            per.push(ce);
-            acc.push(a);
-        }
+        // Masked means per column of `[N, C]` values (`count`: the mask's column sums).
+        let masked_means = |vals: &Tensor, m: &Tensor, count: &Tensor| -> Result<Tensor> {
+            Ok((vals * m)?.sum(0)?.div(count)?)
+        };
+        // Every codebook at once: rows are (item, step), columns codebooks.
+        let rows = b * s;
+        let tgt = tf.targets.reshape(rows * k)?;
+        let (nll, hit) = nll_and_hits(&tf.logits.reshape((rows * k, v))?, &tgt)?;
+        let m = tf.target_mask.reshape((rows, k))?;
+        let count = (m.sum(0)? + 1e-9)?;
+        let ce = masked_means(&nll.reshape((rows, k))?, &m, &count)?;
+        let acc = masked_means(&hit.reshape((rows, k))?, &m, &count)?;
+        let weights: Vec<f32> = w.codebooks.iter().map(|&x| x as f32).collect();
+        let weights = Tensor::from_vec(weights, k, ce.device())?;
+        let mut total = (&ce * weights)?.sum_all()?;
+        let per = (0..k)
+            .map(|c| ce.get(c))
+            .collect::<candle_core::Result<_>>()?;
+        let acc = (0..k)
+            .map(|c| acc.get(c))
+            .collect::<candle_core::Result<_>>()?;
         let (mut text_ce, mut text_accuracy) = (None, None);
         if let (Some(l), Some(t), Some(m)) = (&tf.text_logits, &tf.text_targets, &tf.text_mask) {
-            let (ce, a) = masked(l, t, m)?;
-            total = Some(add(total, (&ce * w.text)?)?);
+            let n = t.elem_count();
+            let (nll, hit) = nll_and_hits(&l.reshape((n, ()))?, &t.reshape(n)?)?;
+            let m = m.reshape((n, 1))?;
+            let count = (m.sum(0)? + 1e-9)?;
+            let ce = masked_means(&nll.reshape((n, 1))?, &m, &count)?.squeeze(0)?;
+            let a = masked_means(&hit.reshape((n, 1))?, &m, &count)?.squeeze(0)?;
+            total = (total + (&ce * w.text)?)?;
             text_ce = Some(ce);
             text_accuracy = Some(a);
         }
         Ok(LossOutput {
-            total: total.ok_or_else(|| S2sError::BadInput("no codebooks".into()))?,
+            total,
             per_codebook: per,
             accuracy: acc,
             text_ce,

@@ -31,7 +31,7 @@ fn save_load_round_trip_gives_identical_logits() {
                 a.text_logits.as_ref().unwrap(),
                 b.text_logits.as_ref().unwrap(),
             );
-            for (x, y) in a.logits.iter().zip(&b.logits).chain([text]) {
+            for (x, y) in [(&a.logits, &b.logits), text] {
                 let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(x.len(), y.len());

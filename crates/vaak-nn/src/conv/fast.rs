@@ -92,7 +92,7 @@ pub struct ConvTranspose1dOpts {
 }
 
 /// The thread count candle's CPU kernels use, as a `gemm` parallelism.
-fn parallelism() -> Parallelism {
+pub(crate) fn parallelism() -> Parallelism {
     match candle_core::utils::get_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),

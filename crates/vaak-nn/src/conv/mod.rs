@@ -61,7 +61,7 @@
 //! formulation used elsewhere and as its reference.
 
 mod conv1d;
-mod fast;
+pub(crate) mod fast;
 mod im2col;
 mod transpose;
 

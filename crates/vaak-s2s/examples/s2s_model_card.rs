@@ -11,8 +11,8 @@
 //!   and the unigram and copy-the-source baselines on the held-out pairs
 //!   (`vaak_s2s::train::baselines`): `MODEL_DIR/card.json`;
 //! - `MODEL_DIR/heldout/`: the codes of 5 held-out pairs (`<id>.src.npy`, `<id>.tgt.npy`),
-//!   `pairs.json` (ids, target languages) and the first pair's source audio (`<id>.src.wav`)
-//!   for the bundled model's test;
+//!   `pairs.json` (ids, target languages, aligned text ids when the model has a text
+//!   stream) and the first pair's source audio (`<id>.src.wav`) for the bundled model's test;
 //! - `MODEL_DIR/curves.png` (train and validation loss, validation accuracy) from
 //!   `RUN/metrics.jsonl`, and `MODEL_DIR/reply_vs_target.png` + `sample_reply.wav`: the
 //!   model's greedy reply to the first held-out source against its target.
@@ -162,7 +162,8 @@ fn main() -> Result<()> {
     for e in val.iter().take(HELDOUT_PAIRS) {
         write_codes(&hdir.join(format!("{}.src.npy", e.id)), &e.source)?;
         write_codes(&hdir.join(format!("{}.tgt.npy", e.id)), &e.target)?;
-        listed.push(serde_json::json!({"id": e.id, "tgt_lang": e.language.code()}));
+        // A model with a text stream needs each pair's aligned text ids (one per frame).
+        listed.push(serde_json::json!({"id": e.id, "tgt_lang": e.language.code(), "text": e.text}));
     }
     std::fs::write(
         hdir.join("pairs.json"),

@@ -20,23 +20,13 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::activation::exp_in_place;
+use crate::cpu::contiguous_f32 as f32_data;
 
 /// Elements per parallel task: below about this much work per task rayon costs more than it gives.
 const PAR_ELEMS: usize = 1 << 14;
 
 fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
-}
-
-/// The contiguous f32 data of a custom op's CPU input.
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("{op}: expected f32 data");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("{op}: input is not contiguous"),
-    }
 }
 
 /// Rows per parallel task for rows of `n` elements.

@@ -346,7 +346,7 @@ fn fused_cpu_update(
     step_size: f64,
     bc2: f64,
 ) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
-    use crate::cpu::with_contiguous_f32;
+    use crate::cpu::contiguous_f32;
     let theta = p.var.as_tensor();
     let all = [theta, g, &p.exp_avg, &p.exp_avg_sq];
     if !all
@@ -370,24 +370,28 @@ fn fused_cpu_update(
     let neg_step = (-step_size) as f32;
     let n = theta.elem_count();
     let (mut th2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    with_contiguous_f32(theta, "AdamW", |th| {
-        with_contiguous_f32(g, "AdamW", |gv| {
-            with_contiguous_f32(&p.exp_avg, "AdamW", |m| {
-                with_contiguous_f32(&p.exp_avg_sq, "AdamW", |v| {
-                    let outs = th2.iter_mut().zip(m2.iter_mut().zip(v2.iter_mut()));
-                    let ins = th.iter().zip(gv.iter().zip(m.iter().zip(v)));
-                    for ((&t, (&gi, (&mi, &vi))), (to, (mo, vo))) in ins.zip(outs) {
-                        let mi = mi + (gi - mi) * one_m_b1;
-                        let vi = vi * b2 + gi * gi * one_m_b2;
-                        let denom = vi.sqrt() * inv_sqrt_bc2 + eps;
-                        *to = t * decay + (mi * neg_step) / denom;
-                        *mo = mi;
-                        *vo = vi;
-                    }
-                })
-            })
-        })
-    })????;
+    // Read guards on the four storages; the slices borrow from them.
+    let held: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
+    let mut data = Vec::with_capacity(4);
+    for (storage, layout) in &held {
+        let candle_core::Storage::Cpu(s) = &**storage else {
+            return Ok(None);
+        };
+        data.push(contiguous_f32(s, layout, "AdamW")?);
+    }
+    let [th, gv, m, v] = data[..] else {
+        return Ok(None);
+    };
+    let outs = th2.iter_mut().zip(m2.iter_mut().zip(v2.iter_mut()));
+    let ins = th.iter().zip(gv.iter().zip(m.iter().zip(v)));
+    for ((&t, (&gi, (&mi, &vi))), (to, (mo, vo))) in ins.zip(outs) {
+        let mi = mi + (gi - mi) * one_m_b1;
+        let vi = vi * b2 + gi * gi * one_m_b2;
+        let denom = vi.sqrt() * inv_sqrt_bc2 + eps;
+        *to = t * decay + (mi * neg_step) / denom;
+        *mo = mi;
+        *vo = vi;
+    }
     let shape = theta.shape();
     let dev = theta.device();
     Ok(Some((

@@ -1,4 +1,4 @@
-//! Vectorised `exp`, `sigmoid` and `tanh` over f32 slices, and the gated activation
+//! Vectorised `exp`, `sigmoid`, `tanh` and `elu` over f32 slices, and the gated activation
 //! `tanh(a) * sigmoid(b)` of WaveNet-style flows, for CPU inference.
 //!
 //! candle's CPU unary ops call libm once per element on one thread; in the OpenVoice converter
@@ -41,6 +41,34 @@ pub fn exp_in_place(v: &mut [f32]) {
     }
     v.iter_mut()
         .for_each(|x| *x = x.clamp(EXP_LO, EXP_HI).exp());
+}
+
+/// `v[i] = elu(v[i], alpha)`: `v` where its sign is positive, else `(exp(v) - 1) * alpha`
+/// (candle's formula, with the vectorised `exp`: within a few ulp of `Tensor::elu`). A SEANet
+/// activates every conv input with it; libm's scalar `expf` was 8% of a streaming Mimi frame.
+pub fn elu_in_place(v: &mut [f32], alpha: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            let done = unsafe { elu_avx2(v, alpha) };
+            let tail = &mut v[done..];
+            if !tail.is_empty() {
+                // The tail goes through a padded lane, so every element gets the same arithmetic.
+                let mut lane = [0f32; LANES];
+                lane[..tail.len()].copy_from_slice(tail);
+                // SAFETY: as above.
+                unsafe { elu_avx2(&mut lane, alpha) };
+                tail.copy_from_slice(&lane[..tail.len()]);
+            }
+            return;
+        }
+    }
+    v.iter_mut().for_each(|x| {
+        if !x.is_sign_positive() {
+            *x = (x.clamp(EXP_LO, 0.0).exp() - 1.0) * alpha;
+        }
+    });
 }
 
 /// `v[i] = 1 / (1 + exp(-v[i]))`.
@@ -146,7 +174,15 @@ unsafe fn exp8_avx2(v: &mut [f32]) {
     use std::arch::x86_64::*;
     debug_assert_eq!(v.len(), LANES);
     let p = v.as_mut_ptr();
-    let x = _mm256_loadu_ps(p);
+    _mm256_storeu_ps(p, exp_ps(_mm256_loadu_ps(p)));
+}
+
+/// `exp` of 8 lanes in registers (see [`exp8_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp_ps(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
     let x = _mm256_min_ps(
         _mm256_max_ps(x, _mm256_set1_ps(EXP_LO)),
         _mm256_set1_ps(EXP_HI),
@@ -178,7 +214,28 @@ unsafe fn exp8_avx2(v: &mut [f32]) {
         _mm256_cvtps_epi32(n),
         _mm256_set1_epi32(127),
     ));
-    _mm256_storeu_ps(p, _mm256_mul_ps(y, _mm256_castsi256_ps(scale)));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
+}
+
+/// [`elu_in_place`] over whole lanes; returns how many leading elements it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn elu_avx2(v: &mut [f32], alpha: f32) -> usize {
+    use std::arch::x86_64::*;
+    let n = v.len() - v.len() % LANES;
+    let (zero, one, a) = (
+        _mm256_setzero_ps(),
+        _mm256_set1_ps(1.0),
+        _mm256_set1_ps(alpha),
+    );
+    for i in (0..n).step_by(LANES) {
+        let p = v.as_mut_ptr().add(i);
+        let x = _mm256_loadu_ps(p);
+        let neg = _mm256_mul_ps(_mm256_sub_ps(exp_ps(_mm256_min_ps(x, zero)), one), a);
+        // The sign bit picks: `x` where it is clear (candle's `is_sign_positive`).
+        _mm256_storeu_ps(p, _mm256_blendv_ps(x, neg, x));
+    }
+    n
 }
 
 #[cfg(test)]

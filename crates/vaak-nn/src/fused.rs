@@ -25,7 +25,8 @@ use crate::cpu::contiguous_f32 as f32_data;
 /// Elements per parallel task: below about this much work per task rayon costs more than it gives.
 const PAR_ELEMS: usize = 1 << 14;
 
-fn cpu_f32(t: &Tensor) -> bool {
+/// Whether `t` is a CPU f32 tensor, the case these kernels compute directly.
+pub(crate) fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 

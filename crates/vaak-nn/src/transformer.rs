@@ -322,21 +322,23 @@ impl Rope {
 
     /// Rotates `x: [B, H, T, head_dim]` (contiguous).
     fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
-        if !train {
+        if !train && !crate::fused::cpu_f32(x) {
             return match self.kind {
                 RopeKind::RotateHalf => candle_nn::rotary_emb::rope(x, cos, sin),
                 RopeKind::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
             };
         }
-        // candle's fused kernels have no backward; vaak's do.
+        // candle's fused kernels have no backward; vaak's do. On the CPU vaak's also serve
+        // inference: they stay on the calling thread for small inputs, where candle's always
+        // hand their rows to the rayon pool (a wake-up per call, 10% of a streaming Mimi frame).
         crate::fused::rope(x, cos, sin, self.kind == RopeKind::Interleaved)
     }
 }
 
-/// Softmax over the last axis: candle's kernel for inference, vaak's differentiable one for
-/// training.
+/// Softmax over the last axis: vaak's kernel on the CPU and for training, candle's for
+/// inference elsewhere (see [`Rope::apply`] for why).
 fn softmax(x: &Tensor, train: bool) -> Result<Tensor> {
-    if !train {
+    if !train && !crate::fused::cpu_f32(x) {
         return candle_nn::ops::softmax_last_dim(x);
     }
     crate::fused::softmax_last_dim(x)
@@ -366,14 +368,14 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train {
+        if !train && !crate::fused::cpu_f32(x) {
             let x = x.contiguous()?;
             return match self {
                 Self::Layer { w, b, eps } => candle_nn::ops::layer_norm(&x, w, b, *eps as f32),
                 Self::Rms { w, eps } => candle_nn::ops::rms_norm(&x, w, *eps as f32),
             };
         }
-        // candle's fused norms have no backward; vaak's do.
+        // candle's fused norms have no backward; vaak's do (and stay serial on small inputs).
         match self {
             Self::Layer { w, b, eps } => crate::fused::layer_norm(x, w, b, *eps),
             Self::Rms { w, eps } => crate::fused::rms_norm(x, w, *eps),
@@ -589,9 +591,9 @@ fn rows_times_any(
                 // `kind` (callers' contract), the slices are sized as documented.
                 unsafe {
                     match kind {
-                        W_F32 => rows_times_wt_avx2::<W_F32>(xb, rb, w, n, k, ob),
-                        W_BF16 => rows_times_wt_avx2::<W_BF16>(xb, rb, w, n, k, ob),
-                        _ => rows_times_wt_avx2::<W_F16>(xb, rb, w, n, k, ob),
+                        W_F32 => rows_times_wt_avx2_rows::<W_F32>(xb, rb, w, n, k, ob),
+                        W_BF16 => rows_times_wt_avx2_rows::<W_BF16>(xb, rb, w, n, k, ob),
+                        _ => rows_times_wt_avx2_rows::<W_F16>(xb, rb, w, n, k, ob),
                     }
                 }
                 continue;
@@ -662,10 +664,14 @@ unsafe fn load8<const W: u8>(w: *const u8, i: usize) -> std::arch::x86_64::__m25
     }
 }
 
+/// [`rows_times_wt_avx2`] for `rb` (1 to 4) rows: the row count is a const parameter so
+/// that the accumulators live in registers (with a run-time count they went through the
+/// stack, and the bf16 kernel was slower than the f32 one).
+///
+/// # Safety
+/// As [`rows_times_wt_avx2`], and the CPU has AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // `r` indexes two accumulator arrays and `x`'s rows
-unsafe fn rows_times_wt_avx2<const W: u8>(
+unsafe fn rows_times_wt_avx2_rows<const W: u8>(
     x: &[f32],
     rb: usize,
     w: *const u8,
@@ -673,6 +679,27 @@ unsafe fn rows_times_wt_avx2<const W: u8>(
     k: usize,
     out: &mut [f32],
 ) {
+    match rb {
+        1 => rows_times_wt_avx2::<W, 1>(x, w, n, k, out),
+        2 => rows_times_wt_avx2::<W, 2>(x, w, n, k, out),
+        3 => rows_times_wt_avx2::<W, 3>(x, w, n, k, out),
+        _ => rows_times_wt_avx2::<W, 4>(x, w, n, k, out),
+    }
+}
+
+/// # Safety
+/// `w` holds `n * k` elements of storage `W`, `x` `R` rows of `k` and `out` `R` rows of `n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // `r` indexes two accumulator arrays and `x`'s rows
+unsafe fn rows_times_wt_avx2<const W: u8, const R: usize>(
+    x: &[f32],
+    w: *const u8,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let rb = R;
     use std::arch::x86_64::*;
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -685,8 +712,8 @@ unsafe fn rows_times_wt_avx2<const W: u8>(
     let xp = x.as_ptr();
     for o in 0..n {
         let base = o * k;
-        let mut acc0 = [_mm256_setzero_ps(); 4];
-        let mut acc1 = [_mm256_setzero_ps(); 4];
+        let mut acc0 = [_mm256_setzero_ps(); R];
+        let mut acc1 = [_mm256_setzero_ps(); R];
         let mut i = 0;
         while i < k16 {
             let w0 = load8::<W>(w, base + i);

@@ -171,18 +171,12 @@ pub enum InputAct {
 }
 
 impl InputAct {
-    #[inline(always)]
-    fn apply(self, v: f32) -> f32 {
+    /// The activation over a slice, in place (ELU with the vectorised `exp`).
+    fn apply_in_place(self, v: &mut [f32]) {
         match self {
-            Self::None => v,
-            Self::LeakyRelu(s) => v.max(0.0) + v.min(0.0) * s,
-            Self::Elu(a) => {
-                if v.is_sign_positive() {
-                    v
-                } else {
-                    (v.exp() - 1.0) * a
-                }
-            }
+            Self::None => {}
+            Self::LeakyRelu(s) => v.iter_mut().for_each(|x| *x = x.max(0.0) + x.min(0.0) * s),
+            Self::Elu(a) => crate::activation::elu_in_place(v, a),
         }
     }
 
@@ -592,10 +586,11 @@ fn init_row(
 /// here; at 16 frames the gemm is ahead again (1.3-1.6 ms against 2.2 ms for 512 -> 256, k 12).
 const FEW_FRAMES: usize = 8;
 /// Output columns up to which a conv streams its weight rows through
-/// [`crate::simd::rows_dot_cols`]. The gemm reads a conv's `[C_out, C_in * k]` weight in
-/// place well enough that the kernel only won at a single column in the same measurement
-/// (0.03 against 0.10 ms; at 2 columns they were even within the noise of a loaded machine).
-const FEW_CONV_COLS: usize = 1;
+/// [`crate::simd::rows_dot_cols`]. At 2 columns (Mimi's 25 Hz convs in a streaming step) the
+/// gemm runs its 8-row micro-kernel on 2 useful rows: on a quiet machine, one thread, 512 ->
+/// 1024 k 16 took 3.7 ms through the gemm and 3.0 ms here, 1024 -> 512 k 3 0.44 and 0.18 ms,
+/// 512 -> 1024 k 7 1.15 and 0.64 ms. At 16 columns the gemm is ahead.
+const FEW_CONV_COLS: usize = 2;
 /// Weight floats per task of the few-column paths: enough that a task outweighs its
 /// scheduling, few enough that a big layer splits over every thread.
 const FEW_TASK_ELEMS: usize = 1 << 16;
@@ -796,17 +791,14 @@ fn fill_window(
             let p0 = (first + q0 as isize) as usize;
             let src = &x[ci * sc + p0 * st..];
             let dst = &mut row[q0..q1];
-            match (act, st) {
-                (InputAct::None, 1) => dst.copy_from_slice(&src[..q1 - q0]),
-                (_, 1) => dst
-                    .iter_mut()
-                    .zip(&src[..q1 - q0])
-                    .for_each(|(d, &s)| *d = act.apply(s)),
-                _ => dst
-                    .iter_mut()
+            if st == 1 {
+                dst.copy_from_slice(&src[..q1 - q0]);
+            } else {
+                dst.iter_mut()
                     .enumerate()
-                    .for_each(|(i, d)| *d = act.apply(src[i * st])),
+                    .for_each(|(i, d)| *d = src[i * st]);
             }
+            act.apply_in_place(dst);
         }
     }
 }
@@ -1096,7 +1088,8 @@ fn map_f32(x: &Tensor, act: InputAct) -> Result<Option<Tensor>> {
     let out = with_contiguous_f32(&x, "elementwise", |src| {
         let mut out = vec![0f32; src.len()];
         let body = |(o, s): (&mut [f32], &[f32])| {
-            o.iter_mut().zip(s).for_each(|(o, &v)| *o = act.apply(v));
+            o.copy_from_slice(s);
+            act.apply_in_place(o);
         };
         if threads() > 1 && src.len() >= 2 * MAP_CHUNK {
             use rayon::prelude::*;
@@ -1120,7 +1113,7 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     }
 }
 
-/// `elu(x, alpha)` with candle's formula (the same bits as `Tensor::elu`), in one parallel
+/// `elu(x, alpha)` with candle's formula (vectorised `exp`: within a few ulp of `Tensor::elu`), in one parallel
 /// pass over a big CPU f32 tensor (candle's CPU unary ops run on one thread); other tensors,
 /// or tracked ones, go through `Tensor::elu`.
 pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {

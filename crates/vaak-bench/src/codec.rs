@@ -90,8 +90,9 @@ pub struct CodecBenchArgs {
     /// Also measure vaak-16k at hop 320 / 640 / 1280 (50 / 25 / 12.5 Hz), random weights.
     #[arg(long)]
     frame_rates: bool,
-    /// Storages of vaak mimi's latent-transformer step weights to measure (f32, bf16, f16);
-    /// each half one is also compared with f32: equal codes and SNR of the decoded audio.
+    /// Storages of vaak mimi's step weights (latent transformers and latent-rate convs) to
+    /// measure (f32, bf16, f16); each half one is also compared with f32: equal codes and SNR
+    /// of the decoded audio.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     weights_dtype: Vec<StepWeights>,
     /// Frames of codes the transformers peer decodes per step (it has no streaming decoder).

@@ -96,6 +96,8 @@ pub struct Codec {
     edge: EdgeMode,
     device: Device,
     dtype: DType,
+    /// What streaming steps read ([`Self::set_step_weights`]).
+    step_weights: StepWeights,
 }
 
 /// Reads and converts a published transformers `config.json` beside the weights.
@@ -236,6 +238,7 @@ impl Codec {
             device: vb.device().clone(),
             dtype: vb.dtype(),
             cfg,
+            step_weights: StepWeights::F32,
         })
     }
 
@@ -285,24 +288,25 @@ impl Codec {
         self.edge = edge;
     }
 
-    /// Makes the streaming steps of Mimi's latent transformers read half-precision copies of
-    /// their weights (f32 accumulation; see [`StepWeights`]), made once here; streamers made
-    /// afterwards use them. [`StepWeights::F32`] (the default) restores exact f32 steps.
-    /// Whole-clip calls, the convs and the quantizer stay f32; codecs without a latent
-    /// transformer are unchanged.
+    /// Makes streaming steps read half-precision copies of the weights a step streams from
+    /// memory (f32 accumulation; see [`StepWeights`]): Mimi's latent transformers and every
+    /// codec's SEANet convs at the latent frame rate ([`Seanet::set_step_weights`]). The copies
+    /// are made once here; streamers made afterwards use them. [`StepWeights::F32`] (the
+    /// default) restores exact f32 steps. Whole-clip calls and the quantizer stay f32.
     pub fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
         if let Some(l) = &mut self.latent {
             l.enc_transformer.set_step_weights(kind)?;
             l.dec_transformer.set_step_weights(kind)?;
         }
+        self.encoder.set_step_weights(kind)?;
+        self.decoder.set_step_weights(kind)?;
+        self.step_weights = kind;
         Ok(())
     }
 
-    /// The storage the latent transformers' streaming steps read.
+    /// The storage streaming steps read.
     pub fn step_weights(&self) -> StepWeights {
-        self.latent
-            .as_ref()
-            .map_or(StepWeights::F32, |l| l.enc_transformer.step_weights())
+        self.step_weights
     }
 
     /// Uses the first `n` codebooks.

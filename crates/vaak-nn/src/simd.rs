@@ -12,12 +12,186 @@
 /// Columns one pass keeps in registers; more columns take more passes over the weight.
 pub const MAX_COLS: usize = 8;
 
-/// Whether this CPU runs the AVX2 + FMA kernels.
+/// Storage of the weights a streaming step reads (see [`HalfWeight`]).
+///
+/// A step of a few rows or columns is bound by reading the weights, so half-precision storage
+/// halves its cost; products still accumulate in f32 and activations stay f32. Only the
+/// few-rows / few-columns CPU paths read a half copy: whole-sequence forwards, training and
+/// other devices keep the f32 weights, which stay loaded.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum StepWeights {
+    /// The loaded f32 weights (exact; the default).
+    #[default]
+    F32,
+    /// bfloat16 copies (8-bit mantissa, f32's range).
+    Bf16,
+    /// IEEE half copies (11-bit mantissa, range up to 65504): closer to f32 for weights of
+    /// ordinary magnitude.
+    F16,
+}
+
+impl StepWeights {
+    pub const ALL: [StepWeights; 3] = [Self::F32, Self::Bf16, Self::F16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for StepWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StepWeights {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown step weights {s:?}; expected f32, bf16 or f16"))
+    }
+}
+
+/// A half-precision copy of a weight in its own (contiguous, row-major) layout, as raw 16-bit
+/// patterns: what a streaming step reads instead of the f32 weight ([`StepWeights`]).
+#[derive(Debug)]
+pub struct HalfWeight {
+    bits: Vec<u16>,
+    f16: bool,
+}
+
+impl HalfWeight {
+    /// The copy of `w` for `kind`; `None` for [`StepWeights::F32`].
+    pub fn new(w: &candle_core::Tensor, kind: StepWeights) -> candle_core::Result<Option<Self>> {
+        if kind == StepWeights::F32 {
+            return Ok(None);
+        }
+        let v = w
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let f16 = kind == StepWeights::F16;
+        let bits = if f16 {
+            v.iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect()
+        } else {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_bits())
+                .collect()
+        };
+        Ok(Some(Self { bits, f16 }))
+    }
+
+    /// The weights as the kernels read them.
+    pub fn data(&self) -> WeightData<'_> {
+        if self.f16 {
+            WeightData::F16(&self.bits)
+        } else {
+            WeightData::Bf16(&self.bits)
+        }
+    }
+}
+
+/// A weight buffer the kernels stream: f32, or bf16 / IEEE half bit patterns that are widened
+/// to f32 exactly as they are read.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightData<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    F16(&'a [u16]),
+}
+
+impl<'a> From<&'a [f32]> for WeightData<'a> {
+    fn from(w: &'a [f32]) -> Self {
+        Self::F32(w)
+    }
+}
+
+impl<'a> WeightData<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(w) => w.len(),
+            Self::Bf16(w) | Self::F16(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same storage from element `i` on.
+    pub fn offset(self, i: usize) -> Self {
+        match self {
+            Self::F32(w) => Self::F32(&w[i..]),
+            Self::Bf16(w) => Self::Bf16(&w[i..]),
+            Self::F16(w) => Self::F16(&w[i..]),
+        }
+    }
+
+    /// The raw pointer and its storage code (`W_F32`, `W_BF16` or `W_F16`).
+    pub(crate) fn raw(self) -> (*const u8, u8) {
+        match self {
+            Self::F32(w) => (w.as_ptr().cast(), W_F32),
+            Self::Bf16(w) => (w.as_ptr().cast(), W_BF16),
+            Self::F16(w) => (w.as_ptr().cast(), W_F16),
+        }
+    }
+}
+
+/// Weight storages as a const parameter, so each kernel gets its own loop per storage.
+pub(crate) const W_F32: u8 = 0;
+pub(crate) const W_BF16: u8 = 1;
+pub(crate) const W_F16: u8 = 2;
+
+/// Weight `i` of a `W`-stored buffer as f32.
+///
+/// # Safety
+/// `w` points to at least `i + 1` elements of the storage `W` names.
+#[inline(always)]
+pub(crate) unsafe fn weight_at<const W: u8>(w: *const u8, i: usize) -> f32 {
+    match W {
+        W_F32 => *w.cast::<f32>().add(i),
+        W_BF16 => half::bf16::from_bits(*w.cast::<u16>().add(i)).to_f32(),
+        _ => half::f16::from_bits(*w.cast::<u16>().add(i)).to_f32(),
+    }
+}
+
+/// Eight weights from `w + i` of storage `W`, widened to f32.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` holds at least `i + 8` elements of storage `W`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn has_avx2_fma() -> bool {
+pub(crate) unsafe fn load8<const W: u8>(w: *const u8, i: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    match W {
+        W_F32 => _mm256_loadu_ps(w.cast::<f32>().add(i)),
+        W_BF16 => {
+            // bf16 is the top half of an f32: widen and shift.
+            let h = _mm_loadu_si128(w.cast::<u16>().add(i).cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+        _ => _mm256_cvtph_ps(_mm_loadu_si128(w.cast::<u16>().add(i).cast())),
+    }
+}
+
+/// Whether this CPU runs the AVX2 + FMA (+ F16C, for half weights) kernels.
+#[inline]
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -27,13 +201,14 @@ fn has_avx2_fma() -> bool {
 
 /// `out[o * out_rs + t] += sum_i w[o * w_rs + i] * x[t * width + i]` for `o < m`, `t < n`:
 /// `m` weight rows of `width` (at row stride `w_rs`) against `n` contiguous columns stored
-/// row by row (`x` is `[n, width]`), added into an output with row stride `out_rs`.
+/// row by row (`x` is `[n, width]`), added into an output with row stride `out_rs`. The
+/// weight may be f32 or a half copy ([`WeightData`]); the sums are f32 either way.
 ///
 /// # Panics
 /// When a slice is shorter than these sizes need.
 #[allow(clippy::too_many_arguments)]
-pub fn rows_dot_cols(
-    w: &[f32],
+pub fn rows_dot_cols<'a>(
+    w: impl Into<WeightData<'a>>,
     w_rs: usize,
     m: usize,
     x: &[f32],
@@ -42,67 +217,163 @@ pub fn rows_dot_cols(
     out: &mut [f32],
     out_rs: usize,
 ) {
-    if m == 0 || n == 0 {
+    assert!(m == 0 || n == 0 || out_rs >= n);
+    dot_strided(w.into(), w_rs, m, x, width, n, out, (out_rs, 1), MAX_COLS);
+}
+
+/// `out[o * os + t * ts] += sum_i w[o * w_rs + i] * x[t * width + i]`: [`rows_dot_cols`] with
+/// any output strides, `cols_per_pass` (at most [`MAX_COLS`]) columns of `x` per pass over
+/// the weight. With 4 or fewer per pass every column gets the same arithmetic however many
+/// there are, so a row of a batch sums to the bits it gets alone.
+///
+/// # Panics
+/// When a slice is shorter than these sizes need.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dot_strided(
+    w: WeightData<'_>,
+    w_rs: usize,
+    m: usize,
+    x: &[f32],
+    width: usize,
+    n: usize,
+    out: &mut [f32],
+    (os, ts): (usize, usize),
+    cols_per_pass: usize,
+) {
+    if m == 0 || n == 0 || width == 0 {
         return;
     }
     assert!(w_rs >= width && w.len() >= (m - 1) * w_rs + width);
     assert!(x.len() >= n * width);
-    assert!(out_rs >= n && out.len() >= (m - 1) * out_rs + n);
-    if width == 0 {
-        return;
+    assert!(out.len() > (m - 1) * os + (n - 1) * ts);
+    assert!((1..=MAX_COLS).contains(&cols_per_pass));
+    let (wp, kind) = w.raw();
+    let pass = (cols_per_pass, (os, ts));
+    // SAFETY (all three): the sizes were checked above against the slices.
+    unsafe {
+        match kind {
+            W_F32 => dot_raw::<W_F32>(wp, w_rs, m, x, width, n, out, pass),
+            W_BF16 => dot_raw::<W_BF16>(wp, w_rs, m, x, width, n, out, pass),
+            _ => dot_raw::<W_F16>(wp, w_rs, m, x, width, n, out, pass),
+        }
     }
-    let avx = has_avx2_fma();
-    // Whole rows, so that a contiguous weight streams from memory in one sequential pass
-    // (the columns of `x` are re-read from L1/L2, which keeps up at these column counts).
-    let kc = width;
-    for t0 in (0..n).step_by(MAX_COLS) {
-        let nt = (n - t0).min(MAX_COLS);
-        for i0 in (0..width).step_by(kc) {
-            let wc = (width - i0).min(kc);
-            #[cfg(target_arch = "x86_64")]
-            if avx {
-                // SAFETY: AVX2 + FMA were detected; every index stays inside the slices
-                // checked above.
-                unsafe {
-                    let (wp, xp) = (w.as_ptr().add(i0), x.as_ptr().add(t0 * width + i0));
-                    let op = out.as_mut_ptr().add(t0);
-                    match nt {
-                        1 => dot_avx2::<1>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                        2 => dot_avx2::<2>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                        3 => dot_avx2::<3>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                        4 => dot_avx2::<4>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                        5 => dot_avx2::<5>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                        6 => dot_avx2::<6>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                        7 => dot_avx2::<7>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                        _ => dot_avx2::<8>(wp, w_rs, m, xp, width, wc, op, out_rs),
-                    }
-                }
-                continue;
-            }
-            let _ = avx;
-            for o in 0..m {
-                let wr = &w[o * w_rs + i0..o * w_rs + i0 + wc];
-                for t in t0..t0 + nt {
-                    let xr = &x[t * width + i0..t * width + i0 + wc];
-                    out[o * out_rs + t] += dot_portable(wr, xr);
-                }
+}
+
+thread_local! {
+    /// Per-thread copy of `x` in the order the bf16 kernel reads it ([`deinterleave16`]).
+    static X_PAIRS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `x` (`n` rows of `width`) with each whole 16-block's even elements first, then its odd
+/// ones, the tail as it is: the order in which [`dot_avx2`] widens 16 bf16 weights at once
+/// (even ones by a shift, odd ones by a mask, with no shuffle).
+fn deinterleave16(x: &[f32], width: usize, n: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend_from_slice(&x[..n * width]);
+    let w16 = width - width % 16;
+    for t in 0..n {
+        for b in (0..w16).step_by(16) {
+            let src = &x[t * width + b..t * width + b + 16];
+            let dst = &mut out[t * width + b..t * width + b + 16];
+            for j in 0..8 {
+                dst[j] = src[2 * j];
+                dst[8 + j] = src[2 * j + 1];
             }
         }
     }
 }
 
-/// A dot product in 8 independent lanes (so the compiler vectorises it).
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+/// [`dot_strided`] on a checked weight of storage `W`; `(cols_per_pass, (os, ts))`.
+///
+/// # Safety
+/// `w` holds `(m - 1) * w_rs + width` elements of storage `W`; the slices are sized as
+/// [`dot_strided`] checks.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_raw<const W: u8>(
+    w: *const u8,
+    w_rs: usize,
+    m: usize,
+    x: &[f32],
+    width: usize,
+    n: usize,
+    out: &mut [f32],
+    (per_pass, (os, ts)): (usize, (usize, usize)),
+) {
+    let avx = has_avx2_fma();
+    // Half weights: slices of the rows whose columns of `x` stay in L1 (rows up to that
+    // width whole): with wide rows (Mimi's 512 -> 1024, k 16 conv: 8192) the columns were
+    // re-read from L2 for every weight row, which bound the half weights' pass. f32 weights
+    // stream whole rows, in one sequential pass (slicing them was slower).
+    let kc = if W == W_F32 || width * n.min(per_pass) <= L1_COL_FLOATS {
+        width
+    } else {
+        (L1_COL_FLOATS / n.min(per_pass)).max(256) / 16 * 16
+    };
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // bf16 weights read `x` in pairs order, 4 columns per pass at most (the kernel's
+        // 16-wide loop, the one that reads that order, runs for up to 4 columns).
+        let pairs = W == W_BF16;
+        let per_pass = if pairs { per_pass.min(4) } else { per_pass };
+        let mut xs = if pairs {
+            X_PAIRS.with(|c| c.take())
+        } else {
+            Vec::new()
+        };
+        if pairs {
+            deinterleave16(x, width, n, &mut xs);
+        }
+        let xv = if pairs { &xs[..] } else { x };
+        for t0 in (0..n).step_by(per_pass) {
+            let nt = (n - t0).min(per_pass);
+            for i0 in (0..width).step_by(kc) {
+                let wc = (width - i0).min(kc);
+                let xp = xv.as_ptr().add(t0 * width + i0);
+                let op = out.as_mut_ptr().add(t0 * ts);
+                let a = (w, i0, w_rs, m);
+                let o = (op, os, ts);
+                match nt {
+                    1 => dot_avx2::<W, 1>(a, xp, width, wc, o),
+                    2 => dot_avx2::<W, 2>(a, xp, width, wc, o),
+                    3 => dot_avx2::<W, 3>(a, xp, width, wc, o),
+                    4 => dot_avx2::<W, 4>(a, xp, width, wc, o),
+                    5 => dot_avx2::<W, 5>(a, xp, width, wc, o),
+                    6 => dot_avx2::<W, 6>(a, xp, width, wc, o),
+                    7 => dot_avx2::<W, 7>(a, xp, width, wc, o),
+                    _ => dot_avx2::<W, 8>(a, xp, width, wc, o),
+                }
+            }
+        }
+        if pairs {
+            X_PAIRS.with(|c| c.set(xs));
+        }
+        return;
+    }
+    let _ = (avx, kc);
+    for o in 0..m {
+        for t in 0..n {
+            let xr = &x[t * width..(t + 1) * width];
+            out[o * os + t * ts] += dot_portable::<W>(w, o * w_rs, xr);
+        }
+    }
+}
+
+/// A dot product of `b` with the weights from element `at` on, in 8 independent lanes (so
+/// the compiler vectorises it).
+///
+/// # Safety
+/// `w` holds `at + b.len()` elements of storage `W`.
+unsafe fn dot_portable<const W: u8>(w: *const u8, at: usize, b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    let split = a.len() - a.len() % 8;
-    for (ca, cb) in a[..split].chunks_exact(8).zip(b[..split].chunks_exact(8)) {
+    let split = b.len() - b.len() % 8;
+    for i in (0..split).step_by(8) {
         for j in 0..8 {
-            acc[j] += ca[j] * cb[j];
+            acc[j] += weight_at::<W>(w, at + i + j) * b[i + j];
         }
     }
     let mut s: f32 = acc.iter().sum();
-    for (p, q) in a[split..].iter().zip(&b[split..]) {
-        s += p * q;
+    for (i, q) in b.iter().enumerate().skip(split) {
+        s += weight_at::<W>(w, at + i) * q;
     }
     s
 }
@@ -117,33 +388,47 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// [`rows_dot_cols`] over `wc` weight columns for `N` columns of `x` (row stride `x_rs`).
-/// Up to 4 columns keep two accumulators each, so one column alone is not bound by the
-/// FMA latency.
+/// Floats of `x`'s columns one pass of [`dot_raw`] keeps in L1 (16 KiB).
+const L1_COL_FLOATS: usize = 4096;
+
+/// [`dot_raw`] over weight columns `i0 .. i0 + wc` (`(w, i0, w_rs, m)`: `m` rows at stride
+/// `w_rs`) for `N` columns of `x` (row stride `x_rs`, already offset to `i0`), into `(out,
+/// os, ts)`. Up to 4 columns keep two accumulators each, so one column alone is not bound by
+/// the FMA latency. bf16 weights with up to 4 columns are widened 16 at a time, even ones by
+/// a shift and odd ones by a mask, against `x` in [`deinterleave16`]'s order: no shuffle, so
+/// the kernel keeps up with memory (the widening shuffles had held it to about 12 G
+/// weights/s).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn dot_avx2<const N: usize>(
-    w: *const f32,
-    w_rs: usize,
-    m: usize,
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn dot_avx2<const W: u8, const N: usize>(
+    (w, i0, w_rs, m): (*const u8, usize, usize, usize),
     x: *const f32,
     x_rs: usize,
     wc: usize,
-    out: *mut f32,
-    out_rs: usize,
+    (out, os, ts): (*mut f32, usize, usize),
 ) {
     use std::arch::x86_64::*;
+    // The 16-wide loop reads bf16 weights in pairs order; the 8-wide one in plain order.
+    debug_assert!(W != W_BF16 || N <= 4);
     let w16 = if N <= 4 { wc - wc % 16 } else { 0 };
     let w8 = wc - wc % 8;
+    let odd = _mm256_set1_epi32(0xffff_0000_u32 as i32);
     for o in 0..m {
-        let wp = w.add(o * w_rs);
+        let base = o * w_rs + i0;
         let mut a0 = [_mm256_setzero_ps(); N];
         let mut a1 = [_mm256_setzero_ps(); N];
         let mut i = 0;
         while i < w16 {
-            let v0 = _mm256_loadu_ps(wp.add(i));
-            let v1 = _mm256_loadu_ps(wp.add(i + 8));
+            let (v0, v1) = if W == W_BF16 {
+                let v = _mm256_loadu_si256(w.cast::<u16>().add(base + i).cast());
+                (
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
+                    _mm256_castsi256_ps(_mm256_and_si256(v, odd)),
+                )
+            } else {
+                (load8::<W>(w, base + i), load8::<W>(w, base + i + 8))
+            };
             for t in 0..N {
                 let xr = x.add(t * x_rs + i);
                 a0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), v0, a0[t]);
@@ -152,7 +437,7 @@ unsafe fn dot_avx2<const N: usize>(
             i += 16;
         }
         while i < w8 {
-            let v0 = _mm256_loadu_ps(wp.add(i));
+            let v0 = load8::<W>(w, base + i);
             for t in 0..N {
                 a0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(t * x_rs + i)), v0, a0[t]);
             }
@@ -161,23 +446,23 @@ unsafe fn dot_avx2<const N: usize>(
         for t in 0..N {
             let mut s = hsum(_mm256_add_ps(a0[t], a1[t]));
             for j in w8..wc {
-                s += *wp.add(j) * *x.add(t * x_rs + j);
+                s += weight_at::<W>(w, base + j) * *x.add(t * x_rs + j);
             }
-            *out.add(o * out_rs + t) += s;
+            *out.add(o * os + t * ts) += s;
         }
     }
 }
 
 /// `acc[t * rows + r] += sum_c w[c * w_rs + r] * x[c * n + t]` for `r < rows`, `t < n`,
-/// `c < cn`: the weight `[cn, rows]` (row stride `w_rs`) read row by row, each row scaled by
-/// the `n` values of `x` `[cn, n]` and added into `n` accumulator rows. The reduction runs
-/// over the weight's rows (a conv-transpose's input channels), so the sums live in an
-/// L1-sized block of `acc` rather than in registers.
+/// `c < cn`: the weight `[cn, rows]` (row stride `w_rs`; f32 or a half copy) read row by row,
+/// each row scaled by the `n` values of `x` `[cn, n]` and added into `n` accumulator rows. The
+/// reduction runs over the weight's rows (a conv-transpose's input channels), so the sums live
+/// in an L1-sized block of `acc` rather than in registers.
 ///
 /// # Panics
 /// When a slice is shorter than these sizes need.
-pub fn cols_axpy(
-    w: &[f32],
+pub fn cols_axpy<'a>(
+    w: impl Into<WeightData<'a>>,
     w_rs: usize,
     cn: usize,
     rows: usize,
@@ -185,11 +470,37 @@ pub fn cols_axpy(
     n: usize,
     acc: &mut [f32],
 ) {
+    let w = w.into();
     if cn == 0 || rows == 0 || n == 0 {
         return;
     }
     assert!(w_rs >= rows && w.len() >= (cn - 1) * w_rs + rows);
     assert!(x.len() >= cn * n && acc.len() >= n * rows);
+    let (wp, kind) = w.raw();
+    // SAFETY: the sizes were checked above against the slices.
+    unsafe {
+        match kind {
+            W_F32 => cols_axpy_raw::<W_F32>(wp, w_rs, cn, rows, x, n, acc),
+            W_BF16 => cols_axpy_raw::<W_BF16>(wp, w_rs, cn, rows, x, n, acc),
+            _ => cols_axpy_raw::<W_F16>(wp, w_rs, cn, rows, x, n, acc),
+        }
+    }
+}
+
+/// [`cols_axpy`] on a checked weight of storage `W`.
+///
+/// # Safety
+/// `w` holds `(cn - 1) * w_rs + rows` elements of storage `W`; `x` and `acc` are sized as
+/// [`cols_axpy`] checks.
+unsafe fn cols_axpy_raw<const W: u8>(
+    w: *const u8,
+    w_rs: usize,
+    cn: usize,
+    rows: usize,
+    x: &[f32],
+    n: usize,
+    acc: &mut [f32],
+) {
     let avx = has_avx2_fma();
     // Accumulator block of ~16 KiB (L1) per pass over the channels.
     let rb = ((4096 / n.min(MAX_COLS)) / 8 * 8).max(64);
@@ -199,34 +510,33 @@ pub fn cols_axpy(
         if avx {
             for t0 in (0..n).step_by(MAX_COLS) {
                 let nt = (n - t0).min(MAX_COLS);
-                // SAFETY: AVX2 + FMA were detected; indices stay inside the checked slices.
-                unsafe {
-                    let (wp, ap) = (w.as_ptr().add(r0), acc.as_mut_ptr().add(r0));
-                    axpy_avx2(wp, w_rs, cn, rc, x.as_ptr(), n, (t0, nt), ap, rows);
-                }
+                let ap = acc.as_mut_ptr().add(r0);
+                axpy_avx2::<W>(w, r0, w_rs, cn, rc, x.as_ptr(), n, (t0, nt), ap, rows);
             }
             continue;
         }
         let _ = avx;
         for c in 0..cn {
-            let wr = &w[c * w_rs + r0..c * w_rs + r0 + rc];
             for t in 0..n {
                 let s = x[c * n + t];
                 let ar = &mut acc[t * rows + r0..t * rows + r0 + rc];
-                ar.iter_mut().zip(wr).for_each(|(a, &v)| *a += v * s);
+                for (j, a) in ar.iter_mut().enumerate() {
+                    *a += weight_at::<W>(w, c * w_rs + r0 + j) * s;
+                }
             }
         }
     }
 }
 
-/// One accumulator block of [`cols_axpy`]: rows `r0 .. r0 + rc` (`w` already offset to `r0`),
-/// columns `t0 .. t0 + nt` (`nt <= MAX_COLS`); four weight rows are loaded once per 8 rows
-/// and added into every column's accumulators.
+/// One accumulator block of [`cols_axpy`]: rows `r0 .. r0 + rc`, columns `t0 .. t0 + nt`
+/// (`nt <= MAX_COLS`); four weight rows are loaded once per 8 rows and added into every
+/// column's accumulators (`acc` already offset to `r0`).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn axpy_avx2(
-    w: *const f32,
+unsafe fn axpy_avx2<const W: u8>(
+    w: *const u8,
+    r0: usize,
     w_rs: usize,
     cn: usize,
     rc: usize,
@@ -241,7 +551,7 @@ unsafe fn axpy_avx2(
     let mut c = 0;
     while c < cn {
         let cb = (cn - c).min(4);
-        let wp = w.add(c * w_rs);
+        let base = c * w_rs + r0;
         let mut bx = [[_mm256_setzero_ps(); 4]; MAX_COLS];
         for t in 0..nt {
             for cc in 0..cb {
@@ -251,10 +561,10 @@ unsafe fn axpy_avx2(
         let mut r = 0;
         if cb == 4 {
             while r < r8 {
-                let v0 = _mm256_loadu_ps(wp.add(r));
-                let v1 = _mm256_loadu_ps(wp.add(w_rs + r));
-                let v2 = _mm256_loadu_ps(wp.add(2 * w_rs + r));
-                let v3 = _mm256_loadu_ps(wp.add(3 * w_rs + r));
+                let v0 = load8::<W>(w, base + r);
+                let v1 = load8::<W>(w, base + w_rs + r);
+                let v2 = load8::<W>(w, base + 2 * w_rs + r);
+                let v3 = load8::<W>(w, base + 3 * w_rs + r);
                 for t in 0..nt {
                     let at = acc.add((t0 + t) * rows + r);
                     let mut a = _mm256_loadu_ps(at);
@@ -273,11 +583,115 @@ unsafe fn axpy_avx2(
                 let at = acc.add((t0 + t) * rows + rr);
                 let mut a = *at;
                 for cc in 0..cb {
-                    a += *wp.add(cc * w_rs + rr) * *x.add((c + cc) * n + t0 + t);
+                    a += weight_at::<W>(w, base + cc * w_rs + rr) * *x.add((c + cc) * n + t0 + t);
                 }
                 *at = a;
             }
         }
         c += cb;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Half weights give the f32 kernel's result on the rounded weights (f16 bit for bit,
+    /// bf16 to rounding: its 16-wide blocks sum in another order), for every column count
+    /// (passes of 1..8 columns), awkward widths, row strides wider than the rows, and the
+    /// L1-sized slices of wide rows; `cols_axpy` likewise.
+    #[test]
+    fn half_weights_equal_f32_on_rounded_weights() {
+        for &(m, width, w_rs) in &[
+            (5, 7, 7),
+            (3, 16, 20),
+            (9, 37, 40),
+            (4, 300, 300),
+            (3, 5000, 5003),
+        ] {
+            let w = values((m - 1) * w_rs + width, 7 + width as u32);
+            for n in 1..=9 {
+                let x = values(n * width, 11 + n as u32);
+                for bf in [true, false] {
+                    let bits: Vec<u16> = w
+                        .iter()
+                        .map(|&v| {
+                            if bf {
+                                half::bf16::from_f32(v).to_bits()
+                            } else {
+                                half::f16::from_f32(v).to_bits()
+                            }
+                        })
+                        .collect();
+                    let rounded: Vec<f32> = bits
+                        .iter()
+                        .map(|&b| {
+                            if bf {
+                                half::bf16::from_bits(b).to_f32()
+                            } else {
+                                half::f16::from_bits(b).to_f32()
+                            }
+                        })
+                        .collect();
+                    let data = if bf {
+                        WeightData::Bf16(&bits)
+                    } else {
+                        WeightData::F16(&bits)
+                    };
+                    let mut got = vec![0.5f32; m * n];
+                    rows_dot_cols(data, w_rs, m, &x, width, n, &mut got, n);
+                    let mut want = vec![0.5f32; m * n];
+                    rows_dot_cols(rounded.as_slice(), w_rs, m, &x, width, n, &mut want, n);
+                    let tol = if bf {
+                        width as f32 * 2.0 * f32::EPSILON
+                    } else {
+                        0.0
+                    };
+                    for (g, e) in got.iter().zip(&want) {
+                        assert!(
+                            (g - e).abs() <= tol,
+                            "bf16 {bf} m {m} width {width} n {n}: {g} vs {e}"
+                        );
+                    }
+                    // The transpose-side kernel over the same weight as [m, width] rows.
+                    let xc = values(m * n, 5);
+                    let (mut ga, mut wa) = (vec![0.25f32; n * width], vec![0.25f32; n * width]);
+                    cols_axpy(data, w_rs, m, width, &xc, n, &mut ga);
+                    cols_axpy(rounded.as_slice(), w_rs, m, width, &xc, n, &mut wa);
+                    assert_eq!(ga, wa, "cols_axpy bf16 {bf} m {m} width {width} n {n}");
+                }
+            }
+        }
+    }
+
+    /// A sum of products against a plain f64 reference, for f32 weights.
+    #[test]
+    fn rows_dot_cols_sums_rows_against_columns() {
+        let (m, width, n) = (6, 53, 5);
+        let w = values(m * width, 3);
+        let x = values(n * width, 4);
+        let mut out = vec![1f32; m * n];
+        rows_dot_cols(w.as_slice(), width, m, &x, width, n, &mut out, n);
+        for o in 0..m {
+            for t in 0..n {
+                let want: f64 = 1.0
+                    + (0..width)
+                        .map(|i| w[o * width + i] as f64 * x[t * width + i] as f64)
+                        .sum::<f64>();
+                assert!((out[o * n + t] as f64 - want).abs() < 1e-5, "{o} {t}");
+            }
+        }
     }
 }

@@ -53,6 +53,8 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
+pub use crate::simd::StepWeights;
+use crate::simd::{HalfWeight, WeightData};
 use crate::streaming::{StreamMask, StreamTensor, StreamingModule};
 
 /// Normalisation used before attention and before the feed-forward block.
@@ -386,83 +388,6 @@ impl Norm {
 /// Rows up to which [`linear`] streams the weight itself instead of calling the gemm.
 const FEW_ROWS: usize = 8;
 
-/// Storage of the weights a streaming step reads ([`Transformer::set_step_weights`]).
-///
-/// A step of a few rows is bound by reading the weights, so half-precision storage halves
-/// its cost; products still accumulate in f32 and activations stay f32. Only the few-rows
-/// CPU path ([`FEW_ROWS`] rows or fewer, no autograd) reads the half copy: whole-sequence
-/// forwards, training and other devices keep the f32 weights, which stay loaded.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum StepWeights {
-    /// The loaded f32 weights (exact; the default).
-    #[default]
-    F32,
-    /// bfloat16 copies (8-bit mantissa, f32's range).
-    Bf16,
-    /// IEEE half copies (11-bit mantissa, range up to 65504): closer to f32 for weights of
-    /// ordinary magnitude.
-    F16,
-}
-
-impl StepWeights {
-    pub const ALL: [StepWeights; 3] = [Self::F32, Self::Bf16, Self::F16];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-            Self::F16 => "f16",
-        }
-    }
-}
-
-impl std::fmt::Display for StepWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for StepWeights {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|w| w.name() == s)
-            .ok_or_else(|| format!("unknown step weights {s:?}; expected f32, bf16 or f16"))
-    }
-}
-
-/// A half-precision copy of a `[n, k]` weight, row-major, as raw 16-bit patterns.
-#[derive(Debug)]
-struct HalfWeight {
-    bits: Vec<u16>,
-    f16: bool,
-}
-
-impl HalfWeight {
-    fn new(w: &Tensor, kind: StepWeights) -> Result<Option<Self>> {
-        let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(match kind {
-            StepWeights::F32 => None,
-            StepWeights::Bf16 => Some(Self {
-                bits: v
-                    .iter()
-                    .map(|&x| half::bf16::from_f32(x).to_bits())
-                    .collect(),
-                f16: false,
-            }),
-            StepWeights::F16 => Some(Self {
-                bits: v
-                    .iter()
-                    .map(|&x| half::f16::from_f32(x).to_bits())
-                    .collect(),
-                f16: true,
-            }),
-        })
-    }
-}
-
 /// A linear layer and, in a half [`StepWeights`] mode, the copy its streaming steps read.
 #[derive(Clone, Debug)]
 struct Proj {
@@ -510,7 +435,7 @@ fn linear(l: &Linear, half: Option<&HalfWeight>, x: &Tensor) -> Result<Tensor> {
     let bias = l.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
     let mut out = vec![0f32; rows * n];
     if let Some(h) = half {
-        rows_times_half_wt(&xv, &h.bits, h.f16, k, bias.as_deref(), &mut out);
+        rows_times_half_wt(&xv, h, k, bias.as_deref(), &mut out);
     } else {
         let (ws, wl) = w.storage_and_layout();
         let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv)) = &*ws else {
@@ -528,215 +453,28 @@ fn linear(l: &Linear, half: Option<&HalfWeight>, x: &Tensor) -> Result<Tensor> {
 /// `out` `[rows, n]`, all row-major: one pass over `w`, every row of `x` against each weight
 /// row while it is in L1. AVX2 + FMA when the CPU has them, else portable 8-lane sums.
 pub fn rows_times_wt(x: &[f32], w: &[f32], k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    rows_times_any(x, WeightData::F32(w), k, bias, out);
+}
+
+/// [`rows_times_wt`] with a half copy of `w` ([`HalfWeight`]): each weight is widened to f32
+/// exactly, then the same f32 sums.
+fn rows_times_half_wt(x: &[f32], w: &HalfWeight, k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    rows_times_any(x, w.data(), k, bias, out);
+}
+
+/// The shared driver: `w` holds `n * k` weights; passes of 4 rows over the weight, each row
+/// with the same arithmetic whatever the row count (a batched step equals the streams alone).
+fn rows_times_any(x: &[f32], w: WeightData<'_>, k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
     let n = w.len().checked_div(k).unwrap_or(0);
-    rows_times_any(x, w.as_ptr().cast(), W_F32, n, k, bias, out);
-}
-
-/// [`rows_times_wt`] with `w` stored as bf16 or (`f16`) IEEE half bit patterns: each weight
-/// is widened to f32 exactly, then the same f32 sums.
-fn rows_times_half_wt(
-    x: &[f32],
-    w: &[u16],
-    f16: bool,
-    k: usize,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    let n = w.len().checked_div(k).unwrap_or(0);
-    let kind = if f16 { W_F16 } else { W_BF16 };
-    rows_times_any(x, w.as_ptr().cast(), kind, n, k, bias, out);
-}
-
-/// Weight storages of the few-rows kernels (a const parameter, so each gets its own loop).
-const W_F32: u8 = 0;
-const W_BF16: u8 = 1;
-const W_F16: u8 = 2;
-
-/// Weight `i` of a `W`-stored buffer as f32.
-///
-/// # Safety
-/// `w` points to at least `i + 1` elements of the storage `W` names.
-#[inline(always)]
-unsafe fn weight_at<const W: u8>(w: *const u8, i: usize) -> f32 {
-    match W {
-        W_F32 => *w.cast::<f32>().add(i),
-        W_BF16 => half::bf16::from_bits(*w.cast::<u16>().add(i)).to_f32(),
-        _ => half::f16::from_bits(*w.cast::<u16>().add(i)).to_f32(),
-    }
-}
-
-/// The shared driver: `w` holds `n * k` elements of storage `kind`.
-fn rows_times_any(
-    x: &[f32],
-    w: *const u8,
-    kind: u8,
-    n: usize,
-    k: usize,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
     let rows = x.len().checked_div(k).unwrap_or(0);
     debug_assert_eq!(out.len(), rows * n);
-    for r0 in (0..rows).step_by(4) {
-        let rb = (rows - r0).min(4);
-        let xb = &x[r0 * k..(r0 + rb) * k];
-        let ob = &mut out[r0 * n..(r0 + rb) * n];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                // SAFETY: the features were just detected; `w` holds `n * k` elements of
-                // `kind` (callers' contract), the slices are sized as documented.
-                unsafe {
-                    match kind {
-                        W_F32 => rows_times_wt_avx2_rows::<W_F32>(xb, rb, w, n, k, ob),
-                        W_BF16 => rows_times_wt_avx2_rows::<W_BF16>(xb, rb, w, n, k, ob),
-                        _ => rows_times_wt_avx2_rows::<W_F16>(xb, rb, w, n, k, ob),
-                    }
-                }
-                continue;
-            }
-        }
-        // SAFETY: as above.
-        unsafe {
-            match kind {
-                W_F32 => rows_times_wt_portable::<W_F32>(xb, rb, w, n, k, ob),
-                W_BF16 => rows_times_wt_portable::<W_BF16>(xb, rb, w, n, k, ob),
-                _ => rows_times_wt_portable::<W_F16>(xb, rb, w, n, k, ob),
-            }
-        }
-    }
+    out.fill(0.0);
+    crate::simd::dot_strided(w, k, n, x, k, rows, out, (1, n), 4);
     if let Some(b) = bias {
         for row in out.chunks_mut(n.max(1)) {
             for (o, bv) in row.iter_mut().zip(b) {
                 *o += bv;
             }
-        }
-    }
-}
-
-/// # Safety
-/// `w` holds `n * k` elements of storage `W`.
-unsafe fn rows_times_wt_portable<const W: u8>(
-    x: &[f32],
-    rb: usize,
-    w: *const u8,
-    n: usize,
-    k: usize,
-    out: &mut [f32],
-) {
-    let k8 = k - k % 8;
-    for o in 0..n {
-        let base = o * k;
-        for r in 0..rb {
-            let xr = &x[r * k..(r + 1) * k];
-            let mut acc = [0f32; 8];
-            for i in (0..k8).step_by(8) {
-                for j in 0..8 {
-                    acc[j] += weight_at::<W>(w, base + i + j) * xr[i + j];
-                }
-            }
-            let mut s: f32 = acc.iter().sum();
-            for (i, xv) in xr.iter().enumerate().skip(k8) {
-                s += weight_at::<W>(w, base + i) * xv;
-            }
-            out[r * n + o] = s;
-        }
-    }
-}
-
-/// Eight weights from `w + i` of storage `W`, widened to f32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn load8<const W: u8>(w: *const u8, i: usize) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    match W {
-        W_F32 => _mm256_loadu_ps(w.cast::<f32>().add(i)),
-        W_BF16 => {
-            // bf16 is the top half of an f32: widen and shift.
-            let h = _mm_loadu_si128(w.cast::<u16>().add(i).cast());
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-        }
-        _ => _mm256_cvtph_ps(_mm_loadu_si128(w.cast::<u16>().add(i).cast())),
-    }
-}
-
-/// [`rows_times_wt_avx2`] for `rb` (1 to 4) rows: the row count is a const parameter so
-/// that the accumulators live in registers (with a run-time count they went through the
-/// stack, and the bf16 kernel was slower than the f32 one).
-///
-/// # Safety
-/// As [`rows_times_wt_avx2`], and the CPU has AVX2, FMA and F16C.
-#[cfg(target_arch = "x86_64")]
-unsafe fn rows_times_wt_avx2_rows<const W: u8>(
-    x: &[f32],
-    rb: usize,
-    w: *const u8,
-    n: usize,
-    k: usize,
-    out: &mut [f32],
-) {
-    match rb {
-        1 => rows_times_wt_avx2::<W, 1>(x, w, n, k, out),
-        2 => rows_times_wt_avx2::<W, 2>(x, w, n, k, out),
-        3 => rows_times_wt_avx2::<W, 3>(x, w, n, k, out),
-        _ => rows_times_wt_avx2::<W, 4>(x, w, n, k, out),
-    }
-}
-
-/// # Safety
-/// `w` holds `n * k` elements of storage `W`, `x` `R` rows of `k` and `out` `R` rows of `n`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // `r` indexes two accumulator arrays and `x`'s rows
-unsafe fn rows_times_wt_avx2<const W: u8, const R: usize>(
-    x: &[f32],
-    w: *const u8,
-    n: usize,
-    k: usize,
-    out: &mut [f32],
-) {
-    let rb = R;
-    use std::arch::x86_64::*;
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-    let k16 = k - k % 16;
-    let k8 = k - k % 8;
-    let xp = x.as_ptr();
-    for o in 0..n {
-        let base = o * k;
-        let mut acc0 = [_mm256_setzero_ps(); R];
-        let mut acc1 = [_mm256_setzero_ps(); R];
-        let mut i = 0;
-        while i < k16 {
-            let w0 = load8::<W>(w, base + i);
-            let w1 = load8::<W>(w, base + i + 8);
-            for r in 0..rb {
-                let xr = xp.add(r * k + i);
-                acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, acc0[r]);
-                acc1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(8)), w1, acc1[r]);
-            }
-            i += 16;
-        }
-        if i < k8 {
-            let w0 = load8::<W>(w, base + i);
-            for r in 0..rb {
-                acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(r * k + i)), w0, acc0[r]);
-            }
-        }
-        for r in 0..rb {
-            let mut s = hsum(_mm256_add_ps(acc0[r], acc1[r]));
-            for j in k8..k {
-                s += weight_at::<W>(w, base + j) * *xp.add(r * k + j);
-            }
-            *out.get_unchecked_mut(r * n + o) = s;
         }
     }
 }
@@ -2050,8 +1788,10 @@ mod tests {
             .collect()
     }
 
-    /// The half kernels widen each weight exactly and then sum as the f32 kernel does, so on
-    /// weights already rounded to half they equal it bit for bit (awkward widths, 1..9 rows).
+    /// The half kernels widen each weight exactly, so on weights already rounded to half they
+    /// equal the f32 kernel: bit for bit for f16 (same summation order), to f32 rounding for
+    /// bf16 (its 16-wide blocks sum even and odd elements in separate lanes). Every row of a
+    /// batch gets the bits it gets alone (awkward widths, 1..9 rows).
     #[test]
     fn half_kernels_equal_the_f32_kernel_on_rounded_weights() {
         let mut seed = 0x2545_f491_u32;
@@ -2074,12 +1814,29 @@ mod tests {
                     .unwrap()
                     .unwrap();
                     let mut got = vec![0f32; rows * n];
-                    rows_times_half_wt(&x, &h.bits, h.f16, k, Some(&bias), &mut got);
+                    rows_times_half_wt(&x, &h, k, Some(&bias), &mut got);
                     let mut want = vec![0f32; rows * n];
                     rows_times_wt(&x, &rounded(&w, kind), k, Some(&bias), &mut want);
                     let gb: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
                     let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
-                    assert_eq!(gb, wb, "{kind} k {k} n {n} rows {rows}");
+                    if kind == StepWeights::F16 {
+                        assert_eq!(gb, wb, "{kind} k {k} n {n} rows {rows}");
+                    } else {
+                        // |terms| <= 1: the two orders differ by at most ~k f32 roundings.
+                        let tol = k as f32 * 2.0 * f32::EPSILON;
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!(
+                                (g - w).abs() <= tol,
+                                "{kind} k {k} n {n} rows {rows}: {g} vs {w}"
+                            );
+                        }
+                    }
+                    for r in 0..rows {
+                        let mut alone = vec![0f32; n];
+                        rows_times_half_wt(&x[r * k..(r + 1) * k], &h, k, Some(&bias), &mut alone);
+                        let ab: Vec<u32> = alone.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(ab, gb[r * n..(r + 1) * n], "{kind} row {r} of {rows} alone");
+                    }
                 }
             }
         }

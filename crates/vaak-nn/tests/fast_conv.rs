@@ -366,6 +366,7 @@ fn fused_activation_and_residual_match_the_composed_ops() {
         let fused = Fused {
             input_act: act,
             residual: Some(&residual),
+            ..Default::default()
         };
         // Reference: the activation, masking and residual as separate candle ops.
         let xa = match act {
@@ -628,6 +629,7 @@ fn few_column_convs_and_transposes_match_the_references() {
         let fused = Fused {
             input_act: act,
             residual: Some(&residual),
+            ..Default::default()
         };
         for threads in [1, 2] {
             let (plain, with_res) = in_pool(threads, || {

@@ -3,8 +3,11 @@
 use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::fast::{conv1d_inference, Conv1dOpts};
+use std::sync::Arc;
+
+use super::fast::{conv1d_fused, conv1d_inference, Conv1dOpts, Fused};
 use super::{check_input, check_mask, check_params, load_params, CausalConvConfig};
+use crate::simd::{HalfWeight, StepWeights};
 use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 
 const NAME: &str = "CausalConv1d";
@@ -198,6 +201,8 @@ pub struct CausalConv1d {
     bias: Option<Tensor>,
     pad: CausalPad,
     state: Option<State>,
+    /// The half copy of `weight` that streaming steps read ([`Self::set_step_weights`]).
+    step_weight: Option<Arc<HalfWeight>>,
 }
 
 impl CausalConv1d {
@@ -240,6 +245,7 @@ impl CausalConv1d {
             bias,
             pad: CausalPad::Zeros,
             state: None,
+            step_weight: None,
         })
     }
 
@@ -265,6 +271,15 @@ impl CausalConv1d {
         &self.weight
     }
 
+    /// Makes streaming steps that produce few frames (the fast path's few-column case, e.g.
+    /// 2 frames at a codec's frame rate) read a half-precision copy of the weight, made once
+    /// here; [`StepWeights::F32`] drops it. A step with few frames is bound by reading the
+    /// weight from memory. Whole-clip calls keep the f32 weight.
+    pub fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
+        self.step_weight = HalfWeight::new(&self.weight, kind)?.map(Arc::new);
+        Ok(())
+    }
+
     /// The bias, if configured.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
@@ -287,19 +302,30 @@ impl CausalConv1d {
     }
 
     /// Runs the conv over exactly `frames` windows of an already left-padded signal.
-    fn conv_frames(&self, padded: &Tensor, frames: usize) -> Result<Tensor> {
+    /// `half`: the step weight, on the streaming path.
+    fn conv_frames(
+        &self,
+        padded: &Tensor,
+        frames: usize,
+        half: Option<&HalfWeight>,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let span = (frames - 1) * cfg.stride + cfg.effective_kernel();
         let window = padded.narrow(2, self.block_offset(), span)?;
         // Training goes through the differentiable formulation inside (candle 0.11.1's conv1d
         // input gradient is wrong on the CPU for batch > 1, see the module docs); inference
         // through the fast path.
-        conv1d_inference(
+        let fused = Fused {
+            step_weight: half,
+            ..Default::default()
+        };
+        conv1d_fused(
             &window,
             &self.weight,
             self.bias.as_ref(),
             self.opts(0),
             None,
+            fused,
         )
     }
 
@@ -341,7 +367,7 @@ impl CausalConv1d {
         match self.pad {
             CausalPad::Zeros => self.forward_zero_padded(x, frames),
             CausalPad::Replicate => {
-                self.conv_frames(&x.pad_with_same(2, self.left_padding(), 0)?, frames)
+                self.conv_frames(&x.pad_with_same(2, self.left_padding(), 0)?, frames, None)
             }
         }
     }
@@ -437,7 +463,8 @@ impl StreamingModule for CausalConv1d {
             0
         };
         let out = if frames > 0 {
-            StreamTensor::from_tensor(self.conv_frames(&full, frames)?)
+            let half = self.step_weight.as_deref();
+            StreamTensor::from_tensor(self.conv_frames(&full, frames, half)?)
         } else {
             StreamTensor::empty()
         };

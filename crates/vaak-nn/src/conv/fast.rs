@@ -54,6 +54,7 @@ use gemm::Parallelism;
 
 use super::{conv1d_differentiable, conv_transpose1d_differentiable};
 use crate::cpu::{is_untracked_cpu_f32, with_contiguous_f32};
+use crate::simd::{HalfWeight, WeightData};
 
 /// Options of [`conv1d_inference`]: PyTorch's, except that the zero padding may differ between
 /// the two ends (a causal conv pads only on the left).
@@ -147,6 +148,19 @@ fn bias_vec(bias: Option<&Tensor>, out: usize, f: &str) -> Result<Option<Vec<f32
     Ok(Some(b.to_vec1::<f32>()?))
 }
 
+/// Rejects a half copy whose size differs from the weight's.
+fn check_step_weight(f: &str, half: Option<&HalfWeight>, w: &Tensor) -> Result<()> {
+    match half {
+        Some(h) if h.data().len() != w.elem_count() => bail!(
+            "{f}: the step weight holds {} values, the weight {:?} {}",
+            h.data().len(),
+            w.dims(),
+            w.elem_count()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A 3-D weight's contiguous f32 data (copied only when the weight is a strided view).
 fn weight_vec(w: &Tensor) -> Result<Tensor> {
     if w.is_contiguous() {
@@ -198,6 +212,10 @@ pub struct Fused<'a> {
     pub input_act: InputAct,
     /// Added to the output (`[B, C_out, L_out]`, any layout): `conv(..) + residual`.
     pub residual: Option<&'a Tensor>,
+    /// A half-precision copy of the weight (same layout) that the few-column path (a
+    /// streaming step, at most [`FEW_CONV_COLS`] output columns) reads instead of the f32
+    /// weight; other paths ignore it. See [`StepWeights`](crate::simd::StepWeights).
+    pub step_weight: Option<&'a HalfWeight>,
 }
 
 /// `conv1d` for inference, `x` `[B, C_in, L]`, `w` `[C_out, C_in / groups, k]`, optional
@@ -264,6 +282,7 @@ pub fn conv1d_fused(
             );
         }
     }
+    check_step_weight(F, fused.step_weight, w)?;
     let res_ok = fused.residual.is_none_or(|r| fast_ok(r, w, None));
     if !fast_ok(x, w, bias) || !res_ok {
         // act(0) = 0, so masking before the activation is masking after it.
@@ -313,11 +332,14 @@ pub fn conv1d_fused(
             match fused.residual {
                 Some(r) => with_cpu_f32(r, |rv, rl| {
                     let rs = Strided::new(rv, rl);
-                    conv1d_blocks(&geom, wv, xs, bias.as_deref(), Some(rs), lengths, &mut out);
+                    let res = Some(rs);
+                    let (b, half) = (bias.as_deref(), fused.step_weight);
+                    conv1d_blocks(&geom, wv, half, xs, b, res, lengths, &mut out);
                     Ok(())
                 }),
                 None => {
-                    conv1d_blocks(&geom, wv, xs, bias.as_deref(), None, lengths, &mut out);
+                    let (b, half) = (bias.as_deref(), fused.step_weight);
+                    conv1d_blocks(&geom, wv, half, xs, b, None, lengths, &mut out);
                     Ok(())
                 }
             }
@@ -435,9 +457,11 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 /// The fast conv: tasks over (item, group, block of output columns), each filling its block's
 /// initial value (bias plus residual), copying its input window (activation applied, zeros
 /// outside the item's valid samples), unfolding it and running one `gemm` into its block.
+#[allow(clippy::too_many_arguments)]
 fn conv1d_blocks(
     g: &ConvGeom,
     wv: &[f32],
+    half: Option<&HalfWeight>,
     x: Strided<'_>,
     bias: Option<&[f32]>,
     residual: Option<Strided<'_>>,
@@ -459,7 +483,8 @@ fn conv1d_blocks(
         act,
     } = *g;
     if l_out <= FEW_CONV_COLS {
-        return conv1d_few(g, wv, x, bias, residual, lengths, out);
+        let w = half.map_or(WeightData::F32(wv), HalfWeight::data);
+        return conv1d_few(g, w, x, bias, residual, lengths, out);
     }
     let width = c_in_g * k;
     let k_eff = dilation * (k - 1) + 1;
@@ -613,7 +638,7 @@ fn few_chunks(c_out_g: usize, elems_per_ch: usize, items: usize, threads: usize)
 /// channels' weight rows once against all the columns ([`crate::simd::rows_dot_cols`]).
 fn conv1d_few(
     g: &ConvGeom,
-    wv: &[f32],
+    wv: WeightData<'_>,
     x: Strided<'_>,
     bias: Option<&[f32]>,
     residual: Option<Strided<'_>>,
@@ -679,7 +704,7 @@ fn conv1d_few(
                 }
             }
             crate::simd::rows_dot_cols(
-                &wv[ch0 * width..],
+                wv.offset(ch0 * width),
                 width,
                 m,
                 cols,
@@ -697,7 +722,7 @@ fn conv1d_few(
 /// `[frames, channels * k]` sums and overlap-adding those into its own bias-filled rows.
 fn transpose_few(
     g: &TrGeom,
-    wv: &[f32],
+    wv: WeightData<'_>,
     x: Strided<'_>,
     bias: Option<&[f32]>,
     lengths: Option<&[usize]>,
@@ -749,7 +774,7 @@ fn transpose_few(
                 }
             }
             acc.fill(0.0);
-            let w = &wv[gi * c_in_g * rows + o0 * k..];
+            let w = wv.offset(gi * c_in_g * rows + o0 * k);
             crate::simd::cols_axpy(w, rows, c_in_g, rc, xc, tv, acc);
             // Frame f, tap j lands on output sample f * stride + j * dilation - padding.
             for (o, yr) in y.chunks_mut(l_out).enumerate() {
@@ -852,6 +877,20 @@ pub fn conv_transpose1d_inference(
     opts: ConvTranspose1dOpts,
     lengths: Option<&[usize]>,
 ) -> Result<Tensor> {
+    conv_transpose1d_step(x, w, None, bias, opts, lengths)
+}
+
+/// [`conv_transpose1d_inference`] whose few-frame path (a streaming step, at most
+/// [`FEW_FRAMES`] input frames) reads `step_weight`, a half-precision copy of `w` in the same
+/// layout, when there is one (see [`StepWeights`](crate::simd::StepWeights)).
+pub fn conv_transpose1d_step(
+    x: &Tensor,
+    w: &Tensor,
+    step_weight: Option<&HalfWeight>,
+    bias: Option<&Tensor>,
+    opts: ConvTranspose1dOpts,
+    lengths: Option<&[usize]>,
+) -> Result<Tensor> {
     const F: &str = "conv_transpose1d_inference";
     let ConvTranspose1dOpts {
         stride,
@@ -884,6 +923,7 @@ pub fn conv_transpose1d_inference(
         bail!("{F}: padding {padding} leaves no output for T = {t}");
     }
     let l_out = full - 2 * padding;
+    check_step_weight(F, step_weight, w)?;
     if !fast_ok(x, w, bias) {
         let x = mask_lengths(x, lengths)?;
         let y = conv_transpose1d_differentiable(
@@ -922,6 +962,7 @@ pub fn conv_transpose1d_inference(
             transpose_blocks(
                 &g,
                 wv,
+                step_weight,
                 Strided::new(xv, xl),
                 bias.as_deref(),
                 lengths,
@@ -955,6 +996,7 @@ struct TrGeom {
 fn transpose_blocks(
     g: &TrGeom,
     wv: &[f32],
+    half: Option<&HalfWeight>,
     x: Strided<'_>,
     bias: Option<&[f32]>,
     lengths: Option<&[usize]>,
@@ -973,7 +1015,8 @@ fn transpose_blocks(
         dilation,
     } = *g;
     if t <= FEW_FRAMES {
-        return transpose_few(g, wv, x, bias, lengths, out);
+        let w = half.map_or(WeightData::F32(wv), HalfWeight::data);
+        return transpose_few(g, w, x, bias, lengths, out);
     }
     let rows = c_out_g * k;
     let c_out = c_out_g * groups;

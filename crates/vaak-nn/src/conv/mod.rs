@@ -67,8 +67,8 @@ mod transpose;
 
 pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d, CausalPad};
 pub use fast::{
-    conv1d_fused, conv1d_inference, conv_transpose1d_inference, elu, leaky_relu, Conv1dOpts,
-    ConvTranspose1dOpts, Fused, InputAct,
+    conv1d_fused, conv1d_inference, conv_transpose1d_inference, conv_transpose1d_step, elu,
+    leaky_relu, Conv1dOpts, ConvTranspose1dOpts, Fused, InputAct,
 };
 pub use transpose::{conv_transpose1d_differentiable, CausalConvTranspose1d};
 

@@ -3,8 +3,11 @@
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::fast::{conv_transpose1d_inference, ConvTranspose1dOpts};
+use std::sync::Arc;
+
+use super::fast::{conv_transpose1d_step, ConvTranspose1dOpts};
 use super::{add_bias, check_input, check_mask, check_params, load_params, CausalConvConfig};
+use crate::simd::{HalfWeight, StepWeights};
 use crate::streaming::{zero_slots, StreamMask, StreamTensor, StreamingModule};
 
 const NAME: &str = "CausalConvTranspose1d";
@@ -135,6 +138,8 @@ pub struct CausalConvTranspose1d {
     weight: Tensor,
     bias: Option<Tensor>,
     state: Option<State>,
+    /// The half copy of `weight` that streaming steps read ([`Self::set_step_weights`]).
+    step_weight: Option<Arc<HalfWeight>>,
 }
 
 impl CausalConvTranspose1d {
@@ -176,6 +181,7 @@ impl CausalConvTranspose1d {
             weight,
             bias,
             state: None,
+            step_weight: None,
         })
     }
 
@@ -187,6 +193,14 @@ impl CausalConvTranspose1d {
     /// The (merged) weight tensor.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// Makes streaming steps over few frames (the fast path's few-frame case) read a
+    /// half-precision copy of the weight, made once here; [`StepWeights::F32`] drops it.
+    /// Whole-clip calls keep the f32 weight.
+    pub fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
+        self.step_weight = HalfWeight::new(&self.weight, kind)?.map(Arc::new);
+        Ok(())
     }
 
     /// The bias, if configured.
@@ -207,7 +221,8 @@ impl CausalConvTranspose1d {
     /// The untrimmed transpose of a non-empty chunk, `t * stride + overlap` samples, with the
     /// bias added when given: the fast inference path, or the differentiable one under
     /// autograd (inside [`conv_transpose1d_inference`]).
-    fn raw(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// `half`: the step weight, on the streaming path.
+    fn raw(&self, x: &Tensor, bias: Option<&Tensor>, half: Option<&HalfWeight>) -> Result<Tensor> {
         let cfg = &self.cfg;
         // When k_eff < stride, output padding fills each last block up to a whole stride.
         let out_pad = cfg.stride.saturating_sub(cfg.effective_kernel());
@@ -218,7 +233,7 @@ impl CausalConvTranspose1d {
             dilation: cfg.dilation,
             groups: cfg.groups,
         };
-        conv_transpose1d_inference(x, &self.weight, bias, opts, None)
+        conv_transpose1d_step(x, &self.weight, half, bias, opts, None)
     }
 
     /// Whole-clip forward: `[B, in, T]` to `[B, out, T * stride]`.
@@ -227,7 +242,7 @@ impl CausalConvTranspose1d {
         if t == 0 {
             return Tensor::zeros((b, self.cfg.out_channels, 0), x.dtype(), x.device());
         }
-        self.raw(x, self.bias.as_ref())?
+        self.raw(x, self.bias.as_ref(), None)?
             .narrow(2, 0, self.output_len(t))
     }
 }
@@ -260,7 +275,7 @@ impl StreamingModule for CausalConvTranspose1d {
         };
         let n = self.output_len(t);
         let ov = self.overlap();
-        let mut y = self.raw(x, None)?;
+        let mut y = self.raw(x, None, self.step_weight.as_deref())?;
         if let Some(p) = &old {
             y = y.add(&p.pad_with_zeros(2, 0, n)?)?;
         }

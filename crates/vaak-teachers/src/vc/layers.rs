@@ -332,6 +332,7 @@ impl ResBlock {
             Fused {
                 input_act: InputAct::LeakyRelu(LRELU_SLOPE as f32),
                 residual,
+                ..Default::default()
             }
         }
         let mut x = x.clone();
@@ -476,6 +477,7 @@ impl Generator {
         let post = Fused {
             input_act: InputAct::LeakyRelu(TORCH_DEFAULT_LRELU as f32),
             residual: None,
+            ..Default::default()
         };
         self.conv_post
             .forward_fused(&x, lengths.as_deref(), post)?

@@ -608,8 +608,9 @@ mod tests {
             .collect()
     }
 
-    /// Half weights give the f32 kernel's result on the rounded weights (f16 bit for bit,
-    /// bf16 to rounding: its 16-wide blocks sum in another order), for every column count
+    /// Half weights give the f32 kernel's result on the rounded weights (f16 bit for bit up
+    /// to an L1 slice of a row, bf16 and wider f16 rows to rounding: bf16 blocks and wide
+    /// half rows sum in another order), for every column count
     /// (passes of 1..8 columns), awkward widths, row strides wider than the rows, and the
     /// L1-sized slices of wide rows; `cols_axpy` likewise.
     #[test]
@@ -625,36 +626,29 @@ mod tests {
             for n in 1..=9 {
                 let x = values(n * width, 11 + n as u32);
                 for bf in [true, false] {
-                    let bits: Vec<u16> = w
-                        .iter()
-                        .map(|&v| {
-                            if bf {
-                                half::bf16::from_f32(v).to_bits()
-                            } else {
-                                half::f16::from_f32(v).to_bits()
-                            }
-                        })
-                        .collect();
-                    let rounded: Vec<f32> = bits
-                        .iter()
-                        .map(|&b| {
-                            if bf {
-                                half::bf16::from_bits(b).to_f32()
-                            } else {
-                                half::f16::from_bits(b).to_f32()
-                            }
-                        })
-                        .collect();
-                    let data = if bf {
-                        WeightData::Bf16(&bits)
+                    let kind = if bf {
+                        StepWeights::Bf16
                     } else {
-                        WeightData::F16(&bits)
+                        StepWeights::F16
                     };
+                    let t = candle_core::Tensor::from_slice(&w, w.len(), &candle_core::Device::Cpu);
+                    let h = HalfWeight::new(&t.unwrap(), kind).unwrap().unwrap();
+                    let data = h.data();
+                    // What the kernel widens: each weight rounded to the half storage.
+                    let rounded: Vec<f32> = w
+                        .iter()
+                        .map(|&v| match bf {
+                            true => half::bf16::from_f32(v).to_f32(),
+                            false => half::f16::from_f32(v).to_f32(),
+                        })
+                        .collect();
                     let mut got = vec![0.5f32; m * n];
                     rows_dot_cols(data, w_rs, m, &x, width, n, &mut got, n);
                     let mut want = vec![0.5f32; m * n];
                     rows_dot_cols(rounded.as_slice(), w_rs, m, &x, width, n, &mut want, n);
-                    let tol = if bf {
+                    // Half rows wider than an L1 slice sum slice by slice (f32 rows whole).
+                    let sliced = width * n.min(MAX_COLS) > L1_COL_FLOATS;
+                    let tol = if bf || sliced {
                         width as f32 * 2.0 * f32::EPSILON
                     } else {
                         0.0

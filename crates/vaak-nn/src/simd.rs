@@ -5,9 +5,11 @@
 //! and then runs a micro-kernel built for many columns, so at such sizes it is bound by that
 //! packing. These kernels read each weight row once, in place, and keep all the columns'
 //! sums in registers (or in an L1-sized accumulator block): the cost is one pass over the
-//! weight at memory bandwidth. AVX2 + FMA when the CPU has them (detected at run time), else
-//! portable loops. Both sum in another order than a `gemm`, so they agree with it to float
-//! rounding, not bit for bit.
+//! weight at memory bandwidth. AVX2 + FMA (+ F16C) when the CPU has them (detected at run
+//! time), else portable loops. Both sum in another order than a `gemm`, so they agree with it
+//! to float rounding, not bit for bit. The same kernels serve `vaak_nn::transformer`'s
+//! few-row projections and `vaak_nn::conv`'s few-column paths, on f32 weights or on the
+//! half-precision copies a streaming step may read instead ([`StepWeights`], [`HalfWeight`]).
 
 /// Columns one pass keeps in registers; more columns take more passes over the weight.
 pub const MAX_COLS: usize = 8;

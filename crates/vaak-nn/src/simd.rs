@@ -302,6 +302,10 @@ unsafe fn dot_raw<const W: u8>(
     (per_pass, (os, ts)): (usize, (usize, usize)),
 ) {
     let avx = has_avx2_fma();
+    // bf16 weights read `x` in pairs order, 4 columns per pass at most (the kernel's 16-wide
+    // loop, the one that reads that order, runs for up to 4 columns).
+    let pairs = W == W_BF16;
+    let per_pass = if pairs { per_pass.min(4) } else { per_pass };
     // Half weights: slices of the rows whose columns of `x` stay in L1 (rows up to that
     // width whole): with wide rows (Mimi's 512 -> 1024, k 16 conv: 8192) the columns were
     // re-read from L2 for every weight row, which bound the half weights' pass. f32 weights
@@ -313,19 +317,12 @@ unsafe fn dot_raw<const W: u8>(
     };
     #[cfg(target_arch = "x86_64")]
     if avx {
-        // bf16 weights read `x` in pairs order, 4 columns per pass at most (the kernel's
-        // 16-wide loop, the one that reads that order, runs for up to 4 columns).
-        let pairs = W == W_BF16;
-        let per_pass = if pairs { per_pass.min(4) } else { per_pass };
-        let mut xs = if pairs {
-            X_PAIRS.with(|c| c.take())
-        } else {
-            Vec::new()
-        };
-        if pairs {
-            deinterleave16(x, width, n, &mut xs);
-        }
-        let xv = if pairs { &xs[..] } else { x };
+        let xs = pairs.then(|| {
+            let mut v = X_PAIRS.with(|c| c.take());
+            deinterleave16(x, width, n, &mut v);
+            v
+        });
+        let xv = xs.as_deref().unwrap_or(x);
         for t0 in (0..n).step_by(per_pass) {
             let nt = (n - t0).min(per_pass);
             for i0 in (0..width).step_by(kc) {
@@ -346,12 +343,12 @@ unsafe fn dot_raw<const W: u8>(
                 }
             }
         }
-        if pairs {
-            X_PAIRS.with(|c| c.set(xs));
+        if let Some(v) = xs {
+            X_PAIRS.with(|c| c.set(v));
         }
         return;
     }
-    let _ = (avx, kc);
+    let _ = (avx, kc, pairs);
     for o in 0..m {
         for t in 0..n {
             let xr = &x[t * width..(t + 1) * width];

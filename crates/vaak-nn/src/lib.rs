@@ -7,6 +7,7 @@
 //! ([`parse_device`]).
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod cpu;
 pub mod device;

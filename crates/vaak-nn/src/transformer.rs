@@ -637,6 +637,23 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, h, t, hd) = q.dims4()?;
         let s = k.dim(2)?;
+        if !train && crate::attention::is_fusable(q, k, v) {
+            // A step's few queries: one pass per (row, head) over the cache, in parallel.
+            let mask3 = match mask.map(|m| m.dims()) {
+                None => Some(None),
+                Some(&[r, 1, 1, mt, ms]) if (r == 1 || r == b) && (mt, ms) == (t, s) => {
+                    Some(mask.map(|m| m.reshape((r, t, s))).transpose()?)
+                }
+                Some(_) => None,
+            };
+            if let Some(m3) = mask3 {
+                let scale = 1.0 / (hd as f32).sqrt();
+                let limits = crate::attention::KeyLimits::default();
+                let y = crate::attention::attention(q, k, v, scale, &limits, m3.as_ref())?;
+                let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
+                return self.o_proj.forward(&y);
+            }
+        }
         let kv = self.num_kv_heads;
         let g = h / kv;
         // Grouping the query heads that share a KV head into the row axis avoids copying K/V.

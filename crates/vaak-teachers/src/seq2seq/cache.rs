@@ -10,8 +10,8 @@
 
 use candle_core::Tensor;
 
-use super::fused::KeyLimits;
 use crate::error::{Result, TeacherError};
+use vaak_nn::attention::KeyLimits;
 
 /// Encoder output for a right-padded batch.
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ pub struct KvCache {
     cross: Vec<(Tensor, Tensor)>,
     /// Additive `[N, 1, 1, S]` mask over source positions; `None` when nothing is padded.
     cross_mask: Option<Tensor>,
-    /// The same as key lengths per item (for the fused attention).
+    /// The same as key lengths per item (for `vaak_nn::attention`).
     cross_limits: KeyLimits,
     past: Vec<Option<SelfKv>>,
     /// Positions the self-attention buffers are first made for (see [`Self::reserve`]).

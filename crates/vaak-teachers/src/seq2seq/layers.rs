@@ -16,12 +16,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::cache::{Encoded, KvCache, SelfKv};
-use super::fused::{self, KeyLimits};
 use super::rows;
-
-/// Query rows per key group up to which a CPU attention takes the fused kernel rather than
-/// per-(group, head) matmuls (decoder steps: one per row, or one per beam of an item).
-const FUSED_MAX_QUERIES: usize = 16;
+use vaak_nn::attention::{self, KeyLimits, FEW_QUERIES};
 
 /// transformers' `ACT2FN` entries the teachers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,8 +309,9 @@ impl Attention {
     }
 
     /// [`Self::attend`] with the mask also given structurally (`limits`, the same keys as
-    /// `mask`): on the CPU in f32 with at most [`FUSED_MAX_QUERIES`] query rows per group it
-    /// runs the fused kernel ([`super::fused`]), else the matmul path.
+    /// `mask`): on the CPU in f32 with at most [`FEW_QUERIES`] query rows per group (decoder
+    /// steps: one per row, or one per beam of an item) it runs `vaak_nn::attention`'s kernel,
+    /// else the matmul path.
     pub fn attend_limited(
         &self,
         x: &Tensor,
@@ -327,12 +324,13 @@ impl Attention {
         let fusable = x.device().is_cpu()
             && x.dtype() == DType::F32
             && k.dtype() == DType::F32
-            && (rows / n.max(1)) * t <= FUSED_MAX_QUERIES;
+            && (rows / n.max(1)) * t <= FEW_QUERIES;
         if !fusable {
             return self.attend(x, k, v, mask);
         }
         let q = self.queries(x, n)?;
-        let ctx = fused::attention(&q, k, v, limits)?;
+        // The queries are already scaled.
+        let ctx = attention::attention(&q, k, v, 1.0, limits, None)?;
         self.output(&ctx, (rows, t, d))
     }
 

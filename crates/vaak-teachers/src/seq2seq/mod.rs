@@ -12,8 +12,8 @@
 //! - [`select`]: the logits processors, greedy arg-max and beam top-k on the logits' device
 //!   (only chosen ids and scores reach the host).
 //! - [`config`]: one `generation_config.json` reader.
-//! - [`fused`], [`rows`]: the CPU kernels of a decoder step (attention over cached keys, the
-//!   projections of a few rows).
+//! - [`rows`]: the projections of a few rows in a decoder step (its attention over cached
+//!   keys is `vaak_nn::attention`'s).
 //!
 //! Each model keeps only what is its own: its config.json, embeddings and positions (Whisper's
 //! convolutions and learned tables, M2M-100's fairseq sinusoids, Marian's sinusoids and
@@ -22,7 +22,6 @@
 
 pub mod cache;
 pub mod config;
-pub mod fused;
 pub mod generate;
 pub mod layers;
 pub mod model;

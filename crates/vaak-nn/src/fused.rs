@@ -861,25 +861,54 @@ impl CustomOp2 for ActBwd {
 /// (reshapes, a transpose, the matmul, a broadcast and an add), and every node's backward adds
 /// into a fresh zero tensor: about eight extra full passes per layer. The fused op runs when a
 /// gradient is tracked on CPU f32 tensors; everything else goes through `candle_nn::Linear`.
+///
+/// In CPU f32 inference with several threads and up to [`SPLIT_MAX_ROWS`] rows (a batched
+/// decoder step) the same op runs one single-threaded `gemm` per thread, each on its own
+/// slice of the output features: a multi-threaded `gemm` packs the whole weight on the calling
+/// thread first, which at such row counts held a 2-thread batch-32 S2S step near the speed of
+/// one thread.
 pub fn linear(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    linear_in_parts(l, x, crate::conv::fast::threads())
+}
+
+/// [`linear`] with inference split into `threads` parts (when it splits at all).
+fn linear_in_parts(l: &candle_nn::Linear, x: &Tensor, threads: usize) -> Result<Tensor> {
     use candle_nn::Module;
     let w = l.weight();
     let tracked = x.track_op() || w.track_op() || l.bias().is_some_and(|b| b.track_op());
     let all_f32 = cpu_f32(x) && cpu_f32(w) && l.bias().is_none_or(cpu_f32);
-    if !(tracked && all_f32) || w.rank() != 2 || x.dim(D::Minus1)? != w.dim(1)? {
+    if !all_f32 || w.rank() != 2 || x.dim(D::Minus1)? != w.dim(1)? {
+        return l.forward(x);
+    }
+    let rows = x.elem_count() / w.dim(1)?.max(1);
+    let split = !tracked && rows <= SPLIT_MAX_ROWS && threads > 1;
+    if !(tracked || split) {
         return l.forward(x);
     }
     let w = w.contiguous()?;
     let x = x.contiguous()?;
-    match l.bias() {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp { bias: true }),
-        // Without a bias the third input is the weight again and gets no gradient.
-        None => x.apply_op3(&w, &w, LinearOp { bias: false }),
+    let bias = l.bias().map(|b| b.contiguous()).transpose()?;
+    let op = LinearOp {
+        bias: bias.is_some(),
+        parts: if split { threads } else { 1 },
+    };
+    // Without a bias the third input is the weight again and gets no gradient.
+    let b = bias.as_ref().unwrap_or(&w);
+    if tracked {
+        x.apply_op3(&w, b, op)
+    } else {
+        x.apply_op3_no_bwd(&w, b, &op)
     }
 }
 
+/// Rows up to which CPU inference splits a linear layer's output features over the threads.
+pub const SPLIT_MAX_ROWS: usize = 256;
+
 struct LinearOp {
     bias: bool,
+    /// 1: one `gemm` with candle's threads; more: that many single-threaded `gemm`s on the
+    /// pool, each over its own output features.
+    parts: usize,
 }
 
 impl CustomOp3 for LinearOp {
@@ -917,31 +946,47 @@ impl CustomOp3 for LinearOp {
             out.chunks_mut(o.max(1)).for_each(|r| r.copy_from_slice(b));
         }
         if n > 0 && o > 0 && i > 0 {
-            // SAFETY: `out` is `[n, o]` row-major, `x` `[n, i]` row-major and `w` `[o, i]`
-            // row-major read as its transpose `[i, o]` (column stride i, row stride 1); all
-            // three were sized from these dimensions above.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    o,
-                    i,
-                    out.as_mut_ptr(),
-                    1,
-                    o as isize,
-                    self.bias,
-                    x.as_ptr(),
-                    1,
-                    i as isize,
-                    w.as_ptr(),
-                    i as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    crate::conv::fast::parallelism(),
-                );
+            // Slices of whole 16-column micro-tiles, one per part.
+            let slice = o.div_ceil(self.parts).next_multiple_of(16).min(o);
+            let dst = crate::conv::fast::OutPtr(out.as_mut_ptr());
+            let part = |o0: usize, par: gemm::Parallelism| {
+                let oc = slice.min(o - o0);
+                // SAFETY: `out` is `[n, o]` row-major, `x` `[n, i]` row-major and `w` `[o, i]`
+                // row-major, its rows `o0 .. o0 + oc` read as their transpose `[i, oc]`
+                // (column stride i, row stride 1), written to columns `o0 .. o0 + oc` of
+                // `out`, which no other part writes; all sized from these dimensions above.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        oc,
+                        i,
+                        dst.at(o0),
+                        1,
+                        o as isize,
+                        self.bias,
+                        x.as_ptr(),
+                        1,
+                        i as isize,
+                        w.as_ptr().add(o0 * i),
+                        i as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
+            };
+            if slice < o {
+                (0..o)
+                    .step_by(slice)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .for_each(|o0| part(o0, gemm::Parallelism::None));
+            } else {
+                part(0, crate::conv::fast::parallelism());
             }
         }
         let mut dims = l1.dims().to_vec();
@@ -964,5 +1009,45 @@ impl CustomOp3 for LinearOp {
         let dw = dy.t()?.matmul(&x.detach().reshape((n, i))?)?;
         let db = if self.bias { Some(dy.sum(0)?) } else { None };
         Ok((Some(dx), Some(dw), db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The split inference path (forced to 3 parts, whatever this machine's thread count)
+    /// equals candle's `Linear` to float rounding, for output widths that are and are not
+    /// multiples of the 16-column slices, with and without a bias, up to the row limit.
+    #[test]
+    fn split_inference_linear_equals_candle_linear() -> Result<()> {
+        use candle_nn::Module;
+        let dev = Device::Cpu;
+        for (rows, i, o, bias) in [
+            (9, 64, 37, true),
+            (32, 256, 1000, false),
+            (SPLIT_MAX_ROWS, 48, 100, true),
+            (5, 16, 16, true),
+        ] {
+            let w = Tensor::randn(0f32, 1.0, (o, i), &dev)?;
+            let b = bias
+                .then(|| Tensor::randn(0f32, 1.0, o, &dev))
+                .transpose()?;
+            let l = candle_nn::Linear::new(w, b);
+            let x = Tensor::randn(0f32, 1.0, (1, rows, i), &dev)?;
+            let want = l.forward(&x)?;
+            for parts in [1, 2, 3] {
+                let got = linear_in_parts(&l, &x, parts)?;
+                assert_eq!(got.dims(), want.dims());
+                let err = (&got - &want)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_scalar::<f32>()?;
+                assert!(err < 1e-4, "rows {rows}, {i} -> {o}, {parts} parts: {err}");
+            }
+        }
+        Ok(())
     }
 }

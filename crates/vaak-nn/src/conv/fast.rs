@@ -384,7 +384,7 @@ struct ConvGeom {
 
 /// A raw output pointer that tasks writing disjoint parts of one buffer share.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: every task writes its own disjoint region (see the callers).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -394,14 +394,14 @@ impl OutPtr {
     ///
     /// # Safety
     /// `i` must lie inside the buffer.
-    unsafe fn at(self, i: usize) -> *mut f32 {
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
         // SAFETY: the caller keeps `i` inside the buffer.
         unsafe { self.0.add(i) }
     }
 }
 
 /// Threads for the fast path: candle's count, capped by the rayon pool it runs in.
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     candle_core::utils::get_num_threads()
         .min(rayon::current_num_threads())
         .max(1)

@@ -392,11 +392,9 @@ const L1_COL_FLOATS: usize = 4096;
 
 /// [`dot_raw`] over weight columns `i0 .. i0 + wc` (`(w, i0, w_rs, m)`: `m` rows at stride
 /// `w_rs`) for `N` columns of `x` (row stride `x_rs`, already offset to `i0`), into `(out,
-/// os, ts)`. Up to 4 columns keep two accumulators each, so one column alone is not bound by
-/// the FMA latency. bf16 weights with up to 4 columns are widened 16 at a time, even ones by
-/// a shift and odd ones by a mask, against `x` in [`deinterleave16`]'s order: no shuffle, so
-/// the kernel keeps up with memory (the widening shuffles had held it to about 12 G
-/// weights/s).
+/// os, ts)`. Up to 4 columns go through [`row_cols_avx2`] two at a time, each weight row read
+/// from memory once (the second pair re-reads it from L1); more columns keep one accumulator
+/// each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)]
@@ -408,33 +406,30 @@ unsafe fn dot_avx2<const W: u8, const N: usize>(
     (out, os, ts): (*mut f32, usize, usize),
 ) {
     use std::arch::x86_64::*;
-    // The 16-wide loop reads bf16 weights in pairs order; the 8-wide one in plain order.
+    // The 16-wide loops read bf16 weights in pairs order; the 8-wide one in plain order.
     debug_assert!(W != W_BF16 || N <= 4);
-    let w16 = if N <= 4 { wc - wc % 16 } else { 0 };
+    if N <= 4 {
+        for o in 0..m {
+            let base = o * w_rs + i0;
+            let mut t = 0;
+            while t < N {
+                let (xt, ot) = (x.add(t * x_rs), out.add(o * os + t * ts));
+                if N - t >= 2 {
+                    row_cols_avx2::<W, 2>(w, base, xt, x_rs, wc, (ot, ts));
+                    t += 2;
+                } else {
+                    row_cols_avx2::<W, 1>(w, base, xt, x_rs, wc, (ot, ts));
+                    t += 1;
+                }
+            }
+        }
+        return;
+    }
     let w8 = wc - wc % 8;
-    let odd = _mm256_set1_epi32(0xffff_0000_u32 as i32);
     for o in 0..m {
         let base = o * w_rs + i0;
         let mut a0 = [_mm256_setzero_ps(); N];
-        let mut a1 = [_mm256_setzero_ps(); N];
         let mut i = 0;
-        while i < w16 {
-            let (v0, v1) = if W == W_BF16 {
-                let v = _mm256_loadu_si256(w.cast::<u16>().add(base + i).cast());
-                (
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
-                    _mm256_castsi256_ps(_mm256_and_si256(v, odd)),
-                )
-            } else {
-                (load8::<W>(w, base + i), load8::<W>(w, base + i + 8))
-            };
-            for t in 0..N {
-                let xr = x.add(t * x_rs + i);
-                a0[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), v0, a0[t]);
-                a1[t] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(8)), v1, a1[t]);
-            }
-            i += 16;
-        }
         while i < w8 {
             let v0 = load8::<W>(w, base + i);
             for t in 0..N {
@@ -443,12 +438,102 @@ unsafe fn dot_avx2<const W: u8, const N: usize>(
             i += 8;
         }
         for t in 0..N {
-            let mut s = hsum(_mm256_add_ps(a0[t], a1[t]));
+            let mut s = hsum(a0[t]);
             for j in w8..wc {
                 s += weight_at::<W>(w, base + j) * *x.add(t * x_rs + j);
             }
             *out.add(o * os + t * ts) += s;
         }
+    }
+}
+
+/// Sixteen weights from `w + i` of storage `W` as two vectors: for bf16 the even-indexed ones
+/// (a shift) and the odd-indexed ones (a mask), the order [`deinterleave16`] gives `x`; for
+/// the other storages the first eight and the next eight.
+///
+/// # Safety
+/// As [`load8`], for 16 elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load16<const W: u8>(
+    w: *const u8,
+    i: usize,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    if W == W_BF16 {
+        let v = _mm256_loadu_si256(w.cast::<u16>().add(i).cast());
+        let odd = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        (
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
+            _mm256_castsi256_ps(_mm256_and_si256(v, odd)),
+        )
+    } else {
+        (load8::<W>(w, i), load8::<W>(w, i + 8))
+    }
+}
+
+/// One weight row (from `base`, `wc` long) against `P` (1 or 2) columns of `x`, added into
+/// `out[t * ts]`. Each column keeps four accumulators over 32 weights a step, so the sums are
+/// not bound by the FMA latency and one row streams at memory speed (two had held a bf16 row
+/// to about 14 GB/s, where one core reads 27 GB/s here). Every column gets this arithmetic
+/// whatever `P` and whatever the other columns: a row of a batch sums to the bits it gets
+/// alone.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` holds `base + wc` elements of storage `W`; `x` holds
+/// `P` rows of `wc` floats at stride `x_rs`; `out` holds `(P - 1) * ts + 1` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::needless_range_loop)]
+unsafe fn row_cols_avx2<const W: u8, const P: usize>(
+    w: *const u8,
+    base: usize,
+    x: *const f32,
+    x_rs: usize,
+    wc: usize,
+    (out, ts): (*mut f32, usize),
+) {
+    use std::arch::x86_64::*;
+    let (w32, w16, w8) = (wc - wc % 32, wc - wc % 16, wc - wc % 8);
+    let mut a = [[_mm256_setzero_ps(); 4]; P];
+    let mut i = 0;
+    while i < w32 {
+        let (v0, v1) = load16::<W>(w, base + i);
+        let (v2, v3) = load16::<W>(w, base + i + 16);
+        for t in 0..P {
+            let xr = x.add(t * x_rs + i);
+            a[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), v0, a[t][0]);
+            a[t][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(8)), v1, a[t][1]);
+            a[t][2] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(16)), v2, a[t][2]);
+            a[t][3] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(24)), v3, a[t][3]);
+        }
+        i += 32;
+    }
+    if i < w16 {
+        let (v0, v1) = load16::<W>(w, base + i);
+        for t in 0..P {
+            let xr = x.add(t * x_rs + i);
+            a[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), v0, a[t][0]);
+            a[t][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xr.add(8)), v1, a[t][1]);
+        }
+        i += 16;
+    }
+    while i < w8 {
+        let v0 = load8::<W>(w, base + i);
+        for t in 0..P {
+            a[t][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(t * x_rs + i)), v0, a[t][0]);
+        }
+        i += 8;
+    }
+    for t in 0..P {
+        let [a0, a1, a2, a3] = a[t];
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        for j in w8..wc {
+            s += weight_at::<W>(w, base + j) * *x.add(t * x_rs + j);
+        }
+        *out.add(t * ts) += s;
     }
 }
 

@@ -20,10 +20,13 @@
 //! in the tests). Every (item, head) block gets the same arithmetic however many there are:
 //! a row of a batch gets the bits it gets alone.
 
-use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
+use candle_core::{bail, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::is_untracked_cpu_f32;
+use crate::cpu::{is_untracked_cpu_f32, storage_f32};
+
+/// The name errors give.
+const OP: &str = "attention";
 
 /// Query rows per (item, head) up to which [`attention`] is the better path; beyond it (a
 /// whole-sequence forward) the gemms are.
@@ -119,17 +122,16 @@ pub fn attention(
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
     let mask_store = mask.as_ref().map(|(t, r)| (t.storage_and_layout(), *r));
-    let qd = &f32_of(&qs)?[ql.start_offset()..];
+    let qd = &storage_f32(&qs, OP)?[ql.start_offset()..];
     // Key and value blocks are addressed from the storage's start ([`head_blocks`]).
-    let (kd, vd) = (f32_of(&ks)?, f32_of(&vs)?);
+    let (kd, vd) = (storage_f32(&ks, OP)?, storage_f32(&vs, OP)?);
     let md = match &mask_store {
-        Some(((st, l), r)) => Some((&f32_of(st)?[l.start_offset()..], *r)),
+        Some(((st, l), r)) => Some((&storage_f32(st, OP)?[l.start_offset()..], *r)),
         None => None,
     };
     let (Some(kb), Some(vb)) = (head_blocks(kl), head_blocks(vl)) else {
         bail!("attention: key/value blocks are not contiguous");
     };
-    let shape = Sizes { m, s, dh };
     let group = h / hkv;
     let mut out = vec![0f32; n * h * m * dh];
     let block = |(nh, o): (usize, &mut [f32])| {
@@ -145,8 +147,8 @@ pub fn attention(
             &qd[nh * m * dh..(nh + 1) * m * dh],
             &kd[ko..ko + s * dh],
             &vd[vo..vo + s * dh],
+            dh,
             (scale, limits, item, mask),
-            &shape,
             o,
         );
     };
@@ -158,14 +160,6 @@ pub fn attention(
     Tensor::from_vec(out, (n, h, m, dh), q.device())
 }
 
-/// All the f32 data of CPU storage.
-fn f32_of(st: &Storage) -> Result<&[f32]> {
-    match st {
-        Storage::Cpu(CpuStorage::F32(d)) => Ok(d),
-        _ => bail!("attention: expected CPU f32 tensors"),
-    }
-}
-
 /// `(start, item stride, head stride)` of a `[N, H, S, Dh]` layout whose `[S, Dh]` blocks are
 /// each contiguous; `None` otherwise.
 fn head_blocks(l: &Layout) -> Option<(usize, usize, usize)> {
@@ -174,23 +168,17 @@ fn head_blocks(l: &Layout) -> Option<(usize, usize, usize)> {
     (st.len() == 4 && st[3] == 1 && st[2] == dh).then_some((l.start_offset(), st[0], st[1]))
 }
 
-/// Sizes of one (item, head) block: `m` query rows, `s` keys, head width `dh`.
-struct Sizes {
-    m: usize,
-    s: usize,
-    dh: usize,
-}
-
 /// One (item, head): `q` `[m, dh]`, keys and values `[s, dh]`, into `out` `[m, dh]`, one
-/// query row at a time (the keys it re-reads stay in L2).
+/// query row at a time (the keys it re-reads stay in L2); `mask` is the item's `[m, s]`.
 fn one_block(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    dh: usize,
     (scale, limits, item, mask): (f32, &KeyLimits, usize, Option<&[f32]>),
-    &Sizes { m, s, dh }: &Sizes,
     out: &mut [f32],
 ) {
+    let s = k.len() / dh;
     let mut p = Vec::with_capacity(s);
     for (r, (qr, or)) in q.chunks(dh).zip(out.chunks_mut(dh)).enumerate() {
         let lim = limits.limit(item, r, s);
@@ -218,7 +206,6 @@ fn one_block(
         }
         weighted_sum(&p, &v[..lim * dh], or);
     }
-    debug_assert_eq!(out.len(), m * dh);
 }
 
 /// `p[j] = scale * (q . k[j])` for the `p.len()` rows of `k` (`[_, q.len()]`).

@@ -1,7 +1,9 @@
-//! The two checks every hand-written CPU inference kernel in vaak starts with: whether a tensor
-//! is one it may read directly (CPU, f32, not tracked by autograd), and its contiguous f32 data.
+//! What every hand-written CPU inference kernel in vaak starts from: whether a tensor is one it
+//! may read directly (CPU, f32, not tracked by autograd), its f32 data, the thread count the
+//! kernels split over, and the output pointer their tasks share.
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Storage, Tensor};
+use gemm::Parallelism;
 
 /// Whether `t` is a CPU f32 tensor outside any autograd graph: the tensors the fast paths take
 /// (anything else goes through candle's differentiable, device-generic ops).
@@ -18,6 +20,15 @@ pub fn with_contiguous_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R)
     Ok(f(contiguous_f32(s, layout, op)?))
 }
 
+/// All the f32 data of `storage` (a tensor's, held through `storage_and_layout`), from element
+/// 0: for kernels that address a strided layout themselves.
+pub fn storage_f32<'a>(storage: &'a Storage, op: &str) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
+        _ => bail!("{op}: expected a CPU f32 tensor"),
+    }
+}
+
 /// The f32 data of contiguous CPU storage at `layout` (a custom op's input, or a tensor's
 /// storage held through `storage_and_layout`).
 pub fn contiguous_f32<'a>(s: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -28,4 +39,37 @@ pub fn contiguous_f32<'a>(s: &'a CpuStorage, layout: &Layout, op: &str) -> Resul
         bail!("{op}: input is not contiguous");
     };
     Ok(&v[start..end])
+}
+
+/// Threads the CPU kernels split over: candle's count, capped by the rayon pool they run in.
+pub(crate) fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+        .min(rayon::current_num_threads())
+        .max(1)
+}
+
+/// The thread count candle's CPU kernels use, as a `gemm` parallelism.
+pub(crate) fn parallelism() -> Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// A raw output pointer that tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every task writes its own disjoint region (see the callers).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `i` floats in (a method, so closures capture the `Send` wrapper whole).
+    ///
+    /// # Safety
+    /// `i` must lie inside the buffer.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `i` inside the buffer.
+        unsafe { self.0.add(i) }
+    }
 }

@@ -868,7 +868,7 @@ impl CustomOp2 for ActBwd {
 /// thread first, which at such row counts held a 2-thread batch-32 S2S step near the speed of
 /// one thread.
 pub fn linear(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
-    linear_in_parts(l, x, crate::conv::fast::threads())
+    linear_in_parts(l, x, crate::cpu::threads())
 }
 
 /// [`linear`] with inference split into `threads` parts (when it splits at all).
@@ -948,7 +948,7 @@ impl CustomOp3 for LinearOp {
         if n > 0 && o > 0 && i > 0 {
             // Slices of whole 16-column micro-tiles, one per part.
             let slice = o.div_ceil(self.parts).next_multiple_of(16).min(o);
-            let dst = crate::conv::fast::OutPtr(out.as_mut_ptr());
+            let dst = crate::cpu::OutPtr(out.as_mut_ptr());
             let part = |o0: usize, par: gemm::Parallelism| {
                 let oc = slice.min(o - o0);
                 // SAFETY: `out` is `[n, o]` row-major, `x` `[n, i]` row-major and `w` `[o, i]`
@@ -980,13 +980,11 @@ impl CustomOp3 for LinearOp {
                 }
             };
             if slice < o {
-                (0..o)
-                    .step_by(slice)
-                    .collect::<Vec<_>>()
+                (0..o.div_ceil(slice))
                     .into_par_iter()
-                    .for_each(|o0| part(o0, gemm::Parallelism::None));
+                    .for_each(|p| part(p * slice, gemm::Parallelism::None));
             } else {
-                part(0, crate::conv::fast::parallelism());
+                part(0, crate::cpu::parallelism());
             }
         }
         let mut dims = l1.dims().to_vec();

@@ -438,9 +438,7 @@ fn linear(l: &Linear, half: Option<&HalfWeight>, x: &Tensor) -> Result<Tensor> {
         rows_times_half_wt(&xv, h, k, bias.as_deref(), &mut out);
     } else {
         let (ws, wl) = w.storage_and_layout();
-        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv)) = &*ws else {
-            candle_core::bail!("linear: expected a CPU f32 weight");
-        };
+        let wv = crate::cpu::storage_f32(&ws, "linear")?;
         let wv = &wv[wl.start_offset()..wl.start_offset() + n * k];
         rows_times_wt(&xv, wv, k, bias.as_deref(), &mut out);
     }
@@ -472,7 +470,7 @@ const SPLIT_WORK: usize = 1 << 22;
 /// With several threads a big product is split by output features over the pool (base S2S
 /// b8 at 2 threads: 61 -> 35-42 ms).
 fn rows_times_any(x: &[f32], w: WeightData<'_>, k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    rows_times_threads(x, w, k, bias, out, crate::conv::fast::threads());
+    rows_times_threads(x, w, k, bias, out, crate::cpu::threads());
 }
 
 /// [`rows_times_any`] for a given thread count.
@@ -493,11 +491,10 @@ fn rows_times_threads(
         use rayon::prelude::*;
         // Each part sums its own features into its own `[rows, nc]` block, copied in after.
         let chunk = n.div_ceil(parts);
-        let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-            .step_by(chunk)
-            .collect::<Vec<_>>()
+        let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
             .into_par_iter()
-            .map(|o0| {
+            .map(|p| {
+                let o0 = p * chunk;
                 let nc = chunk.min(n - o0);
                 let mut part = vec![0f32; rows * nc];
                 let wp = w.offset(o0 * k);

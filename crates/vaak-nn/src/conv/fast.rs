@@ -49,11 +49,13 @@
 //! transpose; there the lengths are applied as a mask. So callers need one call for inference
 //! and training.
 
-use candle_core::{bail, Layout, Result, Storage, Tensor};
+use candle_core::{bail, Layout, Result, Tensor};
 use gemm::Parallelism;
 
 use super::{conv1d_differentiable, conv_transpose1d_differentiable};
-use crate::cpu::{is_untracked_cpu_f32, with_contiguous_f32};
+use crate::cpu::{
+    is_untracked_cpu_f32, parallelism, storage_f32, threads, with_contiguous_f32, OutPtr,
+};
 use crate::simd::{HalfWeight, WeightData};
 
 /// Options of [`conv1d_inference`]: PyTorch's, except that the zero padding may differ between
@@ -92,21 +94,10 @@ pub struct ConvTranspose1dOpts {
     pub groups: usize,
 }
 
-/// The thread count candle's CPU kernels use, as a `gemm` parallelism.
-pub(crate) fn parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
 /// The f32 data of a CPU tensor with its layout, if that is what `t` is.
 fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &Layout) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(candle_core::CpuStorage::F32(v)) => f(v, layout),
-        _ => bail!("fast conv: expected a CPU f32 tensor"),
-    }
+    f(storage_f32(&storage, "fast conv")?, layout)
 }
 
 /// Whether the fast path applies: CPU, f32 and nothing tracked by autograd.
@@ -380,31 +371,6 @@ struct ConvGeom {
     dilation: usize,
     pad_left: usize,
     act: InputAct,
-}
-
-/// A raw output pointer that tasks writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: every task writes its own disjoint region (see the callers).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer `i` floats in (a method, so closures capture the `Send` wrapper whole).
-    ///
-    /// # Safety
-    /// `i` must lie inside the buffer.
-    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: the caller keeps `i` inside the buffer.
-        unsafe { self.0.add(i) }
-    }
-}
-
-/// Threads for the fast path: candle's count, capped by the rayon pool it runs in.
-pub(crate) fn threads() -> usize {
-    candle_core::utils::get_num_threads()
-        .min(rayon::current_num_threads())
-        .max(1)
 }
 
 /// Cache-sized blocks of output columns: at most `BLOCK_ELEMS / rows` columns (at least

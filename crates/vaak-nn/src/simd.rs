@@ -267,7 +267,7 @@ thread_local! {
 }
 
 /// `x` (`n` rows of `width`) with each whole 16-block's even elements first, then its odd
-/// ones, the tail as it is: the order in which [`dot_avx2`] widens 16 bf16 weights at once
+/// ones, the tail as it is: the order in which [`load16`] widens 16 bf16 weights at once
 /// (even ones by a shift, odd ones by a mask, with no shuffle).
 fn deinterleave16(x: &[f32], width: usize, n: usize, out: &mut Vec<f32>) {
     out.clear();

@@ -427,7 +427,7 @@ fn recur_cpu(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<Opt
     let mut h = h0.flatten_all()?.to_vec1::<f32>()?;
     let mut c = c0.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; b * t * hs];
-    let parallel = candle_core::utils::get_num_threads() > 1 && h4 >= 2 * LSTM_UNITS_PER_TASK;
+    let parallel = vaak_nn::cpu::candle_threads() > 1 && h4 >= 2 * LSTM_UNITS_PER_TASK;
     let tasks = h4.div_ceil(LSTM_UNITS_PER_TASK);
     // Per task: its gate units' pre-activations for every batch row, `[B, units]`.
     let mut parts: Vec<Vec<f32>> = (0..tasks)

@@ -145,7 +145,7 @@ pub fn gated_tanh_sigmoid(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
             }
         };
         let rows_per_task = (CHUNK / t.max(1)).max(1);
-        if candle_core::utils::get_num_threads() > 1 && b * h * t >= 2 * CHUNK {
+        if crate::cpu::candle_threads() > 1 && b * h * t >= 2 * CHUNK {
             use rayon::prelude::*;
             out.par_chunks_mut(rows_per_task * t)
                 .enumerate()

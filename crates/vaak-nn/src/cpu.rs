@@ -4,6 +4,7 @@
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;
+use std::sync::OnceLock;
 
 /// Whether `t` is a CPU f32 tensor outside any autograd graph: the tensors the fast paths take
 /// (anything else goes through candle's differentiable, device-generic ops).
@@ -41,16 +42,26 @@ pub fn contiguous_f32<'a>(s: &'a CpuStorage, layout: &Layout, op: &str) -> Resul
     Ok(&v[start..end])
 }
 
+/// The thread count candle's CPU kernels use (`candle_core::utils::get_num_threads`), read
+/// cheaply: with `RAYON_NUM_THREADS` unset, candle 0.11 counts the physical cores by parsing
+/// `/proc/cpuinfo` on every call, and the kernels ask once per op (14% of a streaming Mimi
+/// frame). That default cannot change while the process runs, so it is counted once.
+pub fn candle_threads() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return candle_core::utils::get_num_threads();
+    }
+    *DEFAULT.get_or_init(candle_core::utils::get_num_threads)
+}
+
 /// Threads the CPU kernels split over: candle's count, capped by the rayon pool they run in.
 pub(crate) fn threads() -> usize {
-    candle_core::utils::get_num_threads()
-        .min(rayon::current_num_threads())
-        .max(1)
+    candle_threads().min(rayon::current_num_threads()).max(1)
 }
 
 /// The thread count candle's CPU kernels use, as a `gemm` parallelism.
 pub(crate) fn parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
+    match candle_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     }

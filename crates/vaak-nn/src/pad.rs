@@ -55,7 +55,7 @@ fn reflect_rows_cpu(x: &Tensor, left: usize, right: usize) -> Result<Tensor> {
                 o[left + t + j] = s[t - 2 - j];
             }
         };
-        let threads = candle_core::utils::get_num_threads();
+        let threads = crate::cpu::candle_threads();
         if threads > 1 && rows >= 2 * ROWS_PER_TASK {
             use rayon::prelude::*;
             out.par_chunks_mut(out_t * ROWS_PER_TASK)

@@ -61,12 +61,21 @@ impl std::str::FromStr for StepWeights {
     }
 }
 
-/// A half-precision copy of a weight in its own (contiguous, row-major) layout, as raw 16-bit
-/// patterns: what a streaming step reads instead of the f32 weight ([`StepWeights`]).
+/// Weight columns per block of a [`HalfWeight`] stored in row blocks
+/// ([`HalfWeight::new_row_blocks`]): two columns of `x` that long (16 KiB) stay in L1 while a
+/// block streams.
+pub const ROW_BLOCK: usize = 2048;
+
+/// A half-precision copy of a weight, as raw 16-bit patterns: what a streaming step reads
+/// instead of the f32 weight ([`StepWeights`]). Row-major (the weight's own layout), or, for
+/// rows wider than [`ROW_BLOCK`], block by block ([`HalfWeight::new_row_blocks`]).
 #[derive(Debug)]
 pub struct HalfWeight {
     bits: Vec<u16>,
     f16: bool,
+    /// `(rows, width)` when stored in row blocks: columns `i0 .. i0 + ROW_BLOCK` of every row,
+    /// one row after the other, then the next block (the last block may be narrower).
+    blocks: Option<(usize, usize)>,
 }
 
 impl HalfWeight {
@@ -89,11 +98,106 @@ impl HalfWeight {
                 .map(|&x| half::bf16::from_f32(x).to_bits())
                 .collect()
         };
-        Ok(Some(Self { bits, f16 }))
+        Ok(Some(Self {
+            bits,
+            f16,
+            blocks: None,
+        }))
     }
 
-    /// The weights as the kernels read them.
+    /// The copy of `w` (`[rows, ...]`, each row the rest of the dims flattened) for `kind`,
+    /// stored in row blocks when its rows are wider than [`ROW_BLOCK`]. A few-column pass over
+    /// wide rows must split them so that its columns of `x` stay in L1; in the weight's own
+    /// layout each block is then a strided read (4 KiB of every row), where the hardware
+    /// prefetcher restarts at every row, so two columns read a 1024 x 8192 bf16 weight from
+    /// memory at 9-10 GB/s; block by block it is one sequential stream (15-20 GB/s). The
+    /// blocks are fixed here, so a column's sums do not depend on how many columns a call has.
+    /// Read through [`HalfWeight::rows_dot_cols`].
+    pub fn new_row_blocks(
+        w: &candle_core::Tensor,
+        kind: StepWeights,
+    ) -> candle_core::Result<Option<Self>> {
+        let Some(mut h) = Self::new(w, kind)? else {
+            return Ok(None);
+        };
+        let rows = w.dims().first().copied().unwrap_or(1);
+        if rows == 0 {
+            return Ok(Some(h));
+        }
+        let width = h.bits.len() / rows;
+        if width > ROW_BLOCK {
+            let mut bits = Vec::with_capacity(h.bits.len());
+            for i0 in (0..width).step_by(ROW_BLOCK) {
+                let wc = (width - i0).min(ROW_BLOCK);
+                for r in 0..rows {
+                    bits.extend_from_slice(&h.bits[r * width + i0..r * width + i0 + wc]);
+                }
+            }
+            h.bits = bits;
+            h.blocks = Some((rows, width));
+        }
+        Ok(Some(h))
+    }
+
+    /// Values held (the weight's element count).
+    pub fn len(&self) -> usize {
+        self.bits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.is_empty()
+    }
+
+    /// `out[o * out_rs + t] += sum_i w[row0 + o, i] * x[t * width + i]` for `o < m`, `t < n`:
+    /// [`rows_dot_cols`] over rows `row0 .. row0 + m` of this weight (rows of `width`), in
+    /// either layout.
+    ///
+    /// # Panics
+    /// When the rows or a slice are out of range, or `width` is not this weight's row width.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rows_dot_cols(
+        &self,
+        row0: usize,
+        m: usize,
+        x: &[f32],
+        width: usize,
+        n: usize,
+        out: &mut [f32],
+        out_rs: usize,
+    ) {
+        let Some((rows, w)) = self.blocks else {
+            let data = self.data().offset(row0 * width);
+            return rows_dot_cols(data, width, m, x, width, n, out, out_rs);
+        };
+        assert_eq!(w, width, "row width of a blocked half weight");
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(row0 + m <= rows && out_rs >= n);
+        assert!(x.len() >= n * width && out.len() > (m - 1) * out_rs + n - 1);
+        let wp = self.bits.as_ptr().cast::<u8>();
+        let pass = (MAX_COLS, (out_rs, 1));
+        let layout = Some((rows, row0));
+        // SAFETY: the block layout holds rows x width values (made so by new_row_blocks); the
+        // rows and slices were checked above.
+        unsafe {
+            if self.f16 {
+                dot_raw::<W_F16>(wp, width, m, x, width, n, out, pass, layout);
+            } else {
+                dot_raw::<W_BF16>(wp, width, m, x, width, n, out, pass, layout);
+            }
+        }
+    }
+
+    /// The weights as the kernels read them, in the weight's own layout.
+    ///
+    /// # Panics
+    /// For a copy stored in row blocks (read those through [`HalfWeight::rows_dot_cols`]).
     pub fn data(&self) -> WeightData<'_> {
+        assert!(
+            self.blocks.is_none(),
+            "a half weight in row blocks is read through rows_dot_cols"
+        );
         if self.f16 {
             WeightData::F16(&self.bits)
         } else {
@@ -254,9 +358,9 @@ pub(crate) fn dot_strided(
     // SAFETY (all three): the sizes were checked above against the slices.
     unsafe {
         match kind {
-            W_F32 => dot_raw::<W_F32>(wp, w_rs, m, x, width, n, out, pass),
-            W_BF16 => dot_raw::<W_BF16>(wp, w_rs, m, x, width, n, out, pass),
-            _ => dot_raw::<W_F16>(wp, w_rs, m, x, width, n, out, pass),
+            W_F32 => dot_raw::<W_F32>(wp, w_rs, m, x, width, n, out, pass, None),
+            W_BF16 => dot_raw::<W_BF16>(wp, w_rs, m, x, width, n, out, pass, None),
+            _ => dot_raw::<W_F16>(wp, w_rs, m, x, width, n, out, pass, None),
         }
     }
 }
@@ -286,10 +390,13 @@ fn deinterleave16(x: &[f32], width: usize, n: usize, out: &mut Vec<f32>) {
 }
 
 /// [`dot_strided`] on a checked weight of storage `W`; `(cols_per_pass, (os, ts))`.
+/// `blocks`: `Some((rows, row0))` when `w` is a whole weight of `rows` rows stored in row
+/// blocks ([`HalfWeight::new_row_blocks`]) and the pass is over its rows `row0 ..`; `w_rs`
+/// is then unused.
 ///
 /// # Safety
-/// `w` holds `(m - 1) * w_rs + width` elements of storage `W`; the slices are sized as
-/// [`dot_strided`] checks.
+/// `w` holds `(m - 1) * w_rs + width` elements of storage `W` (in row blocks: `rows * width`,
+/// with `row0 + m <= rows`); the slices are sized as [`dot_strided`] checks.
 #[allow(clippy::too_many_arguments)]
 unsafe fn dot_raw<const W: u8>(
     w: *const u8,
@@ -300,6 +407,7 @@ unsafe fn dot_raw<const W: u8>(
     n: usize,
     out: &mut [f32],
     (per_pass, (os, ts)): (usize, (usize, usize)),
+    blocks: Option<(usize, usize)>,
 ) {
     let avx = has_avx2_fma();
     // bf16 weights read `x` in pairs order, 4 columns per pass at most (the kernel's 16-wide
@@ -310,10 +418,18 @@ unsafe fn dot_raw<const W: u8>(
     // width whole): with wide rows (Mimi's 512 -> 1024, k 16 conv: 8192) the columns were
     // re-read from L2 for every weight row, which bound the half weights' pass. f32 weights
     // stream whole rows, in one sequential pass (slicing them was slower).
-    let kc = if W == W_F32 || width * n.min(per_pass) <= L1_COL_FLOATS {
+    let kc = if blocks.is_some() {
+        ROW_BLOCK
+    } else if W == W_F32 || width * n.min(per_pass) <= L1_COL_FLOATS {
         width
     } else {
         (L1_COL_FLOATS / n.min(per_pass)).max(256) / 16 * 16
+    };
+    let elem = if W == W_F32 { 4 } else { 2 };
+    // Where the rows of columns i0 .. i0 + wc start, and their stride.
+    let rows_at = |i0: usize, wc: usize| match blocks {
+        Some((rows, row0)) => (w.add((rows * i0 + row0 * wc) * elem), 0, wc),
+        None => (w, i0, w_rs),
     };
     #[cfg(target_arch = "x86_64")]
     if avx {
@@ -329,7 +445,8 @@ unsafe fn dot_raw<const W: u8>(
                 let wc = (width - i0).min(kc);
                 let xp = xv.as_ptr().add(t0 * width + i0);
                 let op = out.as_mut_ptr().add(t0 * ts);
-                let a = (w, i0, w_rs, m);
+                let (wb, ib, rs) = rows_at(i0, wc);
+                let a = (wb, ib, rs, m);
                 let o = (op, os, ts);
                 match nt {
                     1 => dot_avx2::<W, 1>(a, xp, width, wc, o),
@@ -348,11 +465,15 @@ unsafe fn dot_raw<const W: u8>(
         }
         return;
     }
-    let _ = (avx, kc, pairs);
-    for o in 0..m {
-        for t in 0..n {
-            let xr = &x[t * width..(t + 1) * width];
-            out[o * os + t * ts] += dot_portable::<W>(w, o * w_rs, xr);
+    let _ = (avx, pairs);
+    for i0 in (0..width).step_by(kc) {
+        let wc = (width - i0).min(kc);
+        let (wb, ib, rs) = rows_at(i0, wc);
+        for o in 0..m {
+            for t in 0..n {
+                let xr = &x[t * width + i0..t * width + i0 + wc];
+                out[o * os + t * ts] += dot_portable::<W>(wb, o * rs + ib, xr);
+            }
         }
     }
 }
@@ -750,6 +871,52 @@ mod tests {
                     cols_axpy(rounded.as_slice(), w_rs, m, width, &xc, n, &mut wa);
                     assert_eq!(ga, wa, "cols_axpy bf16 {bf} m {m} width {width} n {n}");
                 }
+            }
+        }
+    }
+
+    /// A half weight stored in row blocks gives the row-major copy's sums to rounding, and
+    /// each column's bits do not depend on how many columns a call has or which of the rows
+    /// it asks for.
+    #[test]
+    fn row_blocks_match_row_major_and_ignore_the_column_count() {
+        let (rows, width) = (7, 2 * ROW_BLOCK + 37);
+        let w = values(rows * width, 21);
+        let t = candle_core::Tensor::from_slice(&w, (rows, width), &candle_core::Device::Cpu);
+        let t = t.unwrap();
+        for kind in [StepWeights::Bf16, StepWeights::F16] {
+            let blocked = HalfWeight::new_row_blocks(&t, kind).unwrap().unwrap();
+            let plain = HalfWeight::new(&t, kind).unwrap().unwrap();
+            assert!(blocked.blocks.is_some() && plain.blocks.is_none());
+            assert_eq!(blocked.len(), rows * width);
+            let x = values(4 * width, 22);
+            let alone: Vec<Vec<f32>> = (0..4)
+                .map(|c| {
+                    let mut o = vec![0.0f32; rows];
+                    let xc = &x[c * width..(c + 1) * width];
+                    blocked.rows_dot_cols(0, rows, xc, width, 1, &mut o, 1);
+                    o
+                })
+                .collect();
+            for n in 1..=4 {
+                let mut got = vec![0.0f32; rows * n];
+                blocked.rows_dot_cols(0, rows, &x, width, n, &mut got, n);
+                let mut want = vec![0.0f32; rows * n];
+                plain.rows_dot_cols(0, rows, &x, width, n, &mut want, n);
+                for r in 0..rows {
+                    for c in 0..n {
+                        assert_eq!(got[r * n + c], alone[c][r], "{kind} n {n} row {r} col {c}");
+                        let (g, e) = (got[r * n + c], want[r * n + c]);
+                        assert!(
+                            (g - e).abs() <= width as f32 * 2.0 * f32::EPSILON,
+                            "{g} {e}"
+                        );
+                    }
+                }
+                // Rows 2..5 alone: the same bits as in the whole pass.
+                let mut part = vec![0.0f32; 3 * n];
+                blocked.rows_dot_cols(2, 3, &x, width, n, &mut part, n);
+                assert_eq!(part, got[2 * n..5 * n].to_vec(), "{kind} n {n} rows 2..5");
             }
         }
     }

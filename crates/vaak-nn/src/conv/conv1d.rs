@@ -276,7 +276,7 @@ impl CausalConv1d {
     /// here; [`StepWeights::F32`] drops it. A step with few frames is bound by reading the
     /// weight from memory. Whole-clip calls keep the f32 weight.
     pub fn set_step_weights(&mut self, kind: StepWeights) -> Result<()> {
-        self.step_weight = HalfWeight::new(&self.weight, kind)?.map(Arc::new);
+        self.step_weight = HalfWeight::new_row_blocks(&self.weight, kind)?.map(Arc::new);
         Ok(())
     }
 

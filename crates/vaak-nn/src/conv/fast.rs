@@ -142,9 +142,9 @@ fn bias_vec(bias: Option<&Tensor>, out: usize, f: &str) -> Result<Option<Vec<f32
 /// Rejects a half copy whose size differs from the weight's.
 fn check_step_weight(f: &str, half: Option<&HalfWeight>, w: &Tensor) -> Result<()> {
     match half {
-        Some(h) if h.data().len() != w.elem_count() => bail!(
+        Some(h) if h.len() != w.elem_count() => bail!(
             "{f}: the step weight holds {} values, the weight {:?} {}",
-            h.data().len(),
+            h.len(),
             w.dims(),
             w.elem_count()
         ),
@@ -449,8 +449,7 @@ fn conv1d_blocks(
         act,
     } = *g;
     if l_out <= FEW_CONV_COLS {
-        let w = half.map_or(WeightData::F32(wv), HalfWeight::data);
-        return conv1d_few(g, w, x, bias, residual, lengths, out);
+        return conv1d_few(g, (wv, half), x, bias, residual, lengths, out);
     }
     let width = c_in_g * k;
     let k_eff = dilation * (k - 1) + 1;
@@ -601,10 +600,11 @@ fn few_chunks(c_out_g: usize, elems_per_ch: usize, items: usize, threads: usize)
 
 /// The few-column conv: tasks over (item, group, block of output channels), each unfolding
 /// the item's whole (short) input time-major (`[l_out, c_in_g * k]`) and streaming its
-/// channels' weight rows once against all the columns ([`crate::simd::rows_dot_cols`]).
+/// channels' weight rows once against all the columns ([`crate::simd::rows_dot_cols`]), from
+/// the half copy when there is one.
 fn conv1d_few(
     g: &ConvGeom,
-    wv: WeightData<'_>,
+    (wv, half): (&[f32], Option<&HalfWeight>),
     x: Strided<'_>,
     bias: Option<&[f32]>,
     residual: Option<Strided<'_>>,
@@ -669,16 +669,19 @@ fn conv1d_few(
                     }
                 }
             }
-            crate::simd::rows_dot_cols(
-                wv.offset(ch0 * width),
-                width,
-                m,
-                cols,
-                width,
-                l_out,
-                dst,
-                l_out,
-            );
+            match half {
+                Some(h) => h.rows_dot_cols(ch0, m, cols, width, l_out, dst, l_out),
+                None => crate::simd::rows_dot_cols(
+                    &wv[ch0 * width..],
+                    width,
+                    m,
+                    cols,
+                    width,
+                    l_out,
+                    dst,
+                    l_out,
+                ),
+            }
         });
     });
 }

@@ -315,7 +315,12 @@ pub fn conv1d_fused(
         pad_left,
         act: fused.input_act,
     };
-    let mut out = vec![0f32; b * c_out * l_out];
+    // Not zero-filled here: every task writes its own block's start value (bias, residual, or
+    // the gemm's overwrite) in parallel, where a zero-fill of the whole output ran on the
+    // calling thread alone (at two threads, OpenVoice's HiFi-GAN outputs).
+    let len = b * c_out * l_out;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
     with_cpu_f32(&w, |wv, wl| {
         let wv = &wv[wl.start_offset()..];
         with_cpu_f32(x, |xv, xl| {
@@ -325,17 +330,19 @@ pub fn conv1d_fused(
                     let rs = Strided::new(rv, rl);
                     let res = Some(rs);
                     let (b, half) = (bias.as_deref(), fused.step_weight);
-                    conv1d_blocks(&geom, wv, half, xs, b, res, lengths, &mut out);
+                    conv1d_blocks(&geom, wv, half, xs, b, res, lengths, dst);
                     Ok(())
                 }),
                 None => {
                     let (b, half) = (bias.as_deref(), fused.step_weight);
-                    conv1d_blocks(&geom, wv, half, xs, b, None, lengths, &mut out);
+                    conv1d_blocks(&geom, wv, half, xs, b, None, lengths, dst);
                     Ok(())
                 }
             }
         })
     })?;
+    // SAFETY: conv1d_blocks wrote all `len` values (see its contract).
+    unsafe { out.set_len(len) };
     Tensor::from_vec(out, (b, c_out, l_out), x.device())
 }
 
@@ -423,6 +430,8 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 /// The fast conv: tasks over (item, group, block of output columns), each filling its block's
 /// initial value (bias plus residual), copying its input window (activation applied, zeros
 /// outside the item's valid samples), unfolding it and running one `gemm` into its block.
+/// `out` (`[b, c_out, l_out]`) need not be initialised: every value of it is written, each
+/// before it is read.
 #[allow(clippy::too_many_arguments)]
 fn conv1d_blocks(
     g: &ConvGeom,
@@ -432,7 +441,7 @@ fn conv1d_blocks(
     bias: Option<&[f32]>,
     residual: Option<Strided<'_>>,
     lengths: Option<&[usize]>,
-    out: &mut [f32],
+    out: OutPtr,
 ) {
     let ConvGeom {
         b,
@@ -471,8 +480,9 @@ fn conv1d_blocks(
     } else {
         parallelism()
     };
-    let read_dst = bias.is_some() || residual.is_some();
-    let out = OutPtr(out.as_mut_ptr());
+    // Without a start value the gemm overwrites its block (it never reads it); with no input
+    // channels there is no product, and the start value (zero) is the output.
+    let read_dst = bias.is_some() || residual.is_some() || width == 0;
     let [s0, s1, s2] = x.s;
     run_tasks(tasks, parallel, |task| {
         let blk = task % n_blocks;
@@ -485,8 +495,17 @@ fn conv1d_blocks(
         if read_dst {
             for o in 0..c_out_g {
                 // SAFETY: as above, one row of this task's block.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(o * l_out), n) };
-                init_row(row, bias, residual, bi, gi * c_out_g + o, t_start);
+                unsafe {
+                    init_row(
+                        dst.add(o * l_out),
+                        n,
+                        bias,
+                        residual,
+                        bi,
+                        gi * c_out_g + o,
+                        t_start,
+                    )
+                };
             }
         }
         let xg = &x.v[bi * s0 + gi * c_in_g * s1..];
@@ -544,17 +563,27 @@ fn conv1d_blocks(
     });
 }
 
-/// Sets `row`, output channel `ch` of item `bi` from column `t_start` on, to its initial value:
-/// the bias plus the residual.
-fn init_row(
-    row: &mut [f32],
+/// Sets the `n` values at `row` (maybe uninitialised), output channel `ch` of item `bi` from
+/// column `t_start` on, to their initial value: the bias (or zero) plus the residual.
+///
+/// # Safety
+/// `row` is valid for `n` writes and no other reference to those values is alive.
+unsafe fn init_row(
+    row: *mut f32,
+    n: usize,
     bias: Option<&[f32]>,
     residual: Option<Strided<'_>>,
     bi: usize,
     ch: usize,
     t_start: usize,
 ) {
-    row.fill(bias.map_or(0.0, |bv| bv[ch]));
+    let start = bias.map_or(0.0, |bv| bv[ch]);
+    for t in 0..n {
+        // SAFETY: the caller's contract.
+        unsafe { row.add(t).write(start) };
+    }
+    // SAFETY: all n values are initialised now.
+    let row = unsafe { std::slice::from_raw_parts_mut(row, n) };
     if let Some(r) = residual {
         let [r0, r1, r2] = r.s;
         let src = &r.v[bi * r0 + ch * r1 + t_start * r2..];
@@ -609,7 +638,7 @@ fn conv1d_few(
     bias: Option<&[f32]>,
     residual: Option<Strided<'_>>,
     lengths: Option<&[usize]>,
-    out: &mut [f32],
+    out: OutPtr,
 ) {
     let ConvGeom {
         b,
@@ -630,23 +659,21 @@ fn conv1d_few(
     let threads = threads();
     let (chunk, per) = few_chunks(c_out_g, width, b * groups, threads);
     let tasks = b * groups * per;
-    let read_dst = bias.is_some() || residual.is_some();
-    let out = OutPtr(out.as_mut_ptr());
     let [s0, s1, s2] = x.s;
     run_tasks(tasks, threads > 1 && tasks > 1, |task| {
         let (bi, gi, ci) = (task / per / groups, task / per % groups, task % per);
         let o0 = ci * chunk;
         let m = chunk.min(c_out_g - o0);
         let ch0 = gi * c_out_g + o0;
-        // SAFETY: this task alone writes the m whole rows from channel ch0 of item bi.
+        // SAFETY: this task alone writes the m whole rows from channel ch0 of item bi, each
+        // initialised (the kernel adds into them) before the slice over them is made.
         let dst = unsafe {
-            std::slice::from_raw_parts_mut(out.at((bi * c_out + ch0) * l_out), m * l_out)
-        };
-        if read_dst {
-            for (o, row) in dst.chunks_mut(l_out).enumerate() {
-                init_row(row, bias, residual, bi, ch0 + o, 0);
+            let first = out.at((bi * c_out + ch0) * l_out);
+            for o in 0..m {
+                init_row(first.add(o * l_out), l_out, bias, residual, bi, ch0 + o, 0);
             }
-        }
+            std::slice::from_raw_parts_mut(first, m * l_out)
+        };
         let xg = &x.v[bi * s0 + gi * c_in_g * s1..];
         let valid = lengths.map_or(l, |ls| ls[bi].min(l));
         with_scratch(c_in_g * span, l_out * width, |win, cols| {

@@ -27,6 +27,8 @@ struct Case {
     op: String,
     #[serde(default)]
     eps: f64,
+    #[serde(default)]
+    alpha: f64,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +106,7 @@ fn run_case(
         "gelu_erf" => fused::gelu_erf(x.as_tensor())?,
         "silu" => fused::silu(x.as_tensor())?,
         "sigmoid" => fused::sigmoid(x.as_tensor())?,
+        "elu" => fused::elu(x.as_tensor(), c.alpha)?,
         "cross_entropy" => {
             let targets = t[&format!("{}.targets", c.name)].to_dtype(DType::U32)?;
             fused::cross_entropy_rows(x.as_tensor(), &targets)?
@@ -128,7 +131,7 @@ fn run_case(
 #[test]
 fn fused_kernels_match_pytorch_values_and_gradients() -> Result<()> {
     let (cases, t) = load()?;
-    assert_eq!(cases.len(), 20, "fixture cases");
+    assert_eq!(cases.len(), 22, "fixture cases");
     for c in &cases {
         // F32: the fused CPU kernels. F64: the primitive-op path (cross-entropy computes in
         // f32 on the CPU whatever the input, so it has only the fused path here).
@@ -246,6 +249,7 @@ fn parallel_kernels_equal_serial_ones() -> Result<()> {
     parallel_equals_serial("softmax", &x, &[], &|x| fused::softmax_last_dim(x))?;
     parallel_equals_serial("gelu", &x, &[], &|x| fused::gelu_erf(x))?;
     parallel_equals_serial("silu", &x, &[], &|x| fused::silu(x))?;
+    parallel_equals_serial("elu", &x, &[], &|x| fused::elu(x, 1.0))?;
     let lw = Var::from_tensor(&rand_t(&mut rng, &[48, d])?)?;
     let lin = candle_nn::Linear::new(
         lw.as_tensor().clone(),

@@ -1158,6 +1158,7 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
 pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
     match map_f32(x, InputAct::Elu(alpha as f32))? {
         Some(y) => Ok(y),
-        None => x.elu(alpha),
+        // Tracked (training) or another device: the one-pass ELU with its fused backward.
+        None => crate::fused::elu(x, alpha),
     }
 }

@@ -877,6 +877,107 @@ impl CustomOp2 for ActBwd {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Per-channel bias
+
+/// `y + bias` for `y: [B, C, T]` and `bias: [C]` (a conv's bias): one pass, and one node in
+/// the graph whose backward passes `dy` through and sums it over batch and time for the bias.
+/// candle's `broadcast_add` differentiates into a strided reduction over two axes of a
+/// full-size gradient, in every conv of a training step. Other devices and dtypes go through
+/// `broadcast_add`.
+pub fn add_channel_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (_, c, _) = y.dims3()?;
+    if bias.dims() != [c] {
+        bail!(
+            "add_channel_bias: bias {:?} for {c} channels of {:?}",
+            bias.dims(),
+            y.dims()
+        );
+    }
+    if cpu_f32(y) && cpu_f32(bias) {
+        return y.contiguous()?.apply_op2(&bias.contiguous()?, ChannelBias);
+    }
+    y.broadcast_add(&bias.reshape((1, c, 1))?)
+}
+
+struct ChannelBias;
+
+impl CustomOp2 for ChannelBias {
+    fn name(&self) -> &'static str {
+        "vaak-channel-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_data(s1, l1, self.name())?;
+        let bias = f32_data(s2, l2, self.name())?;
+        let (_, c, t) = l1.shape().dims3()?;
+        let mut out = y.to_vec();
+        let rows = rows_per_task(t);
+        out.par_chunks_mut(rows * t.max(1))
+            .enumerate()
+            .for_each(|(i, part)| {
+                for (r, row) in part.chunks_mut(t.max(1)).enumerate() {
+                    let b = bias[(i * rows + r) % c];
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = dy.contiguous()?.apply_op1_no_bwd(&ChannelSum)?;
+        Ok((Some(dy.clone()), Some(db)))
+    }
+}
+
+/// `[B, C, T] -> [C]`: the sum over batch and time (f32 per row, f64 across rows).
+struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "vaak-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_data(s, l, self.name())?;
+        let (b, c, t) = l.shape().dims3()?;
+        let row_sums: Vec<f32> = if t == 0 {
+            vec![0.0; b * c]
+        } else {
+            dy.par_chunks(t)
+                .map(|row| {
+                    let mut lanes = [0f32; 8];
+                    let whole = row.len() / 8 * 8;
+                    for chunk in row[..whole].chunks_exact(8) {
+                        for (a, v) in lanes.iter_mut().zip(chunk) {
+                            *a += v;
+                        }
+                    }
+                    lanes.iter().sum::<f32>() + row[whole..].iter().sum::<f32>()
+                })
+                .collect()
+        };
+        let mut sums = vec![0f64; c];
+        for (i, s) in row_sums.iter().enumerate() {
+            sums[i % c] += *s as f64;
+        }
+        let out = sums.into_iter().map(|v| v as f32).collect();
+        Ok((CpuStorage::F32(out), Shape::from(c)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Linear layer
 
 /// `x W^T + b` for `x: [..., in]`, `W: [out, in]`: one node in the graph whose backward gives

@@ -107,6 +107,11 @@ fn run_case(
         "silu" => fused::silu(x.as_tensor())?,
         "sigmoid" => fused::sigmoid(x.as_tensor())?,
         "elu" => fused::elu(x.as_tensor(), c.alpha)?,
+        "channel_bias" => {
+            let b = var("b")?;
+            named.push(("b", b.clone()));
+            fused::add_channel_bias(x.as_tensor(), b.as_tensor())?
+        }
         "cross_entropy" => {
             let targets = t[&format!("{}.targets", c.name)].to_dtype(DType::U32)?;
             fused::cross_entropy_rows(x.as_tensor(), &targets)?
@@ -131,7 +136,7 @@ fn run_case(
 #[test]
 fn fused_kernels_match_pytorch_values_and_gradients() -> Result<()> {
     let (cases, t) = load()?;
-    assert_eq!(cases.len(), 22, "fixture cases");
+    assert_eq!(cases.len(), 24, "fixture cases");
     for c in &cases {
         // F32: the fused CPU kernels. F64: the primitive-op path (cross-entropy computes in
         // f32 on the CPU whatever the input, so it has only the fused path here).

@@ -291,7 +291,7 @@ pub fn conv1d_fused(
             x.conv1d(&w.contiguous()?, 0, stride, dilation, groups)?
         };
         let y = match bias {
-            Some(bv) => y.broadcast_add(&bv.reshape((1, c_out, 1))?)?,
+            Some(bv) => crate::fused::add_channel_bias(&y, bv)?,
             None => y,
         };
         return match fused.residual {

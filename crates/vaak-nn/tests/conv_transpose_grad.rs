@@ -358,3 +358,38 @@ fn fast_conv_matches_the_reference_conv_and_its_gradients() {
         assert!(e.iter().all(|&v| v <= FASTCONV_TOL), "{e:?}");
     }
 }
+
+#[test]
+fn differentiable_conv1d_gradients_equal_the_composed_ones() -> Result<()> {
+    // groups 1 on CPU f32 is one node with its own backward; the composed form is plain
+    // candle ops differentiated by autograd.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut checked = 0;
+    for stride in 1..=3usize {
+        for kernel in [1usize, 3, 4] {
+            for dilation in 1..=2usize {
+                for padding in 0..=2usize {
+                    let l = 7 + stride * kernel;
+                    let x = Var::from_tensor(&rand_t(&mut rng, &[2, 3, l]))?;
+                    let w = Var::from_tensor(&rand_t(&mut rng, &[4, 3, kernel]))?;
+                    let (xt, wt) = (x.as_tensor(), w.as_tensor());
+                    let fast = conv1d_differentiable(xt, wt, padding, stride, dilation, 1)?;
+                    let slow = conv1d_composed(xt, wt, padding, stride, dilation, 1)?;
+                    let g = rand_t(&mut rng, fast.dims());
+                    let what = format!("s{stride} k{kernel} d{dilation} p{padding}");
+                    assert!(max_abs_diff(&fast, &slow)? <= 1e-5, "{what}: values");
+                    let gf = (&fast * &g)?.sum_all()?.backward()?;
+                    let gs = (&slow * &g)?.sum_all()?.backward()?;
+                    for (name, v) in [("dx", xt), ("dw", wt)] {
+                        let (a, b) = (gf.get(v).unwrap(), gs.get(v).unwrap());
+                        let err = max_abs_diff(a, b)?;
+                        assert!(err <= 1e-4, "{what}: {name} differs by {err}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 54);
+    Ok(())
+}

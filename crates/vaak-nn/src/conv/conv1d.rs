@@ -40,6 +40,10 @@ pub fn conv1d_differentiable(
     if !(x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
         return spec.composed(x, w);
     }
+    if groups == 1 {
+        let pads = (padding, padding);
+        return super::train::conv1d_train_cpu_f32(x, w, pads, stride, dilation);
+    }
     let x = if padding > 0 {
         x.pad_with_zeros(2, padding, padding)?
     } else {

@@ -49,7 +49,7 @@
 //! transpose; there the lengths are applied as a mask. So callers need one call for inference
 //! and training.
 
-use candle_core::{bail, Layout, Result, Tensor};
+use candle_core::{bail, DType, Layout, Result, Tensor};
 use gemm::Parallelism;
 
 use super::{conv1d_differentiable, conv_transpose1d_differentiable};
@@ -278,11 +278,25 @@ pub fn conv1d_fused(
     if !fast_ok(x, w, bias) || !res_ok {
         // act(0) = 0, so masking before the activation is masking after it.
         let x = fused.input_act.apply_tensor(&mask_lengths(x, lengths)?)?;
-        let x = x.pad_with_zeros(2, pad_left, pad_right)?;
         let tracked = [Some(&x), Some(w), bias]
             .iter()
             .flatten()
             .any(|t| t.track_op());
+        let train_cpu = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
+        if tracked && train_cpu && groups == 1 {
+            // The padding read in place by the one-node training conv (no padded copy).
+            let pads = (pad_left, pad_right);
+            let y = super::train::conv1d_train_cpu_f32(&x, w, pads, stride, dilation)?;
+            let y = match bias {
+                Some(bv) => crate::fused::add_channel_bias(&y, bv)?,
+                None => y,
+            };
+            return match fused.residual {
+                Some(r) => y + r,
+                None => Ok(y),
+            };
+        }
+        let x = x.pad_with_zeros(2, pad_left, pad_right)?;
         let y = if tracked {
             conv1d_differentiable(&x, w, 0, stride, dilation, groups)?
         } else {

@@ -63,6 +63,7 @@
 mod conv1d;
 pub(crate) mod fast;
 mod im2col;
+mod train;
 mod transpose;
 
 pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d, CausalPad};

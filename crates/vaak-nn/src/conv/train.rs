@@ -1,0 +1,235 @@
+//! The training conv on the CPU: one graph node for a padded, strided, dilated `conv1d`
+//! (groups 1) whose backward computes `dx` and `dW` directly.
+//!
+//! The composed form (zero padding by a `cat`, the im2col op, a matmul, a reshape, a
+//! transpose and a contiguous copy) is six nodes, and candle's autograd adds every node's
+//! gradient into a fresh zero tensor: for a codec's audio-rate layers those zero-fills and
+//! adds were most of a training step. Here the forward unfolds each item into channel-major
+//! columns (`[C_in k, L_out]`, the padding read as zeros) and runs one `gemm` into the item's
+//! output; the backward unfolds again for `dW = sum_b dy_b cols_b^T` and scatters `W^T dy_b`
+//! back into `dx` (the exact adjoint of the unfold). Items run in parallel.
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::contiguous_f32;
+
+/// The sizes of one training conv.
+#[derive(Clone, Copy, Debug)]
+struct ConvTrain {
+    b: usize,
+    c_in: usize,
+    l: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    pad_left: usize,
+    l_out: usize,
+}
+
+impl ConvTrain {
+    fn width(&self) -> usize {
+        self.c_in * self.k
+    }
+
+    /// Input position of tap `j` of output frame `t`, `None` inside the padding.
+    #[inline]
+    fn at(&self, t: usize, j: usize) -> Option<usize> {
+        (t * self.stride + j * self.dilation)
+            .checked_sub(self.pad_left)
+            .filter(|&p| p < self.l)
+    }
+
+    /// Item `x` (`[C_in, L]`) unfolded into `cols` (`[C_in k, L_out]`).
+    fn unfold(&self, x: &[f32], cols: &mut [f32]) {
+        for ci in 0..self.c_in {
+            let src = &x[ci * self.l..(ci + 1) * self.l];
+            for j in 0..self.k {
+                let row = &mut cols[(ci * self.k + j) * self.l_out..][..self.l_out];
+                for (t, d) in row.iter_mut().enumerate() {
+                    *d = self.at(t, j).map_or(0.0, |p| src[p]);
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::unfold`]: `cols` scatter-added into `dx` (`[C_in, L]`).
+    fn fold(&self, cols: &[f32], dx: &mut [f32]) {
+        for ci in 0..self.c_in {
+            let dst = &mut dx[ci * self.l..(ci + 1) * self.l];
+            for j in 0..self.k {
+                let row = &cols[(ci * self.k + j) * self.l_out..][..self.l_out];
+                for (t, v) in row.iter().enumerate() {
+                    if let Some(p) = self.at(t, j) {
+                        dst[p] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) * rhs (k x n)`, one thread, with
+/// each operand's (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+) {
+    // SAFETY: the callers size every buffer for these shapes and strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.0.as_ptr(),
+            lhs.2,
+            lhs.1,
+            rhs.0.as_ptr(),
+            rhs.2,
+            rhs.1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+impl CustomOp2 for ConvTrain {
+    fn name(&self) -> &'static str {
+        "vaak-conv1d-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = *self;
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let (width, per_in, per_out) = (g.width(), g.c_in * g.l, g.c_out * g.l_out);
+        let mut y = vec![0f32; g.b * per_out];
+        if per_out > 0 {
+            y.par_chunks_mut(per_out).enumerate().for_each(|(bi, yb)| {
+                let mut cols = vec![0f32; width * g.l_out];
+                g.unfold(&x[bi * per_in..(bi + 1) * per_in], &mut cols);
+                let w_op = (w, width as isize, 1);
+                let c_op = (cols.as_slice(), g.l_out as isize, 1);
+                gemm_into((g.c_out, g.l_out, width), yb, g.l_out, false, w_op, c_op);
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.c_out, g.l_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = *self;
+        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let dyv = dy.flatten_all()?.to_vec1::<f32>()?;
+        let (width, per_in, per_out) = (g.width(), g.c_in * g.l, g.c_out * g.l_out);
+        let mut dx = vec![0f32; g.b * per_in];
+        // Each item: its dx, and its share of dW (summed after).
+        let dws: Vec<Vec<f32>> = if per_in == 0 {
+            Vec::new()
+        } else {
+            dx.par_chunks_mut(per_in)
+                .enumerate()
+                .map(|(bi, dxb)| {
+                    let dyb = &dyv[bi * per_out..(bi + 1) * per_out];
+                    let mut cols = vec![0f32; width * g.l_out];
+                    g.unfold(&xv[bi * per_in..(bi + 1) * per_in], &mut cols);
+                    // dW_b [C_out, C_in k] = dy_b [C_out, L_out] x cols^T [L_out, C_in k].
+                    let mut dw = vec![0f32; g.c_out * width];
+                    let dy_op = (dyb, g.l_out as isize, 1);
+                    let ct_op = (cols.as_slice(), 1, g.l_out as isize);
+                    gemm_into(
+                        (g.c_out, width, g.l_out),
+                        &mut dw,
+                        width,
+                        false,
+                        dy_op,
+                        ct_op,
+                    );
+                    // dcols [C_in k, L_out] = W^T [C_in k, C_out] x dy_b [C_out, L_out].
+                    let wt_op = (wv.as_slice(), 1, width as isize);
+                    let dy_op = (dyb, g.l_out as isize, 1);
+                    gemm_into(
+                        (width, g.l_out, g.c_out),
+                        &mut cols,
+                        g.l_out,
+                        false,
+                        wt_op,
+                        dy_op,
+                    );
+                    g.fold(&cols, dxb);
+                    dw
+                })
+                .collect()
+        };
+        let mut dw = vec![0f32; g.c_out * width];
+        for part in &dws {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        let dx = Tensor::from_vec(dx, (g.b, g.c_in, g.l), x.device())?;
+        let dw = Tensor::from_vec(dw, (g.c_out, g.c_in, g.k), w.device())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `conv1d` of CPU f32 `x` (`[B, C_in, L]`) with `w` (`[C_out, C_in, k]`, groups 1), zero
+/// padding `pad_left` / `pad_right` read in place, as one differentiable node (see the module
+/// docs). The caller checks the device, the dtype and the groups.
+pub(super) fn conv1d_train_cpu_f32(
+    x: &Tensor,
+    w: &Tensor,
+    (pad_left, pad_right): (usize, usize),
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    let (b, c_in, l) = x.dims3()?;
+    let (c_out, c_in_w, k) = w.dims3()?;
+    let span = dilation * (k.max(1) - 1) + 1;
+    let padded = l + pad_left + pad_right;
+    if c_in_w != c_in || k == 0 || stride == 0 || dilation == 0 || padded < span {
+        bail!(
+            "conv1d_train: input {:?} (padding {pad_left} + {pad_right}) and weight {:?} \
+             do not make a conv (stride {stride}, dilation {dilation})",
+            x.dims(),
+            w.dims()
+        );
+    }
+    let op = ConvTrain {
+        b,
+        c_in,
+        l,
+        c_out,
+        k,
+        stride,
+        dilation,
+        pad_left,
+        l_out: (padded - span) / stride + 1,
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}

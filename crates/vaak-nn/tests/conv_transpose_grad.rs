@@ -393,3 +393,62 @@ fn differentiable_conv1d_gradients_equal_the_composed_ones() -> Result<()> {
     assert_eq!(checked, 54);
     Ok(())
 }
+
+#[test]
+fn differentiable_transpose_gradients_equal_the_composed_ones() -> Result<()> {
+    // groups 1 in CPU f32 is one node with its own backward; in f64 the same call runs the
+    // composed overlap-add that autograd differentiates.
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut checked = 0;
+    for stride in 1..=4usize {
+        for kernel in [1usize, 3, 8] {
+            for dilation in 1..=2usize {
+                for (padding, output_padding) in [(0usize, 0usize), (1, 0), (2, 1)] {
+                    if output_padding >= stride.max(dilation) {
+                        continue;
+                    }
+                    let x32 = Var::from_tensor(&rand_t(&mut rng, &[2, 3, 6]))?;
+                    let w32 = Var::from_tensor(&rand_t(&mut rng, &[3, 4, kernel]))?;
+                    let x64 = Var::from_tensor(&x32.as_tensor().to_dtype(DType::F64)?)?;
+                    let w64 = Var::from_tensor(&w32.as_tensor().to_dtype(DType::F64)?)?;
+                    let run = |x: &Tensor, w: &Tensor| {
+                        conv_transpose1d_differentiable(
+                            x,
+                            w,
+                            stride,
+                            padding,
+                            output_padding,
+                            dilation,
+                            1,
+                        )
+                    };
+                    let what =
+                        format!("s{stride} k{kernel} d{dilation} p{padding} op{output_padding}");
+                    let (Ok(fast), Ok(slow)) = (
+                        run(x32.as_tensor(), w32.as_tensor()),
+                        run(x64.as_tensor(), w64.as_tensor()),
+                    ) else {
+                        continue;
+                    };
+                    let g = rand_t(&mut rng, fast.dims());
+                    let slow32 = slow.to_dtype(DType::F32)?;
+                    assert!(max_abs_diff(&fast, &slow32)? <= 1e-5, "{what}: values");
+                    let gf = (&fast * &g)?.sum_all()?.backward()?;
+                    let gs = (&slow * &g.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+                    for (name, a, b) in [
+                        ("dx", x32.as_tensor(), x64.as_tensor()),
+                        ("dw", w32.as_tensor(), w64.as_tensor()),
+                    ] {
+                        let got = gf.get(a).unwrap();
+                        let want = gs.get(b).unwrap().to_dtype(DType::F32)?;
+                        let err = max_abs_diff(got, &want)?;
+                        assert!(err <= 1e-4, "{what}: {name} differs by {err}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 50, "only {checked} configurations checked");
+    Ok(())
+}

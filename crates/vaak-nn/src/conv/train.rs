@@ -8,6 +8,10 @@
 //! columns (`[C_in k, L_out]`, the padding read as zeros) and runs one `gemm` into the item's
 //! output; the backward unfolds again for `dW = sum_b dy_b cols_b^T` and scatters `W^T dy_b`
 //! back into `dx` (the exact adjoint of the unfold). Items run in parallel.
+//!
+//! A conv-transpose is the same geometry with the roles swapped: its forward scatters `W^T
+//! x_b` through the fold (the padding trimmed, the output padding left zero), its backward
+//! unfolds `dy_b` for `dx_b = W dy_cols` and `dW = sum_b x_b dy_cols^T`.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -231,5 +235,134 @@ pub(super) fn conv1d_train_cpu_f32(
         pad_left,
         l_out: (padded - span) / stride + 1,
     };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// The conv-transpose of a [`ConvTrain`] geometry `g`: input `[B, g.c_out, g.l_out]`, weight
+/// `[g.c_out, g.c_in, k]`, output `[B, g.c_in, g.l]`.
+#[derive(Clone, Copy, Debug)]
+struct ConvTransposeTrain(ConvTrain);
+
+impl CustomOp2 for ConvTransposeTrain {
+    fn name(&self) -> &'static str {
+        "vaak-conv-transpose1d-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let (width, per_in, per_out) = (g.width(), g.c_out * g.l_out, g.c_in * g.l);
+        let mut y = vec![0f32; g.b * per_out];
+        if per_out > 0 {
+            y.par_chunks_mut(per_out).enumerate().for_each(|(bi, yb)| {
+                // cols [c_in k, T] = W^T [c_in k, c_out] x x_b [c_out, T], folded into y_b.
+                let mut cols = vec![0f32; width * g.l_out];
+                let wt_op = (w, 1, width as isize);
+                let x_op = (&x[bi * per_in..(bi + 1) * per_in], g.l_out as isize, 1);
+                gemm_into(
+                    (width, g.l_out, g.c_out),
+                    &mut cols,
+                    g.l_out,
+                    false,
+                    wt_op,
+                    x_op,
+                );
+                g.fold(&cols, yb);
+            });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((g.b, g.c_in, g.l))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.0;
+        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let dyv = dy.flatten_all()?.to_vec1::<f32>()?;
+        let (width, per_in, per_out) = (g.width(), g.c_out * g.l_out, g.c_in * g.l);
+        let mut dx = vec![0f32; g.b * per_in];
+        let dws: Vec<Vec<f32>> = if per_in == 0 {
+            Vec::new()
+        } else {
+            dx.par_chunks_mut(per_in)
+                .enumerate()
+                .map(|(bi, dxb)| {
+                    let mut cols = vec![0f32; width * g.l_out];
+                    g.unfold(&dyv[bi * per_out..(bi + 1) * per_out], &mut cols);
+                    // dx_b [c_out, T] = W [c_out, c_in k] x cols [c_in k, T].
+                    let w_op = (wv.as_slice(), width as isize, 1);
+                    let c_op = (cols.as_slice(), g.l_out as isize, 1);
+                    gemm_into((g.c_out, g.l_out, width), dxb, g.l_out, false, w_op, c_op);
+                    // dW_b [c_out, c_in k] = x_b [c_out, T] x cols^T [T, c_in k].
+                    let mut dw = vec![0f32; g.c_out * width];
+                    let x_op = (&xv[bi * per_in..(bi + 1) * per_in], g.l_out as isize, 1);
+                    let ct_op = (cols.as_slice(), 1, g.l_out as isize);
+                    gemm_into(
+                        (g.c_out, width, g.l_out),
+                        &mut dw,
+                        width,
+                        false,
+                        x_op,
+                        ct_op,
+                    );
+                    dw
+                })
+                .collect()
+        };
+        let mut dw = vec![0f32; g.c_out * width];
+        for part in &dws {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        let dx = Tensor::from_vec(dx, (g.b, g.c_out, g.l_out), x.device())?;
+        let dw = Tensor::from_vec(dw, (g.c_out, g.c_in, g.k), w.device())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `conv_transpose1d` of CPU f32 `x` (`[B, C_in, T]`) with `w` (`[C_in, C_out, k]`, groups 1)
+/// to `[B, C_out, l_out]`, output sample `n` being full-length sample `n + padding` (zero past
+/// the full length), as one differentiable node. The caller checks the arguments.
+pub(super) fn conv_transpose1d_train_cpu_f32(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    l_out: usize,
+) -> Result<Tensor> {
+    let (b, c_in, t) = x.dims3()?;
+    let (w_in, c_out, k) = w.dims3()?;
+    if w_in != c_in || k == 0 || stride == 0 || dilation == 0 {
+        bail!(
+            "conv_transpose1d_train: input {:?} and weight {:?} do not make a transpose",
+            x.dims(),
+            w.dims()
+        );
+    }
+    // The conv this transposes: c_out -> c_in channels, l_out -> t frames.
+    let op = ConvTransposeTrain(ConvTrain {
+        b,
+        c_in: c_out,
+        l: l_out,
+        c_out: c_in,
+        k,
+        stride,
+        dilation,
+        pad_left: padding,
+        l_out: t,
+    });
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }

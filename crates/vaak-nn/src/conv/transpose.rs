@@ -1,6 +1,6 @@
 //! [`CausalConvTranspose1d`] and the autograd-friendly [`conv_transpose1d_differentiable`].
 
-use candle_core::{bail, Module, Result, Tensor};
+use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use std::sync::Arc;
@@ -60,6 +60,11 @@ pub fn conv_transpose1d_differentiable(
         bail!("{F}: output length would be {l_out} (padding {padding} too large for T = {t})");
     }
     let l_out = l_out as usize;
+    if groups == 1 && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        return super::train::conv_transpose1d_train_cpu_f32(
+            x, w, stride, padding, dilation, l_out,
+        );
+    }
 
     let full = if groups == 1 {
         overlap_add(x, w, stride, dilation)?

@@ -283,23 +283,15 @@ pub fn conv1d_fused(
             .flatten()
             .any(|t| t.track_op());
         let train_cpu = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
-        if tracked && train_cpu && groups == 1 {
+        let y = if tracked && train_cpu && groups == 1 {
             // The padding read in place by the one-node training conv (no padded copy).
             let pads = (pad_left, pad_right);
-            let y = super::train::conv1d_train_cpu_f32(&x, w, pads, stride, dilation)?;
-            let y = match bias {
-                Some(bv) => crate::fused::add_channel_bias(&y, bv)?,
-                None => y,
-            };
-            return match fused.residual {
-                Some(r) => y + r,
-                None => Ok(y),
-            };
-        }
-        let x = x.pad_with_zeros(2, pad_left, pad_right)?;
-        let y = if tracked {
+            super::train::conv1d_train_cpu_f32(&x, w, pads, stride, dilation)?
+        } else if tracked {
+            let x = x.pad_with_zeros(2, pad_left, pad_right)?;
             conv1d_differentiable(&x, w, 0, stride, dilation, groups)?
         } else {
+            let x = x.pad_with_zeros(2, pad_left, pad_right)?;
             // Untracked on another device or dtype: candle's native kernel (its CPU one
             // needs a contiguous kernel, see the module docs of `conv`).
             x.conv1d(&w.contiguous()?, 0, stride, dilation, groups)?

@@ -111,6 +111,37 @@ fn gemm_into(
     }
 }
 
+/// The flattened f32 values of a backward's input, weight and output gradient.
+fn backward_inputs(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<[Vec<f32>; 3]> {
+    let v = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    Ok([v(x)?, v(w)?, v(dy)?])
+}
+
+/// Runs `item(bi, dx_b)` for the `b` items in parallel, each writing its `per_dx` input
+/// gradient values and returning its `dw_len` share of the weight gradient, and sums the
+/// shares: `(dx, dw)`.
+fn item_grads(
+    b: usize,
+    per_dx: usize,
+    dw_len: usize,
+    item: impl Fn(usize, &mut [f32]) -> Vec<f32> + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; b * per_dx];
+    let shares: Vec<Vec<f32>> = if per_dx == 0 {
+        Vec::new()
+    } else {
+        dx.par_chunks_mut(per_dx)
+            .enumerate()
+            .map(|(bi, dxb)| item(bi, dxb))
+            .collect()
+    };
+    let mut dw = vec![0f32; dw_len];
+    for share in &shares {
+        dw.iter_mut().zip(share).for_each(|(a, b)| *a += b);
+    }
+    (dx, dw)
+}
+
 impl CustomOp2 for ConvTrain {
     fn name(&self) -> &'static str {
         "vaak-conv1d-train"
@@ -148,54 +179,37 @@ impl CustomOp2 for ConvTrain {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = *self;
-        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let wv = w.flatten_all()?.to_vec1::<f32>()?;
-        let dyv = dy.flatten_all()?.to_vec1::<f32>()?;
+        let [xv, wv, dyv] = backward_inputs(x, w, dy)?;
         let (width, per_in, per_out) = (g.width(), g.c_in * g.l, g.c_out * g.l_out);
-        let mut dx = vec![0f32; g.b * per_in];
-        // Each item: its dx, and its share of dW (summed after).
-        let dws: Vec<Vec<f32>> = if per_in == 0 {
-            Vec::new()
-        } else {
-            dx.par_chunks_mut(per_in)
-                .enumerate()
-                .map(|(bi, dxb)| {
-                    let dyb = &dyv[bi * per_out..(bi + 1) * per_out];
-                    let mut cols = vec![0f32; width * g.l_out];
-                    g.unfold(&xv[bi * per_in..(bi + 1) * per_in], &mut cols);
-                    // dW_b [C_out, C_in k] = dy_b [C_out, L_out] x cols^T [L_out, C_in k].
-                    let mut dw = vec![0f32; g.c_out * width];
-                    let dy_op = (dyb, g.l_out as isize, 1);
-                    let ct_op = (cols.as_slice(), 1, g.l_out as isize);
-                    gemm_into(
-                        (g.c_out, width, g.l_out),
-                        &mut dw,
-                        width,
-                        false,
-                        dy_op,
-                        ct_op,
-                    );
-                    // dcols [C_in k, L_out] = W^T [C_in k, C_out] x dy_b [C_out, L_out].
-                    let wt_op = (wv.as_slice(), 1, width as isize);
-                    let dy_op = (dyb, g.l_out as isize, 1);
-                    gemm_into(
-                        (width, g.l_out, g.c_out),
-                        &mut cols,
-                        g.l_out,
-                        false,
-                        wt_op,
-                        dy_op,
-                    );
-                    g.fold(&cols, dxb);
-                    dw
-                })
-                .collect()
-        };
-        let mut dw = vec![0f32; g.c_out * width];
-        for part in &dws {
-            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
+        let (dx, dw) = item_grads(g.b, per_in, g.c_out * width, |bi, dxb| {
+            let dyb = &dyv[bi * per_out..(bi + 1) * per_out];
+            let mut cols = vec![0f32; width * g.l_out];
+            g.unfold(&xv[bi * per_in..(bi + 1) * per_in], &mut cols);
+            // dW_b [C_out, C_in k] = dy_b [C_out, L_out] x cols^T [L_out, C_in k].
+            let mut dw = vec![0f32; g.c_out * width];
+            let dy_op = (dyb, g.l_out as isize, 1);
+            let ct_op = (cols.as_slice(), 1, g.l_out as isize);
+            gemm_into(
+                (g.c_out, width, g.l_out),
+                &mut dw,
+                width,
+                false,
+                dy_op,
+                ct_op,
+            );
+            // dcols [C_in k, L_out] = W^T [C_in k, C_out] x dy_b [C_out, L_out].
+            let wt_op = (wv.as_slice(), 1, width as isize);
+            gemm_into(
+                (width, g.l_out, g.c_out),
+                &mut cols,
+                g.l_out,
+                false,
+                wt_op,
+                dy_op,
+            );
+            g.fold(&cols, dxb);
+            dw
+        });
         let dx = Tensor::from_vec(dx, (g.b, g.c_in, g.l), x.device())?;
         let dw = Tensor::from_vec(dw, (g.c_out, g.c_in, g.k), w.device())?;
         Ok((Some(dx), Some(dw)))
@@ -288,44 +302,29 @@ impl CustomOp2 for ConvTransposeTrain {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = self.0;
-        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let wv = w.flatten_all()?.to_vec1::<f32>()?;
-        let dyv = dy.flatten_all()?.to_vec1::<f32>()?;
+        let [xv, wv, dyv] = backward_inputs(x, w, dy)?;
         let (width, per_in, per_out) = (g.width(), g.c_out * g.l_out, g.c_in * g.l);
-        let mut dx = vec![0f32; g.b * per_in];
-        let dws: Vec<Vec<f32>> = if per_in == 0 {
-            Vec::new()
-        } else {
-            dx.par_chunks_mut(per_in)
-                .enumerate()
-                .map(|(bi, dxb)| {
-                    let mut cols = vec![0f32; width * g.l_out];
-                    g.unfold(&dyv[bi * per_out..(bi + 1) * per_out], &mut cols);
-                    // dx_b [c_out, T] = W [c_out, c_in k] x cols [c_in k, T].
-                    let w_op = (wv.as_slice(), width as isize, 1);
-                    let c_op = (cols.as_slice(), g.l_out as isize, 1);
-                    gemm_into((g.c_out, g.l_out, width), dxb, g.l_out, false, w_op, c_op);
-                    // dW_b [c_out, c_in k] = x_b [c_out, T] x cols^T [T, c_in k].
-                    let mut dw = vec![0f32; g.c_out * width];
-                    let x_op = (&xv[bi * per_in..(bi + 1) * per_in], g.l_out as isize, 1);
-                    let ct_op = (cols.as_slice(), 1, g.l_out as isize);
-                    gemm_into(
-                        (g.c_out, width, g.l_out),
-                        &mut dw,
-                        width,
-                        false,
-                        x_op,
-                        ct_op,
-                    );
-                    dw
-                })
-                .collect()
-        };
-        let mut dw = vec![0f32; g.c_out * width];
-        for part in &dws {
-            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
+        let (dx, dw) = item_grads(g.b, per_in, g.c_out * width, |bi, dxb| {
+            let mut cols = vec![0f32; width * g.l_out];
+            g.unfold(&dyv[bi * per_out..(bi + 1) * per_out], &mut cols);
+            // dx_b [c_out, T] = W [c_out, c_in k] x cols [c_in k, T].
+            let w_op = (wv.as_slice(), width as isize, 1);
+            let c_op = (cols.as_slice(), g.l_out as isize, 1);
+            gemm_into((g.c_out, g.l_out, width), dxb, g.l_out, false, w_op, c_op);
+            // dW_b [c_out, c_in k] = x_b [c_out, T] x cols^T [T, c_in k].
+            let mut dw = vec![0f32; g.c_out * width];
+            let x_op = (&xv[bi * per_in..(bi + 1) * per_in], g.l_out as isize, 1);
+            let ct_op = (cols.as_slice(), 1, g.l_out as isize);
+            gemm_into(
+                (g.c_out, width, g.l_out),
+                &mut dw,
+                width,
+                false,
+                x_op,
+                ct_op,
+            );
+            dw
+        });
         let dx = Tensor::from_vec(dx, (g.b, g.c_out, g.l_out), x.device())?;
         let dw = Tensor::from_vec(dw, (g.c_out, g.c_in, g.k), w.device())?;
         Ok((Some(dx), Some(dw)))

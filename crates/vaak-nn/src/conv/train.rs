@@ -37,12 +37,22 @@ impl ConvTrain {
         self.c_in * self.k
     }
 
-    /// Input position of tap `j` of output frame `t`, `None` inside the padding.
+    /// The output frames `t0 .. t1` whose tap `j` reads an input sample (the others read the
+    /// padding), and the input position of frame `t0`'s tap.
     #[inline]
-    fn at(&self, t: usize, j: usize) -> Option<usize> {
-        (t * self.stride + j * self.dilation)
-            .checked_sub(self.pad_left)
-            .filter(|&p| p < self.l)
+    fn valid(&self, j: usize) -> (usize, usize, usize) {
+        let (s, off) = (self.stride, j * self.dilation);
+        // Frame t reads position t * s + off - pad_left, inside [0, l).
+        let t0 = self
+            .pad_left
+            .saturating_sub(off)
+            .div_ceil(s)
+            .min(self.l_out);
+        let t1 = (self.l + self.pad_left)
+            .saturating_sub(off)
+            .div_ceil(s)
+            .clamp(t0, self.l_out);
+        (t0, t1, t0 * s + off - self.pad_left.min(t0 * s + off))
     }
 
     /// Item `x` (`[C_in, L]`) unfolded into `cols` (`[C_in k, L_out]`).
@@ -51,8 +61,16 @@ impl ConvTrain {
             let src = &x[ci * self.l..(ci + 1) * self.l];
             for j in 0..self.k {
                 let row = &mut cols[(ci * self.k + j) * self.l_out..][..self.l_out];
-                for (t, d) in row.iter_mut().enumerate() {
-                    *d = self.at(t, j).map_or(0.0, |p| src[p]);
+                let (t0, t1, p0) = self.valid(j);
+                row[..t0].fill(0.0);
+                row[t1..].fill(0.0);
+                let inner = &mut row[t0..t1];
+                if self.stride == 1 {
+                    inner.copy_from_slice(&src[p0..p0 + inner.len()]);
+                } else {
+                    for (i, d) in inner.iter_mut().enumerate() {
+                        *d = src[p0 + i * self.stride];
+                    }
                 }
             }
         }
@@ -64,9 +82,14 @@ impl ConvTrain {
             let dst = &mut dx[ci * self.l..(ci + 1) * self.l];
             for j in 0..self.k {
                 let row = &cols[(ci * self.k + j) * self.l_out..][..self.l_out];
-                for (t, v) in row.iter().enumerate() {
-                    if let Some(p) = self.at(t, j) {
-                        dst[p] += v;
+                let (t0, t1, p0) = self.valid(j);
+                let inner = &row[t0..t1];
+                if self.stride == 1 {
+                    let d = &mut dst[p0..p0 + inner.len()];
+                    d.iter_mut().zip(inner).for_each(|(d, v)| *d += v);
+                } else {
+                    for (i, v) in inner.iter().enumerate() {
+                        dst[p0 + i * self.stride] += v;
                     }
                 }
             }

@@ -67,6 +67,33 @@ pub(crate) fn parallelism() -> Parallelism {
     }
 }
 
+/// A strided f32 matrix of [`gemm`]: base pointer, row stride and column stride, in elements.
+pub(crate) type Mat = (*const f32, isize, isize);
+
+/// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, each operand given as (pointer, row
+/// stride, column stride): the one form in which vaak's CPU kernels call the `gemm` crate
+/// (`accumulate` reads `dst`, otherwise it is only written; no scaling, no conjugation).
+///
+/// # Safety
+/// Each operand holds its `m x n`, `m x k` or `k x n` elements at its strides; `dst` is not
+/// read or written by anything else during the call.
+pub(crate) unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, isize, isize),
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    par: Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m, n, k, dst.0, dst.2, dst.1, accumulate, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1,
+            1.0, 1.0, false, false, false, par,
+        );
+    }
+}
+
 /// A raw output pointer that tasks writing disjoint parts of one buffer share.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);

@@ -1080,25 +1080,12 @@ impl CustomOp3 for LinearOp {
                 // (column stride i, row stride 1), written to columns `o0 .. o0 + oc` of
                 // `out`, which no other part writes; all sized from these dimensions above.
                 unsafe {
-                    gemm::gemm(
-                        n,
-                        oc,
-                        i,
-                        dst.at(o0),
-                        1,
-                        o as isize,
+                    crate::cpu::gemm(
+                        (n, oc, i),
+                        (dst.at(o0), o as isize, 1),
                         self.bias,
-                        x.as_ptr(),
-                        1,
-                        i as isize,
-                        w.as_ptr().add(o0 * i),
-                        i as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                        (x.as_ptr(), i as isize, 1),
+                        (w.as_ptr().add(o0 * i), 1, i as isize),
                         par,
                     );
                 }

@@ -543,25 +543,12 @@ fn conv1d_blocks(
             // 0..n; lhs c_out_g rows of `width`; rhs `width` rows of n columns at the given
             // strides, all inside their buffers (shapes checked by the caller).
             unsafe {
-                gemm::gemm(
-                    c_out_g,
-                    n,
-                    width,
-                    dst,
-                    1,
-                    l_out as isize,
+                crate::cpu::gemm(
+                    (c_out_g, n, width),
+                    (dst, l_out as isize, 1),
                     read_dst,
-                    lhs.as_ptr(),
-                    1,
-                    width as isize,
-                    rhs,
-                    rhs_cs,
-                    rhs_rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    (lhs.as_ptr(), width as isize, 1),
+                    (rhs, rhs_rs, rhs_cs),
                     par,
                 );
             }
@@ -1069,25 +1056,12 @@ fn transpose_blocks(
             // SAFETY: cols holds rows x nt; lhs c_in_g blocks of `rows`; rhs c_in_g rows of
             // nt frames from f0 at its strides, all inside their buffers.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    nt,
-                    c_in_g,
-                    cols.as_mut_ptr(),
-                    1,
-                    nt as isize,
+                crate::cpu::gemm(
+                    (rows, nt, c_in_g),
+                    (cols.as_mut_ptr(), nt as isize, 1),
                     false,
-                    lhs.as_ptr(),
-                    rows as isize,
-                    1,
-                    xg.as_ptr().add(f0 * s2),
-                    s2 as isize,
-                    s1 as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    (lhs.as_ptr(), 1, rows as isize),
+                    (xg.as_ptr().add(f0 * s2), s1 as isize, s2 as isize),
                     par,
                 );
             }

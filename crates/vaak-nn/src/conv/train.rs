@@ -16,7 +16,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous_f32, with_contiguous_f32};
 
 /// The sizes of one training conv.
 #[derive(Clone, Copy, Debug)]
@@ -97,8 +97,8 @@ impl ConvTrain {
     }
 }
 
-/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) * rhs (k x n)`, one thread, with
-/// each operand's (row, column) strides.
+/// [`crate::cpu::gemm`] on slices, one thread: `dst (m x n, row stride dst_rs) = [dst +] lhs
+/// (m x k) * rhs (k x n)`, the operands as (data, row stride, column stride).
 #[allow(clippy::too_many_arguments)]
 fn gemm_into(
     (m, n, k): (usize, usize, usize),
@@ -108,36 +108,28 @@ fn gemm_into(
     lhs: (&[f32], isize, isize),
     rhs: (&[f32], isize, isize),
 ) {
+    let d = (dst.as_mut_ptr(), dst_rs as isize, 1);
+    let (l, r) = (
+        (lhs.0.as_ptr(), lhs.1, lhs.2),
+        (rhs.0.as_ptr(), rhs.1, rhs.2),
+    );
     // SAFETY: the callers size every buffer for these shapes and strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.0.as_ptr(),
-            lhs.2,
-            lhs.1,
-            rhs.0.as_ptr(),
-            rhs.2,
-            rhs.1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    unsafe { crate::cpu::gemm((m, n, k), d, accumulate, l, r, gemm::Parallelism::None) };
 }
 
-/// The flattened f32 values of a backward's input, weight and output gradient.
-fn backward_inputs(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<[Vec<f32>; 3]> {
-    let v = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-    Ok([v(x)?, v(w)?, v(dy)?])
+/// Runs `f` on the f32 data of a backward's input, weight and output gradient, read in place
+/// (copied only where one is not contiguous).
+fn with_backward_inputs<R>(
+    (x, w, dy): (&Tensor, &Tensor, &Tensor),
+    f: impl FnOnce(&[f32], &[f32], &[f32]) -> R,
+) -> Result<R> {
+    const OP: &str = "training conv backward";
+    let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+    with_contiguous_f32(&x, OP, |xv| {
+        with_contiguous_f32(&w, OP, |wv| {
+            with_contiguous_f32(&dy, OP, |dyv| f(xv, wv, dyv))
+        })
+    })??
 }
 
 /// Runs `item(bi, dx_b)` for the `b` items in parallel, each writing its `per_dx` input
@@ -202,37 +194,38 @@ impl CustomOp2 for ConvTrain {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = *self;
-        let [xv, wv, dyv] = backward_inputs(x, w, dy)?;
         let (width, per_in, per_out) = (g.width(), g.c_in * g.l, g.c_out * g.l_out);
-        let (dx, dw) = item_grads(g.b, per_in, g.c_out * width, |bi, dxb| {
-            let dyb = &dyv[bi * per_out..(bi + 1) * per_out];
-            let mut cols = vec![0f32; width * g.l_out];
-            g.unfold(&xv[bi * per_in..(bi + 1) * per_in], &mut cols);
-            // dW_b [C_out, C_in k] = dy_b [C_out, L_out] x cols^T [L_out, C_in k].
-            let mut dw = vec![0f32; g.c_out * width];
-            let dy_op = (dyb, g.l_out as isize, 1);
-            let ct_op = (cols.as_slice(), 1, g.l_out as isize);
-            gemm_into(
-                (g.c_out, width, g.l_out),
-                &mut dw,
-                width,
-                false,
-                dy_op,
-                ct_op,
-            );
-            // dcols [C_in k, L_out] = W^T [C_in k, C_out] x dy_b [C_out, L_out].
-            let wt_op = (wv.as_slice(), 1, width as isize);
-            gemm_into(
-                (width, g.l_out, g.c_out),
-                &mut cols,
-                g.l_out,
-                false,
-                wt_op,
-                dy_op,
-            );
-            g.fold(&cols, dxb);
-            dw
-        });
+        let (dx, dw) = with_backward_inputs((x, w, dy), |xv, wv, dyv| {
+            item_grads(g.b, per_in, g.c_out * width, |bi, dxb| {
+                let dyb = &dyv[bi * per_out..(bi + 1) * per_out];
+                let mut cols = vec![0f32; width * g.l_out];
+                g.unfold(&xv[bi * per_in..(bi + 1) * per_in], &mut cols);
+                // dW_b [C_out, C_in k] = dy_b [C_out, L_out] x cols^T [L_out, C_in k].
+                let mut dw = vec![0f32; g.c_out * width];
+                let dy_op = (dyb, g.l_out as isize, 1);
+                let ct_op = (cols.as_slice(), 1, g.l_out as isize);
+                gemm_into(
+                    (g.c_out, width, g.l_out),
+                    &mut dw,
+                    width,
+                    false,
+                    dy_op,
+                    ct_op,
+                );
+                // dcols [C_in k, L_out] = W^T [C_in k, C_out] x dy_b [C_out, L_out].
+                let wt_op = (wv, 1, width as isize);
+                gemm_into(
+                    (width, g.l_out, g.c_out),
+                    &mut cols,
+                    g.l_out,
+                    false,
+                    wt_op,
+                    dy_op,
+                );
+                g.fold(&cols, dxb);
+                dw
+            })
+        })?;
         let dx = Tensor::from_vec(dx, (g.b, g.c_in, g.l), x.device())?;
         let dw = Tensor::from_vec(dw, (g.c_out, g.c_in, g.k), w.device())?;
         Ok((Some(dx), Some(dw)))
@@ -325,29 +318,30 @@ impl CustomOp2 for ConvTransposeTrain {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = self.0;
-        let [xv, wv, dyv] = backward_inputs(x, w, dy)?;
         let (width, per_in, per_out) = (g.width(), g.c_out * g.l_out, g.c_in * g.l);
-        let (dx, dw) = item_grads(g.b, per_in, g.c_out * width, |bi, dxb| {
-            let mut cols = vec![0f32; width * g.l_out];
-            g.unfold(&dyv[bi * per_out..(bi + 1) * per_out], &mut cols);
-            // dx_b [c_out, T] = W [c_out, c_in k] x cols [c_in k, T].
-            let w_op = (wv.as_slice(), width as isize, 1);
-            let c_op = (cols.as_slice(), g.l_out as isize, 1);
-            gemm_into((g.c_out, g.l_out, width), dxb, g.l_out, false, w_op, c_op);
-            // dW_b [c_out, c_in k] = x_b [c_out, T] x cols^T [T, c_in k].
-            let mut dw = vec![0f32; g.c_out * width];
-            let x_op = (&xv[bi * per_in..(bi + 1) * per_in], g.l_out as isize, 1);
-            let ct_op = (cols.as_slice(), 1, g.l_out as isize);
-            gemm_into(
-                (g.c_out, width, g.l_out),
-                &mut dw,
-                width,
-                false,
-                x_op,
-                ct_op,
-            );
-            dw
-        });
+        let (dx, dw) = with_backward_inputs((x, w, dy), |xv, wv, dyv| {
+            item_grads(g.b, per_in, g.c_out * width, |bi, dxb| {
+                let mut cols = vec![0f32; width * g.l_out];
+                g.unfold(&dyv[bi * per_out..(bi + 1) * per_out], &mut cols);
+                // dx_b [c_out, T] = W [c_out, c_in k] x cols [c_in k, T].
+                let w_op = (wv, width as isize, 1);
+                let c_op = (cols.as_slice(), g.l_out as isize, 1);
+                gemm_into((g.c_out, g.l_out, width), dxb, g.l_out, false, w_op, c_op);
+                // dW_b [c_out, c_in k] = x_b [c_out, T] x cols^T [T, c_in k].
+                let mut dw = vec![0f32; g.c_out * width];
+                let x_op = (&xv[bi * per_in..(bi + 1) * per_in], g.l_out as isize, 1);
+                let ct_op = (cols.as_slice(), 1, g.l_out as isize);
+                gemm_into(
+                    (g.c_out, width, g.l_out),
+                    &mut dw,
+                    width,
+                    false,
+                    x_op,
+                    ct_op,
+                );
+                dw
+            })
+        })?;
         let dx = Tensor::from_vec(dx, (g.b, g.c_out, g.l_out), x.device())?;
         let dw = Tensor::from_vec(dw, (g.c_out, g.c_in, g.k), w.device())?;
         Ok((Some(dx), Some(dw)))

@@ -1,6 +1,7 @@
-//! What every hand-written CPU inference kernel in vaak starts from: whether a tensor is one it
-//! may read directly (CPU, f32, not tracked by autograd), its f32 data, the thread count the
-//! kernels split over, and the output pointer their tasks share.
+//! What every hand-written CPU kernel in vaak starts from: whether a tensor is one it may read
+//! directly (CPU, f32, not tracked by autograd), its f32 data, the thread count the kernels
+//! split over, the one form in which they call the `gemm` crate, and the output pointer their
+//! tasks share.
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Storage, Tensor};
 use gemm::Parallelism;

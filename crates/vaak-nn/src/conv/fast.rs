@@ -386,21 +386,47 @@ struct ConvGeom {
     act: InputAct,
 }
 
-/// Cache-sized blocks of output columns: at most `BLOCK_ELEMS / rows` columns (at least
-/// `MIN_BLOCK_COLS`), but small enough that `items x blocks` gives every thread a few tasks.
-fn block_cols(rows: usize, len: usize, items: usize, threads: usize) -> usize {
-    // Multiples of 16 columns: whole gemm micro-tiles along time.
-    let mut block = (BLOCK_ELEMS / rows.max(1) / 16 * 16).max(MIN_BLOCK_COLS);
-    let want = TASKS_PER_THREAD * threads;
-    if threads > 1 && items < want {
-        let per_item = want.div_ceil(items);
-        block = block.min(
-            len.div_ceil(per_item)
-                .next_multiple_of(16)
-                .max(MIN_BLOCK_COLS),
-        );
+/// How a call's output columns are cut into its tasks' blocks: `n` blocks of about
+/// `len / n` columns, each at most cache-sized (`BLOCK_ELEMS / rows` columns, at least
+/// `MIN_BLOCK_COLS`), with boundaries on multiples of 16 columns (whole gemm micro-tiles
+/// along time). With several threads there are enough blocks for every thread to get a few
+/// tasks, and `items x n` is a multiple of the thread count where the blocks can stay at
+/// least `MIN_SPLIT_COLS` wide: equal shares, so that no thread ends a call waiting for
+/// another's extra block (9 blocks on 2 threads had left one idle for a ninth of the call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ColumnBlocks {
+    len: usize,
+    n: usize,
+}
+
+impl ColumnBlocks {
+    fn new(rows: usize, len: usize, items: usize, threads: usize) -> Self {
+        let max_block = (BLOCK_ELEMS / rows.max(1) / 16 * 16).max(MIN_BLOCK_COLS);
+        let mut n = len.div_ceil(max_block).max(1);
+        if threads > 1 {
+            let per_item = (TASKS_PER_THREAD * threads).div_ceil(items.max(1));
+            n = n.max(per_item.min(len / MIN_BLOCK_COLS));
+            while (items * n) % threads != 0 && len / (n + 1) >= MIN_SPLIT_COLS {
+                n += 1;
+            }
+        }
+        Self { len, n }
     }
-    block.min(len).max(1)
+
+    /// The first column of block `i` (`len` for `i == n`).
+    fn start(&self, i: usize) -> usize {
+        if i >= self.n {
+            self.len
+        } else {
+            i * self.len / self.n / 16 * 16
+        }
+    }
+
+    /// Block `i`'s first column and width (maybe 0 for tiny calls).
+    fn range(&self, i: usize) -> (usize, usize) {
+        let s = self.start(i);
+        (s, self.start(i + 1) - s)
+    }
 }
 
 /// Runs `task(i)` for `i in 0..n`: over the rayon pool when `parallel`, else in order.
@@ -476,8 +502,8 @@ fn conv1d_blocks(
         && lengths.is_none()
         && act == InputAct::None;
     let threads = threads();
-    let block = block_cols(width, l_out, b * groups, threads);
-    let n_blocks = l_out.div_ceil(block);
+    let blocks = ColumnBlocks::new(width, l_out, b * groups, threads);
+    let n_blocks = blocks.n;
     let tasks = b * groups * n_blocks;
     // Fewer tasks than threads: run them in turn and let the gemm use the threads.
     let parallel = threads > 1 && tasks >= threads;
@@ -493,8 +519,10 @@ fn conv1d_blocks(
     run_tasks(tasks, parallel, |task| {
         let blk = task % n_blocks;
         let (bi, gi) = (task / n_blocks / groups, task / n_blocks % groups);
-        let t_start = blk * block;
-        let n = block.min(l_out - t_start);
+        let (t_start, n) = blocks.range(blk);
+        if n == 0 {
+            return;
+        }
         let row0 = bi * c_out + gi * c_out_g;
         // SAFETY: this task alone writes rows row0 .. row0 + c_out_g, columns t_start .. +n.
         let dst = unsafe { out.at(row0 * l_out + t_start) };
@@ -853,6 +881,8 @@ const BLOCK_ELEMS: usize = 1 << 17;
 const MIN_BLOCK_COLS: usize = 128;
 /// Tasks per thread wanted for load balance when a call has few (item, group) pairs.
 const TASKS_PER_THREAD: usize = 4;
+/// The narrowest blocks that [`ColumnBlocks`] makes to even out the threads' shares.
+const MIN_SPLIT_COLS: usize = 32;
 
 /// `conv_transpose1d` for inference, `x` `[B, C_in, T]`, `w` `[C_in, C_out / groups, k]`,
 /// optional `bias` `[C_out]` and per-item valid input `lengths` (frames past them read as
@@ -1011,10 +1041,9 @@ fn transpose_blocks(
     let c_out = c_out_g * groups;
     let k_eff = dilation * (k - 1) + 1;
     let threads = threads();
-    // Output samples per block: a cache-sized number of input frames times the stride.
-    let frames = block_cols(rows, t, b * groups, threads);
-    let block = (frames * stride).min(l_out);
-    let n_blocks = l_out.div_ceil(block);
+    // Blocks of output samples, cut as blocks of `stride` samples (one input frame each).
+    let blocks = ColumnBlocks::new(rows, l_out.div_ceil(stride), b * groups, threads);
+    let n_blocks = blocks.n;
     let tasks = b * groups * n_blocks;
     let parallel = threads > 1 && tasks >= threads;
     let par = if parallel {
@@ -1027,8 +1056,11 @@ fn transpose_blocks(
     run_tasks(tasks, parallel, |task| {
         let blk = task % n_blocks;
         let (bi, gi) = (task / n_blocks / groups, task / n_blocks % groups);
-        let p0 = blk * block;
-        let p1 = (p0 + block).min(l_out);
+        let p0 = blocks.start(blk) * stride;
+        let p1 = (blocks.start(blk + 1) * stride).min(l_out);
+        if p1 <= p0 {
+            return;
+        }
         let row0 = bi * c_out + gi * c_out_g;
         let ys = |o: usize| {
             // SAFETY: this task alone writes rows row0 .. row0 + c_out_g, samples p0 .. p1.
@@ -1140,5 +1172,48 @@ pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
         Some(y) => Ok(y),
         // Tracked (training) or another device: the one-pass ELU with its fused backward.
         None => crate::fused::elu(x, alpha),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every column in exactly one block, boundaries on whole micro-tiles, no block over the
+    /// cache budget (unless a single block must be), and equal shares where they are possible.
+    #[test]
+    fn column_blocks_cover_the_columns_in_even_shares() {
+        for threads in [1, 2, 3, 4, 8] {
+            for items in [1, 2, 3, 7] {
+                for rows in [1, 64, 768, 2816, 1 << 15] {
+                    for len in [1, 15, 16, 17, 40, 127, 128, 129, 1378, 11025, 44100] {
+                        let cb = ColumnBlocks::new(rows, len, items, threads);
+                        let case = format!(
+                            "threads {threads} items {items} rows {rows} len {len}: {cb:?}"
+                        );
+                        assert!(cb.n >= 1, "{case}");
+                        assert_eq!(cb.start(0), 0, "{case}");
+                        assert_eq!(cb.start(cb.n), len, "{case}");
+                        let max_block = (BLOCK_ELEMS / rows / 16 * 16).max(MIN_BLOCK_COLS);
+                        let mut widths = Vec::new();
+                        for i in 0..cb.n {
+                            let (s, w) = cb.range(i);
+                            assert!(i == 0 || s % 16 == 0, "{case}: block {i} starts at {s}");
+                            assert!(w <= max_block + 16, "{case}: block {i} is {w} wide");
+                            widths.push(w);
+                        }
+                        assert_eq!(widths.iter().sum::<usize>(), len, "{case}");
+                        let (lo, hi) = (widths.iter().min().unwrap(), widths.iter().max().unwrap());
+                        if len >= 16 * cb.n {
+                            assert!(hi - lo < 32, "{case}: widths {lo}..{hi}");
+                        }
+                        if threads > 1 && len / 2 >= MIN_BLOCK_COLS * threads {
+                            assert_eq!((items * cb.n) % threads, 0, "{case}");
+                            assert!(items * cb.n >= threads, "{case}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -17,9 +17,10 @@
 //!
 //! # Threads
 //!
-//! The work is cut into tasks of (item, group, block of output columns): each copies its own
-//! input window (zeros outside the item's valid samples), unfolds it in a per-thread scratch
-//! buffer that stays in cache, and runs a single-threaded `gemm` into its own columns of the
+//! The work is cut into tasks of (item, group, block of output columns): each unfolds its own
+//! input columns (zeros outside the item's valid samples) into a per-thread scratch buffer
+//! that stays in cache (straight from the input, or through a copied window when the input
+//! activation is an ELU, too costly to run once per tap), and runs a single-threaded `gemm` into its own columns of the
 //! output. The tasks run on the rayon pool with candle's thread count, so the copies scale
 //! with the threads as well as the multiply (with a `gemm` per call, only the multiply did).
 //! A call with fewer tasks than threads runs them in turn with a multi-threaded `gemm`. The
@@ -28,7 +29,7 @@
 //!
 //! # Fusion
 //!
-//! [`conv1d_fused`] also applies an activation to the input while copying the window (each
+//! [`conv1d_fused`] also applies an activation to the input while unfolding it (each
 //! has `act(0) = 0`, so padding stays zero) and adds a residual as part of the output's
 //! initial value: HiFi-GAN's `x + conv(lrelu(conv(lrelu(x))))` costs the two convs and
 //! nothing else. [`elu`] and [`leaky_relu`] are single parallel passes for what is not fused.
@@ -546,8 +547,13 @@ fn conv1d_blocks(
         let lhs = &wv[gi * c_out_g * width..];
         let valid = lengths.map_or(l, |ls| ls[bi].min(l));
         let span = (n - 1) * stride + k_eff;
+        // Cheap activations are applied once per tap, straight into the columns: one pass over
+        // the input instead of a window copy and then the unfold's.
+        let no_window = k > 1 && !matches!(act, InputAct::Elu(_));
         let (win_len, cols_len) = if direct {
             (0, 0)
+        } else if no_window {
+            (0, width * n)
         } else if k == 1 {
             (c_in_g * span, 0)
         } else {
@@ -559,10 +565,15 @@ fn conv1d_blocks(
             } else {
                 // Input sample of window position q: q + t_start * stride - pad_left.
                 let first = (t_start * stride) as isize - pad_left as isize;
-                fill_window(win, xg, (s1, s2), c_in_g, span, first, valid, act);
-                if k == 1 {
+                if no_window {
+                    let taps = (k, stride, dilation);
+                    unfold_input(cols, xg, (s1, s2), c_in_g, first, valid, taps, n, act);
+                    (cols.as_ptr(), n as isize, 1)
+                } else if k == 1 {
+                    fill_window(win, xg, (s1, s2), c_in_g, span, first, valid, act);
                     (win.as_ptr(), span as isize, stride as isize)
                 } else {
+                    fill_window(win, xg, (s1, s2), c_in_g, span, first, valid, act);
                     unfold(cols, win, c_in_g, span, k, stride, dilation, n);
                     (cols.as_ptr(), n as isize, 1)
                 }
@@ -841,6 +852,66 @@ fn fill_window(
                     .for_each(|(i, d)| *d = src[i * st]);
             }
             act.apply_in_place(dst);
+        }
+    }
+}
+
+/// Channel-major im2col straight from the input, for activations cheap enough to run once
+/// per tap: `cols` `[c * k, n]`, row `(ci, j)`, column `t` is `act(x[ci, first + t * stride +
+/// j * dilation])`, zero where that sample lies outside `0..valid`. `x` is addressed by
+/// `(channel stride, time stride)`; `taps` is `(k, stride, dilation)`.
+#[allow(clippy::too_many_arguments)]
+fn unfold_input(
+    cols: &mut [f32],
+    x: &[f32],
+    (sc, st): (usize, usize),
+    c: usize,
+    first: isize,
+    valid: usize,
+    (k, stride, dilation): (usize, usize, usize),
+    n: usize,
+    act: InputAct,
+) {
+    for ci in 0..c {
+        for j in 0..k {
+            let row = &mut cols[(ci * k + j) * n..(ci * k + j + 1) * n];
+            // Sample of column 0; column t reads off + t * stride.
+            let off = first + (j * dilation) as isize;
+            let t0 = if off >= 0 {
+                0
+            } else {
+                off.unsigned_abs().div_ceil(stride).min(n)
+            };
+            let t1 = (valid as isize - off)
+                .max(0)
+                .unsigned_abs()
+                .div_ceil(stride)
+                .clamp(t0, n);
+            row[..t0].fill(0.0);
+            row[t1..].fill(0.0);
+            if t1 > t0 {
+                let p0 = (off + (t0 * stride) as isize) as usize;
+                let src = &x[ci * sc + p0 * st..];
+                let dst = &mut row[t0..t1];
+                let step = stride * st;
+                match (act, step) {
+                    // The common case in one pass: copy and activate.
+                    (InputAct::LeakyRelu(slope), 1) => dst
+                        .iter_mut()
+                        .zip(&src[..t1 - t0])
+                        .for_each(|(d, &v)| *d = v.max(0.0) + v.min(0.0) * slope),
+                    (_, 1) => {
+                        dst.copy_from_slice(&src[..t1 - t0]);
+                        act.apply_in_place(dst);
+                    }
+                    _ => {
+                        dst.iter_mut()
+                            .enumerate()
+                            .for_each(|(i, d)| *d = src[i * step]);
+                        act.apply_in_place(dst);
+                    }
+                }
+            }
         }
     }
 }

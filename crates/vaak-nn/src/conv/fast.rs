@@ -407,7 +407,7 @@ impl ColumnBlocks {
         if threads > 1 {
             let per_item = (TASKS_PER_THREAD * threads).div_ceil(items.max(1));
             n = n.max(per_item.min(len / MIN_BLOCK_COLS));
-            while (items * n) % threads != 0 && len / (n + 1) >= MIN_SPLIT_COLS {
+            while !(items * n).is_multiple_of(threads) && len / (n + 1) >= MIN_SPLIT_COLS {
                 n += 1;
             }
         }
@@ -1279,7 +1279,7 @@ mod tests {
                             assert!(hi - lo < 32, "{case}: widths {lo}..{hi}");
                         }
                         if threads > 1 && len / 2 >= MIN_BLOCK_COLS * threads {
-                            assert_eq!((items * cb.n) % threads, 0, "{case}");
+                            assert!((items * cb.n).is_multiple_of(threads), "{case}");
                             assert!(items * cb.n >= threads, "{case}");
                         }
                     }

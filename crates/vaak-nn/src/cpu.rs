@@ -55,6 +55,18 @@ pub fn candle_threads() -> usize {
     *DEFAULT.get_or_init(candle_core::utils::get_num_threads)
 }
 
+/// Runs `f` on a thread of the global rayon pool (the calling thread waits), or right here
+/// when this already is one. A model call made from outside the pool pays, on every parallel
+/// kernel inside it, for injecting the work and waking every worker; from inside, the calling
+/// worker takes its share at once and only the others are woken.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// Threads the CPU kernels split over: candle's count, capped by the rayon pool they run in.
 pub(crate) fn threads() -> usize {
     candle_threads().min(rayon::current_num_threads()).max(1)

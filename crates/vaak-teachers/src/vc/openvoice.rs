@@ -280,6 +280,18 @@ impl ToneColorConverter {
         tau: f32,
         noise: &Tensor,
     ) -> Result<Vec<f32>> {
+        // On the pool: every conv inside is a parallel loop (see `on_pool`).
+        vaak_nn::cpu::on_pool(|| self.convert_samples_here(samples, src_se, tgt_se, tau, noise))
+    }
+
+    fn convert_samples_here(
+        &self,
+        samples: &[f32],
+        src_se: &[f32],
+        tgt_se: &[f32],
+        tau: f32,
+        noise: &Tensor,
+    ) -> Result<Vec<f32>> {
         let g_src = self.embedding_tensor(src_se, "source")?;
         let g_tgt = self.embedding_tensor(tgt_se, "target")?;
         let spec = self.spectrogram(samples)?;
@@ -349,7 +361,7 @@ impl ToneColorConverter {
         // Longest first, so each batch pads little.
         ready.sort_by_key(|(_, p)| std::cmp::Reverse(p.frames));
         for chunk in ready.chunks(max_batch.max(1)) {
-            match self.run_prepared(chunk.iter().map(|(_, p)| p)) {
+            match vaak_nn::cpu::on_pool(|| self.run_prepared(chunk.iter().map(|(_, p)| p))) {
                 Ok(wavs) => {
                     for ((i, _), w) in chunk.iter().zip(wavs) {
                         out[*i] = Some(Ok(w));

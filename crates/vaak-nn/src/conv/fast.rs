@@ -1208,20 +1208,22 @@ fn map_f32(x: &Tensor, act: InputAct) -> Result<Option<Tensor>> {
         x.contiguous()?
     };
     let out = with_contiguous_f32(&x, "elementwise", |src| {
-        let mut out = vec![0f32; src.len()];
-        let body = |(o, s): (&mut [f32], &[f32])| {
-            o.copy_from_slice(s);
-            act.apply_in_place(o);
-        };
         if threads() > 1 && src.len() >= 2 * MAP_CHUNK {
             use rayon::prelude::*;
+            let mut out = vec![0f32; src.len()];
             out.par_chunks_mut(MAP_CHUNK)
                 .zip(src.par_chunks(MAP_CHUNK))
-                .for_each(body);
+                .for_each(|(o, s)| {
+                    o.copy_from_slice(s);
+                    act.apply_in_place(o);
+                });
+            out
         } else {
-            body((&mut out, src));
+            // One thread: a copy, not a zero fill and then a copy.
+            let mut out = src.to_vec();
+            act.apply_in_place(&mut out);
+            out
         }
-        out
     })?;
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }

@@ -165,6 +165,59 @@ pub fn gated_tanh_sigmoid(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 
 const LANES: usize = 8;
 
+/// `dst[i] = max(src[i], 0) + min(src[i], 0) * slope` (candle's `leaky_relu`), with AVX2 where
+/// the CPU has it (the same arithmetic: no contraction into FMAs), else 128-bit vectors.
+pub fn leaky_relu_copy(dst: &mut [f32], src: &[f32], slope: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        unsafe { leaky_relu_copy_avx2(dst, src, slope) };
+        return;
+    }
+    leaky_relu_copy_any(dst, src, slope);
+}
+
+/// [`leaky_relu_copy`] in place.
+pub fn leaky_relu_in_place(v: &mut [f32], slope: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        unsafe { leaky_relu_in_place_avx2(v, slope) };
+        return;
+    }
+    leaky_relu_in_place_any(v, slope);
+}
+
+#[inline(always)]
+fn leaky(x: f32, slope: f32) -> f32 {
+    x.max(0.0) + x.min(0.0) * slope
+}
+
+#[inline(always)]
+fn leaky_relu_copy_any(dst: &mut [f32], src: &[f32], slope: f32) {
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &x)| *d = leaky(x, slope));
+}
+
+#[inline(always)]
+fn leaky_relu_in_place_any(v: &mut [f32], slope: f32) {
+    v.iter_mut().for_each(|x| *x = leaky(*x, slope));
+}
+
+/// The portable loop compiled for AVX2 (it vectorises to 256-bit lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn leaky_relu_copy_avx2(dst: &mut [f32], src: &[f32], slope: f32) {
+    leaky_relu_copy_any(dst, src, slope);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn leaky_relu_in_place_avx2(v: &mut [f32], slope: f32) {
+    leaky_relu_in_place_any(v, slope);
+}
+
 /// `exp` of 8 lanes: `x = n ln2 + r` with `|r| <= ln2 / 2`, `exp(r)` by a degree-7 polynomial
 /// (the classic single-precision minimax coefficients, relative error ~1e-7), times `2^n` built
 /// in the exponent bits.

@@ -181,7 +181,7 @@ impl InputAct {
     fn apply_in_place(self, v: &mut [f32]) {
         match self {
             Self::None => {}
-            Self::LeakyRelu(s) => v.iter_mut().for_each(|x| *x = x.max(0.0) + x.min(0.0) * s),
+            Self::LeakyRelu(s) => crate::activation::leaky_relu_in_place(v, s),
             Self::Elu(a) => crate::activation::elu_in_place(v, a),
         }
     }
@@ -600,6 +600,7 @@ fn conv1d_blocks(
 ///
 /// # Safety
 /// `row` is valid for `n` writes and no other reference to those values is alive.
+#[allow(clippy::too_many_arguments)]
 unsafe fn init_row(
     row: *mut f32,
     n: usize,
@@ -609,23 +610,62 @@ unsafe fn init_row(
     ch: usize,
     t_start: usize,
 ) {
-    let start = bias.map_or(0.0, |bv| bv[ch]);
-    for t in 0..n {
-        // SAFETY: the caller's contract.
-        unsafe { row.add(t).write(start) };
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2_fma() {
+        // SAFETY: the features were just detected; the caller's contract.
+        return unsafe { init_row_avx2(row, n, bias, residual, bi, ch, t_start) };
     }
-    // SAFETY: all n values are initialised now.
-    let row = unsafe { std::slice::from_raw_parts_mut(row, n) };
-    if let Some(r) = residual {
-        let [r0, r1, r2] = r.s;
-        let src = &r.v[bi * r0 + ch * r1 + t_start * r2..];
-        let n = row.len();
-        if r2 == 1 {
-            row.iter_mut().zip(&src[..n]).for_each(|(d, s)| *d += s);
-        } else {
-            row.iter_mut()
-                .enumerate()
-                .for_each(|(t, d)| *d += src[t * r2]);
+    // SAFETY: the caller's contract.
+    unsafe { init_row_any(row, n, bias, residual, bi, ch, t_start) }
+}
+
+/// [`init_row`] compiled for AVX2 (the baseline build's loops run 128-bit lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn init_row_avx2(
+    row: *mut f32,
+    n: usize,
+    bias: Option<&[f32]>,
+    residual: Option<Strided<'_>>,
+    bi: usize,
+    ch: usize,
+    t_start: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { init_row_any(row, n, bias, residual, bi, ch, t_start) }
+}
+
+/// [`init_row`]'s one pass: `bias + residual` written once per value.
+#[inline(always)]
+unsafe fn init_row_any(
+    row: *mut f32,
+    n: usize,
+    bias: Option<&[f32]>,
+    residual: Option<Strided<'_>>,
+    bi: usize,
+    ch: usize,
+    t_start: usize,
+) {
+    let start = bias.map_or(0.0, |bv| bv[ch]);
+    // SAFETY (all writes): the caller's contract, t < n.
+    match residual {
+        Some(r) => {
+            let [r0, r1, r2] = r.s;
+            let src = &r.v[bi * r0 + ch * r1 + t_start * r2..];
+            if r2 == 1 {
+                for (t, &v) in src[..n].iter().enumerate() {
+                    unsafe { row.add(t).write(start + v) };
+                }
+            } else {
+                for t in 0..n {
+                    unsafe { row.add(t).write(start + src[t * r2]) };
+                }
+            }
+        }
+        None => {
+            for t in 0..n {
+                unsafe { row.add(t).write(start) };
+            }
         }
     }
 }
@@ -896,10 +936,9 @@ fn unfold_input(
                 let step = stride * st;
                 match (act, step) {
                     // The common case in one pass: copy and activate.
-                    (InputAct::LeakyRelu(slope), 1) => dst
-                        .iter_mut()
-                        .zip(&src[..t1 - t0])
-                        .for_each(|(d, &v)| *d = v.max(0.0) + v.min(0.0) * slope),
+                    (InputAct::LeakyRelu(slope), 1) => {
+                        crate::activation::leaky_relu_copy(dst, &src[..t1 - t0], slope)
+                    }
                     (_, 1) => {
                         dst.copy_from_slice(&src[..t1 - t0]);
                         act.apply_in_place(dst);

@@ -530,17 +530,14 @@ fn conv1d_blocks(
         if read_dst {
             for o in 0..c_out_g {
                 // SAFETY: as above, one row of this task's block.
-                unsafe {
-                    init_row(
-                        dst.add(o * l_out),
-                        n,
-                        bias,
-                        residual,
-                        bi,
-                        gi * c_out_g + o,
-                        t_start,
-                    )
+                let start = RowStart {
+                    bias,
+                    residual,
+                    bi,
+                    ch: gi * c_out_g + o,
+                    t_start,
                 };
+                unsafe { init_row(dst.add(o * l_out), n, start) };
             }
         }
         let xg = &x.v[bi * s0 + gi * c_in_g * s1..];
@@ -595,58 +592,50 @@ fn conv1d_blocks(
     });
 }
 
-/// Sets the `n` values at `row` (maybe uninitialised), output channel `ch` of item `bi` from
-/// column `t_start` on, to their initial value: the bias (or zero) plus the residual.
-///
-/// # Safety
-/// `row` is valid for `n` writes and no other reference to those values is alive.
-#[allow(clippy::too_many_arguments)]
-unsafe fn init_row(
-    row: *mut f32,
-    n: usize,
-    bias: Option<&[f32]>,
-    residual: Option<Strided<'_>>,
+/// Where an output row's initial value comes from: the bias (or zero) of output channel `ch`
+/// plus, when there is one, the residual's row `ch` of item `bi` from column `t_start` on.
+#[derive(Clone, Copy)]
+struct RowStart<'a> {
+    bias: Option<&'a [f32]>,
+    residual: Option<Strided<'a>>,
     bi: usize,
     ch: usize,
     t_start: usize,
-) {
+}
+
+/// Sets the `n` values at `row` (maybe uninitialised) to their initial value (`start`).
+///
+/// # Safety
+/// `row` is valid for `n` writes and no other reference to those values is alive.
+unsafe fn init_row(row: *mut f32, n: usize, start: RowStart<'_>) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2_fma() {
         // SAFETY: the features were just detected; the caller's contract.
-        return unsafe { init_row_avx2(row, n, bias, residual, bi, ch, t_start) };
+        return unsafe { init_row_avx2(row, n, start) };
     }
     // SAFETY: the caller's contract.
-    unsafe { init_row_any(row, n, bias, residual, bi, ch, t_start) }
+    unsafe { init_row_any(row, n, start) }
 }
 
 /// [`init_row`] compiled for AVX2 (the baseline build's loops run 128-bit lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn init_row_avx2(
-    row: *mut f32,
-    n: usize,
-    bias: Option<&[f32]>,
-    residual: Option<Strided<'_>>,
-    bi: usize,
-    ch: usize,
-    t_start: usize,
-) {
+unsafe fn init_row_avx2(row: *mut f32, n: usize, start: RowStart<'_>) {
     // SAFETY: the caller's contract.
-    unsafe { init_row_any(row, n, bias, residual, bi, ch, t_start) }
+    unsafe { init_row_any(row, n, start) }
 }
 
 /// [`init_row`]'s one pass: `bias + residual` written once per value.
 #[inline(always)]
-unsafe fn init_row_any(
-    row: *mut f32,
-    n: usize,
-    bias: Option<&[f32]>,
-    residual: Option<Strided<'_>>,
-    bi: usize,
-    ch: usize,
-    t_start: usize,
-) {
-    let start = bias.map_or(0.0, |bv| bv[ch]);
+unsafe fn init_row_any(row: *mut f32, n: usize, start: RowStart<'_>) {
+    let RowStart {
+        bias,
+        residual,
+        bi,
+        ch,
+        t_start,
+    } = start;
+    let b = bias.map_or(0.0, |bv| bv[ch]);
     // SAFETY (all writes): the caller's contract, t < n.
     match residual {
         Some(r) => {
@@ -654,17 +643,17 @@ unsafe fn init_row_any(
             let src = &r.v[bi * r0 + ch * r1 + t_start * r2..];
             if r2 == 1 {
                 for (t, &v) in src[..n].iter().enumerate() {
-                    unsafe { row.add(t).write(start + v) };
+                    unsafe { row.add(t).write(b + v) };
                 }
             } else {
                 for t in 0..n {
-                    unsafe { row.add(t).write(start + src[t * r2]) };
+                    unsafe { row.add(t).write(b + src[t * r2]) };
                 }
             }
         }
         None => {
             for t in 0..n {
-                unsafe { row.add(t).write(start) };
+                unsafe { row.add(t).write(b) };
             }
         }
     }
@@ -742,7 +731,14 @@ fn conv1d_few(
         let dst = unsafe {
             let first = out.at((bi * c_out + ch0) * l_out);
             for o in 0..m {
-                init_row(first.add(o * l_out), l_out, bias, residual, bi, ch0 + o, 0);
+                let start = RowStart {
+                    bias,
+                    residual,
+                    bi,
+                    ch: ch0 + o,
+                    t_start: 0,
+                };
+                init_row(first.add(o * l_out), l_out, start);
             }
             std::slice::from_raw_parts_mut(first, m * l_out)
         };

@@ -272,6 +272,17 @@ impl ToneColorConverter {
         self.convert_samples(&samples, src_se, tgt_se, tau, noise)
     }
 
+    /// The speaker conditioning of the posterior encoder and of the decoder: the source and
+    /// target embeddings, or zeros for both when the checkpoint was trained with `zero_g`.
+    fn conditioning(&self, g_src: &Tensor, g_tgt: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.cfg.model.zero_g {
+            let zeros = g_src.zeros_like()?;
+            Ok((zeros.clone(), zeros))
+        } else {
+            Ok((g_src.clone(), g_tgt.clone()))
+        }
+    }
+
     fn convert_samples(
         &self,
         samples: &[f32],
@@ -281,46 +292,32 @@ impl ToneColorConverter {
         noise: &Tensor,
     ) -> Result<Vec<f32>> {
         // On the pool: every conv inside is a parallel loop (see `on_pool`).
-        vaak_nn::cpu::on_pool(|| self.convert_samples_here(samples, src_se, tgt_se, tau, noise))
-    }
-
-    fn convert_samples_here(
-        &self,
-        samples: &[f32],
-        src_se: &[f32],
-        tgt_se: &[f32],
-        tau: f32,
-        noise: &Tensor,
-    ) -> Result<Vec<f32>> {
-        let g_src = self.embedding_tensor(src_se, "source")?;
-        let g_tgt = self.embedding_tensor(tgt_se, "target")?;
-        let spec = self.spectrogram(samples)?;
-        let t = spec.dim(2)?;
-        let inter = self.cfg.model.inter_channels;
-        if noise.dims() != [inter, t] {
-            return Err(TeacherError::BadInput(format!(
-                "noise has shape {:?}, expected [{inter}, {t}]",
-                noise.dims()
-            )));
-        }
-        // One clip per call; `convert_batched` runs padded batches with per-clip lengths.
-        let mask = sequence_mask(&[t], t, &self.device)?;
-        let zeros = g_src.zeros_like()?;
-        let (g_post, g_dec) = if self.cfg.model.zero_g {
-            (&zeros, &zeros)
-        } else {
-            (&g_src, &g_tgt)
-        };
-        let (m, logs) = self.enc_q.stats(&spec, &mask, g_post)?;
-        let noise = noise
-            .to_dtype(DType::F32)?
-            .to_device(&self.device)?
-            .unsqueeze(0)?;
-        let z = (m + (noise * tau as f64)?.mul(&logs.exp()?)?)?.broadcast_mul(&mask)?;
-        let z_p = self.flow.forward(&z, &mask, &g_src, false)?;
-        let z_hat = self.flow.forward(&z_p, &mask, &g_tgt, true)?;
-        let wav = self.dec.forward(&z_hat.broadcast_mul(&mask)?, g_dec)?;
-        Ok(wav.flatten_all()?.to_vec1()?)
+        vaak_nn::cpu::on_pool(|| {
+            let g_src = self.embedding_tensor(src_se, "source")?;
+            let g_tgt = self.embedding_tensor(tgt_se, "target")?;
+            let spec = self.spectrogram(samples)?;
+            let t = spec.dim(2)?;
+            let inter = self.cfg.model.inter_channels;
+            if noise.dims() != [inter, t] {
+                return Err(TeacherError::BadInput(format!(
+                    "noise has shape {:?}, expected [{inter}, {t}]",
+                    noise.dims()
+                )));
+            }
+            // One clip per call; `convert_batched` runs padded batches with per-clip lengths.
+            let mask = sequence_mask(&[t], t, &self.device)?;
+            let (g_post, g_dec) = self.conditioning(&g_src, &g_tgt)?;
+            let (m, logs) = self.enc_q.stats(&spec, &mask, &g_post)?;
+            let noise = noise
+                .to_dtype(DType::F32)?
+                .to_device(&self.device)?
+                .unsqueeze(0)?;
+            let z = (m + (noise * tau as f64)?.mul(&logs.exp()?)?)?.broadcast_mul(&mask)?;
+            let z_p = self.flow.forward(&z, &mask, &g_src, false)?;
+            let z_hat = self.flow.forward(&z_p, &mask, &g_tgt, true)?;
+            let wav = self.dec.forward(&z_hat.broadcast_mul(&mask)?, &g_dec)?;
+            Ok(wav.flatten_all()?.to_vec1()?)
+        })
     }
 
     /// Converts each item independently, one call per item (as upstream); a bad item gets its
@@ -421,13 +418,8 @@ impl ToneColorConverter {
         let taus: Vec<f32> = batch.iter().map(|p| p.tau).collect();
         let tau = Tensor::from_vec(taus, (batch.len(), 1, 1), &self.device)?;
         let mask = sequence_mask(&lengths, t, &self.device)?;
-        let zeros = g_src.zeros_like()?;
-        let (g_post, g_dec) = if self.cfg.model.zero_g {
-            (&zeros, &zeros)
-        } else {
-            (&g_src, &g_tgt)
-        };
-        let (m, logs) = self.enc_q.stats(&spec, &mask, g_post)?;
+        let (g_post, g_dec) = self.conditioning(&g_src, &g_tgt)?;
+        let (m, logs) = self.enc_q.stats(&spec, &mask, &g_post)?;
         let z = (m + noise.broadcast_mul(&tau)?.mul(&logs.exp()?)?)?.broadcast_mul(&mask)?;
         let z_p = self.flow.forward(&z, &mask, &g_src, false)?;
         let z_hat = self.flow.forward(&z_p, &mask, &g_tgt, true)?;
@@ -448,7 +440,7 @@ impl ToneColorConverter {
                 })
                 .collect();
         }
-        let wav = self.dec.forward_lengths(&z_hat, g_dec, Some(&lengths))?;
+        let wav = self.dec.forward_lengths(&z_hat, &g_dec, Some(&lengths))?;
         lengths
             .iter()
             .enumerate()

@@ -21,9 +21,10 @@
 //! input columns (zeros outside the item's valid samples) into a per-thread scratch buffer
 //! that stays in cache (straight from the input, or through a copied window when the input
 //! activation is an ELU, too costly to run once per tap), and runs a single-threaded `gemm`
-//! into its own columns of the output. The tasks run on the rayon pool with candle's thread count, so the copies scale
-//! with the threads as well as the multiply (with a `gemm` per call, only the multiply did).
-//! A call with fewer tasks than threads runs them in turn with a multi-threaded `gemm`. The
+//! into its own columns of the output. The tasks run on the rayon pool with candle's thread
+//! count, so the copies scale with the threads as well as the multiply (with a `gemm` per
+//! call, only the multiply did). A call with fewer tasks than threads runs them in turn with
+//! a multi-threaded `gemm`. The
 //! transpose's tasks own blocks of output samples and recompute the few input frames whose
 //! taps straddle two blocks, so no two tasks add into the same sample.
 //!

@@ -700,3 +700,69 @@ fn few_column_convs_and_transposes_match_the_references() {
         }
     }
 }
+
+#[test]
+fn winograd_matches_the_direct_conv() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    for case in 0..24 {
+        let c_in = rng.random_range(32..72);
+        let c_out = rng.random_range(32..72);
+        let k = [3, 4, 5, 7, 11][case % 5];
+        // Undilated in every third case (its own vector paths).
+        let dilation = if case % 3 == 0 {
+            1
+        } else {
+            rng.random_range(2..7)
+        };
+        let pad_left = rng.random_range(0..(dilation * (k - 1) + 2));
+        let pad_right = rng.random_range(0..6);
+        let b = rng.random_range(1..4);
+        let k_eff = dilation * (k - 1) + 1;
+        // From just long enough for the Winograd path (16 tiles' worth) to several blocks.
+        let l = k_eff + 16 * dilation + rng.random_range(0..[40, 400, 3000][case % 3]);
+        let x = if case % 2 == 0 {
+            randn(&mut rng, &[b, c_in, l])
+        } else {
+            randn(&mut rng, &[b, c_in, l + 7]).narrow(2, 2, l).unwrap()
+        };
+        let w = randn(&mut rng, &[c_out, c_in, k]);
+        let bias = randn(&mut rng, &[c_out]);
+        let opts = Conv1dOpts {
+            pad_left,
+            pad_right,
+            stride: 1,
+            dilation,
+            groups: 1,
+        };
+        let l_out = l + pad_left + pad_right - k_eff + 1;
+        // A residual in every other case, strided in time in every fourth.
+        let residual = if case % 4 == 2 {
+            randn(&mut rng, &[b, l_out, c_out]).transpose(1, 2).unwrap()
+        } else {
+            randn(&mut rng, &[b, c_out, l_out])
+        };
+        let act = [InputAct::None, InputAct::LeakyRelu(0.1), InputAct::Elu(1.0)][case % 3];
+        let lens: Vec<usize> = (0..b).map(|_| rng.random_range(1..=l)).collect();
+        let lengths = (case % 4 == 1).then_some(lens.as_slice());
+        let direct = Fused {
+            input_act: act,
+            residual: (case % 2 == 0).then_some(&residual),
+            ..Default::default()
+        };
+        let want = conv1d_fused(&x, &w, Some(&bias), opts, lengths, direct).unwrap();
+        let winograd = Fused {
+            winograd: true,
+            ..direct
+        };
+        for threads in [1, 2] {
+            let got = in_pool(threads, || {
+                conv1d_fused(&x, &w, Some(&bias), opts, lengths, winograd).unwrap()
+            });
+            assert_close(
+                &got,
+                &want,
+                &format!("winograd case {case} {opts:?} k {k} {act:?} c {c_in}->{c_out} l {l} threads {threads}"),
+            );
+        }
+    }
+}

@@ -179,7 +179,7 @@ pub enum InputAct {
 
 impl InputAct {
     /// The activation over a slice, in place (ELU with the vectorised `exp`).
-    fn apply_in_place(self, v: &mut [f32]) {
+    pub(super) fn apply_in_place(self, v: &mut [f32]) {
         match self {
             Self::None => {}
             Self::LeakyRelu(s) => crate::activation::leaky_relu_in_place(v, s),
@@ -209,6 +209,10 @@ pub struct Fused<'a> {
     /// streaming step, at most [`FEW_CONV_COLS`] output columns) reads instead of the f32
     /// weight; other paths ignore it. See [`StepWeights`](crate::simd::StepWeights).
     pub step_weight: Option<&'a HalfWeight>,
+    /// Allow Winograd's F(4, 3) where it applies (stride 1, one group, at least 3 taps and 32
+    /// channels each side; see [`super::winograd`]): up to 1.8x fewer multiply-adds, with
+    /// outputs a few float roundings further from the direct conv's.
+    pub winograd: bool,
 }
 
 /// `conv1d` for inference, `x` `[B, C_in, L]`, `w` `[C_out, C_in / groups, k]`, optional
@@ -322,6 +326,7 @@ pub fn conv1d_fused(
         dilation,
         pad_left,
         act: fused.input_act,
+        winograd: fused.winograd,
     };
     // Not zero-filled here: every task writes its own block's start value (bias, residual, or
     // the gemm's overwrite) in parallel, where a zero-fill of the whole output ran on the
@@ -356,9 +361,9 @@ pub fn conv1d_fused(
 
 /// A 3-D f32 view: data from the layout's start offset, and its strides.
 #[derive(Clone, Copy)]
-struct Strided<'a> {
-    v: &'a [f32],
-    s: [usize; 3],
+pub(super) struct Strided<'a> {
+    pub(super) v: &'a [f32],
+    pub(super) s: [usize; 3],
 }
 
 impl<'a> Strided<'a> {
@@ -373,19 +378,21 @@ impl<'a> Strided<'a> {
 
 /// The sizes of one (checked) fast-path conv.
 #[derive(Clone, Copy, Debug)]
-struct ConvGeom {
-    b: usize,
-    c_in_g: usize,
-    c_out: usize,
-    c_out_g: usize,
-    groups: usize,
-    l: usize,
-    l_out: usize,
-    k: usize,
-    stride: usize,
-    dilation: usize,
-    pad_left: usize,
-    act: InputAct,
+pub(super) struct ConvGeom {
+    pub(super) b: usize,
+    pub(super) c_in_g: usize,
+    pub(super) c_out: usize,
+    pub(super) c_out_g: usize,
+    pub(super) groups: usize,
+    pub(super) l: usize,
+    pub(super) l_out: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) dilation: usize,
+    pub(super) pad_left: usize,
+    pub(super) act: InputAct,
+    /// The caller allows [`super::winograd`] (see [`Fused::winograd`]).
+    pub(super) winograd: bool,
 }
 
 /// How a call's output columns are cut into its tasks' blocks: `n` blocks of about
@@ -396,14 +403,30 @@ struct ConvGeom {
 /// least `MIN_SPLIT_COLS` wide: equal shares, so that no thread ends a call waiting for
 /// another's extra block (9 blocks on 2 threads had left one idle for a ninth of the call).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ColumnBlocks {
+pub(super) struct ColumnBlocks {
     len: usize,
-    n: usize,
+    pub(super) n: usize,
+    /// Block boundaries fall on multiples of this (16, or a caller's larger multiple of 16).
+    align: usize,
 }
 
 impl ColumnBlocks {
     fn new(rows: usize, len: usize, items: usize, threads: usize) -> Self {
-        let max_block = (BLOCK_ELEMS / rows.max(1) / 16 * 16).max(MIN_BLOCK_COLS);
+        Self::new_with((BLOCK_ELEMS, 16), rows, len, items, threads)
+    }
+
+    /// [`Self::new`] for blocks of about `block_elems` floats whose boundaries fall on
+    /// multiples of `align` (a multiple of 16) where the blocks are at least twice that wide,
+    /// else on multiples of 16.
+    pub(super) fn new_with(
+        (block_elems, align): (usize, usize),
+        rows: usize,
+        len: usize,
+        items: usize,
+        threads: usize,
+    ) -> Self {
+        let max_block = (block_elems / rows.max(1)).max(MIN_BLOCK_COLS);
+        let max_block = (max_block / align).max(1) * align;
         let mut n = len.div_ceil(max_block).max(1);
         if threads > 1 {
             let per_item = (TASKS_PER_THREAD * threads).div_ceil(items.max(1));
@@ -412,7 +435,8 @@ impl ColumnBlocks {
                 n += 1;
             }
         }
-        Self { len, n }
+        let align = if len / n >= 2 * align { align } else { 16 };
+        Self { len, n, align }
     }
 
     /// The first column of block `i` (`len` for `i == n`).
@@ -420,19 +444,19 @@ impl ColumnBlocks {
         if i >= self.n {
             self.len
         } else {
-            i * self.len / self.n / 16 * 16
+            i * self.len / self.n / self.align * self.align
         }
     }
 
     /// Block `i`'s first column and width (maybe 0 for tiny calls).
-    fn range(&self, i: usize) -> (usize, usize) {
+    pub(super) fn range(&self, i: usize) -> (usize, usize) {
         let s = self.start(i);
         (s, self.start(i + 1) - s)
     }
 }
 
 /// Runs `task(i)` for `i in 0..n`: over the rayon pool when `parallel`, else in order.
-fn run_tasks(n: usize, parallel: bool, task: impl Fn(usize) + Sync + Send) {
+pub(super) fn run_tasks(n: usize, parallel: bool, task: impl Fn(usize) + Sync + Send) {
     if parallel {
         use rayon::prelude::*;
         (0..n).into_par_iter().for_each(task);
@@ -448,7 +472,11 @@ thread_local! {
 
 /// Runs `f` with this thread's scratch buffers, grown to `a` and `b` floats. The buffers are
 /// taken out while `f` runs, so a re-entrant call (work stealing) gets fresh ones.
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(
+    a: usize,
+    b: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
     let (mut va, mut vb) = SCRATCH.with(|s| s.take());
     if va.len() < a {
         va.resize(a, 0.0);
@@ -490,9 +518,13 @@ fn conv1d_blocks(
         dilation,
         pad_left,
         act,
+        ..
     } = *g;
     if l_out <= FEW_CONV_COLS {
         return conv1d_few(g, (wv, half), x, bias, residual, lengths, out);
+    }
+    if g.winograd && super::winograd::applies(g) {
+        return super::winograd::conv1d_winograd(g, wv, x, bias, residual, lengths, out);
     }
     let width = c_in_g * k;
     let k_eff = dilation * (k - 1) + 1;
@@ -596,19 +628,19 @@ fn conv1d_blocks(
 /// Where an output row's initial value comes from: the bias (or zero) of output channel `ch`
 /// plus, when there is one, the residual's row `ch` of item `bi` from column `t_start` on.
 #[derive(Clone, Copy)]
-struct RowStart<'a> {
-    bias: Option<&'a [f32]>,
-    residual: Option<Strided<'a>>,
-    bi: usize,
-    ch: usize,
-    t_start: usize,
+pub(super) struct RowStart<'a> {
+    pub(super) bias: Option<&'a [f32]>,
+    pub(super) residual: Option<Strided<'a>>,
+    pub(super) bi: usize,
+    pub(super) ch: usize,
+    pub(super) t_start: usize,
 }
 
 /// Sets the `n` values at `row` (maybe uninitialised) to their initial value (`start`).
 ///
 /// # Safety
 /// `row` is valid for `n` writes and no other reference to those values is alive.
-unsafe fn init_row(row: *mut f32, n: usize, start: RowStart<'_>) {
+pub(super) unsafe fn init_row(row: *mut f32, n: usize, start: RowStart<'_>) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::has_avx2_fma() {
         // SAFETY: the features were just detected; the caller's contract.
@@ -715,6 +747,7 @@ fn conv1d_few(
         dilation,
         pad_left,
         act,
+        ..
     } = *g;
     let width = c_in_g * k;
     let span = (l_out - 1) * stride + dilation * (k - 1) + 1;

@@ -65,6 +65,7 @@ pub(crate) mod fast;
 mod im2col;
 mod train;
 mod transpose;
+mod winograd;
 
 pub use conv1d::{conv1d_composed, conv1d_differentiable, CausalConv1d, CausalPad};
 pub use fast::{

@@ -332,6 +332,8 @@ impl ResBlock {
             Fused {
                 input_act: InputAct::LeakyRelu(LRELU_SLOPE as f32),
                 residual,
+                // A vocoder's audio tolerates Winograd's few extra roundings.
+                winograd: true,
                 ..Default::default()
             }
         }

@@ -35,6 +35,14 @@
 //! initial value: HiFi-GAN's `x + conv(lrelu(conv(lrelu(x))))` costs the two convs and
 //! nothing else. [`elu`] and [`leaky_relu`] are single parallel passes for what is not fused.
 //!
+//! # Winograd
+//!
+//! A caller whose output tolerates a few more float roundings (a vocoder making audio, not a
+//! codec whose output is quantized) sets [`Fused::winograd`]: wide stride-1 convs then run
+//! Winograd's F(4, 3) ([`super::winograd`]), six gemms over transformed tiles that do 6 / 4 *
+//! ceil(k / 3) multiply-adds per output and input channel instead of `k` (11 -> 6 for
+//! HiFi-GAN's widest kernel), with the same fusions and lengths.
+//!
 //! # Lengths: batching without padding effects
 //!
 //! Both functions take optional per-item input lengths: input samples at or past

@@ -554,9 +554,13 @@ fn conv1d_blocks(
     } else {
         parallelism()
     };
+    // A stride-1 conv with one or two outputs per group (a vocoder's last conv to audio) adds
+    // each tap's shifted input row into its rows: a gemm of one or two rows would write and
+    // read k im2col rows per input channel for one multiply-add each.
+    let narrow = c_out_g <= NARROW_OUT && stride == 1 && k > 1;
     // Without a start value the gemm overwrites its block (it never reads it); with no input
     // channels there is no product, and the start value (zero) is the output.
-    let read_dst = bias.is_some() || residual.is_some() || width == 0;
+    let read_dst = bias.is_some() || residual.is_some() || width == 0 || narrow;
     let [s0, s1, s2] = x.s;
     run_tasks(tasks, parallel, |task| {
         let blk = task % n_blocks;
@@ -585,6 +589,18 @@ fn conv1d_blocks(
         let lhs = &wv[gi * c_out_g * width..];
         let valid = lengths.map_or(l, |ls| ls[bi].min(l));
         let span = (n - 1) * stride + k_eff;
+        if narrow {
+            let first = t_start as isize - pad_left as isize;
+            return with_scratch(c_in_g * span, 0, |win, _| {
+                fill_window(win, xg, (s1, s2), c_in_g, span, first, valid, act);
+                for o in 0..c_out_g {
+                    // SAFETY: row o of this task's block, initialised above.
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.add(o * l_out), n) };
+                    let taps = (&lhs[o * width..(o + 1) * width], k, dilation);
+                    add_taps(row, taps, win, span);
+                }
+            });
+        }
         // Cheap activations are applied once per tap, straight into the columns: one pass over
         // the input instead of a window copy and then the unfold's.
         let no_window = k > 1 && !matches!(act, InputAct::Elu(_));
@@ -631,6 +647,44 @@ fn conv1d_blocks(
             }
         });
     });
+}
+
+/// Output channels per group up to which a stride-1 conv adds shifted input rows instead of
+/// running a gemm (see `conv1d_blocks`).
+const NARROW_OUT: usize = 2;
+
+/// `row[t] += sum over (c, j) of w[c * k + j] * win[c * span + t + j * dilation]`, in that
+/// order of (c, j), for `t < row.len()`: one output row of a narrow conv from its window.
+fn add_taps(row: &mut [f32], (w, k, dilation): (&[f32], usize, usize), win: &[f32], span: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        return unsafe { add_taps_avx2(row, (w, k, dilation), win, span) };
+    }
+    add_taps_any(row, (w, k, dilation), win, span)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_taps_avx2(row: &mut [f32], taps: (&[f32], usize, usize), win: &[f32], span: usize) {
+    add_taps_any(row, taps, win, span)
+}
+
+#[inline(always)]
+fn add_taps_any(
+    row: &mut [f32],
+    (w, k, dilation): (&[f32], usize, usize),
+    win: &[f32],
+    span: usize,
+) {
+    let n = row.len();
+    for (c, wc) in w.chunks_exact(k).enumerate() {
+        let src = &win[c * span..(c + 1) * span];
+        for (j, &wj) in wc.iter().enumerate() {
+            let x = &src[j * dilation..j * dilation + n];
+            row.iter_mut().zip(x).for_each(|(r, &v)| *r += wj * v);
+        }
+    }
 }
 
 /// Where an output row's initial value comes from: the bias (or zero) of output channel `ch`

@@ -51,28 +51,59 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
 
 /// The weight `[c_out, c_in, k]` transformed for the six points: `[POINTS, c_out, segments *
 /// c_in]`, column `s * c_in + c` holding `G` times taps `3s .. 3s + 3` of channel `c` (the
-/// taps past `k` zero). Computed in f64 and rounded once.
+/// taps past `k` zero). Per output channel the taps are first laid out tap-major, so every
+/// product runs along the input channels (vectorised; done on every call, it had been 2% of a
+/// HiFi-GAN pass element by element).
 fn transform_weights(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        return unsafe { transform_weights_avx2(w, c_out, c_in, k) };
+    }
+    transform_weights_any(w, c_out, c_in, k)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_weights_avx2(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+    transform_weights_any(w, c_out, c_in, k)
+}
+
+#[inline(always)]
+fn transform_weights_any(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
     let segments = k.div_ceil(TAPS);
     let width = segments * c_in;
     let mut u = vec![0f32; POINTS * c_out * width];
+    // Taps of one output channel, tap-major, zero past k.
+    let mut taps = vec![0f32; segments * TAPS * c_in];
+    let (sixth, twelfth, four_24th, quarter) = (1.0 / 6.0, 1.0 / 12.0, 4.0 / 24.0, 0.25);
+    let twenty_fourth = 1.0 / 24.0;
     for o in 0..c_out {
         for c in 0..c_in {
-            let taps = &w[(o * c_in + c) * k..][..k];
-            for s in 0..segments {
-                let g = |j: usize| taps.get(s * TAPS + j).map_or(0.0, |&v| v as f64);
-                let (g0, g1, g2) = (g(0), g(1), g(2));
-                let v = [
-                    g0 / 4.0,
-                    -(g0 + g1 + g2) / 6.0,
-                    -(g0 - g1 + g2) / 6.0,
-                    (g0 + 2.0 * g1 + 4.0 * g2) / 24.0,
-                    (g0 - 2.0 * g1 + 4.0 * g2) / 24.0,
-                    g2,
-                ];
-                for (p, &vp) in v.iter().enumerate() {
-                    u[(p * c_out + o) * width + s * c_in + c] = vp as f32;
-                }
+            for j in 0..k {
+                taps[j * c_in + c] = w[(o * c_in + c) * k + j];
+            }
+        }
+        for s in 0..segments {
+            let g = |j: usize| &taps[(s * TAPS + j) * c_in..][..c_in];
+            let (g0, g1, g2) = (g(0), g(1), g(2));
+            let at = |p: usize| (p * c_out + o) * width + s * c_in;
+            let (u0, rest) = u.split_at_mut(at(1));
+            let (u1, rest) = rest.split_at_mut(at(2) - at(1));
+            let (u2, rest) = rest.split_at_mut(at(3) - at(2));
+            let (u3, rest) = rest.split_at_mut(at(4) - at(3));
+            let (u4, u5) = rest.split_at_mut(at(5) - at(4));
+            let (u0, u1, u2) = (&mut u0[at(0)..][..c_in], &mut u1[..c_in], &mut u2[..c_in]);
+            let (u3, u4, u5) = (&mut u3[..c_in], &mut u4[..c_in], &mut u5[..c_in]);
+            for c in 0..c_in {
+                let (a, b, e) = (g0[c], g1[c], g2[c]);
+                let (even, odd) = (a + e, b);
+                u0[c] = a * quarter;
+                u1[c] = -(even + odd) * sixth;
+                u2[c] = -(even - odd) * sixth;
+                u3[c] = a * twenty_fourth + b * twelfth + e * four_24th;
+                u4[c] = a * twenty_fourth - b * twelfth + e * four_24th;
+                u5[c] = e;
             }
         }
     }

@@ -324,6 +324,24 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
+/// A fused case's random parts: a `[b, c_out, l_out]` residual (a transposed view when
+/// `transposed`), the input activation (cycling with `case`) and per-item lengths up to `l`.
+fn fused_case(
+    rng: &mut ChaCha8Rng,
+    case: usize,
+    (b, c_out, l, l_out): (usize, usize, usize, usize),
+    transposed: bool,
+) -> (Tensor, InputAct, Vec<usize>) {
+    let residual = if transposed {
+        randn(rng, &[b, l_out, c_out]).transpose(1, 2).unwrap()
+    } else {
+        randn(rng, &[b, c_out, l_out])
+    };
+    let act = [InputAct::None, InputAct::LeakyRelu(0.1), InputAct::Elu(1.0)][case % 3];
+    let lens = (0..b).map(|_| rng.random_range(1..=l)).collect();
+    (residual, act, lens)
+}
+
 #[test]
 fn fused_activation_and_residual_match_the_composed_ops() {
     let mut rng = ChaCha8Rng::seed_from_u64(31);
@@ -354,14 +372,8 @@ fn fused_activation_and_residual_match_the_composed_ops() {
             groups,
         };
         let l_out = (l + pad_left + pad_right - k_eff) / stride + 1;
-        // A transposed view as residual in half the cases.
-        let residual = if case % 3 == 0 {
-            randn(&mut rng, &[b, l_out, c_out]).transpose(1, 2).unwrap()
-        } else {
-            randn(&mut rng, &[b, c_out, l_out])
-        };
-        let act = [InputAct::None, InputAct::LeakyRelu(0.1), InputAct::Elu(1.0)][case % 3];
-        let lens: Vec<usize> = (0..b).map(|_| rng.random_range(1..=l)).collect();
+        // A transposed view as residual in a third of the cases.
+        let (residual, act, lens) = fused_case(&mut rng, case, (b, c_out, l, l_out), case % 3 == 0);
         let lengths = (case % 4 == 1).then_some(lens.as_slice());
         let fused = Fused {
             input_act: act,
@@ -736,13 +748,7 @@ fn winograd_matches_the_direct_conv() {
         };
         let l_out = l + pad_left + pad_right - k_eff + 1;
         // A residual in every other case, strided in time in every fourth.
-        let residual = if case % 4 == 2 {
-            randn(&mut rng, &[b, l_out, c_out]).transpose(1, 2).unwrap()
-        } else {
-            randn(&mut rng, &[b, c_out, l_out])
-        };
-        let act = [InputAct::None, InputAct::LeakyRelu(0.1), InputAct::Elu(1.0)][case % 3];
-        let lens: Vec<usize> = (0..b).map(|_| rng.random_range(1..=l)).collect();
+        let (residual, act, lens) = fused_case(&mut rng, case, (b, c_out, l, l_out), case % 4 == 2);
         let lengths = (case % 4 == 1).then_some(lens.as_slice());
         let direct = Fused {
             input_act: act,

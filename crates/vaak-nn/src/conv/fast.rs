@@ -698,6 +698,22 @@ pub(super) struct RowStart<'a> {
     pub(super) t_start: usize,
 }
 
+impl<'a> RowStart<'a> {
+    /// The row's bias value and its `n` residual values from `t_start` on (when there is a
+    /// residual), or `None` when the residual is strided in time.
+    pub(super) fn contiguous(self, n: usize) -> Option<(f32, Option<&'a [f32]>)> {
+        let b = self.bias.map_or(0.0, |bv| bv[self.ch]);
+        match self.residual {
+            None => Some((b, None)),
+            Some(r) if r.s[2] == 1 => {
+                let at = self.bi * r.s[0] + self.ch * r.s[1] + self.t_start;
+                Some((b, Some(&r.v[at..at + n])))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
 /// Sets the `n` values at `row` (maybe uninitialised) to their initial value (`start`).
 ///
 /// # Safety

@@ -219,24 +219,18 @@ pub(super) fn conv1d_winograd(
         let dst = unsafe { out.at(bi * c_out * l_out + t_start) };
         // The inverse transform writes bias + residual + product in one pass, unless the
         // residual is strided in time: then the rows start as bias + residual and it adds.
-        let starts = Starts {
+        let start = RowStart {
             bias,
-            residual: residual.filter(|r| r.s[2] == 1),
+            residual,
             bi,
+            ch: 0,
             t_start,
         };
-        let add = residual.is_some_and(|r| r.s[2] != 1);
+        let add = start.contiguous(n).is_none();
         if add {
             for o in 0..c_out {
-                let start = RowStart {
-                    bias,
-                    residual,
-                    bi,
-                    ch: o,
-                    t_start,
-                };
                 // SAFETY: as above, one row of this task's block.
-                unsafe { init_row(dst.add(o * l_out), n, start) };
+                unsafe { init_row(dst.add(o * l_out), n, RowStart { ch: o, ..start }) };
             }
         }
         let tiles = Tiles::new(n, d, k);
@@ -279,7 +273,7 @@ pub(super) fn conv1d_winograd(
                     l_out,
                     n,
                     c_out,
-                    starts: (!add).then_some(starts),
+                    start: (!add).then_some(start),
                 };
                 unsafe { inverse(rows, m, &tiles) };
             },
@@ -454,32 +448,23 @@ fn transform_input_any(v: &mut [f32], planes: &[f32], c_in: usize, t: &Tiles) {
     }
 }
 
-/// Where a block's output rows get their start value: the bias of each channel plus, when
-/// there is one, the item's residual row (time stride 1) from column `t_start` on.
-#[derive(Clone, Copy)]
-struct Starts<'a> {
-    bias: Option<&'a [f32]>,
-    residual: Option<Strided<'a>>,
-    bi: usize,
-    t_start: usize,
-}
-
 /// A block's output rows: `c_out` rows of `n` columns at stride `l_out`, written as start
-/// value plus product (`starts`), or with the product added (`None`: already initialised).
+/// value plus product (`start`, its channel taken per row; its residual contiguous in time),
+/// or with the product added (`None`: already initialised).
 #[derive(Clone, Copy)]
 struct Rows<'a> {
     dst: *mut f32,
     l_out: usize,
     n: usize,
     c_out: usize,
-    starts: Option<Starts<'a>>,
+    start: Option<RowStart<'a>>,
 }
 
 /// The inverse transform `A^T m` of every tile into its outputs (outputs past `n`, the last
 /// chunk's overhang, dropped).
 ///
 /// # Safety
-/// `rows.dst` holds its rows, each valid for `n` writes (and reads when `starts` is `None`:
+/// `rows.dst` holds its rows, each valid for `n` writes (and reads when `start` is `None`:
 /// then initialised) that nothing else touches during the call.
 unsafe fn inverse(rows: Rows<'_>, m: &[f32], t: &Tiles) {
     #[cfg(target_arch = "x86_64")]
@@ -509,7 +494,7 @@ unsafe fn inverse_any(rows: Rows<'_>, m: &[f32], t: &Tiles, avx2: bool) {
         l_out,
         n,
         c_out,
-        starts,
+        start,
     } = rows;
     let (d, cols) = (t.d, t.cols());
     let point_len = c_out * cols;
@@ -520,24 +505,16 @@ unsafe fn inverse_any(rows: Rows<'_>, m: &[f32], t: &Tiles, avx2: bool) {
         // SAFETY: the caller's contract (row o).
         let row = unsafe { dst.add(o * l_out) };
         let mm: [&[f32]; POINTS] = std::array::from_fn(|q| &m[q * point_len + o * cols..][..cols]);
-        let (bias, residual) = match starts {
-            Some(st) => {
-                let b = st.bias.map_or(0.0, |bv| bv[o]);
-                let r = st.residual.map(|r| {
-                    let at = st.bi * r.s[0] + o * r.s[1] + st.t_start;
-                    &r.v[at..at + n]
-                });
-                (b, r)
-            }
-            None => (0.0, None),
-        };
+        let (bias, residual) = start
+            .and_then(|st| RowStart { ch: o, ..st }.contiguous(n))
+            .unwrap_or((0.0, None));
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if avx2 && d == 1 {
             let store = Store {
                 bias,
                 residual,
-                add: starts.is_none(),
+                add: start.is_none(),
             };
             // SAFETY: the caller's contract; AVX2 and FMA are there.
             done = unsafe { inverse_d1_avx2(row, n, mm, store) };
@@ -571,7 +548,7 @@ unsafe fn inverse_any(rows: Rows<'_>, m: &[f32], t: &Tiles, avx2: bool) {
                 chunks: len / d,
             };
             // SAFETY (each store): t < n, inside the row (the caller's contract).
-            match (starts.is_some(), residual) {
+            match (start.is_some(), residual) {
                 (false, _) => pass.scatter(ys, |t, v| unsafe { *row.add(t) += v }),
                 (true, None) => pass.scatter(ys, |t, v| unsafe { row.add(t).write(bias + v) }),
                 (true, Some(r)) => {
@@ -741,7 +718,7 @@ mod tests {
             l_out: 4,
             n: 4,
             c_out: 1,
-            starts: None,
+            start: None,
         };
         unsafe { inverse(rows, &m, &tiles) };
         for (i, &yi) in y.iter().enumerate() {
